@@ -1,0 +1,15 @@
+//! Schema migrations. Written with sea-query builders only, so the same
+//! migrations run on PostgreSQL (production) and SQLite (the demo).
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_tables;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_create_tables::Migration)]
+    }
+}

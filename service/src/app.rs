@@ -1,0 +1,198 @@
+//! The composition root: builds the handles once, starts the consumers and
+//! the HTTP server, and shuts down on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use sea_orm::DatabaseConnection;
+use secrecy::SecretString;
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::config::{ConfigError, PollConfig, RunArgs};
+use crate::consumer::{self, Role};
+use crate::crypto::Cipher;
+use crate::jetstream::Subjects;
+use crate::mce::{BaseUrls, Mce, RetryPolicy};
+use crate::model::StatusEvent;
+
+/// How long in-flight messages get to finish after SIGTERM.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(25);
+
+/// The handles every handler needs, built once.
+pub struct Deps {
+    pub db: DatabaseConnection,
+    pub js: jetstream::Context,
+    pub subjects: Subjects,
+    pub mce: Mce,
+    pub cipher: Cipher,
+    pub poll: PollConfig,
+    /// Delays between deliveries of an execute message that failed transiently.
+    pub execute_backoff: Backoff,
+}
+
+impl Deps {
+    /// Publishes a status event after the change it describes. A failure is
+    /// logged: the row, not the event, is the truth.
+    pub async fn publish_event(&self, event: &StatusEvent) {
+        if let Err(e) = crate::jetstream::publish_status(&self.js, &self.subjects, event).await {
+            tracing::warn!(run_id = %event.run_id, status = event.status.as_str(), error = %e, "status event not published");
+        }
+    }
+}
+
+/// Settings `run` needs beyond what clap checks.
+pub struct Validated {
+    pub cipher: Cipher,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub poll: PollConfig,
+}
+
+pub fn validate(args: &RunArgs) -> Result<Validated, ConfigError> {
+    let cipher = args.keys.cipher()?;
+    let (client_id, client_secret) = args.mce.client()?;
+    let poll = args.poll.to_config()?;
+    Ok(Validated {
+        cipher,
+        client_id,
+        client_secret: SecretString::from(client_secret),
+        poll,
+    })
+}
+
+async fn connect_nats(args: &RunArgs) -> anyhow::Result<async_nats::Client> {
+    let n = &args.nats;
+    let mut options = async_nats::ConnectOptions::new()
+        .name("shell-query-worker")
+        .retry_on_initial_connect()
+        .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
+    if let Some(path) = &n.nats_creds_file {
+        options = async_nats::ConnectOptions::with_credentials_file(path.clone())
+            .await
+            .context("NATS_CREDS_FILE")?
+            .name("shell-query-worker")
+            .retry_on_initial_connect();
+    }
+    if let (Some(user), Some(password)) = (&n.nats_user, &n.nats_password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &n.nats_token {
+        options = options.token(token.clone());
+    }
+    let servers: Vec<async_nats::ServerAddr> = n
+        .nats_url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("NATS_URL")?;
+    Ok(options.connect(servers).await?)
+}
+
+/// `shell-query-worker run`.
+pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
+    crate::store::migrate(&args.db.database_url)
+        .await
+        .context("migrating the database")?;
+    let db = crate::store::connect(&args.db.database_url, args.db.database_max_connections)
+        .await
+        .context("connecting to the database")?;
+    let client = connect_nats(&args).await.context("connecting to NATS")?;
+    let js = jetstream::new(client.clone());
+    let subjects = Subjects::new(&args.nats.subject_prefix);
+    let consumers = crate::jetstream::declare(&js, &subjects, args.poll_max_ack_pending)
+        .await
+        .context("declaring streams and consumers")?;
+
+    let mce = Mce::new(
+        db.clone(),
+        settings.cipher.clone(),
+        settings.client_id,
+        settings.client_secret,
+        BaseUrls {
+            auth: args.mce.mce_auth_base_url.clone(),
+            soap: args.mce.mce_soap_base_url.clone(),
+            rest: args.mce.mce_rest_base_url.clone(),
+        },
+        RetryPolicy::default(),
+    );
+    let deps = Arc::new(Deps {
+        db: db.clone(),
+        js,
+        subjects,
+        mce,
+        cipher: settings.cipher,
+        poll: settings.poll,
+        execute_backoff: Backoff {
+            initial: Duration::from_secs(5),
+            max: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter_range: 0.4,
+        },
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let http = crate::http::serve(
+        args.http_addr,
+        crate::http::Health {
+            db,
+            nats: client.clone(),
+            draining: draining.clone(),
+        },
+    )
+    .await
+    .context("HTTP_ADDR")?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(consumer::run(
+        Role::Execute,
+        consumers.execute,
+        args.execute_concurrency as usize,
+        deps.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(consumer::run(
+        Role::Poll,
+        consumers.poll,
+        args.poll_concurrency as usize,
+        deps.clone(),
+        stop_rx.clone(),
+    ));
+    drop(consumers.cancel);
+    tracing::info!("shell-query-worker running");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight messages");
+    draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain deadline reached; unfinished messages will be redelivered");
+    }
+    let _ = client.flush().await;
+    http.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,112 @@
+//! Runs a parsed command line; returns the process exit code.
+
+use std::io::Read as _;
+
+use chrono::Utc;
+
+use crate::config::{Cli, Command, CredentialsCommand, TenantCommand};
+
+/// 0 on a clean stop, 2 on bad configuration, 1 on any other failure.
+pub async fn main(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Run(args) => {
+            let settings = match crate::app::validate(&args) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            init_logging(args.log_format.as_deref());
+            crate::app::run(*args, settings).await
+        }
+        Command::Migrate(db) => {
+            init_logging(None);
+            crate::store::migrate(&db.database_url)
+                .await
+                .map_err(Into::into)
+        }
+        Command::Tenant(TenantCommand::Upsert {
+            tenant_id,
+            eid,
+            tssd,
+            db,
+        }) => {
+            async {
+                let conn = crate::store::connect(&db.database_url, 1).await?;
+                crate::store::upsert_tenant(&conn, tenant_id, eid.trim(), &tssd).await?;
+                println!("tenant {tenant_id} stored");
+                Ok(())
+            }
+            .await
+        }
+        Command::Credentials(CredentialsCommand::Upsert {
+            tenant_id,
+            user_id,
+            mid,
+            db,
+            keys,
+            ..
+        }) => {
+            let cipher = match keys.cipher() {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let mut token = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut token) {
+                eprintln!("error: reading the refresh token from standard input: {e}");
+                return 1;
+            }
+            let token = token.trim();
+            if token.is_empty() {
+                eprintln!("error: --refresh-token-stdin: standard input held no token");
+                return 2;
+            }
+            async {
+                let conn = crate::store::connect(&db.database_url, 1).await?;
+                crate::store::upsert_credentials(
+                    &conn,
+                    tenant_id,
+                    user_id,
+                    &mid,
+                    cipher.encrypt(token),
+                    Utc::now(),
+                )
+                .await?;
+                println!("credentials for user {user_id} in business unit {mid} stored");
+                Ok(())
+            }
+            .await
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "failed");
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn config_error(e: crate::config::ConfigError) -> i32 {
+    eprintln!("error: {e}");
+    2
+}
+
+fn init_logging(format: Option<&str>) {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(f) => f == "json",
+        None => !std::io::stdout().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,190 @@
+//! The consumer loop: fetch, run the handler under a concurrency limit, apply
+//! the disposition it returns. Handlers never touch acknowledgements; this is
+//! the one place that does (and that copies messages to the DLQ).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+
+use crate::app::Deps;
+use crate::backoff;
+
+/// What to do with a message once its handler is done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done: remove it.
+    Ack,
+    /// Come back after this delay (a negative acknowledgement with delay).
+    Retry(Duration),
+    /// Give up: copy it to the DLQ with this one-line reason, then terminate it.
+    DeadLetter(String),
+}
+
+/// Which handler a consumer runs: a closed set, dispatched in one `match`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Execute,
+    Poll,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Execute => "execute",
+            Role::Poll => "poll",
+        }
+    }
+
+    /// Long handlers tell NATS they are alive this often.
+    fn progress_every(self) -> Option<Duration> {
+        match self {
+            Role::Execute => Some(crate::jetstream::EXECUTE_ACK_WAIT / 3),
+            Role::Poll => Some(crate::jetstream::POLL_ACK_WAIT / 3),
+        }
+    }
+}
+
+/// One delivery as handlers see it.
+pub struct Delivery {
+    pub subject: String,
+    pub payload: Bytes,
+    /// 1-based; every delayed nak is a delivery.
+    pub delivered: i64,
+}
+
+async fn dispatch(role: Role, deps: &Deps, delivery: &Delivery) -> Disposition {
+    match role {
+        Role::Execute => crate::execute::handle(deps, delivery).await,
+        Role::Poll => crate::poll::handle(deps, delivery).await,
+    }
+}
+
+async fn handle_one(role: Role, deps: Arc<Deps>, msg: Message) {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let delivery = Delivery {
+        subject: msg.subject.to_string(),
+        payload: msg.payload.clone(),
+        delivered,
+    };
+    let (msg, acker) = msg.split();
+    let acker = Arc::new(acker);
+
+    let progress = role.progress_every().map(|every| {
+        let acker = acker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if acker.ack_with(AckKind::Progress).await.is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    let disposition = dispatch(role, &deps, &delivery).await;
+    if let Some(p) = progress {
+        p.abort();
+    }
+
+    let result = match &disposition {
+        Disposition::Ack => acker.ack().await,
+        Disposition::Retry(delay) => {
+            acker
+                .ack_with(AckKind::Nak(Some(backoff::clamp(*delay))))
+                .await
+        }
+        Disposition::DeadLetter(reason) => {
+            tracing::warn!(consumer = role.name(), subject = %delivery.subject, reason = %reason, "message sent to the DLQ");
+            match crate::jetstream::publish_dlq(
+                &deps.js,
+                &deps.subjects,
+                &delivery.subject,
+                msg.payload,
+                reason,
+            )
+            .await
+            {
+                Ok(()) => acker.ack_with(AckKind::Term).await,
+                // Not copied: keep the message and try again later.
+                Err(e) => {
+                    tracing::error!(error = %e, "could not copy a message to the DLQ");
+                    acker
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(10))))
+                        .await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(consumer = role.name(), error = %e, "acknowledgement failed; NATS will redeliver");
+    }
+}
+
+/// Runs a consumer until `shutdown` turns true, then waits for in-flight
+/// handlers to finish.
+pub async fn run(
+    role: Role,
+    consumer: PullConsumer,
+    concurrency: usize,
+    deps: Arc<Deps>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    'outer: while !*shutdown.borrow() {
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(concurrency)
+            .expires(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(consumer = role.name(), error = %e, "cannot pull; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = shutdown.changed() => break 'outer,
+            };
+            let next = tokio::select! {
+                m = messages.next() => m,
+                _ = shutdown.changed() => break 'outer,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let deps = deps.clone();
+                    tokio::spawn(async move {
+                        handle_one(role, deps, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(consumer = role.name(), error = %e, "pull stream error");
+                    if matches!(
+                        e.kind(),
+                        async_nats::jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat
+                    ) {
+                        continue;
+                    }
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+    // Drain: every permit back means every handler is done.
+    let _ = permits.acquire_many(concurrency as u32).await;
+}

@@ -1,0 +1,17 @@
+//! shell-query-worker: runs SQL for Marketing Cloud Engagement users on NATS
+//! JetStream and PostgreSQL. See ARCHITECTURE.md for the map.
+
+pub mod app;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod crypto;
+pub mod execute;
+pub mod http;
+pub mod jetstream;
+pub mod mce;
+pub mod model;
+pub mod poll;
+pub mod schema;
+pub mod store;

@@ -1,0 +1,416 @@
+//! Every query the service makes, in one place. State changes are
+//! compare-and-set in SQL: losing one is a normal outcome (`false`), not an
+//! error.
+
+use chrono::{DateTime, Utc};
+use entities::{credentials, shell_query_runs as runs, tenant_settings, tenants};
+use migration::MigratorTrait;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    EntityTrait, QueryFilter, Set, Statement,
+};
+use uuid::Uuid;
+
+use crate::model::RunStatus;
+use crate::poll::decide::PollState;
+
+pub type Run = runs::Model;
+
+/// An arbitrary, fixed key for the migration advisory lock.
+const MIGRATION_LOCK_KEY: i64 = 0x5348_454c_4c51; // "SHELLQ"
+
+/// Connects, creating the PostgreSQL database first when it is missing.
+pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    if url.starts_with("postgres") {
+        create_database_if_missing(url).await?;
+    }
+    let mut options = ConnectOptions::new(url.to_string());
+    options.max_connections(max_connections).sqlx_logging(false);
+    Database::connect(options).await
+}
+
+async fn create_database_if_missing(url: &str) -> Result<(), DbErr> {
+    let mut parsed =
+        reqwest::Url::parse(url).map_err(|e| DbErr::Custom(format!("DATABASE_URL: {e}")))?;
+    let name = parsed.path().trim_start_matches('/').to_string();
+    if name.is_empty() || name == "postgres" {
+        return Ok(());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(DbErr::Custom(
+            "DATABASE_URL: the database name must be [A-Za-z0-9_-]".into(),
+        ));
+    }
+    parsed.set_path("/postgres");
+    let mut options = ConnectOptions::new(parsed.to_string());
+    options.max_connections(1).sqlx_logging(false);
+    let Ok(admin) = Database::connect(options).await else {
+        // No maintenance database to talk to: let the real connect report.
+        return Ok(());
+    };
+    let exists = |admin: DatabaseConnection| {
+        let name = name.clone();
+        async move {
+            let row = admin
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT 1 AS one FROM pg_database WHERE datname = $1",
+                    [name.into()],
+                ))
+                .await?;
+            Ok::<_, DbErr>((admin, row.is_some()))
+        }
+    };
+    let (admin, found) = exists(admin).await?;
+    if !found {
+        let created = admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await;
+        if let Err(e) = created {
+            // Another replica may have created it in the meantime.
+            let (_, found) = exists(admin.clone()).await?;
+            if !found {
+                return Err(e);
+            }
+        }
+    }
+    admin.close().await
+}
+
+/// Applies pending migrations; on PostgreSQL under an advisory lock, so many
+/// replicas starting at once migrate one after the other.
+pub async fn migrate(url: &str) -> Result<(), DbErr> {
+    let db = connect(url, 1).await?;
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
+    if postgres {
+        db.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+            .await?;
+    }
+    let result = migration::Migrator::up(&db, None).await;
+    if postgres {
+        db.execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+            .await?;
+    }
+    db.close().await?;
+    result
+}
+
+/// A run as the execute message describes it.
+pub struct NewRun {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub mid: String,
+    pub snippet_name: Option<String>,
+    pub sql_text_hash: String,
+    pub sql_text_encrypted: Option<String>,
+    pub target_update_type: Option<String>,
+}
+
+/// Inserts the run as `queued` unless a row exists (the API may have made it).
+pub async fn insert_run_if_absent(
+    db: &DatabaseConnection,
+    run: NewRun,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let row = runs::ActiveModel {
+        id: Set(run.id),
+        tenant_id: Set(run.tenant_id),
+        user_id: Set(run.user_id),
+        mid: Set(run.mid),
+        snippet_name: Set(run.snippet_name),
+        sql_text_hash: Set(run.sql_text_hash),
+        sql_text_encrypted: Set(run.sql_text_encrypted),
+        status: Set(RunStatus::Queued.as_str().into()),
+        target_update_type: Set(run.target_update_type),
+        created_at: Set(now),
+        poll_count: Set(0),
+        poll_not_running_count: Set(0),
+        poll_rowset_attempts: Set(0),
+        poll_probe_attempts: Set(0),
+        poll_transient_errors: Set(0),
+        ..Default::default()
+    };
+    runs::Entity::insert(row)
+        .on_conflict(OnConflict::column(runs::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn get_run(db: &DatabaseConnection, id: Uuid) -> Result<Option<Run>, DbErr> {
+    runs::Entity::find_by_id(id).one(db).await
+}
+
+/// `queued → running`, setting `started_at`. False if the row was not queued.
+pub async fn mark_running(
+    db: &DatabaseConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let result = runs::Entity::update_many()
+        .col_expr(
+            runs::Column::Status,
+            Expr::value(RunStatus::Running.as_str()),
+        )
+        .col_expr(runs::Column::StartedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Queued.as_str()))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// What Perform started, persisted in one update before the poll message.
+pub struct Started {
+    pub task_id: String,
+    pub query_definition_id: String,
+    pub query_customer_key: String,
+    pub target_de_customer_key: String,
+    pub poll_started_at: DateTime<Utc>,
+}
+
+/// Records the started query on a running row. False if the row is no longer running.
+pub async fn record_started(db: &DatabaseConnection, id: Uuid, s: &Started) -> Result<bool, DbErr> {
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::TaskId, Expr::value(s.task_id.clone()))
+        .col_expr(
+            runs::Column::QueryDefinitionId,
+            Expr::value(s.query_definition_id.clone()),
+        )
+        .col_expr(
+            runs::Column::QueryCustomerKey,
+            Expr::value(s.query_customer_key.clone()),
+        )
+        .col_expr(
+            runs::Column::TargetDeCustomerKey,
+            Expr::value(s.target_de_customer_key.clone()),
+        )
+        .col_expr(runs::Column::PollStartedAt, Expr::value(s.poll_started_at))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// The terminal state a run moves into.
+pub enum Terminal {
+    Ready {
+        row_count: i64,
+    },
+    /// `error_message` is client-safe and already encrypted.
+    Failed {
+        error_message_encrypted: String,
+    },
+    Canceled,
+}
+
+/// Compare-and-set from a live state into a terminal one. Only the winner
+/// (true) publishes the event and cleans up.
+pub async fn finish(
+    db: &DatabaseConnection,
+    id: Uuid,
+    terminal: Terminal,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let mut update =
+        runs::Entity::update_many().col_expr(runs::Column::CompletedAt, Expr::value(now));
+    update = match terminal {
+        Terminal::Ready { row_count } => update
+            .col_expr(runs::Column::Status, Expr::value(RunStatus::Ready.as_str()))
+            .col_expr(
+                runs::Column::RowCount,
+                Expr::value(i32::try_from(row_count).unwrap_or(i32::MAX)),
+            ),
+        Terminal::Failed {
+            error_message_encrypted,
+        } => update
+            .col_expr(
+                runs::Column::Status,
+                Expr::value(RunStatus::Failed.as_str()),
+            )
+            .col_expr(
+                runs::Column::ErrorMessage,
+                Expr::value(error_message_encrypted),
+            ),
+        Terminal::Canceled => update.col_expr(
+            runs::Column::Status,
+            Expr::value(RunStatus::Canceled.as_str()),
+        ),
+    };
+    let result = update
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.is_in(RunStatus::LIVE))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Claims the cleanup of a run the API set to `canceled` (no `completed_at`
+/// yet). Only the winner publishes `canceled` and deletes MCE assets.
+pub async fn claim_api_cancel(
+    db: &DatabaseConnection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::CompletedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Canceled.as_str()))
+        .filter(runs::Column::CompletedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// The poll state as the row holds it.
+pub fn poll_state(run: &Run, poll_count: u32, fallback_start: DateTime<Utc>) -> PollState {
+    let count = |v: i32| u32::try_from(v).unwrap_or(0);
+    PollState {
+        poll_count: poll_count.max(count(run.poll_count) + 1),
+        started_at: run.poll_started_at.unwrap_or(fallback_start),
+        rowset_attempts: count(run.poll_rowset_attempts),
+        rowset_first_at: run.poll_rowset_first_at,
+        transient_errors: count(run.poll_transient_errors),
+        last_status: run.poll_last_status.clone(),
+    }
+}
+
+/// Saves a live run's poll state. False if the run is no longer running.
+pub async fn save_poll_state(
+    db: &DatabaseConnection,
+    id: Uuid,
+    s: &PollState,
+) -> Result<bool, DbErr> {
+    let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::PollCount, Expr::value(int(s.poll_count)))
+        .col_expr(
+            runs::Column::PollRowsetAttempts,
+            Expr::value(int(s.rowset_attempts)),
+        )
+        .col_expr(
+            runs::Column::PollRowsetFirstAt,
+            Expr::value(s.rowset_first_at),
+        )
+        .col_expr(
+            runs::Column::PollTransientErrors,
+            Expr::value(int(s.transient_errors)),
+        )
+        .col_expr(
+            runs::Column::PollLastStatus,
+            Expr::value(s.last_status.clone()),
+        )
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+pub async fn folder_id(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    mid: &str,
+) -> Result<Option<i64>, DbErr> {
+    Ok(
+        tenant_settings::Entity::find_by_id((tenant_id, mid.to_string()))
+            .one(db)
+            .await?
+            .and_then(|s| s.qpp_folder_id)
+            .map(i64::from),
+    )
+}
+
+pub async fn save_folder_id(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    mid: &str,
+    folder_id: i64,
+) -> Result<(), DbErr> {
+    let row = tenant_settings::ActiveModel {
+        tenant_id: Set(tenant_id),
+        mid: Set(mid.to_string()),
+        qpp_folder_id: Set(i32::try_from(folder_id).ok()),
+    };
+    tenant_settings::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([
+                tenant_settings::Column::TenantId,
+                tenant_settings::Column::Mid,
+            ])
+            .update_column(tenant_settings::Column::QppFolderId)
+            .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn upsert_tenant(
+    db: &DatabaseConnection,
+    id: Uuid,
+    eid: &str,
+    tssd: &str,
+) -> Result<(), DbErr> {
+    let row = tenants::ActiveModel {
+        id: Set(id),
+        eid: Set(eid.to_string()),
+        tssd: Set(tssd.to_string()),
+    };
+    tenants::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(tenants::Column::Id)
+                .update_columns([tenants::Column::Eid, tenants::Column::Tssd])
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// Stores a refresh token (encrypted) and forgets any access token, so the
+/// next call refreshes with it.
+pub async fn upsert_credentials(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    mid: &str,
+    refresh_token_encrypted: String,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let epoch = DateTime::<Utc>::from_timestamp(0, 0).expect("the epoch is a valid time");
+    let row = credentials::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant_id),
+        user_id: Set(Some(user_id)),
+        mid: Set(mid.to_string()),
+        access_token: Set(None),
+        refresh_token: Set(refresh_token_encrypted),
+        expires_at: Set(epoch),
+        updated_at: Set(Some(now)),
+    };
+    credentials::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([
+                credentials::Column::UserId,
+                credentials::Column::TenantId,
+                credentials::Column::Mid,
+            ])
+            .update_columns([
+                credentials::Column::AccessToken,
+                credentials::Column::RefreshToken,
+                credentials::Column::ExpiresAt,
+                credentials::Column::UpdatedAt,
+            ])
+            .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
