@@ -1,1 +1,120 @@
+//! An MCE simulator: the token endpoint, the SOAP endpoint and the REST
+//! endpoints of reference/MCE-PROTOCOL.md, with realistic envelopes, queries
+//! that run for a chosen time and then complete or fail, and a record of
+//! every call for tests to assert on.
+//!
+//! One listener serves all three base URLs: point `MCE_AUTH_BASE_URL`,
+//! `MCE_SOAP_BASE_URL` and `MCE_REST_BASE_URL` at [`Sim::url`].
 
+mod soap;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+pub use state::{Call, Fault, Outcome, QueryDefinition, Scenario, State};
+
+/// Settings fixed for a simulator's life.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// `expires_in` of issued access tokens, in seconds.
+    pub token_lifetime_secs: i64,
+    /// The scenario of a query no script matches.
+    pub default_scenario: Scenario,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            token_lifetime_secs: 1079,
+            default_scenario: Scenario::completes_after(Duration::from_secs(1), 3),
+        }
+    }
+}
+
+pub type Shared = Arc<Mutex<State>>;
+
+/// A running simulator. Dropping it stops the server.
+pub struct Sim {
+    pub state: Shared,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v2/token", post(state::token))
+        .route("/Service.asmx", post(soap::handle))
+        .route("/automation/v1/queries/actions/validate/", post(state::validate))
+        .route("/automation/v1/queries/{id}/actions/isrunning/", get(state::is_running))
+        .route("/data/v1/customobjectdata/key/{key}/rowset", get(state::rowset))
+        .with_state(state)
+}
+
+impl Sim {
+    /// Starts on `addr` (port 0 picks a free one).
+    pub async fn start_on(addr: SocketAddr, config: SimConfig) -> std::io::Result<Sim> {
+        let state: Shared = Arc::new(Mutex::new(State::new(config)));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let app = router(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Sim { state, addr, server })
+    }
+
+    /// Starts on a free loopback port.
+    pub async fn start(config: SimConfig) -> std::io::Result<Sim> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// The base URL for all three MCE services.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().expect("simulator state lock"))
+    }
+
+    /// Accepts `token` as a valid refresh token (once: tokens rotate).
+    pub fn add_refresh_token(&self, token: &str) {
+        self.with(|s| s.add_refresh_token(token));
+    }
+
+    /// Queries whose text contains `pattern` follow `scenario`.
+    pub fn script(&self, pattern: &str, scenario: Scenario) {
+        self.with(|s| s.scripts.push((pattern.to_string(), scenario)));
+    }
+
+    /// Queue a fault for the next calls of one action (see [`Call::action`]).
+    pub fn inject(&self, fault: Fault) {
+        self.with(|s| s.faults.push(fault));
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.with(|s| s.calls.clone())
+    }
+
+    /// How many calls of `action` were made.
+    pub fn count(&self, action: &str) -> usize {
+        self.with(|s| s.calls.iter().filter(|c| c.action == action).count())
+    }
+
+    /// The QueryDefinitions that exist now.
+    pub fn query_definitions(&self) -> Vec<QueryDefinition> {
+        self.with(|s| s.query_definitions.values().cloned().collect())
+    }
+}

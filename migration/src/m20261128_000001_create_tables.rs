@@ -70,11 +70,7 @@ fn timestamp(col: impl IntoIden) -> ColumnDef {
 }
 
 fn counter(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .integer()
-        .not_null()
-        .default(0)
-        .to_owned()
+    ColumnDef::new(col).integer().not_null().default(0).to_owned()
 }
 
 #[async_trait::async_trait]
@@ -85,21 +81,12 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(ShellQueryRuns::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(ShellQueryRuns::Id)
-                            .uuid()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(ShellQueryRuns::Id).uuid().not_null().primary_key())
                     .col(ColumnDef::new(ShellQueryRuns::TenantId).uuid().not_null())
                     .col(ColumnDef::new(ShellQueryRuns::UserId).uuid())
                     .col(ColumnDef::new(ShellQueryRuns::Mid).string().not_null())
                     .col(ColumnDef::new(ShellQueryRuns::SnippetName).string())
-                    .col(
-                        ColumnDef::new(ShellQueryRuns::SqlTextHash)
-                            .string()
-                            .not_null(),
-                    )
+                    .col(ColumnDef::new(ShellQueryRuns::SqlTextHash).string().not_null())
                     .col(ColumnDef::new(ShellQueryRuns::SqlTextEncrypted).text())
                     .col(
                         ColumnDef::new(ShellQueryRuns::Status)
@@ -168,12 +155,7 @@ impl MigrationTrait for Migration {
                     .table(Tenants::Table)
                     .if_not_exists()
                     .col(ColumnDef::new(Tenants::Id).uuid().not_null().primary_key())
-                    .col(
-                        ColumnDef::new(Tenants::Eid)
-                            .string()
-                            .not_null()
-                            .unique_key(),
-                    )
+                    .col(ColumnDef::new(Tenants::Eid).string().not_null().unique_key())
                     .col(ColumnDef::new(Tenants::Tssd).string().not_null())
                     .to_owned(),
             )
@@ -184,12 +166,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Credentials::Table)
                     .if_not_exists()
-                    .col(
-                        ColumnDef::new(Credentials::Id)
-                            .uuid()
-                            .not_null()
-                            .primary_key(),
-                    )
+                    .col(ColumnDef::new(Credentials::Id).uuid().not_null().primary_key())
                     .col(ColumnDef::new(Credentials::TenantId).uuid().not_null())
                     .col(ColumnDef::new(Credentials::UserId).uuid())
                     .col(ColumnDef::new(Credentials::Mid).string().not_null())

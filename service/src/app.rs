@@ -169,10 +169,7 @@ pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
     tracing::info!("shutting down: draining in-flight messages");
     draining.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("drain deadline reached; unfinished messages will be redelivered");
     }

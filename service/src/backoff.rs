@@ -25,8 +25,7 @@ impl Backoff {
     /// The delay before attempt `n + 1` without jitter.
     pub fn base(&self, n: u32) -> Duration {
         let factor = self.multiplier.powi(n.min(64) as i32);
-        let millis =
-            (self.initial.as_secs_f64() * 1000.0 * factor).min(self.max.as_secs_f64() * 1000.0);
+        let millis = (self.initial.as_secs_f64() * 1000.0 * factor).min(self.max.as_secs_f64() * 1000.0);
         Duration::from_secs_f64(millis.max(0.0) / 1000.0)
     }
 
@@ -65,11 +64,7 @@ mod tests {
         let b = poll_default();
         let got: Vec<u64> = (0..7).map(|n| b.base(n).as_millis() as u64).collect();
         assert_eq!(got, [2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        assert_eq!(
-            b.base(10_000),
-            Duration::from_millis(30000),
-            "huge n stays at the cap"
-        );
+        assert_eq!(b.base(10_000), Duration::from_millis(30000), "huge n stays at the cap");
     }
 
     #[test]

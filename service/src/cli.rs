@@ -19,9 +19,7 @@ pub async fn main(cli: Cli) -> i32 {
         }
         Command::Migrate(db) => {
             init_logging(None);
-            crate::store::migrate(&db.database_url)
-                .await
-                .map_err(Into::into)
+            crate::store::migrate(&db.database_url).await.map_err(Into::into)
         }
         Command::Tenant(TenantCommand::Upsert {
             tenant_id,
@@ -61,15 +59,8 @@ pub async fn main(cli: Cli) -> i32 {
             }
             async {
                 let conn = crate::store::connect(&db.database_url, 1).await?;
-                crate::store::upsert_credentials(
-                    &conn,
-                    tenant_id,
-                    user_id,
-                    &mid,
-                    cipher.encrypt(token),
-                    Utc::now(),
-                )
-                .await?;
+                crate::store::upsert_credentials(&conn, tenant_id, user_id, &mid, cipher.encrypt(token), Utc::now())
+                    .await?;
                 println!("credentials for user {user_id} in business unit {mid} stored");
                 Ok(())
             }
@@ -101,11 +92,7 @@ fn init_logging(format: Option<&str>) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
-        builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
+        builder.json().with_current_span(true).with_span_list(false).init();
     } else {
         builder.init();
     }

@@ -278,10 +278,7 @@ impl MceArgs {
     /// The client id and secret, which `run` requires.
     pub fn client(&self) -> Result<(String, String), ConfigError> {
         let id = self.mce_client_id.clone().filter(|s| !s.trim().is_empty());
-        let secret = self
-            .mce_client_secret
-            .clone()
-            .filter(|s| !s.trim().is_empty());
+        let secret = self.mce_client_secret.clone().filter(|s| !s.trim().is_empty());
         match (id, secret) {
             (Some(id), Some(secret)) => Ok((id, secret)),
             (None, _) => Err(ConfigError {
@@ -340,12 +337,8 @@ fn parse_mid(s: &str) -> Result<String, String> {
 
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
-        && s.split('.').all(|tok| {
-            !tok.is_empty()
-                && tok
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        });
+        && s.split('.')
+            .all(|tok| !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
     if ok {
         Ok(s.to_string())
     } else {
@@ -478,21 +471,13 @@ mod tests {
 
     #[test]
     fn inconsistent_delays_are_rejected() {
-        let Command::Run(run) = run_args(&[
-            "--poll-initial-delay-ms",
-            "5000",
-            "--poll-max-delay-ms",
-            "1000",
-        ])
-        .unwrap()
-        .command
+        let Command::Run(run) = run_args(&["--poll-initial-delay-ms", "5000", "--poll-max-delay-ms", "1000"])
+            .unwrap()
+            .command
         else {
             panic!()
         };
-        assert_eq!(
-            run.poll.to_config().unwrap_err().setting,
-            "POLL_MAX_DELAY_MS"
-        );
+        assert_eq!(run.poll.to_config().unwrap_err().setting, "POLL_MAX_DELAY_MS");
     }
 
     #[test]

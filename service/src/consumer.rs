@@ -94,29 +94,16 @@ async fn handle_one(role: Role, deps: Arc<Deps>, msg: Message) {
 
     let result = match &disposition {
         Disposition::Ack => acker.ack().await,
-        Disposition::Retry(delay) => {
-            acker
-                .ack_with(AckKind::Nak(Some(backoff::clamp(*delay))))
-                .await
-        }
+        Disposition::Retry(delay) => acker.ack_with(AckKind::Nak(Some(backoff::clamp(*delay)))).await,
         Disposition::DeadLetter(reason) => {
             tracing::warn!(consumer = role.name(), subject = %delivery.subject, reason = %reason, "message sent to the DLQ");
-            match crate::jetstream::publish_dlq(
-                &deps.js,
-                &deps.subjects,
-                &delivery.subject,
-                msg.payload,
-                reason,
-            )
-            .await
+            match crate::jetstream::publish_dlq(&deps.js, &deps.subjects, &delivery.subject, msg.payload, reason).await
             {
                 Ok(()) => acker.ack_with(AckKind::Term).await,
                 // Not copied: keep the message and try again later.
                 Err(e) => {
                     tracing::error!(error = %e, "could not copy a message to the DLQ");
-                    acker
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(10))))
-                        .await
+                    acker.ack_with(AckKind::Nak(Some(Duration::from_secs(10)))).await
                 }
             }
         }

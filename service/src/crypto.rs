@@ -78,9 +78,7 @@ impl Cipher {
     }
 
     pub fn decrypt(&self, stored: &str) -> Result<String, CryptoError> {
-        let raw = STANDARD
-            .decode(stored.trim())
-            .map_err(|_| CryptoError::Malformed)?;
+        let raw = STANDARD.decode(stored.trim()).map_err(|_| CryptoError::Malformed)?;
         if raw.len() < IV_LEN + TAG_LEN {
             return Err(CryptoError::Malformed);
         }
@@ -144,22 +142,13 @@ mod tests {
     #[test]
     fn rejects_bad_keys_and_values() {
         assert_eq!(Cipher::parse("abc").unwrap_err(), CryptoError::BadKey);
-        assert_eq!(
-            Cipher::parse(&"zz".repeat(32)).unwrap_err(),
-            CryptoError::BadKey
-        );
+        assert_eq!(Cipher::parse(&"zz".repeat(32)).unwrap_err(), CryptoError::BadKey);
         assert_eq!(Cipher::parse(" , ").unwrap_err(), CryptoError::NoKey);
         let cipher = Cipher::parse(KEY).unwrap();
-        assert_eq!(
-            cipher.decrypt("not base64!").unwrap_err(),
-            CryptoError::Malformed
-        );
+        assert_eq!(cipher.decrypt("not base64!").unwrap_err(), CryptoError::Malformed);
         assert_eq!(cipher.decrypt("AAAA").unwrap_err(), CryptoError::Malformed);
         let wrong = Cipher::parse(OTHER).unwrap();
-        assert_eq!(
-            wrong.decrypt(FOREIGN).unwrap_err(),
-            CryptoError::Undecryptable
-        );
+        assert_eq!(wrong.decrypt(FOREIGN).unwrap_err(), CryptoError::Undecryptable);
     }
 
     #[test]

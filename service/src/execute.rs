@@ -43,8 +43,7 @@ pub struct ExecuteMessage {
 
 /// Decodes and checks a message; the error is the DLQ reason.
 pub fn decode(subject: &str, payload: &[u8]) -> Result<ExecuteMessage, String> {
-    let msg: ExecuteMessage =
-        serde_json::from_slice(payload).map_err(|e| format!("invalid execute message: {e}"))?;
+    let msg: ExecuteMessage = serde_json::from_slice(payload).map_err(|e| format!("invalid execute message: {e}"))?;
     if Subjects::run_id_of(subject) != Some(msg.run_id) {
         return Err("the subject's run id differs from the body's runId".into());
     }
@@ -132,7 +131,8 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         Ok(m) => m,
         Err(reason) => return Disposition::DeadLetter(reason),
     };
-    let span = tracing::info_span!("execute", run_id = %msg.run_id, tenant_id = %msg.tenant_id, delivery = delivery.delivered);
+    let span =
+        tracing::info_span!("execute", run_id = %msg.run_id, tenant_id = %msg.tenant_id, delivery = delivery.delivered);
     let _enter = span.enter();
     let mut created_qd: Option<String> = None;
     match execute(deps, &msg, &mut created_qd).await {
@@ -173,17 +173,9 @@ async fn fail_run(
     };
     match store::finish(&deps.db, run_id, terminal, now).await {
         Ok(true) => {
-            deps.publish_event(&StatusEvent::failed(run_id, &reason, now))
-                .await;
+            deps.publish_event(&StatusEvent::failed(run_id, &reason, now)).await;
             if let Some(qd) = created_qd {
-                crate::poll::delete_query_definition(
-                    deps,
-                    msg.tenant_id,
-                    msg.user_id,
-                    &msg.mid,
-                    qd,
-                )
-                .await;
+                crate::poll::delete_query_definition(deps, msg.tenant_id, msg.user_id, &msg.mid, qd).await;
             }
             Disposition::Ack
         }
@@ -195,17 +187,11 @@ async fn fail_run(
     }
 }
 
-async fn execute(
-    deps: &Deps,
-    msg: &ExecuteMessage,
-    created_qd: &mut Option<String>,
-) -> Result<(), Failure> {
+async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<String>) -> Result<(), Failure> {
     let sql = match (&msg.sql_text, &msg.sql_text_encrypted) {
         (Some(plain), _) => plain.clone(),
         (None, Some(enc)) => deps.cipher.decrypt(enc).map_err(|_| {
-            Failure::Permanent(
-                "The query text could not be decrypted. Please submit the query again.".into(),
-            )
+            Failure::Permanent("The query text could not be decrypted. Please submit the query again.".into())
         })?,
         (None, None) => unreachable!("decode rejects a message without SQL"),
     };
@@ -234,21 +220,12 @@ async fn execute(
         .ok_or_else(|| Failure::Transient("the run row vanished".into()))?;
     let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Failed);
     if status.is_terminal() {
-        tracing::info!(
-            status = status.as_str(),
-            "run already finished; nothing to do"
-        );
+        tracing::info!(status = status.as_str(), "run already finished; nothing to do");
         return Ok(());
     }
     if run.task_id.is_some() {
         // Started by an earlier delivery: only make sure its poll exists.
-        crate::jetstream::publish_poll(
-            &deps.js,
-            &deps.subjects,
-            msg.run_id,
-            &format!("poll:{}", msg.run_id),
-        )
-        .await?;
+        crate::jetstream::publish_poll(&deps.js, &deps.subjects, msg.run_id, &format!("poll:{}", msg.run_id)).await?;
         return Ok(());
     }
     if status == RunStatus::Queued && store::mark_running(&deps.db, msg.run_id, now).await? {
@@ -261,16 +238,9 @@ async fn execute(
             "Running into an existing Data Extension is not available yet.".into(),
         ));
     }
-    let session = deps
-        .mce
-        .session(msg.tenant_id, msg.user_id, msg.mid.trim())
-        .await?;
-    deps.publish_event(&StatusEvent::new(
-        msg.run_id,
-        EventStatus::ValidatingQuery,
-        Utc::now(),
-    ))
-    .await;
+    let session = deps.mce.session(msg.tenant_id, msg.user_id, msg.mid.trim()).await?;
+    deps.publish_event(&StatusEvent::new(msg.run_id, EventStatus::ValidatingQuery, Utc::now()))
+        .await;
     match session.validate(&sql).await {
         Ok(v) if v.valid => {}
         Ok(v) => return Err(Failure::Permanent(v.errors.join("\n"))),
@@ -315,20 +285,13 @@ async fn execute(
 
     // Canceled while we worked: stop before Perform.
     let current = store::get_run(&deps.db, msg.run_id).await?;
-    if current
-        .as_ref()
-        .is_none_or(|r| r.status != RunStatus::Running.as_str())
-    {
+    if current.as_ref().is_none_or(|r| r.status != RunStatus::Running.as_str()) {
         tracing::info!("run no longer running before Perform; stopping");
         best_effort(session.delete_query_definition(&qd_id).await)?;
         return Ok(());
     }
-    deps.publish_event(&StatusEvent::new(
-        msg.run_id,
-        EventStatus::ExecutingQuery,
-        Utc::now(),
-    ))
-    .await;
+    deps.publish_event(&StatusEvent::new(msg.run_id, EventStatus::ExecutingQuery, Utc::now()))
+        .await;
     let task_id = session.perform_start(&qd_id).await?;
     let started = Started {
         task_id,
@@ -339,21 +302,11 @@ async fn execute(
     };
     if !store::record_started(&deps.db, msg.run_id, &started).await? {
         tracing::info!("run left `running` during Perform; cleaning up");
-        best_effort(
-            session
-                .delete_query_definition(&started.query_definition_id)
-                .await,
-        )?;
+        best_effort(session.delete_query_definition(&started.query_definition_id).await)?;
         return Ok(());
     }
     tracing::info!(task_id = %started.task_id, "query started");
-    crate::jetstream::publish_poll(
-        &deps.js,
-        &deps.subjects,
-        msg.run_id,
-        &format!("poll:{}", msg.run_id),
-    )
-    .await?;
+    crate::jetstream::publish_poll(&deps.js, &deps.subjects, msg.run_id, &format!("poll:{}", msg.run_id)).await?;
     Ok(())
 }
 
@@ -372,28 +325,18 @@ fn best_effort<T>(result: Result<T, MceError>) -> Result<Option<T>, Failure> {
 
 /// The "QueryPlusPlus Results" folder's id: cached per (tenant, MID), else
 /// found by name and content type, else created under the root DE folder.
-async fn ensure_folder(
-    deps: &Deps,
-    session: &Session<'_>,
-    tenant_id: Uuid,
-    mid: &str,
-) -> Result<i64, Failure> {
+async fn ensure_folder(deps: &Deps, session: &Session<'_>, tenant_id: Uuid, mid: &str) -> Result<i64, Failure> {
     if let Some(id) = store::folder_id(&deps.db, tenant_id, mid).await? {
         return Ok(id);
     }
-    let id = match session
-        .find_folder(FOLDER_NAME, Some(FOLDER_CONTENT_TYPE))
-        .await?
-    {
+    let id = match session.find_folder(FOLDER_NAME, Some(FOLDER_CONTENT_TYPE)).await? {
         Some(id) => id,
         None => {
             let root = session
                 .find_folder(ROOT_FOLDER_NAME, Some(FOLDER_CONTENT_TYPE))
                 .await?
                 .ok_or_else(|| {
-                    Failure::Permanent(
-                        "The root Data Extensions folder was not found in Marketing Cloud.".into(),
-                    )
+                    Failure::Permanent("The root Data Extensions folder was not found in Marketing Cloud.".into())
                 })?;
             session.create_folder(FOLDER_NAME, root).await?
         }
@@ -424,10 +367,7 @@ mod tests {
             temp_de_name(run, Some("  My  Report: Q4! ")),
             "QPP_My_Report_Q4_3f2a9c1e0b5fc1e8a2d4f6b9c3e1a0"
         );
-        assert_eq!(
-            temp_de_name(run, None),
-            "QPP_Results_3f2a9c1e0b5fc1e8a2d4f6b9c3e1a0"
-        );
+        assert_eq!(temp_de_name(run, None), "QPP_Results_3f2a9c1e0b5fc1e8a2d4f6b9c3e1a0");
         let other = Uuid::parse_str("3f2a9c1e-0000-4000-8000-000000000000").unwrap();
         assert_ne!(
             temp_de_key(run),
@@ -456,10 +396,6 @@ mod tests {
                 .contains("both")
         );
         let no_mid = body("").replace("510000123", "abc");
-        assert!(
-            decode(&subject, no_mid.as_bytes())
-                .unwrap_err()
-                .contains("mid")
-        );
+        assert!(decode(&subject, no_mid.as_bytes()).unwrap_err().contains("mid"));
     }
 }

@@ -36,10 +36,7 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
 }
 
 /// Binds and serves in the background.
-pub async fn serve(
-    addr: SocketAddr,
-    health: Health,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -73,9 +73,7 @@ impl Subjects {
         format!("{}.status.{run}", self.prefix)
     }
     pub fn dlq(&self, original: &str) -> String {
-        let tail = original
-            .strip_prefix(&format!("{}.", self.prefix))
-            .unwrap_or(original);
+        let tail = original.strip_prefix(&format!("{}.", self.prefix)).unwrap_or(original);
         format!("{}.dlq.{tail}", self.prefix)
     }
     fn all(&self, kind: &str) -> String {
@@ -83,10 +81,7 @@ impl Subjects {
     }
     /// The run id a subject ends with, if it is one.
     pub fn run_id_of(subject: &str) -> Option<Uuid> {
-        subject
-            .rsplit('.')
-            .next()
-            .and_then(|t| Uuid::parse_str(t).ok())
+        subject.rsplit('.').next().and_then(|t| Uuid::parse_str(t).ok())
     }
 }
 
@@ -106,11 +101,7 @@ pub async fn declare(
     let streams = [
         stream::Config {
             name: JOBS_STREAM.into(),
-            subjects: vec![
-                subjects.all("execute"),
-                subjects.all("poll"),
-                subjects.all("cancel"),
-            ],
+            subjects: vec![subjects.all("execute"), subjects.all("poll"), subjects.all("cancel")],
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
             discard: DiscardPolicy::New,
@@ -157,30 +148,27 @@ pub async fn declare(
             what: "stream",
             detail: e.to_string(),
         })?;
-    let consumer =
-        |name: &str, filter: String, ack_wait: Duration, max_deliver: i64, max_ack_pending: i64| {
-            pull::Config {
-                durable_name: Some(name.to_string()),
-                filter_subject: filter,
-                ack_policy: AckPolicy::Explicit,
-                deliver_policy: DeliverPolicy::All,
-                ack_wait,
-                max_deliver,
-                max_ack_pending,
-                // No `backoff` (it distorts nak delays) and no `inactive_threshold`.
-                ..Default::default()
-            }
-        };
+    let consumer = |name: &str, filter: String, ack_wait: Duration, max_deliver: i64, max_ack_pending: i64| {
+        pull::Config {
+            durable_name: Some(name.to_string()),
+            filter_subject: filter,
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait,
+            max_deliver,
+            max_ack_pending,
+            // No `backoff` (it distorts nak delays) and no `inactive_threshold`.
+            ..Default::default()
+        }
+    };
     let create = |config: pull::Config| {
         let jobs = &jobs;
         async move {
             let name = config.durable_name.clone().unwrap_or_default();
-            jobs.create_consumer(config)
-                .await
-                .map_err(|e| NatsError::Declare {
-                    what: "consumer",
-                    detail: format!("{name}: {e}"),
-                })
+            jobs.create_consumer(config).await.map_err(|e| NatsError::Declare {
+                what: "consumer",
+                detail: format!("{name}: {e}"),
+            })
         }
     };
     Ok(Consumers {
@@ -249,10 +237,7 @@ pub async fn publish_poll(
     match ack {
         Ok(ack) if ack.duplicate => Ok(PollPublished::AlreadyPending),
         Ok(_) => Ok(PollPublished::New),
-        Err(e)
-            if e.kind() == PublishErrorKind::Other
-                && js_error_code(&e) == Some(ErrorCode::STREAM_STORE_FAILED) =>
-        {
+        Err(e) if e.kind() == PublishErrorKind::Other && js_error_code(&e) == Some(ErrorCode::STREAM_STORE_FAILED) => {
             Ok(PollPublished::AlreadyPending)
         }
         Err(e) => Err(err(e.to_string())),
@@ -268,11 +253,10 @@ pub async fn publish_status(
 ) -> Result<(), NatsError> {
     let subject = subjects.status(event.run_id);
     let body = Bytes::from(serde_json::to_vec(event).expect("a status event serialises"));
-    let publish = Publish::build().payload(body).message_id(format!(
-        "status:{}:{}",
-        event.run_id,
-        event.status.as_str()
-    ));
+    let publish =
+        Publish::build()
+            .payload(body)
+            .message_id(format!("status:{}:{}", event.run_id, event.status.as_str()));
     let err = |detail: String| NatsError::Publish {
         subject: subject.clone(),
         detail,
@@ -307,14 +291,11 @@ pub async fn publish_dlq(
         subject: subject.clone(),
         detail,
     };
-    js.send_publish(
-        subject.clone(),
-        Publish::build().payload(payload).headers(headers),
-    )
-    .await
-    .map_err(|e| err(e.to_string()))?
-    .await
-    .map_err(|e| err(e.to_string()))?;
+    js.send_publish(subject.clone(), Publish::build().payload(payload).headers(headers))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .await
+        .map_err(|e| err(e.to_string()))?;
     Ok(())
 }
 

@@ -35,10 +35,7 @@ impl RunStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Ready | RunStatus::Failed | RunStatus::Canceled
-        )
+        matches!(self, RunStatus::Ready | RunStatus::Failed | RunStatus::Canceled)
     }
 
     /// The states a terminal compare-and-set may start from.
@@ -110,11 +107,7 @@ pub struct StatusEvent {
 }
 
 impl StatusEvent {
-    pub fn new(
-        run_id: uuid::Uuid,
-        status: EventStatus,
-        now: chrono::DateTime<chrono::Utc>,
-    ) -> Self {
+    pub fn new(run_id: uuid::Uuid, status: EventStatus, now: chrono::DateTime<chrono::Utc>) -> Self {
         Self {
             run_id,
             status,
@@ -158,8 +151,7 @@ mod tests {
             .unwrap()
             .with_timezone(&chrono::Utc);
         let id = uuid::Uuid::nil();
-        let e =
-            serde_json::to_value(StatusEvent::new(id, EventStatus::ExecutingQuery, now)).unwrap();
+        let e = serde_json::to_value(StatusEvent::new(id, EventStatus::ExecutingQuery, now)).unwrap();
         assert_eq!(
             e,
             serde_json::json!({"runId": id, "status": "executing_query", "message": "Executing query...", "timestamp": "2026-11-28T12:00:00.123Z"})

@@ -8,9 +8,7 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use sqlparser::ast::{
-    Expr, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor,
-};
+use sqlparser::ast::{Expr, SelectItem, SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor};
 use sqlparser::dialect::MsSqlDialect;
 use sqlparser::parser::Parser;
 
@@ -108,10 +106,7 @@ pub enum SchemaError {
 const DEFAULT_TEXT: u32 = 254;
 
 fn strip_brackets(name: &str) -> String {
-    name.trim()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string()
+    name.trim().trim_start_matches('[').trim_end_matches(']').to_string()
 }
 
 fn lookup<'a>(metadata: &'a TableMetadata, table: &str) -> Option<&'a Vec<MetadataField>> {
@@ -154,8 +149,7 @@ fn to_field(name: &str, meta: Option<&MetadataField>) -> DeField {
 
 /// Infers the columns of `sql`'s result.
 pub fn infer(sql: &str, metadata: &TableMetadata) -> Result<Vec<DeField>, SchemaError> {
-    let statements =
-        Parser::parse_sql(&MsSqlDialect {}, sql).map_err(|e| SchemaError::Parse(e.to_string()))?;
+    let statements = Parser::parse_sql(&MsSqlDialect {}, sql).map_err(|e| SchemaError::Parse(e.to_string()))?;
     let Some(Statement::Query(query)) = statements.first() else {
         return Err(SchemaError::NotSelect);
     };
@@ -206,9 +200,7 @@ pub fn infer(sql: &str, metadata: &TableMetadata) -> Result<Vec<DeField>, Schema
                 let qualifier = parts.len().checked_sub(2).map(|q| parts[q].value.as_str());
                 fields.push(typed(qualifier, column));
             }
-            SelectItem::UnnamedExpr(_) => {
-                fields.push(DeField::text(&format!("Column{}", i + 1), DEFAULT_TEXT))
-            }
+            SelectItem::UnnamedExpr(_) => fields.push(DeField::text(&format!("Column{}", i + 1), DEFAULT_TEXT)),
             SelectItem::ExprWithAlias { expr, alias } => {
                 let mut field = match expr {
                     Expr::Identifier(id) => typed(None, &id.value),
@@ -229,11 +221,7 @@ pub fn infer(sql: &str, metadata: &TableMetadata) -> Result<Vec<DeField>, Schema
                 }
             }
             SelectItem::ExprWithAliases { aliases, .. } => {
-                fields.extend(
-                    aliases
-                        .iter()
-                        .map(|a| DeField::text(&a.value, DEFAULT_TEXT)),
-                );
+                fields.extend(aliases.iter().map(|a| DeField::text(&a.value, DEFAULT_TEXT)));
             }
             SelectItem::QualifiedWildcard(kind, _) => {
                 let SelectItemQualifiedWildcardKind::ObjectName(name) = kind else {
@@ -332,14 +320,8 @@ mod tests {
 
     #[test]
     fn bad_queries_are_clear_errors() {
-        assert!(matches!(
-            infer("SELEC x", &meta()),
-            Err(SchemaError::Parse(_))
-        ));
-        assert_eq!(
-            infer("DELETE FROM x", &meta()).unwrap_err(),
-            SchemaError::NotSelect
-        );
+        assert!(matches!(infer("SELEC x", &meta()), Err(SchemaError::Parse(_))));
+        assert_eq!(infer("DELETE FROM x", &meta()).unwrap_err(), SchemaError::NotSelect);
         assert_eq!(
             infer("SELECT Email, Email FROM Subscribers_DE", &meta()).unwrap_err(),
             SchemaError::DuplicateColumn("Email".into())

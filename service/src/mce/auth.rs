@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use entities::credentials;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set,
-    TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, Set, TransactionTrait,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -80,12 +79,7 @@ pub enum Grant {
 }
 
 impl Auth {
-    pub fn new(
-        db: DatabaseConnection,
-        cipher: Cipher,
-        client_id: String,
-        client_secret: SecretString,
-    ) -> Self {
+    pub fn new(db: DatabaseConnection, cipher: Cipher, client_id: String, client_secret: SecretString) -> Self {
         Self {
             db,
             cipher,
@@ -97,11 +91,7 @@ impl Auth {
     }
 
     fn cached(&self, key: &TokenKey) -> Option<Cached> {
-        self.cache
-            .lock()
-            .expect("token cache lock")
-            .get(key)
-            .cloned()
+        self.cache.lock().expect("token cache lock").get(key).cloned()
     }
 
     fn flight(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<()>> {
@@ -116,19 +106,12 @@ impl Auth {
     /// A usable access token. `refused` is a token MCE just refused: it is
     /// never handed out again, and a refresh happens unless another caller
     /// already replaced it.
-    pub async fn token<F, Fut>(
-        &self,
-        key: &TokenKey,
-        refused: Option<&str>,
-        grant: F,
-    ) -> Result<SecretString, MceError>
+    pub async fn token<F, Fut>(&self, key: &TokenKey, refused: Option<&str>, grant: F) -> Result<SecretString, MceError>
     where
         F: FnOnce(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<Grant, MceError>>,
     {
-        let acceptable = |c: &Cached| {
-            c.usable(Utc::now()) && refused.is_none_or(|r| c.token.expose_secret() != r)
-        };
+        let acceptable = |c: &Cached| c.usable(Utc::now()) && refused.is_none_or(|r| c.token.expose_secret() != r);
         if let Some(c) = self.cached(key).filter(acceptable) {
             return Ok(c.token);
         }
@@ -145,12 +128,7 @@ impl Auth {
         Ok(fresh.token)
     }
 
-    async fn refresh_locked<F, Fut>(
-        &self,
-        key: &TokenKey,
-        refused: Option<&str>,
-        grant: F,
-    ) -> Result<Cached, MceError>
+    async fn refresh_locked<F, Fut>(&self, key: &TokenKey, refused: Option<&str>, grant: F) -> Result<Cached, MceError>
     where
         F: FnOnce(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<Grant, MceError>>,
@@ -173,17 +151,12 @@ impl Auth {
 
         // Another replica may have refreshed while we waited for the lock.
         if let Some(stored) = &row.access_token {
-            let token = self
-                .cipher
-                .decrypt(stored)
-                .map_err(|_| MceError::Undecryptable)?;
+            let token = self.cipher.decrypt(stored).map_err(|_| MceError::Undecryptable)?;
             let cached = Cached {
                 token: SecretString::from(token),
                 expires_at: row.expires_at,
             };
-            if cached.usable(Utc::now())
-                && refused.is_none_or(|r| cached.token.expose_secret() != r)
-            {
+            if cached.usable(Utc::now()) && refused.is_none_or(|r| cached.token.expose_secret() != r) {
                 txn.commit().await.map_err(db_err)?;
                 return Ok(cached);
             }
@@ -227,11 +200,10 @@ impl Auth {
 pub fn read_grant(status: u16, body: &str) -> Result<Grant, MceError> {
     match status {
         200..=299 => {
-            let parsed: TokenResponse =
-                serde_json::from_str(body).map_err(|e| MceError::Protocol {
-                    op: Op::Token.name(),
-                    detail: format!("token response: {e}"),
-                })?;
+            let parsed: TokenResponse = serde_json::from_str(body).map_err(|e| MceError::Protocol {
+                op: Op::Token.name(),
+                detail: format!("token response: {e}"),
+            })?;
             Ok(Grant::Granted {
                 access_token: parsed.access_token,
                 refresh_token: parsed.refresh_token,
@@ -243,9 +215,7 @@ pub fn read_grant(status: u16, body: &str) -> Result<Grant, MceError> {
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or_else(|| format!("HTTP {status}"));
-            Ok(Grant::Refused(format!(
-                "the refresh token was refused ({error})"
-            )))
+            Ok(Grant::Refused(format!("the refresh token was refused ({error})")))
         }
         429 => Err(MceError::RateLimited {
             op: Op::Token.name(),
@@ -272,19 +242,9 @@ mod tests {
         assert!(
             matches!(ok, Grant::Granted { ref access_token, refresh_token: Some(ref r), expires_in: 1079 } if access_token == "a" && r == "r2")
         );
-        let refused = read_grant(
-            400,
-            r#"{"error":"invalid_grant","error_description":"Token revoked"}"#,
-        )
-        .unwrap();
+        let refused = read_grant(400, r#"{"error":"invalid_grant","error_description":"Token revoked"}"#).unwrap();
         assert!(matches!(refused, Grant::Refused(ref m) if m.contains("invalid_grant")));
-        assert!(matches!(
-            read_grant(503, ""),
-            Err(MceError::Unavailable { .. })
-        ));
-        assert!(matches!(
-            read_grant(200, "nope"),
-            Err(MceError::Protocol { .. })
-        ));
+        assert!(matches!(read_grant(503, ""), Err(MceError::Unavailable { .. })));
+        assert!(matches!(read_grant(200, "nope"), Err(MceError::Protocol { .. })));
     }
 }

@@ -73,34 +73,20 @@ fn transport_error(op: Op, e: &reqwest::Error) -> MceError {
     } else {
         "request failed".to_string()
     };
-    MceError::Unavailable {
-        op: op.name(),
-        detail,
-    }
+    MceError::Unavailable { op: op.name(), detail }
 }
 
 /// `Retry-After` as seconds or an HTTP date.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (when.with_timezone(&chrono::Utc) - chrono::Utc::now())
-        .to_std()
-        .ok()
+    (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
 }
 
-fn status_error(
-    op: Op,
-    status: u16,
-    headers: &reqwest::header::HeaderMap,
-    message: String,
-) -> MceError {
+fn status_error(op: Op, status: u16, headers: &reqwest::header::HeaderMap, message: String) -> MceError {
     match status {
         403 => MceError::Forbidden { op: op.name() },
         429 => MceError::RateLimited {
@@ -131,10 +117,7 @@ fn read_error(op: Op, e: ReadError) -> MceError {
             status,
             message,
         },
-        ReadError::Shape(detail) => MceError::Protocol {
-            op: op.name(),
-            detail,
-        },
+        ReadError::Shape(detail) => MceError::Protocol { op: op.name(), detail },
     }
 }
 
@@ -170,12 +153,7 @@ impl Mce {
     }
 
     /// A session for one tenant, user and business unit.
-    pub async fn session(
-        &self,
-        tenant_id: Uuid,
-        user_id: Option<Uuid>,
-        mid: &str,
-    ) -> Result<Session<'_>, MceError> {
+    pub async fn session(&self, tenant_id: Uuid, user_id: Option<Uuid>, mid: &str) -> Result<Session<'_>, MceError> {
         let tenant = tenants::Entity::find_by_id(tenant_id)
             .one(&self.auth.db)
             .await
@@ -224,10 +202,7 @@ impl Session<'_> {
             .await
             .map_err(|e| transport_error(Op::Token, &e))?;
         let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| transport_error(Op::Token, &e))?;
+        let body = response.text().await.map_err(|e| transport_error(Op::Token, &e))?;
         read_grant(status, &body)
     }
 
@@ -258,10 +233,7 @@ impl Session<'_> {
                         match exchange(token).await? {
                             Attempt::Done(v) => Ok(v),
                             Attempt::AuthRefused => Err(MceError::AuthExpired {
-                                detail: format!(
-                                    "{}: the token was refused after a refresh",
-                                    op.name()
-                                ),
+                                detail: format!("{}: the token was refused after a refresh", op.name()),
                             }),
                         }
                     }
@@ -272,8 +244,7 @@ impl Session<'_> {
                 Err(e) if e.is_transient() && attempt < policy.max_retries => {
                     let hinted = match &e {
                         MceError::RateLimited {
-                            retry_after: Some(d),
-                            ..
+                            retry_after: Some(d), ..
                         } => Some((*d).min(policy.max_retry_after)),
                         _ => None,
                     };
@@ -331,12 +302,7 @@ impl Session<'_> {
     }
 
     /// One REST call; `(status, JSON body)` for any 2xx.
-    async fn rest(
-        &self,
-        op: Op,
-        path: &str,
-        json_body: Option<&Value>,
-    ) -> Result<(u16, Value), MceError> {
+    async fn rest(&self, op: Op, path: &str, json_body: Option<&Value>) -> Result<(u16, Value), MceError> {
         let url = self.url(&self.mce.urls.rest, path);
         let payload = json_body.map(|b| b.to_string());
         self.call(op, |token| {
@@ -349,9 +315,7 @@ impl Session<'_> {
                     .body(p.clone()),
                 None => self.mce.http.get(&url),
             };
-            request = request
-                .timeout(op.timeout())
-                .bearer_auth(token.expose_secret());
+            request = request.timeout(op.timeout()).bearer_auth(token.expose_secret());
             async move {
                 let response = request.send().await.map_err(|e| transport_error(op, &e))?;
                 let status = response.status().as_u16();
@@ -392,11 +356,7 @@ impl Session<'_> {
 
     pub async fn is_running(&self, query_definition_id: &str) -> Result<bool, MceError> {
         let (_, body) = self
-            .rest(
-                Op::IsRunning,
-                &rest::is_running_path(query_definition_id),
-                None,
-            )
+            .rest(Op::IsRunning, &rest::is_running_path(query_definition_id), None)
             .await?;
         rest::read_is_running(&body).ok_or_else(|| MceError::Protocol {
             op: Op::IsRunning.name(),
@@ -404,18 +364,9 @@ impl Session<'_> {
         })
     }
 
-    pub async fn rowset(
-        &self,
-        de_key: &str,
-        page: u32,
-        page_size: u32,
-    ) -> Result<Rowset, MceError> {
+    pub async fn rowset(&self, de_key: &str, page: u32, page_size: u32) -> Result<Rowset, MceError> {
         let (_, body) = self
-            .rest(
-                Op::Rowset,
-                &rest::rowset_path(de_key, page, page_size),
-                None,
-            )
+            .rest(Op::Rowset, &rest::rowset_path(de_key, page, page_size), None)
             .await?;
         rest::read_rowset(&body).ok_or_else(|| MceError::Protocol {
             op: Op::Rowset.name(),
@@ -425,21 +376,13 @@ impl Session<'_> {
 
     pub async fn async_status(&self, task_id: &str) -> Result<AsyncStatus, MceError> {
         let root = self
-            .soap(
-                Op::AsyncStatus,
-                Verb::Retrieve,
-                &soap::retrieve_async_status(task_id),
-            )
+            .soap(Op::AsyncStatus, Verb::Retrieve, &soap::retrieve_async_status(task_id))
             .await?;
         soap::read_async_status(&root).map_err(|e| read_error(Op::AsyncStatus, e))
     }
 
     /// The id of the first DataFolder matching, if any.
-    pub async fn find_folder(
-        &self,
-        name: &str,
-        content_type: Option<&str>,
-    ) -> Result<Option<i64>, MceError> {
+    pub async fn find_folder(&self, name: &str, content_type: Option<&str>) -> Result<Option<i64>, MceError> {
         let root = self
             .soap(
                 Op::RetrieveFolder,
@@ -447,8 +390,7 @@ impl Session<'_> {
                 &soap::retrieve_folder(name, content_type),
             )
             .await?;
-        let retrieved =
-            soap::read_retrieve(&root).map_err(|e| read_error(Op::RetrieveFolder, e))?;
+        let retrieved = soap::read_retrieve(&root).map_err(|e| read_error(Op::RetrieveFolder, e))?;
         Ok(retrieved
             .results
             .first()
@@ -463,10 +405,7 @@ impl Session<'_> {
     }
 
     /// Deletes a DE by key; a DE that does not exist is fine.
-    pub async fn delete_data_extension_if_exists(
-        &self,
-        customer_key: &str,
-    ) -> Result<(), MceError> {
+    pub async fn delete_data_extension_if_exists(&self, customer_key: &str) -> Result<(), MceError> {
         let root = self
             .soap(
                 Op::DeleteDataExtension,
@@ -489,23 +428,15 @@ impl Session<'_> {
         fields: &[DeField],
     ) -> Result<String, MceError> {
         let body = soap::create_data_extension(name, key, folder_id, fields);
-        let root = self
-            .soap(Op::CreateDataExtension, Verb::Create, &body)
-            .await?;
+        let root = self.soap(Op::CreateDataExtension, Verb::Create, &body).await?;
         soap::read_create_object_id(&root).map_err(|e| read_error(Op::CreateDataExtension, e))
     }
 
     /// The ObjectID of the QueryDefinition with this key, if it exists.
-    pub async fn find_query_definition(
-        &self,
-        customer_key: &str,
-    ) -> Result<Option<String>, MceError> {
+    pub async fn find_query_definition(&self, customer_key: &str) -> Result<Option<String>, MceError> {
         let body = soap::retrieve_query_definition(customer_key);
-        let root = self
-            .soap(Op::RetrieveQueryDefinition, Verb::Retrieve, &body)
-            .await?;
-        let retrieved =
-            soap::read_retrieve(&root).map_err(|e| read_error(Op::RetrieveQueryDefinition, e))?;
+        let root = self.soap(Op::RetrieveQueryDefinition, Verb::Retrieve, &body).await?;
+        let retrieved = soap::read_retrieve(&root).map_err(|e| read_error(Op::RetrieveQueryDefinition, e))?;
         Ok(retrieved
             .results
             .first()
@@ -529,9 +460,7 @@ impl Session<'_> {
             update_type,
             category_id,
         });
-        let root = self
-            .soap(Op::CreateQueryDefinition, Verb::Create, &body)
-            .await?;
+        let root = self.soap(Op::CreateQueryDefinition, Verb::Create, &body).await?;
         soap::read_create_object_id(&root).map_err(|e| read_error(Op::CreateQueryDefinition, e))
     }
 
@@ -567,10 +496,7 @@ mod tests {
         let later = (chrono::Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
         h.insert(reqwest::header::RETRY_AFTER, later.parse().unwrap());
         let d = retry_after(&h).unwrap();
-        assert!(
-            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
-            "{d:?}"
-        );
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
         h.insert(
             reqwest::header::RETRY_AFTER,
             "Mon, 01 Jan 2001 00:00:00 GMT".parse().unwrap(),

@@ -152,11 +152,14 @@ impl MceError {
                 "Marketing Cloud operation failed. Please try again.".into()
             }
             MceError::CredentialsMissing => {
-                "No Marketing Cloud credentials are stored for this user and business unit. Please re-authenticate.".into()
+                "No Marketing Cloud credentials are stored for this user and business unit. Please re-authenticate."
+                    .into()
             }
             MceError::TenantNotFound => "The tenant is not known.".into(),
             MceError::InvalidTssd => "The tenant's Marketing Cloud subdomain is invalid.".into(),
-            MceError::Undecryptable => "Stored Marketing Cloud credentials cannot be read. Please re-authenticate.".into(),
+            MceError::Undecryptable => {
+                "Stored Marketing Cloud credentials cannot be read. Please re-authenticate.".into()
+            }
         }
     }
 }

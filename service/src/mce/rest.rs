@@ -54,12 +54,7 @@ pub fn read_validation(body: &Value) -> Validation {
     {
         errors.push(m.trim().to_string());
     }
-    for e in body
-        .get("errors")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for e in body.get("errors").and_then(Value::as_array).into_iter().flatten() {
         let text = e.as_str().or_else(|| {
             ["message", "errorMessage", "Error"]
                 .iter()
@@ -72,10 +67,7 @@ pub fn read_validation(body: &Value) -> Validation {
     if errors.is_empty() {
         errors.push("Query validation failed".into());
     }
-    Validation {
-        valid: false,
-        errors,
-    }
+    Validation { valid: false, errors }
 }
 
 pub fn read_is_running(body: &Value) -> Option<bool> {

@@ -78,11 +78,7 @@ pub fn retrieve_folder(name: &str, content_type: Option<&str>) -> String {
             simple_filter("RightOperand", "ContentType", "equals", ct)
         ),
     };
-    retrieve(
-        "DataFolder",
-        &["ID", "Name", "ParentFolder.ID", "ContentType"],
-        &filter,
-    )
+    retrieve("DataFolder", &["ID", "Name", "ParentFolder.ID", "ContentType"], &filter)
 }
 
 pub fn create_folder(name: &str, parent_id: i64, description: &str) -> String {
@@ -126,12 +122,7 @@ fn field_xml(field: &DeField) -> String {
 }
 
 /// The temp results DE: one-day retention, no primary key.
-pub fn create_data_extension(
-    name: &str,
-    customer_key: &str,
-    folder_id: i64,
-    fields: &[DeField],
-) -> String {
+pub fn create_data_extension(name: &str, customer_key: &str, folder_id: i64, fields: &[DeField]) -> String {
     let fields: String = fields.iter().map(field_xml).collect();
     format!(
         concat!(
@@ -238,8 +229,7 @@ pub fn fault(root: &Element) -> Option<(String, String)> {
 /// The fault MCE sends for an expired or invalid token.
 pub fn is_login_failed(root: &Element) -> bool {
     fault(root).is_some_and(|(code, message)| {
-        code.to_ascii_lowercase().contains("security")
-            && message.to_ascii_lowercase().contains("login failed")
+        code.to_ascii_lowercase().contains("security") && message.to_ascii_lowercase().contains("login failed")
     })
 }
 
@@ -261,8 +251,7 @@ pub struct Retrieved<'a> {
 
 impl Retrieved<'_> {
     pub fn more_data(&self) -> bool {
-        self.overall_status
-            .eq_ignore_ascii_case("MoreDataAvailable")
+        self.overall_status.eq_ignore_ascii_case("MoreDataAvailable")
     }
 }
 
@@ -273,15 +262,13 @@ pub fn read_retrieve(root: &Element) -> Result<Retrieved<'_>, ReadError> {
     let msg = body_message(root, "RetrieveResponseMsg")?;
     let overall_status = msg.text_at(&["OverallStatus"]).unwrap_or("").to_string();
     let results: Vec<&Element> = msg.children("Results").collect();
-    let ok = overall_status.eq_ignore_ascii_case("OK")
-        || overall_status.eq_ignore_ascii_case("MoreDataAvailable");
-    if !ok && !(overall_status.eq_ignore_ascii_case("Error") && results.is_empty()) {
+    let ok = overall_status.eq_ignore_ascii_case("OK") || overall_status.eq_ignore_ascii_case("MoreDataAvailable");
+    // A bare `Error` with no results is how MCE says "not found" for some keys.
+    let not_found = overall_status.eq_ignore_ascii_case("Error") && results.is_empty();
+    if !(ok || not_found) {
         return Err(ReadError::Status {
             status: overall_status,
-            message: msg
-                .text_at(&["OverallStatusMessage"])
-                .unwrap_or("")
-                .to_string(),
+            message: msg.text_at(&["OverallStatusMessage"]).unwrap_or("").to_string(),
         });
     }
     Ok(Retrieved {
@@ -347,17 +334,10 @@ pub fn read_perform(root: &Element) -> Result<String, ReadError> {
     let result = msg
         .path(&["Results", "Result"])
         .ok_or_else(|| ReadError::Shape("no Results/Result".into()))?;
-    let ok = |path: &[&str]| {
-        result
-            .text_at(path)
-            .is_some_and(|s| s.eq_ignore_ascii_case("OK"))
-    };
+    let ok = |path: &[&str]| result.text_at(path).is_some_and(|s| s.eq_ignore_ascii_case("OK"));
     if !ok(&["StatusCode"]) && !ok(&["Task", "StatusCode"]) {
         return Err(ReadError::Status {
-            status: result
-                .text_at(&["StatusCode"])
-                .unwrap_or("Unknown")
-                .to_string(),
+            status: result.text_at(&["StatusCode"]).unwrap_or("Unknown").to_string(),
             message: result
                 .non_empty_at(&["StatusMessage"])
                 .or(result.non_empty_at(&["Task", "StatusMessage"]))
@@ -392,10 +372,7 @@ pub fn read_async_status(root: &Element) -> Result<AsyncStatus, ReadError> {
     let mut out = AsyncStatus::default();
     if let Some(props) = result.child("Properties") {
         for prop in props.children("Property") {
-            let value = prop
-                .text_at(&["Value"])
-                .filter(|v| !v.is_empty())
-                .map(str::to_string);
+            let value = prop.text_at(&["Value"]).filter(|v| !v.is_empty()).map(str::to_string);
             match prop.text_at(&["Name"]) {
                 Some("Status") => out.status = value,
                 Some("ErrorMsg") => out.error_msg = value,

@@ -111,9 +111,7 @@ pub fn classify(status: Option<&str>, error_msg: Option<&str>) -> StatusClass {
         return StatusClass::Failed(message);
     }
     if matches!(s.as_str(), "canceled" | "cancelled" | "stopped" | "killed") {
-        return StatusClass::Failed(format!(
-            "The query was stopped in Marketing Cloud (status={raw})"
-        ));
+        return StatusClass::Failed(format!("The query was stopped in Marketing Cloud (status={raw})"));
     }
     if s == "complete" || s == "completed" {
         return StatusClass::Complete;
@@ -158,9 +156,7 @@ pub fn decide(
     let mut next = state.clone();
     let mut write = false;
     match observation {
-        Observation::Status {
-            status, error_msg, ..
-        } => {
+        Observation::Status { status, error_msg, .. } => {
             match classify(status.as_deref(), error_msg.as_deref()) {
                 StatusClass::Failed(message) => {
                     return Decision::Fail {
@@ -215,9 +211,7 @@ pub fn decide_rowset(
             if attempts >= cfg.rowset_ready_max_attempts {
                 return Decision::Fail {
                     reason: FailReason::NotQueryable,
-                    message: format!(
-                        "Data Extension \"{de_key}\" not queryable after {attempts} attempts"
-                    ),
+                    message: format!("Data Extension \"{de_key}\" not queryable after {attempts} attempts"),
                 };
             }
             let next = PollState {

@@ -28,9 +28,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         Err(e) => return Disposition::DeadLetter(format!("invalid poll message: {e}")),
     };
     if Subjects::run_id_of(&delivery.subject) != Some(msg.run_id) {
-        return Disposition::DeadLetter(
-            "the subject's run id differs from the body's runId".into(),
-        );
+        return Disposition::DeadLetter("the subject's run id differs from the body's runId".into());
     }
     let span = tracing::info_span!("poll", run_id = %msg.run_id, poll_count = delivery.delivered);
     let _enter = span.enter();
@@ -45,15 +43,9 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     }
 }
 
-async fn tick(
-    deps: &Deps,
-    run_id: Uuid,
-    delivery: &Delivery,
-) -> Result<Disposition, sea_orm::DbErr> {
+async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposition, sea_orm::DbErr> {
     let Some(run) = store::get_run(&deps.db, run_id).await? else {
-        return Ok(Disposition::DeadLetter(
-            "poll message for an unknown run".into(),
-        ));
+        return Ok(Disposition::DeadLetter("poll message for an unknown run".into()));
     };
     let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Failed);
     if status == RunStatus::Canceled && run.completed_at.is_none() {
@@ -68,18 +60,13 @@ async fn tick(
     if status.is_terminal() {
         return Ok(Disposition::Ack);
     }
-    let (Some(task_id), Some(de_key)) = (run.task_id.clone(), run.target_de_customer_key.clone())
-    else {
+    let (Some(task_id), Some(de_key)) = (run.task_id.clone(), run.target_de_customer_key.clone()) else {
         return Ok(Disposition::DeadLetter(
             "poll message for a run that was never started".into(),
         ));
     };
     let now = Utc::now();
-    let state = store::poll_state(
-        &run,
-        u32::try_from(delivery.delivered).unwrap_or(u32::MAX),
-        now,
-    );
+    let state = store::poll_state(&run, u32::try_from(delivery.delivered).unwrap_or(u32::MAX), now);
     let session = match deps.mce.session(run.tenant_id, run.user_id, &run.mid).await {
         Ok(s) => s,
         Err(e) if e.is_transient() => return Ok(reschedule_transient(deps, &state)),
@@ -109,25 +96,14 @@ async fn tick(
         match decision {
             Decision::CheckRowset => {
                 if state.rowset_attempts == 0 {
-                    deps.publish_event(&StatusEvent::new(
-                        run_id,
-                        EventStatus::FetchingResults,
-                        Utc::now(),
-                    ))
-                    .await;
+                    deps.publish_event(&StatusEvent::new(run_id, EventStatus::FetchingResults, Utc::now()))
+                        .await;
                 }
                 let observation = match check_rowset(&session, &de_key).await {
                     Ok(o) => o,
                     Err(e) => return finish_failed(deps, &run, &e.client_message()).await,
                 };
-                decision = decide::decide_rowset(
-                    &state,
-                    observation,
-                    &de_key,
-                    &deps.poll,
-                    Utc::now(),
-                    fastrand::f64(),
-                );
+                decision = decide::decide_rowset(&state, observation, &de_key, &deps.poll, Utc::now(), fastrand::f64());
             }
             Decision::Ready { row_count } => {
                 let now = Utc::now();
@@ -144,11 +120,7 @@ async fn tick(
                 tracing::info!(reason = reason.label(), "run failed");
                 return finish_failed(deps, &run, &message).await;
             }
-            Decision::Reschedule {
-                delay,
-                state,
-                write,
-            } => {
+            Decision::Reschedule { delay, state, write } => {
                 if write && !store::save_poll_state(&deps.db, run_id, &state).await? {
                     // The run left `running` meanwhile (canceled): the next look sees it.
                     return Ok(Disposition::Retry(std::time::Duration::ZERO));
@@ -160,20 +132,14 @@ async fn tick(
 }
 
 fn reschedule_transient(deps: &Deps, state: &PollState) -> Disposition {
-    Disposition::Retry(
-        deps.poll
-            .backoff
-            .delay_random(state.poll_count.saturating_sub(1)),
-    )
+    Disposition::Retry(deps.poll.backoff.delay_random(state.poll_count.saturating_sub(1)))
 }
 
 /// Any 200 means queryable; an unrecoverable error ends the run; anything
 /// else (404, 409, 5xx, timeout) means not yet.
 async fn check_rowset(session: &Session<'_>, de_key: &str) -> Result<RowsetObservation, MceError> {
     match session.rowset(de_key, 1, 1).await {
-        Ok(rowset) => Ok(RowsetObservation::Queryable {
-            count: rowset.count,
-        }),
+        Ok(rowset) => Ok(RowsetObservation::Queryable { count: rowset.count }),
         Err(e) if e.is_unrecoverable() => Err(e),
         Err(e) => {
             tracing::debug!(error = %e, "results not queryable yet");
@@ -182,19 +148,14 @@ async fn check_rowset(session: &Session<'_>, de_key: &str) -> Result<RowsetObser
     }
 }
 
-async fn finish_failed(
-    deps: &Deps,
-    run: &Run,
-    message: &str,
-) -> Result<Disposition, sea_orm::DbErr> {
+async fn finish_failed(deps: &Deps, run: &Run, message: &str) -> Result<Disposition, sea_orm::DbErr> {
     let message = clip_error(message);
     let now = Utc::now();
     let terminal = Terminal::Failed {
         error_message_encrypted: deps.cipher.encrypt(&message),
     };
     if store::finish(&deps.db, run.id, terminal, now).await? {
-        deps.publish_event(&StatusEvent::failed(run.id, &message, now))
-            .await;
+        deps.publish_event(&StatusEvent::failed(run.id, &message, now)).await;
         cleanup(deps, run).await;
     }
     Ok(Disposition::Ack)
@@ -208,13 +169,7 @@ async fn cleanup(deps: &Deps, run: &Run) {
     }
 }
 
-pub async fn delete_query_definition(
-    deps: &Deps,
-    tenant_id: Uuid,
-    user_id: Option<Uuid>,
-    mid: &str,
-    object_id: &str,
-) {
+pub async fn delete_query_definition(deps: &Deps, tenant_id: Uuid, user_id: Option<Uuid>, mid: &str, object_id: &str) {
     let result = match deps.mce.session(tenant_id, user_id, mid).await {
         Ok(session) => session.delete_query_definition(object_id).await,
         Err(e) => Err(e),

@@ -38,10 +38,7 @@ fn async_status_with_a_property_list() {
     ));
     let status = read_async_status(&root).unwrap();
     assert_eq!(status.status.as_deref(), Some("Queued"));
-    assert_eq!(
-        status.completed_date.as_deref(),
-        Some("1/16/2026 10:54:35 AM")
-    );
+    assert_eq!(status.completed_date.as_deref(), Some("1/16/2026 10:54:35 AM"));
     assert_eq!(status.error_msg, None);
 }
 
@@ -50,10 +47,7 @@ fn async_status_with_a_single_property_direct_children_or_nothing() {
     let single = envelope_of(&status_body(
         r#"<Results xsi:type="AsyncActivityStatus"><Properties><Property><Name>Status</Name><Value> Complete </Value></Property></Properties></Results>"#,
     ));
-    assert_eq!(
-        read_async_status(&single).unwrap().status.as_deref(),
-        Some("Complete")
-    );
+    assert_eq!(read_async_status(&single).unwrap().status.as_deref(), Some("Complete"));
 
     let direct = envelope_of(&status_body(
         r#"<Results xsi:type="AsyncActivityStatus"><Status>Error</Status><ErrorMsg>Syntax error in query</ErrorMsg></Results>"#,
@@ -131,10 +125,7 @@ fn create_answers() {
         read_create_object_id(&qd).unwrap(),
         "5a1c7f0e-2d3b-4c7a-9e11-7f0a2b3c4d5e"
     );
-    assert!(
-        read_create_new_id(&qd).is_err(),
-        "NewID 0 is not a folder id"
-    );
+    assert!(read_create_new_id(&qd).is_err(), "NewID 0 is not a folder id");
     let folder = envelope_of(
         r#"<CreateResponse xmlns="http://exacttarget.com/wsdl/partnerAPI"><Results><StatusCode>OK</StatusCode><NewID>99999</NewID></Results></CreateResponse>"#,
     );
@@ -166,10 +157,7 @@ fn perform_answers() {
     let failed = envelope_of(
         r#"<PerformResponseMsg xmlns="http://exacttarget.com/wsdl/partnerAPI"><Results><Result><StatusCode>Error</StatusCode><StatusMessage>Bad</StatusMessage><Task><StatusCode>Error</StatusCode><ID/></Task></Result></Results></PerformResponseMsg>"#,
     );
-    assert!(matches!(
-        read_perform(&failed),
-        Err(ReadError::Status { .. })
-    ));
+    assert!(matches!(read_perform(&failed), Err(ReadError::Status { .. })));
 }
 
 #[test]
@@ -178,12 +166,9 @@ fn delete_answers() {
         r#"<DeleteResponse xmlns="http://exacttarget.com/wsdl/partnerAPI"><Results><StatusCode>OK</StatusCode><StatusMessage>Deleted</StatusMessage></Results></DeleteResponse>"#,
     );
     assert!(read_delete(&ok).is_ok());
-    let missing = envelope_of(
-        r#"<DeleteResponse xmlns="http://exacttarget.com/wsdl/partnerAPI"><Results/></DeleteResponse>"#,
-    );
-    assert!(
-        matches!(read_delete(&missing), Err(ReadError::Status { status, .. }) if status == "NoResponse")
-    );
+    let missing =
+        envelope_of(r#"<DeleteResponse xmlns="http://exacttarget.com/wsdl/partnerAPI"><Results/></DeleteResponse>"#);
+    assert!(matches!(read_delete(&missing), Err(ReadError::Status { status, .. }) if status == "NoResponse"));
 }
 
 #[test]
@@ -200,10 +185,7 @@ fn request_bodies_escape_and_follow_the_reference_shape() {
         update_type: "Overwrite",
         category_id: Some(0),
     });
-    assert!(
-        body.contains("WHERE b &lt; 3 &amp; c = &apos;d&apos;"),
-        "{body}"
-    );
+    assert!(body.contains("WHERE b &lt; 3 &amp; c = &apos;d&apos;"), "{body}");
     assert!(!body.contains("CategoryID"), "CategoryID 0 is omitted");
     let body = create_query_definition(&QueryDefinitionSpec {
         category_id: Some(12),
@@ -216,8 +198,7 @@ fn request_bodies_escape_and_follow_the_reference_shape() {
         }
     });
     assert!(
-        body.contains("<CategoryID>12</CategoryID>")
-            && body.contains("<TargetUpdateType>Append</TargetUpdateType>")
+        body.contains("<CategoryID>12</CategoryID>") && body.contains("<TargetUpdateType>Append</TargetUpdateType>")
     );
     let retrieve = retrieve_query_definition("k");
     assert!(!retrieve.contains("<Properties>ID</Properties>"));

@@ -76,10 +76,7 @@ fn statuses_classify() {
         StatusClass::Failed("boom".into())
     );
     for never in ["Canceled", "stopped", " KILLED "] {
-        assert!(
-            matches!(classify(Some(never), None), StatusClass::Failed(_)),
-            "{never}"
-        );
+        assert!(matches!(classify(Some(never), None), StatusClass::Failed(_)), "{never}");
     }
 }
 
@@ -122,13 +119,9 @@ fn pending_reschedules_on_the_backoff_and_writes_only_on_change() {
     assert_eq!(delay, Duration::from_millis(2000));
     assert!(write, "first status seen is a change");
     assert_eq!(next.last_status.as_deref(), Some("queued"));
-    let Decision::Reschedule { delay, write, .. } = decide(
-        &next.clone().with_count(3),
-        &status(" queued"),
-        &cfg(),
-        at(10),
-        0.5,
-    ) else {
+    let Decision::Reschedule { delay, write, .. } =
+        decide(&next.clone().with_count(3), &status(" queued"), &cfg(), at(10), 0.5)
+    else {
         panic!()
     };
     assert_eq!(delay, Duration::from_millis(8000));
@@ -177,9 +170,8 @@ fn the_budget_is_checked_after_the_status_and_at_its_boundaries() {
 
 #[test]
 fn a_transient_failure_reschedules_until_the_budget() {
-    let Decision::Reschedule {
-        state: next, write, ..
-    } = decide(&state(3), &Observation::Unavailable, &cfg(), at(20), 0.5)
+    let Decision::Reschedule { state: next, write, .. } =
+        decide(&state(3), &Observation::Unavailable, &cfg(), at(20), 0.5)
     else {
         panic!()
     };
@@ -201,9 +193,7 @@ fn a_transient_failure_reschedules_until_the_budget() {
         }
     ));
     // A good read after errors resets the streak and writes it.
-    let Decision::Reschedule {
-        state: next, write, ..
-    } = decide(&again, &status("Queued"), &cfg(), at(100), 0.5)
+    let Decision::Reschedule { state: next, write, .. } = decide(&again, &status("Queued"), &cfg(), at(100), 0.5)
     else {
         panic!()
     };
@@ -228,14 +218,7 @@ fn rowset_readiness_is_bounded_and_resumable() {
         delay,
         state: s1,
         write,
-    } = decide_rowset(
-        &state(4),
-        RowsetObservation::NotYet,
-        "K",
-        &cfg(),
-        at(9),
-        0.5,
-    )
+    } = decide_rowset(&state(4), RowsetObservation::NotYet, "K", &cfg(), at(9), 0.5)
     else {
         panic!()
     };

@@ -1,0 +1,391 @@
+//! The simulated account: tokens, folders, Data Extensions, QueryDefinitions
+//! and running tasks, plus the REST and token handlers.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use axum::Form;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::{Shared, SimConfig};
+
+/// How one query behaves once started.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// From Perform until MCE reports the end.
+    pub duration: Duration,
+    pub outcome: Outcome,
+    /// After completion, the rowset answers 404 for this long.
+    pub rowset_delay: Duration,
+    /// `Some(errors)`: the validate endpoint refuses the query with these.
+    pub invalid: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Complete {
+        rows: i64,
+    },
+    /// Ends with this status (e.g. `Error`) and optional ErrorMsg.
+    Fail {
+        status: String,
+        error_msg: Option<String>,
+    },
+}
+
+impl Scenario {
+    pub fn completes_after(duration: Duration, rows: i64) -> Self {
+        Self {
+            duration,
+            outcome: Outcome::Complete { rows },
+            rowset_delay: Duration::ZERO,
+            invalid: None,
+        }
+    }
+
+    pub fn fails_after(duration: Duration, error_msg: &str) -> Self {
+        Self {
+            duration,
+            outcome: Outcome::Fail {
+                status: "Error".into(),
+                error_msg: Some(error_msg.into()),
+            },
+            rowset_delay: Duration::ZERO,
+            invalid: None,
+        }
+    }
+}
+
+/// One recorded request.
+#[derive(Clone, Debug)]
+pub struct Call {
+    /// `token`, `soap:<Verb>:<ObjectType>`, `rest:validate`, `rest:isrunning`, `rest:rowset`.
+    pub action: String,
+    /// What it was about: a task id, object id or key.
+    pub detail: String,
+    pub at: Instant,
+}
+
+/// Makes the next `times` calls of `action` fail with `status`.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub action: String,
+    pub status: u16,
+    pub times: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Folder {
+    pub id: i64,
+    pub name: String,
+    pub parent_id: i64,
+    pub content_type: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct DataExtension {
+    pub object_id: String,
+    pub name: String,
+    pub customer_key: String,
+    pub folder_id: i64,
+    pub fields: Vec<(String, String)>,
+    pub rows: Vec<serde_json::Map<String, Value>>,
+    /// The rowset answers 404 until then.
+    pub queryable_at: Option<Instant>,
+}
+
+#[derive(Clone, Debug)]
+pub struct QueryDefinition {
+    pub object_id: String,
+    pub customer_key: String,
+    pub name: String,
+    pub query_text: String,
+    pub target_key: String,
+    pub category_id: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Task {
+    pub query_object_id: String,
+    pub target_key: String,
+    pub started: Instant,
+    pub scenario: Scenario,
+    pub finished: bool,
+}
+
+pub struct State {
+    pub config: SimConfig,
+    refresh_tokens: HashSet<String>,
+    access_tokens: HashMap<String, Instant>,
+    pub folders: Vec<Folder>,
+    pub data_extensions: HashMap<String, DataExtension>,
+    pub query_definitions: HashMap<String, QueryDefinition>,
+    pub tasks: HashMap<String, Task>,
+    pub scripts: Vec<(String, Scenario)>,
+    pub faults: Vec<Fault>,
+    pub calls: Vec<Call>,
+    next_id: i64,
+}
+
+impl State {
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            config,
+            refresh_tokens: HashSet::new(),
+            access_tokens: HashMap::new(),
+            folders: vec![Folder {
+                id: 1,
+                name: "Data Extensions".into(),
+                parent_id: 0,
+                content_type: "dataextension".into(),
+            }],
+            data_extensions: HashMap::new(),
+            query_definitions: HashMap::new(),
+            tasks: HashMap::new(),
+            scripts: Vec::new(),
+            faults: Vec::new(),
+            calls: Vec::new(),
+            next_id: 10_000,
+        }
+    }
+
+    pub fn add_refresh_token(&mut self, token: &str) {
+        self.refresh_tokens.insert(token.to_string());
+    }
+
+    pub fn next_id(&mut self) -> i64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn record(&mut self, action: &str, detail: &str) {
+        self.calls.push(Call {
+            action: action.to_string(),
+            detail: detail.to_string(),
+            at: Instant::now(),
+        });
+    }
+
+    /// The status of an injected fault for this action, if one is due.
+    pub fn take_fault(&mut self, action: &str) -> Option<u16> {
+        let fault = self.faults.iter_mut().find(|f| f.action == action && f.times > 0)?;
+        fault.times -= 1;
+        Some(fault.status)
+    }
+
+    pub fn token_valid(&self, token: &str) -> bool {
+        self.access_tokens.get(token).is_some_and(|exp| Instant::now() < *exp)
+    }
+
+    pub fn scenario_for(&self, query_text: &str) -> Scenario {
+        self.scripts
+            .iter()
+            .find(|(pattern, _)| query_text.contains(pattern.as_str()))
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(|| self.config.default_scenario.clone())
+    }
+
+    /// Finishes tasks whose time has come: rows appear in the target only then.
+    pub fn advance(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| !t.finished && now >= t.started + t.scenario.duration)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let task = self.tasks.get_mut(&id).expect("task listed above");
+            task.finished = true;
+            let (target, scenario, ended) = (
+                task.target_key.clone(),
+                task.scenario.clone(),
+                task.started + task.scenario.duration,
+            );
+            if let (Outcome::Complete { rows }, Some(de)) = (&scenario.outcome, self.data_extensions.get_mut(&target)) {
+                de.rows = (1..=*rows).map(|i| row(&de.fields, i)).collect();
+                de.queryable_at = Some(ended + scenario.rowset_delay);
+            }
+        }
+    }
+
+    /// `(Status, ErrorMsg)` of a task as MCE reports it now.
+    pub fn task_status(&self, task: &Task) -> (String, Option<String>) {
+        if !task.finished {
+            let half = task.started + task.scenario.duration / 2;
+            let status = if Instant::now() < half { "Queued" } else { "Processing" };
+            return (status.into(), None);
+        }
+        match &task.scenario.outcome {
+            Outcome::Complete { .. } => ("Complete".into(), None),
+            Outcome::Fail { status, error_msg } => (status.clone(), error_msg.clone()),
+        }
+    }
+}
+
+fn row(fields: &[(String, String)], i: i64) -> serde_json::Map<String, Value> {
+    fields
+        .iter()
+        .map(|(name, field_type)| {
+            let value = match field_type.as_str() {
+                "Number" | "Decimal" => json!(i.to_string()),
+                "EmailAddress" => json!(format!("user{i}@example.com")),
+                _ => json!(format!("{name}-{i}")),
+            };
+            (name.clone(), value)
+        })
+        .collect()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::to_string)
+}
+
+/// Records the call and applies auth and injected faults; `Some` is the answer to send instead.
+fn rest_gate(state: &mut State, headers: &HeaderMap, action: &str, detail: &str) -> Option<Response> {
+    state.record(action, detail);
+    if !bearer(headers).is_some_and(|t| state.token_valid(&t)) {
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                axum::Json(json!({"message": "Not Authorized", "errorcode": 0})),
+            )
+                .into_response(),
+        );
+    }
+    if let Some(status) = state.take_fault(action) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Some((status, axum::Json(json!({"message": "injected fault"}))).into_response());
+    }
+    state.advance();
+    None
+}
+
+pub async fn token(AxState(shared): AxState<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
+    let mut state = shared.lock().expect("simulator state lock");
+    state.record("token", form.get("account_id").map(String::as_str).unwrap_or(""));
+    if let Some(status) = state.take_fault("token") {
+        return StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response();
+    }
+    let presented = form.get("refresh_token").cloned().unwrap_or_default();
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token")
+        || form.get("client_id").is_none_or(|c| c.is_empty())
+        || !state.refresh_tokens.remove(&presented)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant", "error_description": "Token revoked"})),
+        )
+            .into_response();
+    }
+    let access = format!("at-{}", uuid::Uuid::new_v4().simple());
+    let rotated = format!("rt-{}", uuid::Uuid::new_v4().simple());
+    let lifetime = state.config.token_lifetime_secs;
+    state.access_tokens.insert(
+        access.clone(),
+        Instant::now() + Duration::from_secs(lifetime.max(0) as u64),
+    );
+    state.refresh_tokens.insert(rotated.clone());
+    axum::Json(json!({
+        "access_token": access, "refresh_token": rotated, "expires_in": lifetime, "token_type": "Bearer",
+        "scope": "offline data_extensions_read data_extensions_write automations_execute",
+        "rest_instance_url": "https://example.rest.marketingcloudapis.com/",
+        "soap_instance_url": "https://example.soap.marketingcloudapis.com/"
+    }))
+    .into_response()
+}
+
+pub async fn validate(AxState(shared): AxState<Shared>, headers: HeaderMap, body: String) -> Response {
+    let mut state = shared.lock().expect("simulator state lock");
+    if let Some(r) = rest_gate(&mut state, &headers, "rest:validate", "") {
+        return r;
+    }
+    let text = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("Text")?.as_str().map(str::to_string));
+    let Some(text) = text else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "Text is required"})),
+        )
+            .into_response();
+    };
+    match state.scenario_for(&text).invalid {
+        Some(errors) => axum::Json(json!({"queryValid": false, "errors": errors})).into_response(),
+        None => axum::Json(json!({"queryValid": true})).into_response(),
+    }
+}
+
+pub async fn is_running(AxState(shared): AxState<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let mut state = shared.lock().expect("simulator state lock");
+    if let Some(r) = rest_gate(&mut state, &headers, "rest:isrunning", &id) {
+        return r;
+    }
+    if !state.query_definitions.contains_key(&id) {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "Invalid query id"})),
+        )
+            .into_response();
+    }
+    let running = state.tasks.values().any(|t| t.query_object_id == id && !t.finished);
+    axum::Json(json!({ "isRunning": running })).into_response()
+}
+
+pub async fn rowset(
+    AxState(shared): AxState<Shared>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut state = shared.lock().expect("simulator state lock");
+    if let Some(r) = rest_gate(&mut state, &headers, "rest:rowset", &key) {
+        return r;
+    }
+    let page: usize = query.get("$page").and_then(|p| p.parse().ok()).unwrap_or(0);
+    let page_size: usize = query.get("$pageSize").and_then(|p| p.parse().ok()).unwrap_or(0);
+    if page < 1 || page_size < 1 {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"message": "$page and $pageSize are required"})),
+        )
+            .into_response();
+    }
+    let Some(de) = state.data_extensions.get(&key) else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"message": "Data Extension not found"})),
+        )
+            .into_response();
+    };
+    if de.queryable_at.is_none_or(|at| Instant::now() < at) {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"message": "Data Extension not queryable"})),
+        )
+            .into_response();
+    }
+    let items: Vec<Value> = de
+        .rows
+        .iter()
+        .enumerate()
+        .skip((page - 1) * page_size)
+        .take(page_size)
+        .map(|(i, values)| json!({"keys": {"_CustomObjectKey": (i + 1).to_string()}, "values": values}))
+        .collect();
+    axum::Json(json!({
+        "links": {}, "requestToken": uuid::Uuid::new_v4().to_string(), "customObjectKey": key,
+        "pageSize": page_size, "page": page, "count": de.rows.len(), "top": 0, "items": items
+    }))
+    .into_response()
+}

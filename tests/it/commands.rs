@@ -1,0 +1,83 @@
+//! The one-shot commands and configuration errors of the real binary.
+
+use tests::{ENCRYPTION_KEY, fresh_database_url, run_command};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn a_bad_setting_exits_2_naming_it() {
+    let (code, _, err) = run_command(&["run"], &env(&[("POLL_MAX_COUNT", "many")]), None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("POLL_MAX_COUNT") || err.contains("--poll-max-count"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    let (code, _, err) = run_command(
+        &["run"],
+        &env(&[("MCE_CLIENT_ID", "x"), ("MCE_CLIENT_SECRET", "y")]),
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("ENCRYPTION_KEY"), "{err}");
+
+    let (code, _, err) = run_command(&["run"], &env(&[("ENCRYPTION_KEY", ENCRYPTION_KEY)]), None);
+    assert_eq!(code, 2);
+    assert!(err.contains("MCE_CLIENT_ID"), "{err}");
+
+    let (code, _, err) = run_command(
+        &["tenant", "upsert", "--tenant-id", "nope", "--eid", "1", "--tssd", "x"],
+        &[],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("--tenant-id"), "{err}");
+}
+
+#[test]
+fn credentials_come_from_stdin_only_and_are_stored_encrypted() {
+    let url = fresh_database_url();
+    let e = env(&[("DATABASE_URL", &url), ("ENCRYPTION_KEY", ENCRYPTION_KEY)]);
+    let (code, _, err) = run_command(&["migrate"], &e, None);
+    assert_eq!(code, 0, "{err}");
+    let tenant = uuid::Uuid::new_v4().to_string();
+    let user = uuid::Uuid::new_v4().to_string();
+    let args = [
+        "credentials",
+        "upsert",
+        "--tenant-id",
+        &tenant,
+        "--user-id",
+        &user,
+        "--mid",
+        "510000123",
+        "--refresh-token-stdin",
+    ];
+    let (code, _, err) = run_command(&args, &e, Some(""));
+    assert_eq!(code, 2, "an empty stdin is refused: {err}");
+    let (code, out, err) = run_command(&args, &e, Some("secret-refresh-token\n"));
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("secret-refresh-token") && !err.contains("secret-refresh-token"));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sea_orm::EntityTrait;
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        let rows = entities::credentials::Entity::find().all(&db).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_ne!(rows[0].refresh_token, "secret-refresh-token");
+        let cipher = service::crypto::Cipher::parse(ENCRYPTION_KEY).unwrap();
+        assert_eq!(cipher.decrypt(&rows[0].refresh_token).unwrap(), "secret-refresh-token");
+    });
+    // Running it again updates the same row (one per user, tenant and MID).
+    let (code, _, err) = run_command(&args, &e, Some("rotated"));
+    assert_eq!(code, 0, "{err}");
+    rt.block_on(async {
+        use sea_orm::EntityTrait;
+        let db = sea_orm::Database::connect(&url).await.unwrap();
+        assert_eq!(entities::credentials::Entity::find().all(&db).await.unwrap().len(), 1);
+    });
+}

@@ -1,0 +1,202 @@
+//! A whole system for one test: nats-server, a fresh database, the simulator,
+//! a tenant with credentials, and a running worker.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use futures::StreamExt;
+use mce_sim::{Sim, SimConfig};
+use sea_orm::{Database, DatabaseConnection, EntityTrait};
+use service::crypto::Cipher;
+use service::model::StatusEvent;
+use tests::{ENCRYPTION_KEY, NatsServer, Worker, fresh_database_url, run_command, wait_for};
+use uuid::Uuid;
+
+pub const PREFIX: &str = "shell_query";
+pub const REFRESH_TOKEN: &str = "rt-seed-token";
+
+pub struct System {
+    pub nats: NatsServer,
+    pub sim: Sim,
+    pub database_url: String,
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub mid: String,
+    pub js: jetstream::Context,
+    pub db: DatabaseConnection,
+    pub worker: Option<Worker>,
+}
+
+impl System {
+    /// The environment of every command: connection settings, keys, MCE
+    /// pointed at the simulator, and a quick poll schedule.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("DATABASE_URL", self.database_url.clone()),
+            ("NATS_URL", self.nats.url()),
+            ("ENCRYPTION_KEY", ENCRYPTION_KEY.to_string()),
+            ("MCE_CLIENT_ID", "test-client".to_string()),
+            ("MCE_CLIENT_SECRET", "test-secret".to_string()),
+            ("MCE_AUTH_BASE_URL", self.sim.url()),
+            ("MCE_SOAP_BASE_URL", self.sim.url()),
+            ("MCE_REST_BASE_URL", self.sim.url()),
+            ("POLL_INITIAL_DELAY_MS", "300".to_string()),
+            ("POLL_MAX_DELAY_MS", "2000".to_string()),
+            ("POLL_ROWSET_READY_INITIAL_DELAY_MS", "200".to_string()),
+            ("POLL_ROWSET_READY_MAX_DELAY_MS", "1000".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    pub async fn start() -> System {
+        let nats = NatsServer::start().await;
+        let sim = Sim::start(SimConfig::default()).await.expect("starting the simulator");
+        sim.add_refresh_token(REFRESH_TOKEN);
+        let mut system = System {
+            js: jetstream::new(async_nats::connect(nats.url()).await.expect("connecting to nats")),
+            nats,
+            sim,
+            database_url: fresh_database_url(),
+            tenant_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            mid: "510000123".into(),
+            db: DatabaseConnection::default(),
+            worker: None,
+        };
+        let env = system.env();
+        let (code, _, err) = run_command(&["migrate"], &env, None);
+        assert_eq!(code, 0, "migrate failed: {err}");
+        let tenant = system.tenant_id.to_string();
+        let eid = format!("5000{}", &system.tenant_id.simple().to_string()[..6]);
+        let (code, _, err) = run_command(
+            &[
+                "tenant",
+                "upsert",
+                "--tenant-id",
+                &tenant,
+                "--eid",
+                &eid,
+                "--tssd",
+                "mc-test-tenant",
+            ],
+            &env,
+            None,
+        );
+        assert_eq!(code, 0, "tenant upsert failed: {err}");
+        let user = system.user_id.to_string();
+        let (code, _, err) = run_command(
+            &[
+                "credentials",
+                "upsert",
+                "--tenant-id",
+                &tenant,
+                "--user-id",
+                &user,
+                "--mid",
+                &system.mid,
+                "--refresh-token-stdin",
+            ],
+            &env,
+            Some(REFRESH_TOKEN),
+        );
+        assert_eq!(code, 0, "credentials upsert failed: {err}");
+        system.db = Database::connect(&system.database_url)
+            .await
+            .expect("connecting to the test database");
+        system.worker = Some(Worker::start(&env).await);
+        system
+    }
+
+    pub fn log(&self) -> String {
+        self.worker.as_ref().map(Worker::log).unwrap_or_default()
+    }
+
+    /// Publishes an execute message as the API does; returns the run id.
+    pub async fn submit(&self, sql: &str, table_metadata: Option<serde_json::Value>) -> Uuid {
+        let run_id = Uuid::new_v4();
+        let mut body = serde_json::json!({
+            "runId": run_id, "tenantId": self.tenant_id, "userId": self.user_id,
+            "mid": self.mid, "eid": "500000001", "sqlText": sql, "snippetName": "Test run",
+        });
+        if let Some(meta) = table_metadata {
+            body["tableMetadata"] = meta;
+        }
+        let publish = PublishMessage::build()
+            .payload(body.to_string().into())
+            .message_id(format!("execute:{run_id}"));
+        self.js
+            .send_publish(format!("{PREFIX}.execute.{run_id}"), publish)
+            .await
+            .expect("publishing execute")
+            .await
+            .expect("execute acknowledged by the stream");
+        run_id
+    }
+
+    pub async fn run(&self, id: Uuid) -> Option<entities::shell_query_runs::Model> {
+        entities::shell_query_runs::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .expect("reading the run")
+    }
+
+    /// Waits until the run leaves `queued`/`running`; returns its row.
+    pub async fn wait_terminal(&self, id: Uuid, timeout: Duration) -> entities::shell_query_runs::Model {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(run) = self.run(id).await
+                && matches!(run.status.as_str(), "ready" | "failed" | "canceled")
+            {
+                return run;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {id} did not finish in {timeout:?}; worker log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every status event of a run, replayed from the stream, in order.
+    pub async fn events(&self, id: Uuid) -> Vec<StatusEvent> {
+        let stream = self
+            .js
+            .get_stream("SHELL_QUERY_STATUS")
+            .await
+            .expect("the status stream exists");
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: format!("{PREFIX}.status.{id}"),
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .expect("an ephemeral consumer");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .messages()
+            .await
+            .expect("fetching events");
+        let mut out = Vec::new();
+        while let Some(Ok(msg)) = batch.next().await {
+            out.push(serde_json::from_slice(&msg.payload).expect("a status event is JSON"));
+        }
+        out
+    }
+
+    /// Waits until the run's events include `status`.
+    pub async fn wait_event(&self, id: Uuid, status: &str) {
+        wait_for(&format!("a `{status}` event"), Duration::from_secs(30), || async {
+            self.events(id).await.iter().any(|e| e.status.as_str() == status)
+        })
+        .await;
+    }
+
+    pub fn cipher(&self) -> Cipher {
+        Cipher::parse(ENCRYPTION_KEY).expect("the test key parses")
+    }
+}
