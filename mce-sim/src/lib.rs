@@ -93,6 +93,12 @@ impl Sim {
         self.with(|s| s.add_refresh_token(token));
     }
 
+    /// Makes every access token issued so far invalid (as if expired), so the
+    /// next SOAP call gets "Login Failed" and the next REST call HTTP 401.
+    pub fn expire_access_tokens(&self) {
+        self.with(|s| s.expire_access_tokens());
+    }
+
     /// Queries whose text contains `pattern` follow `scenario`.
     pub fn script(&self, pattern: &str, scenario: Scenario) {
         self.with(|s| s.scripts.push((pattern.to_string(), scenario)));
@@ -116,5 +122,12 @@ impl Sim {
     /// The QueryDefinitions that exist now.
     pub fn query_definitions(&self) -> Vec<QueryDefinition> {
         self.with(|s| s.query_definitions.values().cloned().collect())
+    }
+}
+
+impl Sim {
+    /// Refresh tokens that would be accepted now (rotation replaces them).
+    pub fn refresh_tokens(&self) -> Vec<String> {
+        self.with(|s| s.refresh_tokens())
     }
 }

@@ -156,6 +156,15 @@ impl State {
         self.refresh_tokens.insert(token.to_string());
     }
 
+    pub fn expire_access_tokens(&mut self) {
+        self.access_tokens.clear();
+    }
+
+    /// Refresh tokens that would be accepted now.
+    pub fn refresh_tokens(&self) -> Vec<String> {
+        self.refresh_tokens.iter().cloned().collect()
+    }
+
     pub fn next_id(&mut self) -> i64 {
         self.next_id += 1;
         self.next_id

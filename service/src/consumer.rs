@@ -171,6 +171,12 @@ pub async fn run(
                 None => break,
             }
         }
+        // The pull stream ended (consumer gone, connection trouble): start a
+        // new one shortly, without spinning.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => break,
+        }
     }
     // Drain: every permit back means every handler is done.
     let _ = permits.acquire_many(concurrency as u32).await;

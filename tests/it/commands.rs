@@ -81,3 +81,21 @@ fn credentials_come_from_stdin_only_and_are_stored_encrypted() {
         assert_eq!(entities::credentials::Entity::find().all(&db).await.unwrap().len(), 1);
     });
 }
+
+#[test]
+fn replicas_migrating_at_once_all_succeed() {
+    let url = fresh_database_url();
+    let e = env(&[("DATABASE_URL", &url)]);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let e = e.clone();
+            std::thread::spawn(move || run_command(&["migrate"], &e, None))
+        })
+        .collect();
+    for h in handles {
+        let (code, _, err) = h.join().unwrap();
+        assert_eq!(code, 0, "a concurrent migrate failed: {err}");
+    }
+    let (code, _, err) = run_command(&["migrate"], &e, None);
+    assert_eq!(code, 0, "migrating an up-to-date database is a no-op: {err}");
+}

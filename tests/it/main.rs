@@ -3,4 +3,5 @@
 
 mod commands;
 mod e2e;
+mod mce_client;
 mod support;

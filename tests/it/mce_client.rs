@@ -1,0 +1,207 @@
+//! The MCE client against the simulator, with its credentials in a real
+//! PostgreSQL database: token grant and rotation, the auth retry, transient
+//! retries, single-flight refresh.
+
+use std::time::Duration;
+
+use mce_sim::{Fault, Sim, SimConfig};
+use sea_orm::{DatabaseConnection, EntityTrait};
+use secrecy::SecretString;
+use service::backoff::Backoff;
+use service::crypto::Cipher;
+use service::mce::{BaseUrls, Mce, MceError, RetryPolicy};
+use tests::{ENCRYPTION_KEY, fresh_database_url};
+use uuid::Uuid;
+
+struct Fixture {
+    sim: Sim,
+    db: DatabaseConnection,
+    mce: Mce,
+    tenant: Uuid,
+    user: Uuid,
+}
+
+const MID: &str = "510000123";
+
+async fn fixture(refresh_token: &str) -> Fixture {
+    let sim = Sim::start(SimConfig::default()).await.unwrap();
+    sim.add_refresh_token("valid-refresh");
+    let url = fresh_database_url();
+    service::store::migrate(&url).await.unwrap();
+    let db = service::store::connect(&url, 4).await.unwrap();
+    let cipher = Cipher::parse(ENCRYPTION_KEY).unwrap();
+    let (tenant, user) = (Uuid::new_v4(), Uuid::new_v4());
+    service::store::upsert_tenant(&db, tenant, &tenant.simple().to_string(), "mc-sim")
+        .await
+        .unwrap();
+    service::store::upsert_credentials(
+        &db,
+        tenant,
+        user,
+        MID,
+        cipher.encrypt(refresh_token),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let retry = RetryPolicy {
+        max_retries: 3,
+        backoff: Backoff {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(80),
+            multiplier: 2.0,
+            jitter_range: 0.4,
+        },
+        max_retry_after: Duration::from_secs(1),
+    };
+    let urls = BaseUrls {
+        auth: sim.url(),
+        soap: sim.url(),
+        rest: sim.url(),
+    };
+    let mce = Mce::new(
+        db.clone(),
+        cipher,
+        "client".into(),
+        SecretString::from("secret"),
+        urls,
+        retry,
+    );
+    Fixture {
+        sim,
+        db,
+        mce,
+        tenant,
+        user,
+    }
+}
+
+async fn stored_refresh_token(f: &Fixture) -> String {
+    let rows = entities::credentials::Entity::find().all(&f.db).await.unwrap();
+    Cipher::parse(ENCRYPTION_KEY)
+        .unwrap()
+        .decrypt(&rows[0].refresh_token)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_is_granted_once_cached_and_its_rotated_refresh_token_stored() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    assert_eq!(
+        session
+            .find_folder("Data Extensions", Some("dataextension"))
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert!(session.validate("SELECT 1").await.unwrap().valid);
+    assert_eq!(f.sim.count("token"), 1, "the token is cached between calls");
+    let stored = stored_refresh_token(&f).await;
+    assert_ne!(
+        stored, "valid-refresh",
+        "the rotated refresh token replaced the old one"
+    );
+    assert_eq!(f.sim.refresh_tokens(), vec![stored]);
+}
+
+#[tokio::test]
+async fn login_failed_and_http_401_refresh_once_and_retry_once() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    session.find_folder("Data Extensions", None).await.unwrap();
+
+    f.sim.expire_access_tokens();
+    assert_eq!(
+        session.find_folder("Data Extensions", None).await.unwrap(),
+        Some(1),
+        "SOAP Login Failed → refresh"
+    );
+    assert_eq!(f.sim.count("token"), 2);
+    assert_eq!(
+        f.sim.count("soap:Retrieve:DataFolder"),
+        3,
+        "one refused call, one retried"
+    );
+
+    f.sim.expire_access_tokens();
+    assert!(session.validate("SELECT 1").await.unwrap().valid, "REST 401 → refresh");
+    assert_eq!(f.sim.count("token"), 3);
+    assert_eq!(f.sim.count("rest:validate"), 2);
+}
+
+#[tokio::test]
+async fn a_revoked_refresh_token_is_a_clear_auth_error() {
+    let f = fixture("revoked").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let err = session.validate("SELECT 1").await.unwrap_err();
+    assert!(matches!(err, MceError::AuthExpired { .. }), "{err:?}");
+    assert_eq!(
+        err.client_message(),
+        "Marketing Cloud session expired. Please re-authenticate."
+    );
+    assert_eq!(f.sim.count("token"), 1, "a refusal is not retried");
+    assert_eq!(f.sim.count("rest:validate"), 0);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_reported() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    f.sim.inject(Fault {
+        action: "rest:validate".into(),
+        status: 503,
+        times: 2,
+    });
+    assert!(session.validate("SELECT 1").await.unwrap().valid);
+    assert_eq!(f.sim.count("rest:validate"), 3);
+
+    f.sim.inject(Fault {
+        action: "soap:Retrieve:DataFolder".into(),
+        status: 500,
+        times: 10,
+    });
+    let err = session.find_folder("Data Extensions", None).await.unwrap_err();
+    assert!(
+        matches!(err, MceError::Unavailable { .. }) && err.is_transient(),
+        "{err:?}"
+    );
+    assert_eq!(
+        f.sim.count("soap:Retrieve:DataFolder"),
+        4,
+        "one attempt and three retries"
+    );
+
+    f.sim.inject(Fault {
+        action: "rest:isrunning".into(),
+        status: 403,
+        times: 1,
+    });
+    let err = session.is_running("x").await.unwrap_err();
+    assert!(matches!(err, MceError::Forbidden { .. }), "403 is not retried: {err:?}");
+}
+
+#[tokio::test]
+async fn concurrent_callers_share_one_refresh() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let calls = (0..8).map(|_| session.find_folder("Data Extensions", None));
+    for result in futures::future::join_all(calls).await {
+        assert_eq!(result.unwrap(), Some(1));
+    }
+    assert_eq!(f.sim.count("token"), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_tenant_or_missing_credentials_are_named() {
+    let f = fixture("valid-refresh").await;
+    assert!(matches!(
+        f.mce.session(Uuid::new_v4(), Some(f.user), MID).await,
+        Err(MceError::TenantNotFound)
+    ));
+    let session = f.mce.session(f.tenant, Some(Uuid::new_v4()), MID).await.unwrap();
+    assert_eq!(
+        session.validate("SELECT 1").await.unwrap_err(),
+        MceError::CredentialsMissing
+    );
+}
