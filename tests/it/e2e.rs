@@ -128,3 +128,50 @@ async fn a_query_mce_refuses_at_validation_fails_without_starting() {
     assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 0);
     assert!(run.task_id.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_execute_message_goes_to_the_dlq_and_the_consumer_goes_on() {
+    use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+    use futures::StreamExt;
+
+    let system = System::start().await;
+    let bad_id = uuid::Uuid::new_v4();
+    system
+        .js
+        .publish(format!("shell_query.execute.{bad_id}"), "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let good = system.submit("SELECT Email FROM [Subscribers_DE]", None).await;
+    assert_eq!(
+        system.wait_terminal(good, Duration::from_secs(60)).await.status,
+        "ready"
+    );
+
+    let dlq = system.js.get_stream("SHELL_QUERY_DLQ").await.unwrap();
+    let consumer: PullConsumer = dlq
+        .create_consumer(pull::Config {
+            ack_policy: AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.fetch().max_messages(10).messages().await.unwrap();
+    let msg = messages.next().await.expect("a DLQ message").unwrap();
+    assert_eq!(msg.subject.as_str(), format!("shell_query.dlq.execute.{bad_id}"));
+    let headers = msg.headers.clone().expect("DLQ headers");
+    assert_eq!(
+        headers
+            .get("Shell-Query-Original-Subject")
+            .map(|v| v.as_str().to_string()),
+        Some(format!("shell_query.execute.{bad_id}"))
+    );
+    let reason = headers.get("Shell-Query-Error").unwrap().as_str().to_string();
+    assert!(reason.starts_with("invalid execute message"), "{reason}");
+    assert_eq!(&msg.payload[..], b"{not json");
+    assert!(
+        system.run(bad_id).await.is_none(),
+        "no row for a message that does not decode"
+    );
+}

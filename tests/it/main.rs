@@ -3,5 +3,7 @@
 
 mod commands;
 mod e2e;
+mod jetstream;
 mod mce_client;
+mod store;
 mod support;

@@ -1,0 +1,124 @@
+//! The store's statements on both databases it supports: PostgreSQL (the
+//! service) and SQLite (the demo's embedded database).
+
+use chrono::Utc;
+use sea_orm::DatabaseConnection;
+use service::model::RunStatus;
+use service::store::{self, NewRun, Started, Terminal};
+use tests::{TempDir, fresh_database_url};
+use uuid::Uuid;
+
+fn new_run(id: Uuid, tenant: Uuid) -> NewRun {
+    NewRun {
+        id,
+        tenant_id: tenant,
+        user_id: Some(Uuid::new_v4()),
+        mid: "510000123".into(),
+        snippet_name: None,
+        sql_text_hash: "ab".repeat(32),
+        sql_text_encrypted: Some("enc".into()),
+        target_update_type: None,
+    }
+}
+
+async fn exercise(url: &str) {
+    store::migrate(url).await.unwrap();
+    store::migrate(url).await.expect("migrating twice is a no-op");
+    let db: DatabaseConnection = store::connect(url, 2).await.unwrap();
+    let (tenant, run_id, now) = (Uuid::new_v4(), Uuid::new_v4(), Utc::now());
+
+    store::upsert_tenant(&db, tenant, "5000001", "mc-one").await.unwrap();
+    store::upsert_tenant(&db, tenant, "5000001", "mc-two")
+        .await
+        .expect("upsert updates");
+    let user = Uuid::new_v4();
+    store::upsert_credentials(&db, tenant, user, "510000123", "rt1".into(), now)
+        .await
+        .unwrap();
+    store::upsert_credentials(&db, tenant, user, "510000123", "rt2".into(), now)
+        .await
+        .unwrap();
+
+    store::insert_run_if_absent(&db, new_run(run_id, tenant), now)
+        .await
+        .unwrap();
+    store::insert_run_if_absent(&db, new_run(run_id, tenant), now)
+        .await
+        .expect("a second insert is ignored");
+    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, "queued");
+
+    assert!(store::mark_running(&db, run_id, now).await.unwrap());
+    assert!(
+        !store::mark_running(&db, run_id, now).await.unwrap(),
+        "only from queued"
+    );
+    let started = Started {
+        task_id: "10684".into(),
+        query_definition_id: "qd".into(),
+        query_customer_key: "QPP_Q_x".into(),
+        target_de_customer_key: "QPP_R_x".into(),
+        poll_started_at: now,
+    };
+    assert!(store::record_started(&db, run_id, &started).await.unwrap());
+    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
+    let mut state = store::poll_state(&run, 3, now);
+    assert_eq!(state.poll_count, 3);
+    state.rowset_attempts = 2;
+    state.last_status = Some("queued".into());
+    assert!(store::save_poll_state(&db, run_id, &state).await.unwrap());
+    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
+    assert_eq!((run.poll_count, run.poll_rowset_attempts), (3, 2));
+    assert_eq!(
+        store::poll_state(&run, 1, now).poll_count,
+        4,
+        "the row's count wins over a reset delivery count"
+    );
+
+    assert!(
+        store::finish(&db, run_id, Terminal::Ready { row_count: 7 }, now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store::finish(&db, run_id, Terminal::Canceled, now).await.unwrap(),
+        "a terminal row stays terminal"
+    );
+    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
+    assert_eq!(
+        (RunStatus::parse(&run.status), run.row_count),
+        (Some(RunStatus::Ready), Some(7))
+    );
+    assert!(!store::save_poll_state(&db, run_id, &state).await.unwrap());
+
+    assert_eq!(store::folder_id(&db, tenant, "510000123").await.unwrap(), None);
+    store::save_folder_id(&db, tenant, "510000123", 4242).await.unwrap();
+    store::save_folder_id(&db, tenant, "510000123", 4343).await.unwrap();
+    assert_eq!(store::folder_id(&db, tenant, "510000123").await.unwrap(), Some(4343));
+
+    // The status CHECK constraint holds on both databases.
+    use sea_orm::ConnectionTrait;
+    let bad = db
+        .execute_unprepared(&format!(
+            "UPDATE shell_query_runs SET status = 'done' WHERE id = '{run_id}'"
+        ))
+        .await;
+    let bad_sqlite = db
+        .execute_unprepared("UPDATE shell_query_runs SET status = 'done'")
+        .await;
+    assert!(
+        bad.is_err() || bad_sqlite.is_err(),
+        "status outside the CHECK list is refused"
+    );
+}
+
+#[tokio::test]
+async fn store_on_postgres() {
+    exercise(&fresh_database_url()).await;
+}
+
+#[tokio::test]
+async fn store_on_sqlite() {
+    let dir = TempDir::new("sqlite");
+    exercise(&format!("sqlite://{}?mode=rwc", dir.0.join("demo.db").display())).await;
+}
