@@ -235,14 +235,19 @@ pub async fn claim_api_cancel(db: &DatabaseConnection, id: Uuid, now: DateTime<U
     Ok(result.rows_affected == 1)
 }
 
-/// The poll state as the row holds it.
-pub fn poll_state(run: &Run, poll_count: u32, fallback_start: DateTime<Utc>) -> PollState {
+/// The poll state as the row holds it; `delivered` is the poll message's
+/// delivery count (the row's count wins if the consumer was ever reset).
+pub fn poll_state(run: &Run, delivered: u32, fallback_start: DateTime<Utc>) -> PollState {
     let count = |v: i32| u32::try_from(v).unwrap_or(0);
     PollState {
-        poll_count: poll_count.max(count(run.poll_count) + 1),
+        poll_count: delivered.max(count(run.poll_count) + 1),
         started_at: run.poll_started_at.unwrap_or(fallback_start),
+        not_running_count: count(run.poll_not_running_count),
+        not_running_first_at: run.poll_not_running_first_at,
         rowset_attempts: count(run.poll_rowset_attempts),
         rowset_first_at: run.poll_rowset_first_at,
+        probe_attempts: count(run.poll_probe_attempts),
+        last_probe_at: run.poll_last_probe_at,
         transient_errors: count(run.poll_transient_errors),
         last_status: run.poll_last_status.clone(),
     }
@@ -253,8 +258,12 @@ pub async fn save_poll_state(db: &DatabaseConnection, id: Uuid, s: &PollState) -
     let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::PollCount, Expr::value(int(s.poll_count)))
+        .col_expr(runs::Column::PollNotRunningCount, Expr::value(int(s.not_running_count)))
+        .col_expr(runs::Column::PollNotRunningFirstAt, Expr::value(s.not_running_first_at))
         .col_expr(runs::Column::PollRowsetAttempts, Expr::value(int(s.rowset_attempts)))
         .col_expr(runs::Column::PollRowsetFirstAt, Expr::value(s.rowset_first_at))
+        .col_expr(runs::Column::PollProbeAttempts, Expr::value(int(s.probe_attempts)))
+        .col_expr(runs::Column::PollLastProbeAt, Expr::value(s.last_probe_at))
         .col_expr(runs::Column::PollTransientErrors, Expr::value(int(s.transient_errors)))
         .col_expr(runs::Column::PollLastStatus, Expr::value(s.last_status.clone()))
         .filter(runs::Column::Id.eq(id))
@@ -262,6 +271,16 @@ pub async fn save_poll_state(db: &DatabaseConnection, id: Uuid, s: &PollState) -
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
+}
+
+/// Persists a QueryDefinition ObjectID recovered by CustomerKey.
+pub async fn set_query_definition_id(db: &DatabaseConnection, id: Uuid, object_id: &str) -> Result<(), DbErr> {
+    runs::Entity::update_many()
+        .col_expr(runs::Column::QueryDefinitionId, Expr::value(object_id.to_string()))
+        .filter(runs::Column::Id.eq(id))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 pub async fn folder_id(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> Result<Option<i64>, DbErr> {

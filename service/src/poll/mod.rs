@@ -1,6 +1,6 @@
-//! One delivery of `P.poll.<runId>` (DESIGN.md "Poll"): one check of MCE,
-//! then a terminal transition or a delayed redelivery of the same message.
-//! The decision itself is [`decide`], pure; this module does the I/O.
+//! One delivery of `P.poll.<runId>` (DESIGN.md "Poll"): load the row, ask
+//! MCE what [`decide`] asks for, carry out its outcome. The decision is pure;
+//! this module does the I/O.
 
 pub mod decide;
 
@@ -8,11 +8,11 @@ use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use self::decide::{Decision, Observation, PollState, RowsetObservation};
+use self::decide::{Decision, IsRunningObservation, ProbeObservation, RowsetObservation, StatusObservation, Tick};
 use crate::app::Deps;
 use crate::consumer::{Delivery, Disposition};
 use crate::jetstream::Subjects;
-use crate::mce::{MceError, Session};
+use crate::mce::MceError;
 use crate::model::{EventStatus, RunStatus, StatusEvent, clip_error};
 use crate::store::{self, Run, Terminal};
 
@@ -43,21 +43,19 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     }
 }
 
+/// An error no retry fixes ends the run with its client-safe text; any
+/// other error is "no answer".
+fn refused(e: &MceError) -> Option<String> {
+    e.is_unrecoverable().then(|| e.client_message())
+}
+
 async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposition, sea_orm::DbErr> {
     let Some(run) = store::get_run(&deps.db, run_id).await? else {
         return Ok(Disposition::DeadLetter("poll message for an unknown run".into()));
     };
     let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Failed);
-    if status == RunStatus::Canceled && run.completed_at.is_none() {
-        // Canceled by the API: one replica claims the clean-up.
-        if store::claim_api_cancel(&deps.db, run_id, Utc::now()).await? {
-            deps.publish_event(&StatusEvent::new(run_id, EventStatus::Canceled, Utc::now()))
-                .await;
-            cleanup(deps, &run).await;
-        }
-        return Ok(Disposition::Ack);
-    }
-    if status.is_terminal() {
+    let canceled = status == RunStatus::Canceled && run.completed_at.is_none();
+    if status.is_terminal() && !canceled {
         return Ok(Disposition::Ack);
     }
     let (Some(task_id), Some(de_key)) = (run.task_id.clone(), run.target_de_customer_key.clone()) else {
@@ -67,104 +65,179 @@ async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposit
     };
     let now = Utc::now();
     let state = store::poll_state(&run, u32::try_from(delivery.delivered).unwrap_or(u32::MAX), now);
-    let session = match deps.mce.session(run.tenant_id, run.user_id, &run.mid).await {
-        Ok(s) => s,
-        Err(e) if e.is_transient() => return Ok(reschedule_transient(deps, &state)),
-        Err(e) => return finish_failed(deps, &run, &e.client_message()).await,
+    let temp_de = de_key == crate::execute::temp_de_key(run_id);
+    let mut object_id = run.query_definition_id.clone().filter(|id| !id.trim().is_empty());
+    let mut tick = Tick::new(state, &de_key, temp_de, object_id.is_some());
+    tick.canceled = canceled;
+
+    let session = if canceled {
+        None
+    } else {
+        match deps.mce.session(run.tenant_id, run.user_id, &run.mid).await {
+            Ok(s) => Some(s),
+            Err(e) => match refused(&e) {
+                Some(message) => {
+                    tick.refused = Some(message);
+                    None
+                }
+                None => {
+                    tracing::warn!(error = %e, "no MCE session this tick");
+                    return Ok(Disposition::Retry(
+                        deps.poll.backoff.delay_random(tick.state.poll_count.saturating_sub(1)),
+                    ));
+                }
+            },
+        }
     };
 
-    let mut decision = if state.rowset_attempts > 0 {
-        Decision::CheckRowset
-    } else {
-        let observation = match session.async_status(&task_id).await {
-            Ok(s) => Observation::Status {
-                status: s.status,
-                error_msg: s.error_msg,
-                completed_date: s.completed_date,
-            },
-            Err(e) if e.is_unrecoverable() => {
-                return finish_failed(deps, &run, &e.client_message()).await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "status check failed");
-                Observation::Unavailable
-            }
-        };
-        decide::decide(&state, &observation, &deps.poll, now, fastrand::f64())
-    };
     loop {
+        let decision = decide::decide(&tick, &deps.poll, Utc::now(), fastrand::f64());
+        let Some(session) = session.as_ref().filter(|_| is_question(&decision)) else {
+            return conclude(deps, &run, object_id.as_deref(), decision).await;
+        };
         match decision {
-            Decision::CheckRowset => {
-                if state.rowset_attempts == 0 {
+            Decision::CheckStatus => {
+                tick.status = Some(match session.async_status(&task_id).await {
+                    Ok(s) => StatusObservation::Read {
+                        status: s.status,
+                        error_msg: s.error_msg,
+                        completed_date: s.completed_date,
+                    },
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::warn!(error = %e, "status check failed");
+                        StatusObservation::Unavailable
+                    }
+                });
+            }
+            Decision::ProbeRows => {
+                tick.probe = Some(match session.rowset(&de_key, 1, 1).await {
+                    Ok(r) if r.count > 0 || !r.items.is_empty() => ProbeObservation::Rows { count: r.count },
+                    Ok(_) => ProbeObservation::NoSignal,
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        ProbeObservation::NoSignal
+                    }
+                });
+            }
+            Decision::CheckIsRunning => {
+                let id = object_id.as_deref().unwrap_or_default();
+                tick.is_running = Some(match session.is_running(id).await {
+                    Ok(true) => IsRunningObservation::Running,
+                    Ok(false) => IsRunningObservation::NotRunning,
+                    Err(MceError::BadRequest { .. }) => IsRunningObservation::BadId,
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::debug!(error = %e, "isRunning gave no answer");
+                        IsRunningObservation::Unavailable
+                    }
+                });
+            }
+            Decision::RecoverObjectId => {
+                tick.recovery_tried = true;
+                let key = run
+                    .query_customer_key
+                    .clone()
+                    .unwrap_or_else(|| crate::execute::query_key(run_id));
+                match session.find_query_definition(&key).await {
+                    Ok(Some(found)) => {
+                        tracing::info!("QueryDefinition ObjectID recovered by CustomerKey");
+                        store::set_query_definition_id(&deps.db, run_id, &found).await?;
+                        object_id = Some(found);
+                    }
+                    Ok(None) => tracing::warn!("no QueryDefinition with the run's CustomerKey"),
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::warn!(error = %e, "QueryDefinition lookup failed");
+                    }
+                }
+            }
+            Decision::CheckRowset { first } => {
+                if first {
                     deps.publish_event(&StatusEvent::new(run_id, EventStatus::FetchingResults, Utc::now()))
                         .await;
                 }
-                let observation = match check_rowset(&session, &de_key).await {
-                    Ok(o) => o,
-                    Err(e) => return finish_failed(deps, &run, &e.client_message()).await,
-                };
-                decision = decide::decide_rowset(&state, observation, &de_key, &deps.poll, Utc::now(), fastrand::f64());
+                tick.rowset = Some(match session.rowset(&de_key, 1, 1).await {
+                    Ok(r) => RowsetObservation::Queryable { count: r.count },
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::debug!(error = %e, "results not queryable yet");
+                        RowsetObservation::NotYet
+                    }
+                });
             }
-            Decision::Ready { row_count } => {
-                let now = Utc::now();
-                if store::finish(&deps.db, run_id, Terminal::Ready { row_count }, now).await? {
-                    tracing::info!(row_count, "run ready");
-                    let mut event = StatusEvent::new(run_id, EventStatus::Ready, now);
-                    event.row_count = Some(row_count);
-                    deps.publish_event(&event).await;
-                    cleanup(deps, &run).await;
-                }
-                return Ok(Disposition::Ack);
-            }
-            Decision::Fail { reason, message } => {
-                tracing::info!(reason = reason.label(), "run failed");
-                return finish_failed(deps, &run, &message).await;
-            }
-            Decision::Reschedule { delay, state, write } => {
-                if write && !store::save_poll_state(&deps.db, run_id, &state).await? {
-                    // The run left `running` meanwhile (canceled): the next look sees it.
-                    return Ok(Disposition::Retry(std::time::Duration::ZERO));
-                }
-                return Ok(Disposition::Retry(delay));
-            }
+            _ => unreachable!("only questions reach here"),
         }
     }
 }
 
-fn reschedule_transient(deps: &Deps, state: &PollState) -> Disposition {
-    Disposition::Retry(deps.poll.backoff.delay_random(state.poll_count.saturating_sub(1)))
+fn is_question(d: &Decision) -> bool {
+    matches!(
+        d,
+        Decision::CheckStatus
+            | Decision::ProbeRows
+            | Decision::CheckIsRunning
+            | Decision::RecoverObjectId
+            | Decision::CheckRowset { .. }
+    )
 }
 
-/// Any 200 means queryable; an unrecoverable error ends the run; anything
-/// else (404, 409, 5xx, timeout) means not yet.
-async fn check_rowset(session: &Session<'_>, de_key: &str) -> Result<RowsetObservation, MceError> {
-    match session.rowset(de_key, 1, 1).await {
-        Ok(rowset) => Ok(RowsetObservation::Queryable { count: rowset.count }),
-        Err(e) if e.is_unrecoverable() => Err(e),
-        Err(e) => {
-            tracing::debug!(error = %e, "results not queryable yet");
-            Ok(RowsetObservation::NotYet)
-        }
-    }
-}
-
-async fn finish_failed(deps: &Deps, run: &Run, message: &str) -> Result<Disposition, sea_orm::DbErr> {
-    let message = clip_error(message);
+/// Carries out a tick's outcome.
+async fn conclude(
+    deps: &Deps,
+    run: &Run,
+    object_id: Option<&str>,
+    decision: Decision,
+) -> Result<Disposition, sea_orm::DbErr> {
     let now = Utc::now();
-    let terminal = Terminal::Failed {
-        error_message_encrypted: deps.cipher.encrypt(&message),
-    };
-    if store::finish(&deps.db, run.id, terminal, now).await? {
-        deps.publish_event(&StatusEvent::failed(run.id, &message, now)).await;
-        cleanup(deps, run).await;
+    match decision {
+        Decision::Ready { row_count, via } => {
+            if store::finish(&deps.db, run.id, Terminal::Ready { row_count }, now).await? {
+                tracing::info!(row_count, via = ?via, "run ready");
+                let mut event = StatusEvent::new(run.id, EventStatus::Ready, now);
+                event.row_count = Some(row_count);
+                deps.publish_event(&event).await;
+                cleanup(deps, run, object_id).await;
+            }
+            Ok(Disposition::Ack)
+        }
+        Decision::Fail { reason, message } => {
+            tracing::info!(reason = reason.label(), "run failed");
+            let message = clip_error(&message);
+            let terminal = Terminal::Failed {
+                error_message_encrypted: deps.cipher.encrypt(&message),
+            };
+            if store::finish(&deps.db, run.id, terminal, now).await? {
+                deps.publish_event(&StatusEvent::failed(run.id, &message, now)).await;
+                cleanup(deps, run, object_id).await;
+            }
+            Ok(Disposition::Ack)
+        }
+        Decision::Canceled => {
+            // Canceled by the API: one replica claims the clean-up.
+            if store::claim_api_cancel(&deps.db, run.id, now).await? {
+                tracing::info!("run canceled");
+                deps.publish_event(&StatusEvent::new(run.id, EventStatus::Canceled, now))
+                    .await;
+                cleanup(deps, run, object_id).await;
+            }
+            Ok(Disposition::Ack)
+        }
+        Decision::Reschedule { delay, state, write } => {
+            if write && !store::save_poll_state(&deps.db, run.id, &state).await? {
+                // The run left `running` meanwhile (canceled): look again at once.
+                return Ok(Disposition::Retry(std::time::Duration::ZERO));
+            }
+            Ok(Disposition::Retry(delay))
+        }
+        question => unreachable!("a question without a session: {question:?}"),
     }
-    Ok(Disposition::Ack)
 }
 
 /// Deletes the run's QueryDefinition (never another run's). A failure is
 /// logged and left to the sweeper.
-async fn cleanup(deps: &Deps, run: &Run) {
-    if let Some(qd) = &run.query_definition_id {
+async fn cleanup(deps: &Deps, run: &Run, object_id: Option<&str>) {
+    if let Some(qd) = object_id {
         delete_query_definition(deps, run.tenant_id, run.user_id, &run.mid, qd).await;
     }
 }

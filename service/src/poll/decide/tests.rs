@@ -34,34 +34,47 @@ fn t0() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+fn at(ms: i64) -> DateTime<Utc> {
+    t0() + chrono::Duration::milliseconds(ms)
+}
+
 fn state(poll_count: u32) -> PollState {
-    PollState {
-        poll_count,
-        started_at: t0(),
-        rowset_attempts: 0,
-        rowset_first_at: None,
-        transient_errors: 0,
-        last_status: None,
-    }
+    PollState::new(poll_count, t0())
 }
 
-fn status(s: &str) -> Observation {
-    Observation::Status {
-        status: Some(s.into()),
+/// A tick of a temp-DE run whose ObjectID is known, with a status read.
+fn tick_with(state: PollState, status: &str, completed_date: Option<&str>) -> Tick {
+    let mut t = Tick::new(state, "QPP_R_key", false, true);
+    t.status = Some(StatusObservation::Read {
+        status: Some(status.into()),
         error_msg: None,
-        completed_date: None,
-    }
+        completed_date: completed_date.map(str::to_string),
+    });
+    t
 }
 
-fn at(secs: i64) -> DateTime<Utc> {
-    t0() + chrono::Duration::seconds(secs)
+fn tick(status: &str) -> Tick {
+    tick_with(state(1), status, None)
+}
+
+fn decide_at(t: &Tick, ms: i64) -> Decision {
+    decide(t, &cfg(), at(ms), 0.5)
+}
+
+fn reschedule(d: Decision) -> (Duration, PollState, bool) {
+    match d {
+        Decision::Reschedule { delay, state, write } => (delay, state, write),
+        other => panic!("expected a reschedule, got {other:?}"),
+    }
 }
 
 #[test]
 fn statuses_classify() {
     assert_eq!(classify(Some(" Complete "), None), StatusClass::Complete);
     assert_eq!(classify(Some("COMPLETE"), None), StatusClass::Complete);
-    assert_eq!(classify(Some("Queued"), None), StatusClass::Pending);
+    for pending in ["Queued", "Processing", "Pending", "  queued ", ""] {
+        assert_eq!(classify(Some(pending), None), StatusClass::Pending, "{pending}");
+    }
     assert_eq!(classify(None, None), StatusClass::Pending);
     assert_eq!(
         classify(Some("Error"), Some("Syntax error in query")),
@@ -72,181 +85,364 @@ fn statuses_classify() {
         StatusClass::Failed("MCE Query Execution Error (status=FatalError)".into())
     );
     assert_eq!(
-        classify(Some("Processing"), Some("boom")),
+        classify(Some(" ERROR "), None),
+        StatusClass::Failed("MCE Query Execution Error (status=ERROR)".into())
+    );
+    assert_eq!(
+        classify(Some("Processing"), Some(" boom ")),
         StatusClass::Failed("boom".into())
     );
-    for never in ["Canceled", "stopped", " KILLED "] {
+    assert_eq!(classify(None, Some("x")), StatusClass::Failed("x".into()));
+    assert_eq!(
+        classify(Some("Processing"), Some("   ")),
+        StatusClass::Pending,
+        "a blank ErrorMsg is no error"
+    );
+    for never in ["Canceled", "cancelled", "stopped", " KILLED ", "Aborted"] {
         assert!(matches!(classify(Some(never), None), StatusClass::Failed(_)), "{never}");
     }
 }
 
 #[test]
-fn complete_goes_to_the_rowset_and_errors_fail() {
+fn the_status_is_asked_first_and_cancel_and_refusal_win() {
+    let mut t = Tick::new(state(1), "K", true, true);
+    assert_eq!(decide_at(&t, 0), Decision::CheckStatus);
+    t.refused = Some("Marketing Cloud session expired. Please re-authenticate.".into());
     assert_eq!(
-        decide(&state(1), &status("Complete"), &cfg(), at(3), 0.5),
-        Decision::CheckRowset
+        decide_at(&t, 0),
+        Decision::Fail {
+            reason: FailReason::Refused,
+            message: "Marketing Cloud session expired. Please re-authenticate.".into()
+        }
     );
-    let d = decide(
-        &state(1),
-        &Observation::Status {
-            status: Some("Error".into()),
-            error_msg: Some("bad".into()),
-            completed_date: None,
-        },
-        &cfg(),
-        at(3),
-        0.5,
-    );
+    t.canceled = true;
+    assert_eq!(decide_at(&t, 0), Decision::Canceled);
+    let mut done = tick("Complete");
+    done.canceled = true;
     assert_eq!(
-        d,
+        decide_at(&done, 0),
+        Decision::Canceled,
+        "a canceled row wins over anything MCE says"
+    );
+}
+
+#[test]
+fn errors_fail_with_mce_text() {
+    let mut t = tick("Error");
+    t.status = Some(StatusObservation::Read {
+        status: Some("Error".into()),
+        error_msg: Some("bad".into()),
+        completed_date: None,
+    });
+    assert_eq!(
+        decide_at(&t, 1000),
         Decision::Fail {
             reason: FailReason::Mce,
             message: "bad".into()
+        }
+    );
+    assert_eq!(
+        decide_at(&tick("FatalError"), 1000),
+        Decision::Fail {
+            reason: FailReason::Mce,
+            message: "MCE Query Execution Error (status=FatalError)".into()
+        }
+    );
+    assert!(matches!(
+        decide_at(&tick("Stopped"), 1000),
+        Decision::Fail {
+            reason: FailReason::Mce,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn complete_goes_to_the_rowset_which_decides() {
+    let mut t = tick("Complete");
+    assert_eq!(decide_at(&t, 3000), Decision::CheckRowset { first: true });
+    t.rowset = Some(RowsetObservation::Queryable { count: 0 });
+    assert_eq!(
+        decide_at(&t, 3000),
+        Decision::Ready {
+            row_count: 0,
+            via: ReadyVia::Complete
+        },
+        "an empty result is ready"
+    );
+    t.rowset = Some(RowsetObservation::NotYet);
+    let (delay, next, write) = reschedule(decide_at(&t, 3000));
+    assert!(write);
+    assert_eq!(delay, Duration::from_millis(1500));
+    assert_eq!((next.rowset_attempts, next.rowset_first_at), (1, Some(at(3000))));
+}
+
+#[test]
+fn the_readiness_phase_is_resumable_and_bounded() {
+    let mut phase = state(7);
+    phase.rowset_attempts = 1;
+    phase.rowset_first_at = Some(at(3000));
+    let mut t = Tick::new(phase.clone(), "QPP_R_key", true, true);
+    assert_eq!(
+        decide_at(&t, 6000),
+        Decision::CheckRowset { first: false },
+        "no status check: the rowset is the check"
+    );
+    t.rowset = Some(RowsetObservation::NotYet);
+    let (delay, next, _) = reschedule(decide_at(&t, 6000));
+    assert_eq!(delay, Duration::from_millis(3000), "the readiness backoff grows");
+    assert_eq!(
+        (next.rowset_attempts, next.rowset_first_at),
+        (2, Some(at(3000))),
+        "first detection is kept"
+    );
+    // Attempt 5 of 6 reschedules; attempt 6 fails with the reference's message.
+    t.state.rowset_attempts = 4;
+    assert!(matches!(decide_at(&t, 9000), Decision::Reschedule { .. }));
+    t.state.rowset_attempts = 5;
+    assert_eq!(
+        decide_at(&t, 9000),
+        Decision::Fail {
+            reason: FailReason::NotQueryable,
+            message: "Data Extension \"QPP_R_key\" not queryable after 6 attempts".into()
+        }
+    );
+    t.rowset = Some(RowsetObservation::Queryable { count: 9 });
+    assert_eq!(
+        decide_at(&t, 9000),
+        Decision::Ready {
+            row_count: 9,
+            via: ReadyVia::Complete
         }
     );
 }
 
 #[test]
 fn pending_reschedules_on_the_backoff_and_writes_only_on_change() {
-    let Decision::Reschedule {
-        delay,
-        state: next,
-        write,
-    } = decide(&state(1), &status("Queued"), &cfg(), at(2), 0.5)
-    else {
-        panic!()
-    };
+    let (delay, next, write) = reschedule(decide_at(&tick("Queued"), 2000));
     assert_eq!(delay, Duration::from_millis(2000));
-    assert!(write, "first status seen is a change");
+    assert!(write, "the first status seen is a change");
     assert_eq!(next.last_status.as_deref(), Some("queued"));
-    let Decision::Reschedule { delay, write, .. } =
-        decide(&next.clone().with_count(3), &status(" queued"), &cfg(), at(10), 0.5)
-    else {
-        panic!()
-    };
+    let again = tick_with(PollState { poll_count: 3, ..next }, " QUEUED", None);
+    let (delay, _, write) = reschedule(decide_at(&again, 4000));
     assert_eq!(delay, Duration::from_millis(8000));
     assert!(!write, "same status: nothing to write");
+    let (_, next, write) = reschedule(decide_at(&tick_with(again.state.clone(), "Processing", None), 4000));
+    assert!(write);
+    assert_eq!(next.last_status.as_deref(), Some("processing"));
 }
 
-impl PollState {
-    fn with_count(mut self, n: u32) -> Self {
-        self.poll_count = n;
-        self
-    }
+/// A pending tick whose isRunning gate (if open) answered "running".
+fn pending(poll_count: u32) -> Tick {
+    let mut t = tick_with(state(poll_count), "Queued", None);
+    t.is_running = Some(IsRunningObservation::Running);
+    t
 }
 
 #[test]
 fn the_budget_is_checked_after_the_status_and_at_its_boundaries() {
-    // A status read at the deadline still wins if it is Complete.
     assert_eq!(
-        decide(&state(200), &status("Complete"), &cfg(), at(10_000), 0.5),
-        Decision::CheckRowset
+        decide_at(&tick_with(state(500), "Complete", None), 10_000_000),
+        Decision::CheckRowset { first: true }
     );
-    // Just below the duration: reschedule; at it: timeout.
-    assert!(matches!(
-        decide(&state(5), &status("Queued"), &cfg(), at(1739), 0.5),
-        Decision::Reschedule { .. }
-    ));
+    assert!(matches!(decide_at(&pending(5), 1_739_999), Decision::Reschedule { .. }));
     assert_eq!(
-        decide(&state(5), &status("Queued"), &cfg(), at(1740), 0.5),
+        decide_at(&pending(5), 1_740_000),
         Decision::Fail {
             reason: FailReason::Timeout,
             message: "Query timed out after 29 minutes".into()
         }
     );
-    // Just below the count: reschedule; at it: budget.
-    assert!(matches!(
-        decide(&state(119), &status("Queued"), &cfg(), at(60), 0.5),
-        Decision::Reschedule { .. }
-    ));
+    assert!(matches!(decide_at(&pending(119), 60_000), Decision::Reschedule { .. }));
     assert_eq!(
-        decide(&state(120), &status("Queued"), &cfg(), at(60), 0.5),
+        decide_at(&pending(120), 60_000),
         Decision::Fail {
             reason: FailReason::Budget,
             message: "Poll budget exceeded".into()
         }
     );
+    let one_minute = PollConfig {
+        max_duration: Duration::from_secs(60),
+        ..cfg()
+    };
+    assert_eq!(
+        decide(&tick("Queued"), &one_minute, at(60_000), 0.5),
+        Decision::Fail {
+            reason: FailReason::Timeout,
+            message: "Query timed out after 1 minute".into()
+        }
+    );
+    // Past the deadline, the gate's own checks still come first: they may find the run done.
+    assert_eq!(
+        decide_at(&tick_with(state(5), "Queued", None), 1_740_000),
+        Decision::CheckIsRunning
+    );
 }
 
 #[test]
 fn a_transient_failure_reschedules_until_the_budget() {
-    let Decision::Reschedule { state: next, write, .. } =
-        decide(&state(3), &Observation::Unavailable, &cfg(), at(20), 0.5)
-    else {
-        panic!()
-    };
+    let mut t = Tick::new(state(3), "K", true, true);
+    t.status = Some(StatusObservation::Unavailable);
+    let (delay, next, write) = reschedule(decide_at(&t, 20_000));
     assert!(write);
     assert_eq!(next.transient_errors, 1);
-    let again = PollState {
+    assert_eq!(delay, Duration::from_millis(8000));
+    t.state = PollState {
         transient_errors: 50,
         ..state(60)
     };
+    assert!(
+        matches!(decide_at(&t, 900_000), Decision::Reschedule { .. }),
+        "a long streak alone does not fail the run"
+    );
     assert!(matches!(
-        decide(&again, &Observation::Unavailable, &cfg(), at(900), 0.5),
-        Decision::Reschedule { .. }
-    ));
-    assert!(matches!(
-        decide(&again, &Observation::Unavailable, &cfg(), at(1740), 0.5),
+        decide_at(&t, 1_740_000),
         Decision::Fail {
             reason: FailReason::Timeout,
             ..
         }
     ));
-    // A good read after errors resets the streak and writes it.
-    let Decision::Reschedule { state: next, write, .. } = decide(&again, &status("Queued"), &cfg(), at(100), 0.5)
-    else {
-        panic!()
-    };
-    assert!(write);
+    let mut recovered = tick_with(t.state.clone(), "Queued", None);
+    recovered.is_running = Some(IsRunningObservation::Running);
+    let (_, next, write) = reschedule(decide_at(&recovered, 100_000));
+    assert!(write, "the end of a streak is written");
     assert_eq!(next.transient_errors, 0);
 }
 
 #[test]
-fn rowset_readiness_is_bounded_and_resumable() {
-    assert_eq!(
-        decide_rowset(
-            &state(4),
-            RowsetObservation::Queryable { count: 0 },
-            "K",
-            &cfg(),
-            at(9),
-            0.5
-        ),
-        Decision::Ready { row_count: 0 }
+fn the_row_probe_is_for_temp_des_and_respects_its_gates() {
+    let mut t = tick("Processing");
+    t.temp_de = true;
+    assert!(
+        matches!(decide_at(&t, 4999), Decision::Reschedule { .. }),
+        "just below the minimum runtime: no probe"
     );
-    let Decision::Reschedule {
-        delay,
-        state: s1,
-        write,
-    } = decide_rowset(&state(4), RowsetObservation::NotYet, "K", &cfg(), at(9), 0.5)
-    else {
-        panic!()
-    };
-    assert!(write);
-    assert_eq!(delay, Duration::from_millis(1500));
-    assert_eq!((s1.rowset_attempts, s1.rowset_first_at), (1, Some(at(9))));
-    // Once completion was seen, a tick goes straight to the rowset.
-    assert_eq!(
-        decide(&s1, &status("Queued"), &cfg(), at(12), 0.5),
-        Decision::CheckRowset
+    assert_eq!(decide_at(&t, 5000), Decision::ProbeRows);
+    let mut target = t.clone();
+    target.temp_de = false;
+    assert!(
+        matches!(decide_at(&target, 60_000), Decision::Reschedule { .. }),
+        "never for a target DE"
     );
-    let five = PollState {
-        rowset_attempts: 4,
-        ..s1.clone()
-    };
-    assert!(matches!(
-        decide_rowset(&five, RowsetObservation::NotYet, "K", &cfg(), at(30), 0.5),
-        Decision::Reschedule { .. }
-    ));
-    let six = PollState {
-        rowset_attempts: 5,
-        ..s1
-    };
+
+    t.probe = Some(ProbeObservation::Rows { count: 12 });
     assert_eq!(
-        decide_rowset(&six, RowsetObservation::NotYet, "K", &cfg(), at(40), 0.5),
-        Decision::Fail {
-            reason: FailReason::NotQueryable,
-            message: "Data Extension \"K\" not queryable after 6 attempts".into()
+        decide_at(&t, 5000),
+        Decision::Ready {
+            row_count: 12,
+            via: ReadyVia::Probe
         }
     );
+    t.probe = Some(ProbeObservation::NoSignal);
+    let (_, next, write) = reschedule(decide_at(&t, 5000));
+    assert!(write);
+    assert_eq!((next.probe_attempts, next.last_probe_at), (1, Some(at(5000))));
+
+    let mut later = tick_with(next, "Processing", None);
+    later.temp_de = true;
+    assert!(
+        matches!(decide_at(&later, 19_999), Decision::Reschedule { .. }),
+        "just below the interval"
+    );
+    assert_eq!(decide_at(&later, 20_000), Decision::ProbeRows);
 }
+
+#[test]
+fn the_is_running_gate_opens_on_completed_date_or_when_stuck() {
+    let early = tick_with(state(2), "Queued", Some("1/16/2026 10:54:35 AM"));
+    assert!(matches!(decide_at(&early, 4999), Decision::Reschedule { .. }));
+    assert_eq!(decide_at(&early, 5000), Decision::CheckIsRunning);
+    let blank = tick_with(state(2), "Queued", Some("  "));
+    assert!(
+        matches!(decide_at(&blank, 60_000), Decision::Reschedule { .. }),
+        "a blank CompletedDate is none"
+    );
+    let stuck = tick("Queued");
+    assert!(matches!(decide_at(&stuck, 179_999), Decision::Reschedule { .. }));
+    assert_eq!(decide_at(&stuck, 180_000), Decision::CheckIsRunning);
+}
+
+#[test]
+fn a_missing_or_refused_object_id_is_recovered_once_per_tick() {
+    let mut t = tick("Queued");
+    t.has_object_id = false;
+    assert_eq!(decide_at(&t, 200_000), Decision::RecoverObjectId);
+    t.recovery_tried = true;
+    assert!(
+        matches!(decide_at(&t, 200_000), Decision::Reschedule { .. }),
+        "the recovered id is used next tick"
+    );
+    let mut bad = tick("Queued");
+    bad.is_running = Some(IsRunningObservation::BadId);
+    assert_eq!(decide_at(&bad, 200_000), Decision::RecoverObjectId);
+    bad.recovery_tried = true;
+    assert!(matches!(decide_at(&bad, 200_000), Decision::Reschedule { .. }));
+}
+
+#[test]
+fn two_not_running_answers_a_gap_apart_lead_to_the_rowset() {
+    let mut t = tick_with(state(2), "Queued", Some("1/16/2026 10:54:35 AM"));
+    t.is_running = Some(IsRunningObservation::NotRunning);
+    let (_, first, write) = reschedule(decide_at(&t, 6000));
+    assert!(write);
+    assert_eq!(
+        (first.not_running_count, first.not_running_first_at),
+        (1, Some(at(6000)))
+    );
+
+    let mut second = tick_with(first.clone(), "Queued", Some("x"));
+    second.is_running = Some(IsRunningObservation::NotRunning);
+    let (_, unchanged, write) = reschedule(decide_at(&second, 20_999));
+    assert!(!write, "just below the gap: not counted");
+    assert_eq!(unchanged.not_running_count, 1);
+    assert_eq!(decide_at(&second, 21_000), Decision::CheckRowset { first: true });
+    second.rowset = Some(RowsetObservation::Queryable { count: 5 });
+    assert_eq!(
+        decide_at(&second, 21_000),
+        Decision::Ready {
+            row_count: 5,
+            via: ReadyVia::NotRunning
+        }
+    );
+    second.rowset = Some(RowsetObservation::NotYet);
+    let (_, next, _) = reschedule(decide_at(&second, 21_000));
+    assert_eq!(
+        (next.not_running_count, next.rowset_attempts),
+        (2, 1),
+        "the confirmations are kept with the attempt"
+    );
+
+    let mut running = tick_with(first, "Queued", Some("x"));
+    running.is_running = Some(IsRunningObservation::Running);
+    let (_, reset, write) = reschedule(decide_at(&running, 30_000));
+    assert!(write);
+    assert_eq!(
+        (reset.not_running_count, reset.not_running_first_at),
+        (0, None),
+        "running resets the confirmations"
+    );
+    running.state = reset;
+    let (_, _, write) = reschedule(decide_at(&running, 31_000));
+    assert!(!write, "nothing to reset: nothing written");
+
+    let mut silent = tick_with(state(2), "Queued", Some("x"));
+    silent.is_running = Some(IsRunningObservation::Unavailable);
+    let (_, same, _) = reschedule(decide_at(&silent, 6000));
+    assert_eq!(same.not_running_count, 0, "no answer is no signal");
+}
+
+#[test]
+fn one_confirmation_is_enough_when_configured() {
+    let single = PollConfig {
+        not_running_confirmations: 1,
+        ..cfg()
+    };
+    let mut t = tick_with(state(2), "Queued", Some("x"));
+    t.is_running = Some(IsRunningObservation::NotRunning);
+    assert_eq!(
+        decide(&t, &single, at(6000), 0.5),
+        Decision::CheckRowset { first: true }
+    );
+}
+
+mod properties;
