@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 
-pub use state::{Call, Fault, Outcome, QueryDefinition, Scenario, State};
+pub use state::{Call, Fault, Outcome, PropertyShape, QueryDefinition, Scenario, State, StatusCase, StatusStyle};
 
 /// Settings fixed for a simulator's life.
 #[derive(Clone, Debug)]

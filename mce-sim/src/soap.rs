@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use mce_xml::{Element, escape, parse};
 
 use crate::Shared;
-use crate::state::{DataExtension, Folder, QueryDefinition, State, Task};
+use crate::state::{DataExtension, Folder, PropertyShape, QueryDefinition, State, Task};
 
 const NS: &str = "http://exacttarget.com/wsdl/partnerAPI";
 
@@ -134,7 +134,6 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
     let action = format!("soap:{verb}:{object_type}");
     let token = root.text_at(&["Header", "fueloauth"]).unwrap_or("").to_string();
 
-    let mut state = shared.lock().expect("simulator state lock");
     let detail = request
         .path(&["RetrieveRequest", "Filter", "Value"])
         .or_else(|| request.path(&["Objects", "CustomerKey"]))
@@ -142,17 +141,22 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
         .or_else(|| request.path(&["Definitions", "Definition", "ObjectID"]))
         .map(|e| e.text.clone())
         .unwrap_or_default();
-    state.record(&action, &detail);
-    if !state.token_valid(&token) {
-        return xml(StatusCode::OK, envelope("Fault", &fault("q0:Security", "Login Failed")));
-    }
-    if let Some(status) = state.take_fault(&action) {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return xml(
-            status,
+    let due = {
+        let mut state = shared.lock().expect("simulator state lock");
+        state.record(&action, &detail);
+        if !state.token_valid(&token) {
+            return xml(StatusCode::OK, envelope("Fault", &fault("q0:Security", "Login Failed")));
+        }
+        state.take_fault(&action)
+    };
+    if let Some(due) = due {
+        let body = xml(
+            StatusCode::OK,
             envelope("Fault", &fault("soap:Server", "Internal server error")),
         );
+        return due.respond(body).await;
     }
+    let mut state = shared.lock().expect("simulator state lock");
     state.advance();
     let response = match (request.name.as_str(), object_type.as_str()) {
         ("RetrieveRequestMsg", "AsyncActivityStatus") => retrieve_status(&state, request),
@@ -198,21 +202,39 @@ fn retrieve_status(state: &State, request: &Element) -> String {
     let Some(task) = term(&terms, "TaskID").and_then(|id| state.tasks.get(id)) else {
         return retrieve_response("OK", "");
     };
-    let (status, error) = state.task_status(task);
-    let mut props = format!(
-        "<Property><Name>Status</Name><Value>{}</Value></Property>",
-        escape(&status)
-    );
-    if let Some(e) = error {
-        props.push_str(&format!(
-            "<Property><Name>ErrorMsg</Name><Value>{}</Value></Property>",
-            escape(&e)
-        ));
-    }
+    let (status, error, completed) = state.task_status(task);
+    let values: Vec<(&str, String)> = [
+        ("Status", Some(status)),
+        ("ErrorMsg", error),
+        ("CompletedDate", completed),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| (name, v)))
+    .collect();
+    let inner = match task.scenario.property_shape {
+        PropertyShape::List => {
+            let props: String = values
+                .iter()
+                .map(|(n, v)| format!("<Property><Name>{n}</Name><Value>{}</Value></Property>", escape(v)))
+                .collect();
+            format!("<Properties>{props}</Properties>")
+        }
+        PropertyShape::Single => {
+            let (n, v) = &values[0];
+            format!(
+                "<Properties><Property><Name>{n}</Name><Value>{}</Value></Property></Properties>",
+                escape(v)
+            )
+        }
+        PropertyShape::Direct => values
+            .iter()
+            .map(|(n, v)| format!("<{n}>{}</{n}>", escape(v)))
+            .collect(),
+    };
     retrieve_response(
         "OK",
         &format!(
-            r#"<Results xsi:type="AsyncActivityStatus"><PartnerKey xsi:nil="true"/><ObjectID>{}</ObjectID><Properties>{props}</Properties></Results>"#,
+            r#"<Results xsi:type="AsyncActivityStatus"><PartnerKey xsi:nil="true"/><ObjectID>{}</ObjectID>{inner}</Results>"#,
             uuid::Uuid::new_v4()
         ),
     )
@@ -317,6 +339,7 @@ fn create_data_extension(state: &mut State, request: &Element) -> String {
             fields,
             rows: vec![],
             queryable_at: Some(Instant::now()),
+            not_ready_status: 404,
         },
     );
     create_response(Ok((id, object_id)))

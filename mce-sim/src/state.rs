@@ -2,6 +2,7 @@
 //! and running tasks, plus the REST and token handlers.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use axum::Form;
@@ -18,10 +19,51 @@ pub struct Scenario {
     /// From Perform until MCE reports the end.
     pub duration: Duration,
     pub outcome: Outcome,
-    /// After completion, the rowset answers 404 for this long.
+    /// After completion, the rowset answers `rowset_not_ready_status` for this long.
     pub rowset_delay: Duration,
+    /// 404 by default; MCE also answers 409 and 5xx while a DE settles.
+    pub rowset_not_ready_status: u16,
     /// `Some(errors)`: the validate endpoint refuses the query with these.
     pub invalid: Option<Vec<String>>,
+    pub status_style: StatusStyle,
+    /// CompletedDate is filled in from the first poll, with a time before the start.
+    pub completed_date_early: bool,
+    pub status_case: StatusCase,
+    pub property_shape: PropertyShape,
+    /// The first this many isRunning calls for the query's QueryDefinition answer 400.
+    pub reject_is_running: u32,
+    /// Rowset values are keyed by lower-cased field names.
+    pub lowercase_fields: bool,
+}
+
+/// What AsyncActivityStatus says while the query runs and after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusStyle {
+    /// `Queued`, then `Processing` from half-time, then the outcome.
+    QueuedThenProcessing,
+    /// `Queued` for the whole run and after it: never `Complete` (a failure still shows).
+    QueuedForever,
+}
+
+/// How the status text is spelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusCase {
+    AsIs,
+    Upper,
+    Lower,
+    /// Surrounded by whitespace.
+    Padded,
+}
+
+/// How the AsyncActivityStatus result carries its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PropertyShape {
+    /// `Properties/Property` for Status, ErrorMsg and CompletedDate.
+    List,
+    /// One `Property`: Status only.
+    Single,
+    /// `Status`, `ErrorMsg`, `CompletedDate` as direct children of `Results`.
+    Direct,
 }
 
 #[derive(Clone, Debug)]
@@ -42,19 +84,29 @@ impl Scenario {
             duration,
             outcome: Outcome::Complete { rows },
             rowset_delay: Duration::ZERO,
+            rowset_not_ready_status: 404,
             invalid: None,
+            status_style: StatusStyle::QueuedThenProcessing,
+            completed_date_early: false,
+            status_case: StatusCase::AsIs,
+            property_shape: PropertyShape::List,
+            reject_is_running: 0,
+            lowercase_fields: false,
         }
     }
 
     pub fn fails_after(duration: Duration, error_msg: &str) -> Self {
+        Self::ends_with(duration, "Error", Some(error_msg))
+    }
+
+    /// Ends with this status and optional ErrorMsg (e.g. `FatalError`, none).
+    pub fn ends_with(duration: Duration, status: &str, error_msg: Option<&str>) -> Self {
         Self {
-            duration,
             outcome: Outcome::Fail {
-                status: "Error".into(),
-                error_msg: Some(error_msg.into()),
+                status: status.into(),
+                error_msg: error_msg.map(str::to_string),
             },
-            rowset_delay: Duration::ZERO,
-            invalid: None,
+            ..Self::completes_after(duration, 0)
         }
     }
 }
@@ -69,12 +121,51 @@ pub struct Call {
     pub at: Instant,
 }
 
-/// Makes the next `times` calls of `action` fail with `status`.
+/// Makes the next `times` calls of `action` fail with `status`, optionally
+/// after a delay (longer than the client's timeout: a timeout) and with a
+/// `Retry-After` header.
 #[derive(Clone, Debug)]
 pub struct Fault {
     pub action: String,
     pub status: u16,
     pub times: u32,
+    pub delay: Duration,
+    pub retry_after: Option<String>,
+}
+
+impl Fault {
+    pub fn new(action: &str, status: u16, times: u32) -> Self {
+        Self {
+            action: action.to_string(),
+            status,
+            times,
+            delay: Duration::ZERO,
+            retry_after: None,
+        }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    pub fn retry_after(mut self, value: &str) -> Self {
+        self.retry_after = Some(value.to_string());
+        self
+    }
+
+    /// The HTTP answer, after the delay.
+    pub async fn respond(self, body: Response) -> Response {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let mut response = body;
+        *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Some(value) = self.retry_after.and_then(|v| v.parse().ok()) {
+            response.headers_mut().insert("retry-after", value);
+        }
+        response
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -93,8 +184,9 @@ pub struct DataExtension {
     pub folder_id: i64,
     pub fields: Vec<(String, String)>,
     pub rows: Vec<serde_json::Map<String, Value>>,
-    /// The rowset answers 404 until then.
+    /// The rowset answers `not_ready_status` until then.
     pub queryable_at: Option<Instant>,
+    pub not_ready_status: u16,
 }
 
 #[derive(Clone, Debug)]
@@ -124,6 +216,8 @@ pub struct State {
     pub data_extensions: HashMap<String, DataExtension>,
     pub query_definitions: HashMap<String, QueryDefinition>,
     pub tasks: HashMap<String, Task>,
+    /// isRunning 400 answers given per QueryDefinition.
+    pub is_running_rejections: HashMap<String, u32>,
     pub scripts: Vec<(String, Scenario)>,
     pub faults: Vec<Fault>,
     pub calls: Vec<Call>,
@@ -145,6 +239,7 @@ impl State {
             data_extensions: HashMap::new(),
             query_definitions: HashMap::new(),
             tasks: HashMap::new(),
+            is_running_rejections: HashMap::new(),
             scripts: Vec::new(),
             faults: Vec::new(),
             calls: Vec::new(),
@@ -178,11 +273,11 @@ impl State {
         });
     }
 
-    /// The status of an injected fault for this action, if one is due.
-    pub fn take_fault(&mut self, action: &str) -> Option<u16> {
+    /// The injected fault due for this action, if any.
+    pub fn take_fault(&mut self, action: &str) -> Option<Fault> {
         let fault = self.faults.iter_mut().find(|f| f.action == action && f.times > 0)?;
         fault.times -= 1;
-        Some(fault.status)
+        Some(fault.clone())
     }
 
     pub fn token_valid(&self, token: &str) -> bool {
@@ -215,27 +310,52 @@ impl State {
                 task.started + task.scenario.duration,
             );
             if let (Outcome::Complete { rows }, Some(de)) = (&scenario.outcome, self.data_extensions.get_mut(&target)) {
-                de.rows = (1..=*rows).map(|i| row(&de.fields, i)).collect();
+                de.rows = (1..=*rows)
+                    .map(|i| row(&de.fields, i, scenario.lowercase_fields))
+                    .collect();
+                de.not_ready_status = scenario.rowset_not_ready_status;
                 de.queryable_at = Some(ended + scenario.rowset_delay);
             }
         }
     }
 
-    /// `(Status, ErrorMsg)` of a task as MCE reports it now.
-    pub fn task_status(&self, task: &Task) -> (String, Option<String>) {
-        if !task.finished {
-            let half = task.started + task.scenario.duration / 2;
-            let status = if Instant::now() < half { "Queued" } else { "Processing" };
-            return (status.into(), None);
-        }
-        match &task.scenario.outcome {
-            Outcome::Complete { .. } => ("Complete".into(), None),
-            Outcome::Fail { status, error_msg } => (status.clone(), error_msg.clone()),
-        }
+    /// `(Status, ErrorMsg, CompletedDate)` of a task as MCE reports it now.
+    pub fn task_status(&self, task: &Task) -> (String, Option<String>, Option<String>) {
+        let scenario = &task.scenario;
+        let (status, error) = match (task.finished, &scenario.outcome, scenario.status_style) {
+            (true, Outcome::Fail { status, error_msg }, _) => (status.clone(), error_msg.clone()),
+            (_, _, StatusStyle::QueuedForever) => ("Queued".to_string(), None),
+            (true, Outcome::Complete { .. }, _) => ("Complete".to_string(), None),
+            (false, _, StatusStyle::QueuedThenProcessing) => {
+                let half = task.started + scenario.duration / 2;
+                let status = if Instant::now() < half { "Queued" } else { "Processing" };
+                (status.to_string(), None)
+            }
+        };
+        let status = match scenario.status_case {
+            StatusCase::AsIs => status,
+            StatusCase::Upper => status.to_uppercase(),
+            StatusCase::Lower => status.to_lowercase(),
+            StatusCase::Padded => format!("  {status} \n"),
+        };
+        let completed = if scenario.completed_date_early {
+            // Production logs show a CompletedDate before the query even started.
+            Some(mce_date(chrono::Utc::now() - chrono::Duration::hours(1)))
+        } else if task.finished {
+            Some(mce_date(chrono::Utc::now()))
+        } else {
+            None
+        };
+        (status, error, completed)
     }
 }
 
-fn row(fields: &[(String, String)], i: i64) -> serde_json::Map<String, Value> {
+/// `M/D/YYYY h:mm:ss AM`, as MCE writes CompletedDate.
+fn mce_date(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%-m/%-d/%Y %-I:%M:%S %p").to_string()
+}
+
+fn row(fields: &[(String, String)], i: i64, lowercase: bool) -> serde_json::Map<String, Value> {
     fields
         .iter()
         .map(|(name, field_type)| {
@@ -244,7 +364,7 @@ fn row(fields: &[(String, String)], i: i64) -> serde_json::Map<String, Value> {
                 "EmailAddress" => json!(format!("user{i}@example.com")),
                 _ => json!(format!("{name}-{i}")),
             };
-            (name.clone(), value)
+            (if lowercase { name.to_lowercase() } else { name.clone() }, value)
         })
         .collect()
 }
@@ -258,34 +378,46 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Records the call and applies auth and injected faults; `Some` is the answer to send instead.
-fn rest_gate(state: &mut State, headers: &HeaderMap, action: &str, detail: &str) -> Option<Response> {
-    state.record(action, detail);
-    if !bearer(headers).is_some_and(|t| state.token_valid(&t)) {
-        return Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"message": "Not Authorized", "errorcode": 0})),
-            )
-                .into_response(),
-        );
-    }
-    if let Some(status) = state.take_fault(action) {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return Some((status, axum::Json(json!({"message": "injected fault"}))).into_response());
-    }
-    state.advance();
-    None
+/// Records a REST call, checks its token and applies a due fault; the
+/// state, locked, when the call may proceed.
+async fn enter<'a>(
+    shared: &'a Shared,
+    headers: &HeaderMap,
+    action: &str,
+    detail: &str,
+) -> Result<MutexGuard<'a, State>, Box<Response>> {
+    let fault = {
+        let mut state = shared.lock().expect("simulator state lock");
+        state.record(action, detail);
+        if !bearer(headers).is_some_and(|t| state.token_valid(&t)) {
+            let body = axum::Json(json!({"message": "Not Authorized", "errorcode": 0}));
+            return Err(Box::new((StatusCode::UNAUTHORIZED, body).into_response()));
+        }
+        match state.take_fault(action) {
+            None => {
+                state.advance();
+                return Ok(state);
+            }
+            Some(fault) => fault,
+        }
+    };
+    Err(Box::new(
+        fault
+            .respond(axum::Json(json!({"message": "injected fault"})).into_response())
+            .await,
+    ))
 }
 
 pub async fn token(AxState(shared): AxState<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
-    let mut state = shared.lock().expect("simulator state lock");
-    state.record("token", form.get("account_id").map(String::as_str).unwrap_or(""));
-    if let Some(status) = state.take_fault("token") {
-        return StatusCode::from_u16(status)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            .into_response();
+    let fault = {
+        let mut state = shared.lock().expect("simulator state lock");
+        state.record("token", form.get("account_id").map(String::as_str).unwrap_or(""));
+        state.take_fault("token")
+    };
+    if let Some(fault) = fault {
+        return fault.respond(StatusCode::SERVICE_UNAVAILABLE.into_response()).await;
     }
+    let mut state = shared.lock().expect("simulator state lock");
     let presented = form.get("refresh_token").cloned().unwrap_or_default();
     if form.get("grant_type").map(String::as_str) != Some("refresh_token")
         || form.get("client_id").is_none_or(|c| c.is_empty())
@@ -315,10 +447,10 @@ pub async fn token(AxState(shared): AxState<Shared>, Form(form): Form<HashMap<St
 }
 
 pub async fn validate(AxState(shared): AxState<Shared>, headers: HeaderMap, body: String) -> Response {
-    let mut state = shared.lock().expect("simulator state lock");
-    if let Some(r) = rest_gate(&mut state, &headers, "rest:validate", "") {
-        return r;
-    }
+    let state = match enter(&shared, &headers, "rest:validate", "").await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let text = serde_json::from_str::<Value>(&body)
         .ok()
         .and_then(|v| v.get("Text")?.as_str().map(str::to_string));
@@ -336,11 +468,22 @@ pub async fn validate(AxState(shared): AxState<Shared>, headers: HeaderMap, body
 }
 
 pub async fn is_running(AxState(shared): AxState<Shared>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let mut state = shared.lock().expect("simulator state lock");
-    if let Some(r) = rest_gate(&mut state, &headers, "rest:isrunning", &id) {
-        return r;
+    let mut state = match enter(&shared, &headers, "rest:isrunning", &id).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let allowed_rejections = state
+        .tasks
+        .values()
+        .find(|t| t.query_object_id == id)
+        .map(|t| t.scenario.reject_is_running)
+        .unwrap_or(0);
+    let rejected = state.is_running_rejections.entry(id.clone()).or_insert(0);
+    let refuse = *rejected < allowed_rejections;
+    if refuse {
+        *rejected += 1;
     }
-    if !state.query_definitions.contains_key(&id) {
+    if refuse || !state.query_definitions.contains_key(&id) {
         return (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({"message": "Invalid query id"})),
@@ -357,10 +500,10 @@ pub async fn rowset(
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let mut state = shared.lock().expect("simulator state lock");
-    if let Some(r) = rest_gate(&mut state, &headers, "rest:rowset", &key) {
-        return r;
-    }
+    let state = match enter(&shared, &headers, "rest:rowset", &key).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
     let page: usize = query.get("$page").and_then(|p| p.parse().ok()).unwrap_or(0);
     let page_size: usize = query.get("$pageSize").and_then(|p| p.parse().ok()).unwrap_or(0);
     if page < 1 || page_size < 1 {
@@ -379,7 +522,7 @@ pub async fn rowset(
     };
     if de.queryable_at.is_none_or(|at| Instant::now() < at) {
         return (
-            StatusCode::NOT_FOUND,
+            StatusCode::from_u16(de.not_ready_status).unwrap_or(StatusCode::NOT_FOUND),
             axum::Json(json!({"message": "Data Extension not queryable"})),
         )
             .into_response();

@@ -148,19 +148,11 @@ async fn a_revoked_refresh_token_is_a_clear_auth_error() {
 async fn server_errors_are_retried_then_reported() {
     let f = fixture("valid-refresh").await;
     let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
-    f.sim.inject(Fault {
-        action: "rest:validate".into(),
-        status: 503,
-        times: 2,
-    });
+    f.sim.inject(Fault::new("rest:validate", 503, 2));
     assert!(session.validate("SELECT 1").await.unwrap().valid);
     assert_eq!(f.sim.count("rest:validate"), 3);
 
-    f.sim.inject(Fault {
-        action: "soap:Retrieve:DataFolder".into(),
-        status: 500,
-        times: 10,
-    });
+    f.sim.inject(Fault::new("soap:Retrieve:DataFolder", 500, 10));
     let err = session.find_folder("Data Extensions", None).await.unwrap_err();
     assert!(
         matches!(err, MceError::Unavailable { .. }) && err.is_transient(),
@@ -172,11 +164,7 @@ async fn server_errors_are_retried_then_reported() {
         "one attempt and three retries"
     );
 
-    f.sim.inject(Fault {
-        action: "rest:isrunning".into(),
-        status: 403,
-        times: 1,
-    });
+    f.sim.inject(Fault::new("rest:isrunning", 403, 1));
     let err = session.is_running("x").await.unwrap_err();
     assert!(matches!(err, MceError::Forbidden { .. }), "403 is not retried: {err:?}");
 }
