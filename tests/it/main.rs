@@ -5,5 +5,6 @@ mod commands;
 mod e2e;
 mod jetstream;
 mod mce_client;
+mod poll;
 mod store;
 mod support;

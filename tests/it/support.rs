@@ -25,6 +25,8 @@ pub struct System {
     pub js: jetstream::Context,
     pub db: DatabaseConnection,
     pub worker: Option<Worker>,
+    /// Settings for the worker beyond `env()`.
+    pub extra: Vec<(String, String)>,
 }
 
 impl System {
@@ -51,6 +53,11 @@ impl System {
     }
 
     pub async fn start() -> System {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra settings for the worker (they win over the defaults).
+    pub async fn start_with(extra: &[(&str, &str)]) -> System {
         let nats = NatsServer::start().await;
         let sim = Sim::start(SimConfig::default()).await.expect("starting the simulator");
         sim.add_refresh_token(REFRESH_TOKEN);
@@ -64,6 +71,7 @@ impl System {
             mid: "510000123".into(),
             db: DatabaseConnection::default(),
             worker: None,
+            extra: Vec::new(),
         };
         let env = system.env();
         let (code, _, err) = run_command(&["migrate"], &env, None);
@@ -105,8 +113,44 @@ impl System {
         system.db = Database::connect(&system.database_url)
             .await
             .expect("connecting to the test database");
-        system.worker = Some(Worker::start(&env).await);
+        system.extra = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        system.start_worker().await;
         system
+    }
+
+    /// (Re)starts the worker with this system's settings.
+    pub async fn start_worker(&mut self) {
+        let mut env = self.env();
+        env.extend(self.extra.iter().cloned());
+        self.worker = Some(Worker::start(&env).await);
+    }
+
+    /// Kills the worker with SIGKILL: no drain, no goodbye.
+    pub fn kill_worker(&mut self) {
+        self.worker = None;
+    }
+
+    /// The status checks MCE received for a task, in order.
+    pub fn status_checks(&self, task_id: &str) -> Vec<std::time::Instant> {
+        self.sim
+            .calls()
+            .into_iter()
+            .filter(|c| c.action == "soap:Retrieve:AsyncActivityStatus" && c.detail == task_id)
+            .map(|c| c.at)
+            .collect()
+    }
+
+    /// Whether a poll message for the run is still in the stream.
+    pub async fn poll_pending(&self, id: Uuid) -> bool {
+        let stream = self
+            .js
+            .get_stream("SHELL_QUERY_JOBS")
+            .await
+            .expect("the jobs stream exists");
+        stream
+            .direct_get_last_for_subject(format!("{PREFIX}.poll.{id}"))
+            .await
+            .is_ok()
     }
 
     pub fn log(&self) -> String {
