@@ -362,3 +362,24 @@ async fn status_spellings_and_shapes_are_all_understood() {
     assert_eq!(system.wait_terminal(failed, MINUTE).await.status, "failed");
     assert_eq!(decrypted_error(&system, failed).await, "Bad column");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_that_cannot_read_the_status_is_rescheduled_not_failed() {
+    let system = System::start().await;
+    system
+        .sim
+        .script("Flaky", Scenario::completes_after(Duration::from_secs(1), 2));
+    // Five 503s: the first tick's call and all three of its retries fail.
+    system
+        .sim
+        .inject(mce_sim::Fault::new("soap:Retrieve:AsyncActivityStatus", 503, 5));
+    let id = system.submit("SELECT Flaky FROM [X]", None).await;
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+    assert_eq!(run.row_count, Some(2));
+    assert!(system.sim.count("soap:Retrieve:AsyncActivityStatus") >= 6);
+    assert!(
+        system.log().contains("status check failed"),
+        "the failed tick was logged"
+    );
+}
