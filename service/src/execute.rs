@@ -251,8 +251,10 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
         Err(e) => return Err(e.into()),
     }
     let empty = TableMetadata::new();
-    let fields = schema::infer(&sql, msg.table_metadata.as_ref().unwrap_or(&empty))
-        .map_err(|e| Failure::Permanent(e.to_string()))?;
+    let catalog = schema::Catalog::from_metadata(msg.table_metadata.as_ref().unwrap_or(&empty));
+    let analysis = schema::analyse(&sql, &catalog).map_err(|e| Failure::Permanent(e.to_string()))?;
+    let fields = analysis.fields;
+    let sql = analysis.sql;
 
     deps.publish_event(&StatusEvent::new(
         msg.run_id,
