@@ -47,6 +47,9 @@ pub struct Model {
     pub poll_transient_errors: i32,
     /// The last AsyncActivityStatus seen, normalised (trimmed, lower case).
     pub poll_last_status: Option<String>,
+    /// Set just before Perform is sent: with no `task_id`, an earlier
+    /// delivery may have started the query.
+    pub perform_requested_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

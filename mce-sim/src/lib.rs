@@ -131,3 +131,60 @@ impl Sim {
         self.with(|s| s.refresh_tokens())
     }
 }
+
+/// A field of a Data Extension seeded into the simulator.
+#[derive(Clone, Debug)]
+pub struct SeedField {
+    pub name: String,
+    pub field_type: String,
+    pub primary_key: bool,
+    pub required: bool,
+}
+
+impl SeedField {
+    pub fn new(name: &str, field_type: &str) -> Self {
+        Self {
+            name: name.into(),
+            field_type: field_type.into(),
+            primary_key: false,
+            required: false,
+        }
+    }
+
+    pub fn primary_key(mut self) -> Self {
+        self.primary_key = true;
+        self
+    }
+}
+
+impl Sim {
+    /// Creates a Data Extension with `rows` generated rows, as if a user had made it.
+    pub fn add_data_extension(&self, name: &str, customer_key: &str, fields: &[SeedField], rows: i64) {
+        self.with(|s| s.seed_data_extension(name, customer_key, fields, rows));
+    }
+
+    /// The rows of a Data Extension now.
+    pub fn rows(&self, customer_key: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        self.with(|s| {
+            s.data_extensions
+                .get(customer_key)
+                .map(|d| d.rows.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Whether a Data Extension with this key exists.
+    pub fn has_data_extension(&self, customer_key: &str) -> bool {
+        self.with(|s| s.data_extensions.contains_key(customer_key))
+    }
+
+    /// Deletes folders by name (as a user cleaning up in MCE would).
+    pub fn delete_folder(&self, name: &str) {
+        self.with(|s| s.folders.retain(|f| f.name != name));
+    }
+
+    /// The ids of folders with this name.
+    pub fn folders_named(&self, name: &str) -> Vec<i64> {
+        self.with(|s| s.folders.iter().filter(|f| f.name == name).map(|f| f.id).collect())
+    }
+}

@@ -162,6 +162,8 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
         ("RetrieveRequestMsg", "AsyncActivityStatus") => retrieve_status(&state, request),
         ("RetrieveRequestMsg", "DataFolder") => retrieve_folders(&state, request),
         ("RetrieveRequestMsg", "QueryDefinition") => retrieve_query_definitions(&state, request),
+        ("RetrieveRequestMsg", "DataExtension") => retrieve_data_extensions(&state, request),
+        ("RetrieveRequestMsg", "DataExtensionField") => retrieve_fields(&state, request),
         ("CreateRequest", "DataFolder") => create_folder(&mut state, request),
         ("CreateRequest", "DataExtension") => create_data_extension(&mut state, request),
         ("CreateRequest", "QueryDefinition") => create_query_definition(&mut state, request),
@@ -289,6 +291,46 @@ fn retrieve_query_definitions(state: &State, request: &Element) -> String {
     retrieve_response("OK", &results)
 }
 
+fn retrieve_data_extensions(state: &State, request: &Element) -> String {
+    let terms = filter_terms(request.path(&["RetrieveRequest", "Filter"]));
+    let results: String = state
+        .data_extensions
+        .values()
+        .filter(|d| term(&terms, "Name").is_none_or(|n| n == d.name))
+        .filter(|d| term(&terms, "CustomerKey").is_none_or(|k| k == d.customer_key))
+        .map(|d| {
+            format!(
+                r#"<Results xsi:type="DataExtension"><PartnerKey xsi:nil="true"/><ObjectID>{}</ObjectID><CustomerKey>{}</CustomerKey><Name>{}</Name></Results>"#,
+                d.object_id,
+                escape(&d.customer_key),
+                escape(&d.name)
+            )
+        })
+        .collect();
+    retrieve_response("OK", &results)
+}
+
+fn retrieve_fields(state: &State, request: &Element) -> String {
+    let terms = filter_terms(request.path(&["RetrieveRequest", "Filter"]));
+    let Some(de) = term(&terms, "DataExtension.CustomerKey").and_then(|k| state.data_extensions.get(k)) else {
+        return retrieve_response("OK", "");
+    };
+    let results: String = de
+        .fields
+        .iter()
+        .map(|(name, field_type)| {
+            let length = if matches!(field_type.as_str(), "Text" | "EmailAddress" | "Phone") { "<MaxLength>254</MaxLength>" } else { "" };
+            format!(
+                r#"<Results xsi:type="DataExtensionField"><PartnerKey xsi:nil="true"/><Name>{}</Name><FieldType>{field_type}</FieldType>{length}<IsPrimaryKey>{}</IsPrimaryKey><IsRequired>{}</IsRequired></Results>"#,
+                escape(name),
+                de.primary_keys.contains(name),
+                de.required.contains(name) || de.primary_keys.contains(name)
+            )
+        })
+        .collect();
+    retrieve_response("OK", &results)
+}
+
 fn create_folder(state: &mut State, request: &Element) -> String {
     let o = request.child("Objects").cloned().unwrap_or_default();
     let id = state.next_id();
@@ -327,6 +369,10 @@ fn create_data_extension(state: &mut State, request: &Element) -> String {
     if fields.is_empty() {
         return create_response(Err("A Data Extension needs at least one field".into()));
     }
+    let folder_id: i64 = o.text_at(&["CategoryID"]).and_then(|c| c.parse().ok()).unwrap_or(0);
+    if !state.folders.iter().any(|f| f.id == folder_id) {
+        return create_response(Err(format!("Invalid CategoryID: folder {folder_id} does not exist")));
+    }
     let object_id = uuid::Uuid::new_v4().to_string();
     let id = state.next_id();
     state.data_extensions.insert(
@@ -337,6 +383,8 @@ fn create_data_extension(state: &mut State, request: &Element) -> String {
             customer_key: key,
             folder_id: o.text_at(&["CategoryID"]).and_then(|c| c.parse().ok()).unwrap_or(0),
             fields,
+            primary_keys: vec![],
+            required: vec![],
             rows: vec![],
             queryable_at: Some(Instant::now()),
             not_ready_status: 404,
@@ -372,6 +420,7 @@ fn create_query_definition(state: &mut State, request: &Element) -> String {
             query_text: o.text_at(&["QueryText"]).unwrap_or("").to_string(),
             target_key,
             category_id,
+            update_type: o.text_at(&["TargetUpdateType"]).unwrap_or("Overwrite").to_string(),
         },
     );
     // MCE reports NewID 0 for QueryDefinitions: only NewObjectID is usable.
@@ -387,13 +436,20 @@ fn perform(state: &mut State, request: &Element) -> String {
         Some(qd) => {
             let task_id = state.next_id().to_string();
             let scenario = state.scenario_for(&qd.query_text);
-            if let Some(de) = state.data_extensions.get_mut(&qd.target_key) {
+            if let Some(de) = state.data_extensions.get_mut(&qd.target_key).filter(|_| qd.update_type == "Overwrite") {
                 de.queryable_at = None;
                 de.rows.clear();
             }
             state.tasks.insert(
                 task_id.clone(),
-                Task { query_object_id: qd.object_id, target_key: qd.target_key, started: Instant::now(), scenario, finished: false },
+                Task {
+                    query_object_id: qd.object_id,
+                    target_key: qd.target_key,
+                    update_type: qd.update_type,
+                    started: Instant::now(),
+                    scenario,
+                    finished: false,
+                },
             );
             format!(
                 "<StatusCode>OK</StatusCode><StatusMessage>Performed</StatusMessage><Task><StatusCode>OK</StatusCode><StatusMessage>Queued</StatusMessage><ID>{task_id}</ID><InteractionObjectID>{}</InteractionObjectID></Task>",

@@ -183,6 +183,9 @@ pub struct DataExtension {
     pub customer_key: String,
     pub folder_id: i64,
     pub fields: Vec<(String, String)>,
+    /// Primary-key and required field names.
+    pub primary_keys: Vec<String>,
+    pub required: Vec<String>,
     pub rows: Vec<serde_json::Map<String, Value>>,
     /// The rowset answers `not_ready_status` until then.
     pub queryable_at: Option<Instant>,
@@ -197,12 +200,15 @@ pub struct QueryDefinition {
     pub query_text: String,
     pub target_key: String,
     pub category_id: Option<i64>,
+    /// `Overwrite`, `Append` or `Update`.
+    pub update_type: String,
 }
 
 #[derive(Clone, Debug)]
 pub struct Task {
     pub query_object_id: String,
     pub target_key: String,
+    pub update_type: String,
     pub started: Instant,
     pub scenario: Scenario,
     pub finished: bool,
@@ -258,6 +264,28 @@ impl State {
     /// Refresh tokens that would be accepted now.
     pub fn refresh_tokens(&self) -> Vec<String> {
         self.refresh_tokens.iter().cloned().collect()
+    }
+
+    pub fn seed_data_extension(&mut self, name: &str, customer_key: &str, fields: &[crate::SeedField], rows: i64) {
+        let fields_list: Vec<(String, String)> =
+            fields.iter().map(|f| (f.name.clone(), f.field_type.clone())).collect();
+        let de = DataExtension {
+            object_id: uuid::Uuid::new_v4().to_string(),
+            name: name.to_string(),
+            customer_key: customer_key.to_string(),
+            folder_id: 1,
+            rows: (1..=rows).map(|i| row(&fields_list, i, false)).collect(),
+            fields: fields_list,
+            primary_keys: fields
+                .iter()
+                .filter(|f| f.primary_key)
+                .map(|f| f.name.clone())
+                .collect(),
+            required: fields.iter().filter(|f| f.required).map(|f| f.name.clone()).collect(),
+            queryable_at: Some(Instant::now()),
+            not_ready_status: 404,
+        };
+        self.data_extensions.insert(customer_key.to_string(), de);
     }
 
     pub fn next_id(&mut self) -> i64 {

@@ -103,7 +103,8 @@ pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
     let client = connect_nats(&args).await.context("connecting to NATS")?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&args.nats.subject_prefix);
-    let consumers = crate::jetstream::declare(&js, &subjects, args.poll_max_ack_pending)
+    let execute_ack_wait = Duration::from_millis(args.execute_ack_wait_ms);
+    let consumers = crate::jetstream::declare(&js, &subjects, args.poll_max_ack_pending, execute_ack_wait)
         .await
         .context("declaring streams and consumers")?;
 
@@ -152,6 +153,7 @@ pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
         Role::Execute,
         consumers.execute,
         args.execute_concurrency as usize,
+        execute_ack_wait,
         deps.clone(),
         stop_rx.clone(),
     ));
@@ -159,6 +161,7 @@ pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
         Role::Poll,
         consumers.poll,
         args.poll_concurrency as usize,
+        crate::jetstream::POLL_ACK_WAIT,
         deps.clone(),
         stop_rx.clone(),
     ));

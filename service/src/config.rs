@@ -176,6 +176,10 @@ pub struct RunArgs {
     pub poll_concurrency: u32,
     #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub poll_max_ack_pending: i64,
+    /// How long an execute delivery may go silent before NATS redelivers it
+    /// (the handler sends "in progress" every third of it).
+    #[arg(long, env = "EXECUTE_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
+    pub execute_ack_wait_ms: u64,
     #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = 120_000, value_parser = millis(1000))]
     pub reconciler_interval_ms: u64,
     #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = 60_000, value_parser = millis(0))]

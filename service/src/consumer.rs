@@ -39,14 +39,6 @@ impl Role {
             Role::Poll => "poll",
         }
     }
-
-    /// Long handlers tell NATS they are alive this often.
-    fn progress_every(self) -> Option<Duration> {
-        match self {
-            Role::Execute => Some(crate::jetstream::EXECUTE_ACK_WAIT / 3),
-            Role::Poll => Some(crate::jetstream::POLL_ACK_WAIT / 3),
-        }
-    }
 }
 
 /// One delivery as handlers see it.
@@ -64,7 +56,7 @@ async fn dispatch(role: Role, deps: &Deps, delivery: &Delivery) -> Disposition {
     }
 }
 
-async fn handle_one(role: Role, deps: Arc<Deps>, msg: Message) {
+async fn handle_one(role: Role, progress_every: Duration, deps: Arc<Deps>, msg: Message) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let delivery = Delivery {
         subject: msg.subject.to_string(),
@@ -74,10 +66,11 @@ async fn handle_one(role: Role, deps: Arc<Deps>, msg: Message) {
     let (msg, acker) = msg.split();
     let acker = Arc::new(acker);
 
-    let progress = role.progress_every().map(|every| {
+    // Long handlers tell NATS they are alive, so it does not redeliver.
+    let progress = {
         let acker = acker.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(progress_every);
             tick.tick().await;
             loop {
                 tick.tick().await;
@@ -86,11 +79,9 @@ async fn handle_one(role: Role, deps: Arc<Deps>, msg: Message) {
                 }
             }
         })
-    });
+    };
     let disposition = dispatch(role, &deps, &delivery).await;
-    if let Some(p) = progress {
-        p.abort();
-    }
+    progress.abort();
 
     let result = match &disposition {
         Disposition::Ack => acker.ack().await,
@@ -115,13 +106,16 @@ async fn handle_one(role: Role, deps: Arc<Deps>, msg: Message) {
 
 /// Runs a consumer until `shutdown` turns true, then waits for in-flight
 /// handlers to finish.
+/// `ack_wait` is the consumer's: "in progress" goes out every third of it.
 pub async fn run(
     role: Role,
     consumer: PullConsumer,
     concurrency: usize,
+    ack_wait: Duration,
     deps: Arc<Deps>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let progress_every = ack_wait / 3;
     let permits = Arc::new(Semaphore::new(concurrency));
     'outer: while !*shutdown.borrow() {
         let stream = consumer
@@ -154,19 +148,24 @@ pub async fn run(
                 Some(Ok(msg)) => {
                     let deps = deps.clone();
                     tokio::spawn(async move {
-                        handle_one(role, deps, msg).await;
+                        handle_one(role, progress_every, deps, msg).await;
                         drop(permit);
                     });
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(consumer = role.name(), error = %e, "pull stream error");
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                    // Only a consumer that is gone ends this stream; anything else
+                    // (missed heartbeats while disconnected, a failed pull) passes,
+                    // and dropping the stream would strand its buffered messages
+                    // until their ack wait runs out.
                     if matches!(
                         e.kind(),
-                        async_nats::jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat
+                        Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded
                     ) {
-                        continue;
+                        tracing::warn!(consumer = role.name(), error = %e, "pull stream ended");
+                        break;
                     }
-                    break;
+                    tracing::debug!(consumer = role.name(), error = %e, "pull stream hiccup");
                 }
                 None => break,
             }

@@ -126,10 +126,14 @@ impl From<NatsError> for Failure {
     }
 }
 
+/// The client-safe text of a run request that cannot start.
+const INTERRUPTED: &str =
+    "The query was interrupted while starting and its start could not be confirmed. Please run it again.";
+
 pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     let msg = match decode(&delivery.subject, &delivery.payload) {
         Ok(m) => m,
-        Err(reason) => return Disposition::DeadLetter(reason),
+        Err(reason) => return malformed(deps, delivery, reason).await,
     };
     let span =
         tracing::info_span!("execute", run_id = %msg.run_id, tenant_id = %msg.tenant_id, delivery = delivery.delivered);
@@ -154,6 +158,39 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
             fail_run(deps, msg.run_id, &reason, created_qd.as_deref(), &msg).await
         }
     }
+}
+
+/// A message that does not decode: to the DLQ, and when its run id can be
+/// read, the run's row is made `failed` with the reason.
+async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposition {
+    let body: serde_json::Value = serde_json::from_slice(&delivery.payload).unwrap_or_default();
+    let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    let uuid = |name: &str| field(name).and_then(|v| Uuid::parse_str(&v).ok());
+    if let Some(run_id) = Subjects::run_id_of(&delivery.subject) {
+        let message = clip_error(&format!("The run request is invalid: {reason}"));
+        let now = Utc::now();
+        let run = NewRun {
+            id: run_id,
+            tenant_id: uuid("tenantId").unwrap_or_default(),
+            user_id: uuid("userId"),
+            mid: field("mid").unwrap_or_default(),
+            snippet_name: field("snippetName"),
+            sql_text_hash: field("sqlText")
+                .map(|s| crate::crypto::sha256_hex(&s))
+                .unwrap_or_default(),
+            sql_text_encrypted: None,
+            target_update_type: None,
+        };
+        match store::fail_malformed(&deps.db, run, deps.cipher.encrypt(&message), now).await {
+            Ok(true) => deps.publish_event(&StatusEvent::failed(run_id, &message, now)).await,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(run_id = %run_id, error = %e, "could not record the malformed run; will retry");
+                return Disposition::Retry(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+    Disposition::DeadLetter(reason)
 }
 
 /// Marks the run failed (compare-and-set), publishes `failed` and deletes
@@ -187,6 +224,12 @@ async fn fail_run(
     }
 }
 
+/// Where the results go and how.
+struct Destination {
+    target: DeTarget,
+    update_type: &'static str,
+}
+
 async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<String>) -> Result<(), Failure> {
     let sql = match (&msg.sql_text, &msg.sql_text_encrypted) {
         (Some(plain), _) => plain.clone(),
@@ -195,14 +238,18 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
         })?,
         (None, None) => unreachable!("decode rejects a message without SQL"),
     };
+    if sql.trim().is_empty() {
+        return Err(Failure::Permanent("The query text is empty.".into()));
+    }
     let now = Utc::now();
+    let mid = msg.mid.trim();
     store::insert_run_if_absent(
         &deps.db,
         NewRun {
             id: msg.run_id,
             tenant_id: msg.tenant_id,
             user_id: msg.user_id,
-            mid: msg.mid.trim().to_string(),
+            mid: mid.to_string(),
             snippet_name: msg.snippet_name.clone(),
             sql_text_hash: crate::crypto::sha256_hex(&sql),
             sql_text_encrypted: Some(
@@ -228,96 +275,242 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
         crate::jetstream::publish_poll(&deps.js, &deps.subjects, msg.run_id, &format!("poll:{}", msg.run_id)).await?;
         return Ok(());
     }
+    let session = deps.mce.session(msg.tenant_id, msg.user_id, mid).await?;
+    if run.perform_requested_at.is_some() {
+        *created_qd = run.query_definition_id.clone();
+        return resume_interrupted(deps, &session, &run).await;
+    }
     if status == RunStatus::Queued && store::mark_running(&deps.db, msg.run_id, now).await? {
         deps.publish_event(&StatusEvent::new(msg.run_id, EventStatus::Running, now))
             .await;
     }
 
-    if msg.target_de_customer_key.is_some() {
-        return Err(Failure::Permanent(
-            "Running into an existing Data Extension is not available yet.".into(),
-        ));
-    }
-    let session = deps.mce.session(msg.tenant_id, msg.user_id, msg.mid.trim()).await?;
     deps.publish_event(&StatusEvent::new(msg.run_id, EventStatus::ValidatingQuery, Utc::now()))
         .await;
-    match session.validate(&sql).await {
-        Ok(v) if v.valid => {}
-        Ok(v) => return Err(Failure::Permanent(v.errors.join("\n"))),
-        // Validation is advisory when MCE is briefly unavailable: fail open.
-        Err(e) if e.is_transient() => {
-            tracing::warn!(error = %e, "validation unavailable; continuing")
-        }
-        Err(e) => return Err(e.into()),
-    }
+    validate(&session, &sql).await?;
     let empty = TableMetadata::new();
-    let catalog = schema::Catalog::from_metadata(msg.table_metadata.as_ref().unwrap_or(&empty));
+    let mut catalog = schema::Catalog::from_metadata(msg.table_metadata.as_ref().unwrap_or(&empty));
+    fetch_metadata(&session, &sql, &mut catalog).await?;
     let analysis = schema::analyse(&sql, &catalog).map_err(|e| Failure::Permanent(e.to_string()))?;
-    let fields = analysis.fields;
-    let sql = analysis.sql;
+    if analysis.sql != sql {
+        // The stars were expanded: MCE checks the query that will really run.
+        validate(&session, &analysis.sql).await?;
+    }
 
-    deps.publish_event(&StatusEvent::new(
-        msg.run_id,
-        EventStatus::CreatingDataExtension,
-        Utc::now(),
-    ))
-    .await;
-    let folder_id = ensure_folder(deps, &session, msg.tenant_id, msg.mid.trim()).await?;
-    let de_key = temp_de_key(msg.run_id);
-    let de_name = temp_de_name(msg.run_id, msg.snippet_name.as_deref());
-    // A DE left by an earlier delivery of this run is replaced.
-    best_effort(session.delete_data_extension_if_exists(&de_key).await)?;
-    let de_object_id = session
-        .create_data_extension(&de_name, &de_key, folder_id, &fields)
-        .await?;
+    let mut folder = Folder::Unknown;
+    let destination = match &msg.target_de_customer_key {
+        None => {
+            deps.publish_event(&StatusEvent::new(
+                msg.run_id,
+                EventStatus::CreatingDataExtension,
+                Utc::now(),
+            ))
+            .await;
+            let de_key = temp_de_key(msg.run_id);
+            let de_name = temp_de_name(msg.run_id, msg.snippet_name.as_deref());
+            // A DE left by an earlier delivery of this run is replaced.
+            best_effort(session.delete_data_extension_if_exists(&de_key).await)?;
+            let object_id = with_folder(deps, &session, msg, &mut folder, |folder_id| {
+                session.create_data_extension(&de_name, &de_key, folder_id, &analysis.fields)
+            })
+            .await?;
+            Destination {
+                target: DeTarget {
+                    object_id,
+                    customer_key: de_key,
+                    name: de_name,
+                },
+                update_type: "Overwrite",
+            }
+        }
+        Some(key) => {
+            deps.publish_event(&StatusEvent::new(
+                msg.run_id,
+                EventStatus::TargetingDataExtension,
+                Utc::now(),
+            ))
+            .await;
+            let mode = schema::TargetMode::parse(msg.target_update_type.as_deref())
+                .ok_or_else(|| Failure::Permanent("targetUpdateType must be Overwrite, Append or Update.".into()))?;
+            let target = session.find_data_extension(key.trim(), true).await?.ok_or_else(|| {
+                Failure::Permanent(format!("Target Data Extension \"{}\" was not found.", key.trim()))
+            })?;
+            let fields: Vec<schema::TargetField> = session
+                .data_extension_fields(&target.customer_key)
+                .await?
+                .iter()
+                .map(|f| schema::TargetField {
+                    name: f.name.clone(),
+                    field_type: schema::FieldType::from_mce(&f.field_type),
+                    max_length: f.max_length,
+                    is_primary_key: f.is_primary_key,
+                    is_required: f.is_required,
+                })
+                .collect();
+            let problems = schema::check_target(
+                &analysis.sql,
+                &analysis.columns,
+                &target.name,
+                &target.customer_key,
+                &fields,
+                mode,
+            );
+            if !problems.is_empty() {
+                return Err(Failure::Permanent(problems.join("\n")));
+            }
+            Destination {
+                target: DeTarget {
+                    object_id: target.object_id,
+                    customer_key: target.customer_key,
+                    name: target.name,
+                },
+                update_type: mode.as_mce(),
+            }
+        }
+    };
 
     let qd_key = query_key(msg.run_id);
     if let Some(old) = best_effort(session.find_query_definition(&qd_key).await)?.flatten() {
         best_effort(session.delete_query_definition(&old).await)?;
     }
-    let target = DeTarget {
-        object_id: de_object_id,
-        customer_key: de_key.clone(),
-        name: de_name,
-    };
-    let qd_id = session
-        .create_query_definition(&qd_key, &sql, &target, "Overwrite", Some(folder_id))
-        .await?;
+    let qd_id = with_folder(deps, &session, msg, &mut folder, |folder_id| {
+        session.create_query_definition(
+            &qd_key,
+            &analysis.sql,
+            &destination.target,
+            destination.update_type,
+            Some(folder_id),
+        )
+    })
+    .await?;
     *created_qd = Some(qd_id.clone());
 
     // Canceled while we worked: stop before Perform.
-    let current = store::get_run(&deps.db, msg.run_id).await?;
-    if current.as_ref().is_none_or(|r| r.status != RunStatus::Running.as_str()) {
+    let de_key = destination.target.customer_key.clone();
+    if !store::record_prepared(&deps.db, msg.run_id, &qd_id, &qd_key, &de_key, Utc::now()).await? {
         tracing::info!("run no longer running before Perform; stopping");
         best_effort(session.delete_query_definition(&qd_id).await)?;
         return Ok(());
     }
     deps.publish_event(&StatusEvent::new(msg.run_id, EventStatus::ExecutingQuery, Utc::now()))
         .await;
+    // From here a redelivery cannot know whether MCE received Perform: it goes
+    // through `resume_interrupted`, never through a second Perform.
     let task_id = session.perform_start(&qd_id).await?;
+    started(deps, msg.run_id, task_id, &qd_id, &qd_key, &de_key).await
+}
+
+/// Records the started query and publishes its poll message.
+async fn started(
+    deps: &Deps,
+    run_id: Uuid,
+    task_id: String,
+    qd_id: &str,
+    qd_key: &str,
+    de_key: &str,
+) -> Result<(), Failure> {
     let started = Started {
         task_id,
-        query_definition_id: qd_id,
-        query_customer_key: qd_key,
-        target_de_customer_key: de_key,
+        query_definition_id: qd_id.to_string(),
+        query_customer_key: qd_key.to_string(),
+        target_de_customer_key: de_key.to_string(),
         poll_started_at: Utc::now(),
     };
-    if !store::record_started(&deps.db, msg.run_id, &started).await? {
-        tracing::info!("run left `running` during Perform; cleaning up");
-        best_effort(session.delete_query_definition(&started.query_definition_id).await)?;
+    if !store::record_started(&deps.db, run_id, &started).await? {
+        tracing::info!("run left `running` during Perform; its poll will not start");
         return Ok(());
     }
     tracing::info!(task_id = %started.task_id, "query started");
-    crate::jetstream::publish_poll(&deps.js, &deps.subjects, msg.run_id, &format!("poll:{}", msg.run_id)).await?;
+    crate::jetstream::publish_poll(&deps.js, &deps.subjects, run_id, &format!("poll:{run_id}")).await?;
     Ok(())
 }
 
-/// Clean-up steps may fail without failing the run, unless nothing else can
-/// work either (credentials gone, access denied).
+/// An earlier delivery sent (or was about to send) Perform and stopped
+/// before recording the TaskID. Perform is never sent again: if MCE shows
+/// the query running or its rows present, the run is polled without a
+/// TaskID (by isRunning and the rowset); otherwise it fails, asking the
+/// user to run it again.
+async fn resume_interrupted(deps: &Deps, session: &Session<'_>, run: &crate::store::Run) -> Result<(), Failure> {
+    let (Some(qd_id), Some(qd_key), Some(de_key)) = (
+        run.query_definition_id.clone(),
+        run.query_customer_key.clone(),
+        run.target_de_customer_key.clone(),
+    ) else {
+        return Err(Failure::Permanent(INTERRUPTED.into()));
+    };
+    let running = match session.is_running(&qd_id).await {
+        Ok(r) => r,
+        Err(e) if e.is_transient() => return Err(e.into()),
+        Err(_) => false,
+    };
+    let has_rows =
+        !running && de_key == temp_de_key(run.id) && session.rowset(&de_key, 1, 1).await.is_ok_and(|r| r.count > 0);
+    if !running && !has_rows {
+        return Err(Failure::Permanent(INTERRUPTED.into()));
+    }
+    tracing::warn!("resuming a run whose TaskID was lost: polling by isRunning and rowset");
+    started(deps, run.id, String::new(), &qd_id, &qd_key, &de_key).await
+}
+
+async fn validate(session: &Session<'_>, sql: &str) -> Result<(), Failure> {
+    match session.validate(sql).await {
+        Ok(v) if v.valid => Ok(()),
+        Ok(v) => Err(Failure::Permanent(v.errors.join("\n"))),
+        // Validation is advisory while MCE is briefly unavailable: fail open.
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "validation unavailable; continuing");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Adds to the catalog the fields of every table the query reads that it
+/// does not know yet: the DE by Name, then its fields (two SOAP calls per
+/// table, once per run). A table MCE does not know stays unknown.
+async fn fetch_metadata(session: &Session<'_>, sql: &str, catalog: &mut schema::Catalog) -> Result<(), Failure> {
+    let Ok(tables) = schema::referenced_tables(sql) else {
+        return Ok(()); // the analysis reports the parse error
+    };
+    let unknown: Vec<String> = tables.into_iter().filter(|t| !catalog.knows(t)).collect();
+    for table in &unknown {
+        let name = match table.split_once('.') {
+            Some((ent, rest)) if ent.eq_ignore_ascii_case("ent") => rest,
+            _ => table.as_str(),
+        };
+        let Some(de) = best_effort(session.find_data_extension(name, false).await)?.flatten() else {
+            continue;
+        };
+        let Some(fields) = best_effort(session.data_extension_fields(&de.customer_key).await)? else {
+            continue;
+        };
+        let fields: Vec<schema::SourceField> = fields
+            .iter()
+            .map(|f| {
+                schema::MetadataField {
+                    name: f.name.clone(),
+                    field_type: Some(f.field_type.clone()),
+                    max_length: f.max_length,
+                    scale: None,
+                    precision: None,
+                }
+                .to_source()
+            })
+            .collect();
+        if !fields.is_empty() {
+            catalog.insert(table, fields);
+        }
+    }
+    Ok(())
+}
+
+/// Clean-up and lookup steps may fail without failing the run, unless MCE
+/// is briefly away (retry the delivery) or nothing can work (credentials
+/// gone, access denied).
 fn best_effort<T>(result: Result<T, MceError>) -> Result<Option<T>, Failure> {
     match result {
         Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_unrecoverable() => Err(e.into()),
+        Err(e) if e.is_unrecoverable() || e.is_transient() => Err(e.into()),
         Err(e) => {
             tracing::debug!(error = %e, "best-effort MCE step failed");
             Ok(None)
@@ -325,12 +518,62 @@ fn best_effort<T>(result: Result<T, MceError>) -> Result<Option<T>, Failure> {
     }
 }
 
-/// The "QueryPlusPlus Results" folder's id: cached per (tenant, MID), else
-/// found by name and content type, else created under the root DE folder.
-async fn ensure_folder(deps: &Deps, session: &Session<'_>, tenant_id: Uuid, mid: &str) -> Result<i64, Failure> {
-    if let Some(id) = store::folder_id(&deps.db, tenant_id, mid).await? {
-        return Ok(id);
+/// The results folder as this delivery knows it.
+#[derive(Clone, Copy, Debug)]
+enum Folder {
+    Unknown,
+    /// From `tenant_settings`: MCE may have lost it since.
+    Cached(i64),
+    /// Just found or created in MCE.
+    Fresh(i64),
+}
+
+/// Runs a create that needs the results folder; if the folder came from the
+/// cache and MCE refuses, the folder is looked up again once and the create
+/// retried.
+async fn with_folder<T, F, Fut>(
+    deps: &Deps,
+    session: &Session<'_>,
+    msg: &ExecuteMessage,
+    folder: &mut Folder,
+    create: F,
+) -> Result<T, Failure>
+where
+    F: Fn(i64) -> Fut,
+    Fut: std::future::Future<Output = Result<T, MceError>>,
+{
+    let mid = msg.mid.trim();
+    if let Folder::Unknown = folder {
+        *folder = match store::folder_id(&deps.db, msg.tenant_id, mid).await? {
+            Some(id) => Folder::Cached(id),
+            None => Folder::Fresh(find_or_create_folder(deps, session, msg.tenant_id, mid).await?),
+        };
     }
+    match (*folder, create(folder_id(*folder)).await) {
+        (Folder::Cached(stale), Err(MceError::SoapFailure { .. })) => {
+            tracing::warn!(
+                folder_id = stale,
+                "the cached results folder was refused; looking it up again"
+            );
+            store::forget_folder(&deps.db, msg.tenant_id, mid).await?;
+            *folder = Folder::Fresh(find_or_create_folder(deps, session, msg.tenant_id, mid).await?);
+            Ok(create(folder_id(*folder)).await?)
+        }
+        (_, result) => Ok(result?),
+    }
+}
+
+fn folder_id(folder: Folder) -> i64 {
+    match folder {
+        Folder::Cached(id) | Folder::Fresh(id) => id,
+        Folder::Unknown => 0,
+    }
+}
+
+/// The "QueryPlusPlus Results" DE folder: found by name and content type,
+/// else created under the root "Data Extensions" folder; cached per
+/// (tenant, MID).
+async fn find_or_create_folder(deps: &Deps, session: &Session<'_>, tenant_id: Uuid, mid: &str) -> Result<i64, Failure> {
     let id = match session.find_folder(FOLDER_NAME, Some(FOLDER_CONTENT_TYPE)).await? {
         Some(id) => id,
         None => {

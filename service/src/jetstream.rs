@@ -27,9 +27,6 @@ pub const CANCEL_CONSUMER: &str = "shell-query-cancel";
 pub const HEADER_ERROR: &str = "Shell-Query-Error";
 pub const HEADER_ORIGINAL_SUBJECT: &str = "Shell-Query-Original-Subject";
 
-/// How long an execute delivery may go without an ack or progress before
-/// NATS hands it to another worker.
-pub const EXECUTE_ACK_WAIT: Duration = Duration::from_secs(60);
 /// Deliveries of one execute message before the run is given up.
 pub const EXECUTE_MAX_DELIVER: i64 = 5;
 pub const POLL_ACK_WAIT: Duration = Duration::from_secs(60);
@@ -97,6 +94,7 @@ pub async fn declare(
     js: &jetstream::Context,
     subjects: &Subjects,
     poll_max_ack_pending: i64,
+    execute_ack_wait: Duration,
 ) -> Result<Consumers, NatsError> {
     let streams = [
         stream::Config {
@@ -175,7 +173,7 @@ pub async fn declare(
         execute: create(consumer(
             EXECUTE_CONSUMER,
             subjects.all("execute"),
-            EXECUTE_ACK_WAIT,
+            execute_ack_wait,
             EXECUTE_MAX_DELIVER,
             10_000,
         ))

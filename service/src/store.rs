@@ -151,6 +151,68 @@ pub async fn mark_running(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>)
     Ok(result.rows_affected == 1)
 }
 
+/// The assets of a run about to be started, persisted with the marker
+/// `perform_requested_at` before Perform is sent. False if the row is no
+/// longer running (canceled meanwhile).
+pub async fn record_prepared(
+    db: &DatabaseConnection,
+    id: Uuid,
+    query_definition_id: &str,
+    query_customer_key: &str,
+    target_de_customer_key: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let result = runs::Entity::update_many()
+        .col_expr(
+            runs::Column::QueryDefinitionId,
+            Expr::value(query_definition_id.to_string()),
+        )
+        .col_expr(
+            runs::Column::QueryCustomerKey,
+            Expr::value(query_customer_key.to_string()),
+        )
+        .col_expr(
+            runs::Column::TargetDeCustomerKey,
+            Expr::value(target_de_customer_key.to_string()),
+        )
+        .col_expr(runs::Column::PerformRequestedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+        .filter(runs::Column::TaskId.is_null())
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// A run request too broken to start: the row is made (or moved) `failed`
+/// with the reason. True if the row changed.
+pub async fn fail_malformed(
+    db: &DatabaseConnection,
+    run: NewRun,
+    error_message_encrypted: String,
+    now: DateTime<Utc>,
+) -> Result<bool, DbErr> {
+    let id = run.id;
+    insert_run_if_absent(db, run, now).await?;
+    finish(
+        db,
+        id,
+        Terminal::Failed {
+            error_message_encrypted,
+        },
+        now,
+    )
+    .await
+}
+
+/// Forgets the cached results folder (MCE no longer has it).
+pub async fn forget_folder(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> Result<(), DbErr> {
+    tenant_settings::Entity::delete_by_id((tenant_id, mid.to_string()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// What Perform started, persisted in one update before the poll message.
 pub struct Started {
     pub task_id: String,

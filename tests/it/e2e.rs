@@ -170,8 +170,13 @@ async fn an_undecodable_execute_message_goes_to_the_dlq_and_the_consumer_goes_on
     let reason = headers.get("Shell-Query-Error").unwrap().as_str().to_string();
     assert!(reason.starts_with("invalid execute message"), "{reason}");
     assert_eq!(&msg.payload[..], b"{not json");
+    // Its run id can be read from the subject: the run is failed with the reason.
+    let row = system.run(bad_id).await.expect("a row for the malformed run");
+    assert_eq!(row.status, "failed");
+    let stored = system.cipher().decrypt(row.error_message.as_deref().unwrap()).unwrap();
     assert!(
-        system.run(bad_id).await.is_none(),
-        "no row for a message that does not decode"
+        stored.starts_with("The run request is invalid: invalid execute message"),
+        "{stored}"
     );
+    system.wait_event(bad_id, "failed").await;
 }

@@ -13,7 +13,7 @@ async fn declaring_twice_keeps_the_contract_settings_and_pending_messages() {
     let nats = NatsServer::start().await;
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let subjects = Subjects::new("sq");
-    declare(&js, &subjects, 1000).await.unwrap();
+    declare(&js, &subjects, 1000, Duration::from_secs(60)).await.unwrap();
 
     let run = Uuid::new_v4();
     assert_eq!(
@@ -35,7 +35,7 @@ async fn declaring_twice_keeps_the_contract_settings_and_pending_messages() {
 
     // A second declaration (another replica, a restart) with a new limit
     // updates in place and keeps the pending message.
-    let consumers = declare(&js, &subjects, 250_000).await.unwrap();
+    let consumers = declare(&js, &subjects, 250_000, Duration::from_secs(60)).await.unwrap();
     let mut poll = consumers.poll;
     let info = poll.info().await.unwrap().clone();
     assert_eq!(info.config.max_deliver, -1);

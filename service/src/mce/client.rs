@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::auth::{Auth, Grant, TokenKey, read_grant};
 use super::error::{MceError, Op};
 use super::rest::{self, Rowset, Validation};
-use super::soap::{self, AsyncStatus, DeTarget, QueryDefinitionSpec, ReadError, Verb};
+use super::soap::{self, AsyncStatus, DataExtensionInfo, DeTarget, FieldInfo, QueryDefinitionSpec, ReadError, Verb};
 use super::xml::{self, Element};
 use crate::backoff::Backoff;
 use crate::crypto::Cipher;
@@ -430,6 +430,26 @@ impl Session<'_> {
         let body = soap::create_data_extension(name, key, folder_id, fields);
         let root = self.soap(Op::CreateDataExtension, Verb::Create, &body).await?;
         soap::read_create_object_id(&root).map_err(|e| read_error(Op::CreateDataExtension, e))
+    }
+
+    /// A DataExtension by Name (`by_key` false) or CustomerKey.
+    pub async fn find_data_extension(&self, value: &str, by_key: bool) -> Result<Option<DataExtensionInfo>, MceError> {
+        let property = if by_key { "CustomerKey" } else { "Name" };
+        let root = self
+            .soap(
+                Op::RetrieveDataExtension,
+                Verb::Retrieve,
+                &soap::retrieve_data_extension(property, value),
+            )
+            .await?;
+        soap::read_data_extension(&root).map_err(|e| read_error(Op::RetrieveDataExtension, e))
+    }
+
+    /// The fields of the DataExtension with this CustomerKey.
+    pub async fn data_extension_fields(&self, customer_key: &str) -> Result<Vec<FieldInfo>, MceError> {
+        let body = soap::retrieve_data_extension_fields(customer_key);
+        let root = self.soap(Op::RetrieveFields, Verb::Retrieve, &body).await?;
+        soap::read_fields(&root).map_err(|e| read_error(Op::RetrieveFields, e))
     }
 
     /// The ObjectID of the QueryDefinition with this key, if it exists.

@@ -16,4 +16,4 @@ pub mod xml;
 pub use client::{BaseUrls, Mce, RetryPolicy, Session};
 pub use error::{MceError, Op};
 pub use rest::{Rowset, Validation};
-pub use soap::{AsyncStatus, DeTarget};
+pub use soap::{AsyncStatus, DataExtensionInfo, DeTarget, FieldInfo};

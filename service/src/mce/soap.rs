@@ -140,6 +140,24 @@ pub fn create_data_extension(name: &str, customer_key: &str, folder_id: i64, fie
     )
 }
 
+/// A DataExtension by `Name` or `CustomerKey`.
+pub fn retrieve_data_extension(property: &str, value: &str) -> String {
+    retrieve(
+        "DataExtension",
+        &["ObjectID", "CustomerKey", "Name"],
+        &simple_filter("Filter", property, "equals", value),
+    )
+}
+
+/// The fields of the DataExtension with this CustomerKey.
+pub fn retrieve_data_extension_fields(customer_key: &str) -> String {
+    retrieve(
+        "DataExtensionField",
+        &["Name", "FieldType", "MaxLength", "IsPrimaryKey", "IsRequired"],
+        &simple_filter("Filter", "DataExtension.CustomerKey", "equals", customer_key),
+    )
+}
+
 /// QueryDefinition by CustomerKey. `ID` is never requested: MCE rejects it.
 pub fn retrieve_query_definition(customer_key: &str) -> String {
     retrieve(
@@ -350,6 +368,52 @@ pub fn read_perform(root: &Element) -> Result<String, ReadError> {
         .or(result.non_empty_at(&["Task", "ID"]))
         .map(str::to_string)
         .ok_or_else(|| ReadError::Shape("no TaskID".into()))
+}
+
+/// A DataExtension's identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataExtensionInfo {
+    pub object_id: String,
+    pub customer_key: String,
+    pub name: String,
+}
+
+pub fn read_data_extension(root: &Element) -> Result<Option<DataExtensionInfo>, ReadError> {
+    let retrieved = read_retrieve(root)?;
+    Ok(retrieved.results.first().map(|r| DataExtensionInfo {
+        object_id: r.text_at(&["ObjectID"]).unwrap_or("").to_string(),
+        customer_key: r.text_at(&["CustomerKey"]).unwrap_or("").to_string(),
+        name: r.text_at(&["Name"]).unwrap_or("").to_string(),
+    }))
+}
+
+/// A field as MCE lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldInfo {
+    pub name: String,
+    /// As MCE writes it; `Text` when absent.
+    pub field_type: String,
+    pub max_length: Option<u32>,
+    pub is_primary_key: bool,
+    pub is_required: bool,
+}
+
+pub fn read_fields(root: &Element) -> Result<Vec<FieldInfo>, ReadError> {
+    let retrieved = read_retrieve(root)?;
+    Ok(retrieved
+        .results
+        .iter()
+        .filter_map(|r| {
+            let name = r.non_empty_at(&["Name"])?.to_string();
+            Some(FieldInfo {
+                name,
+                field_type: r.non_empty_at(&["FieldType"]).unwrap_or("Text").to_string(),
+                max_length: r.text_at(&["MaxLength"]).and_then(|m| m.parse().ok()),
+                is_primary_key: r.text_at(&["IsPrimaryKey"]) == Some("true"),
+                is_required: r.text_at(&["IsRequired"]) == Some("true"),
+            })
+        })
+        .collect())
 }
 
 /// What MCE says of a started query.

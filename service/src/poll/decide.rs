@@ -109,6 +109,9 @@ pub struct Tick {
     pub temp_de: bool,
     /// The QueryDefinition ObjectID is known.
     pub has_object_id: bool,
+    /// The TaskID is known. When an interrupted start lost it, no status can
+    /// be read: the isRunning gate is open from the first tick.
+    pub task_known: bool,
     pub status: Option<StatusObservation>,
     pub probe: Option<ProbeObservation>,
     pub is_running: Option<IsRunningObservation>,
@@ -127,6 +130,7 @@ impl Tick {
             canceled: false,
             temp_de,
             has_object_id,
+            task_known: true,
             status: None,
             probe: None,
             is_running: None,
@@ -326,6 +330,7 @@ pub fn decide(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> D
     }
     let mut write = false;
     let completed_date = match &tick.status {
+        None if !tick.task_known => false,
         None => return Decision::CheckStatus,
         Some(StatusObservation::Unavailable) => {
             // Transient: counted and rescheduled; only the budget ends the run.
@@ -387,7 +392,9 @@ pub fn decide(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> D
     }
 
     // REST isRunning gate: stuck long enough, or CompletedDate after the minimum runtime.
-    let gate = ran_for >= cfg.stuck_threshold || (completed_date && ran_for >= cfg.completed_date_trigger_min_runtime);
+    let gate = !tick.task_known
+        || ran_for >= cfg.stuck_threshold
+        || (completed_date && ran_for >= cfg.completed_date_trigger_min_runtime);
     if gate {
         let answer = if tick.has_object_id {
             match tick.is_running {

@@ -69,6 +69,8 @@ async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposit
     let mut object_id = run.query_definition_id.clone().filter(|id| !id.trim().is_empty());
     let mut tick = Tick::new(state, &de_key, temp_de, object_id.is_some());
     tick.canceled = canceled;
+    // An interrupted start may have lost the TaskID (see execute::resume_interrupted).
+    tick.task_known = !task_id.is_empty();
 
     let session = if canceled {
         None

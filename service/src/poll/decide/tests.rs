@@ -432,6 +432,20 @@ fn two_not_running_answers_a_gap_apart_lead_to_the_rowset() {
 }
 
 #[test]
+fn without_a_task_id_the_gate_is_open_from_the_first_tick() {
+    let mut t = Tick::new(state(1), "K", false, true);
+    t.task_known = false;
+    assert_eq!(
+        decide_at(&t, 100),
+        Decision::CheckIsRunning,
+        "no status check without a TaskID"
+    );
+    t.is_running = Some(IsRunningObservation::NotRunning);
+    let (_, next, _) = reschedule(decide_at(&t, 100));
+    assert_eq!(next.not_running_count, 1);
+}
+
+#[test]
 fn one_confirmation_is_enough_when_configured() {
     let single = PollConfig {
         not_running_confirmations: 1,
