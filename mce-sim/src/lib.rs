@@ -183,6 +183,27 @@ impl Sim {
         self.with(|s| s.folders.retain(|f| f.name != name));
     }
 
+    /// `(QueryText, TargetUpdateType)` of the QueryDefinition created with this key.
+    pub fn created_query(&self, customer_key: &str) -> Option<(String, String)> {
+        self.with(|s| {
+            s.created_queries
+                .iter()
+                .rev()
+                .find(|(k, _, _)| k == customer_key)
+                .map(|(_, text, update)| (text.clone(), update.clone()))
+        })
+    }
+
+    /// `(name, FieldType)` of a Data Extension's fields.
+    pub fn fields(&self, customer_key: &str) -> Vec<(String, String)> {
+        self.with(|s| {
+            s.data_extensions
+                .get(customer_key)
+                .map(|d| d.fields.clone())
+                .unwrap_or_default()
+        })
+    }
+
     /// The ids of folders with this name.
     pub fn folders_named(&self, name: &str) -> Vec<i64> {
         self.with(|s| s.folders.iter().filter(|f| f.name == name).map(|f| f.id).collect())

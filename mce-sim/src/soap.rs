@@ -149,16 +149,29 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
         }
         state.take_fault(&action)
     };
-    if let Some(due) = due {
-        let body = xml(
-            StatusCode::OK,
-            envelope("Fault", &fault("soap:Server", "Internal server error")),
-        );
-        return due.respond(body).await;
+    let slow = match due {
+        Some(due) if due.status == 0 => Some(due.delay),
+        Some(due) => {
+            let body = xml(
+                StatusCode::OK,
+                envelope("Fault", &fault("soap:Server", "Internal server error")),
+            );
+            return due.respond(body).await;
+        }
+        None => None,
+    };
+    let response = answer(&shared, request, &verb, &object_type);
+    if let Some(delay) = slow {
+        tokio::time::sleep(delay).await;
     }
+    xml(StatusCode::OK, response)
+}
+
+/// Carries out one SOAP request on the account.
+fn answer(shared: &crate::Shared, request: &Element, verb: &str, object_type: &str) -> String {
     let mut state = shared.lock().expect("simulator state lock");
     state.advance();
-    let response = match (request.name.as_str(), object_type.as_str()) {
+    let response = match (request.name.as_str(), object_type) {
         ("RetrieveRequestMsg", "AsyncActivityStatus") => retrieve_status(&state, request),
         ("RetrieveRequestMsg", "DataFolder") => retrieve_folders(&state, request),
         ("RetrieveRequestMsg", "QueryDefinition") => retrieve_query_definitions(&state, request),
@@ -191,12 +204,11 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
             &fault("soap:Client", &format!("Invalid object type: {object_type}")),
         ),
     };
-    let response = if response.starts_with("<?xml") {
+    if response.starts_with("<?xml") {
         response
     } else {
-        envelope(&verb, &response)
-    };
-    xml(StatusCode::OK, response)
+        envelope(verb, &response)
+    }
 }
 
 fn retrieve_status(state: &State, request: &Element) -> String {
@@ -423,6 +435,13 @@ fn create_query_definition(state: &mut State, request: &Element) -> String {
             update_type: o.text_at(&["TargetUpdateType"]).unwrap_or("Overwrite").to_string(),
         },
     );
+    let created = state.query_definitions.get(&object_id).expect("just inserted");
+    let log = (
+        created.customer_key.clone(),
+        created.query_text.clone(),
+        created.update_type.clone(),
+    );
+    state.created_queries.push(log);
     // MCE reports NewID 0 for QueryDefinitions: only NewObjectID is usable.
     create_response(Ok((0, object_id)))
 }

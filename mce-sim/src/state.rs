@@ -127,6 +127,7 @@ pub struct Call {
 #[derive(Clone, Debug)]
 pub struct Fault {
     pub action: String,
+    /// 0: no error; the call is carried out and only its answer is delayed.
     pub status: u16,
     pub times: u32,
     pub delay: Duration,
@@ -141,6 +142,15 @@ impl Fault {
             times,
             delay: Duration::ZERO,
             retry_after: None,
+        }
+    }
+
+    /// Carries the call out, then answers only after `delay` (a client that
+    /// gives up or dies meanwhile never learns the outcome).
+    pub fn slow_answer(action: &str, delay: Duration, times: u32) -> Self {
+        Self {
+            delay,
+            ..Self::new(action, 0, times)
         }
     }
 
@@ -226,6 +236,8 @@ pub struct State {
     pub is_running_rejections: HashMap<String, u32>,
     pub scripts: Vec<(String, Scenario)>,
     pub faults: Vec<Fault>,
+    /// Every QueryDefinition ever created: (CustomerKey, QueryText, TargetUpdateType).
+    pub created_queries: Vec<(String, String, String)>,
     pub calls: Vec<Call>,
     next_id: i64,
 }
@@ -248,6 +260,7 @@ impl State {
             is_running_rejections: HashMap::new(),
             scripts: Vec::new(),
             faults: Vec::new(),
+            created_queries: Vec::new(),
             calls: Vec::new(),
             next_id: 10_000,
         }
@@ -337,10 +350,25 @@ impl State {
                 task.scenario.clone(),
                 task.started + task.scenario.duration,
             );
+            let update_type = task.update_type.clone();
             if let (Outcome::Complete { rows }, Some(de)) = (&scenario.outcome, self.data_extensions.get_mut(&target)) {
-                de.rows = (1..=*rows)
+                let new: Vec<_> = (1..=*rows)
                     .map(|i| row(&de.fields, i, scenario.lowercase_fields))
                     .collect();
+                match update_type.as_str() {
+                    "Append" => de.rows.extend(new),
+                    "Update" => {
+                        // Rows whose key matches are replaced, the others added.
+                        let key = de.primary_keys.first().cloned().unwrap_or_default();
+                        for r in new {
+                            match de.rows.iter_mut().find(|old| old.get(&key) == r.get(&key)) {
+                                Some(old) => *old = r,
+                                None => de.rows.push(r),
+                            }
+                        }
+                    }
+                    _ => de.rows = new,
+                }
                 de.not_ready_status = scenario.rowset_not_ready_status;
                 de.queryable_at = Some(ended + scenario.rowset_delay);
             }

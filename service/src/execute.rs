@@ -232,17 +232,15 @@ struct Destination {
 
 async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<String>) -> Result<(), Failure> {
     let sql = match (&msg.sql_text, &msg.sql_text_encrypted) {
-        (Some(plain), _) => plain.clone(),
+        (Some(plain), _) => Ok(plain.clone()),
         (None, Some(enc)) => deps.cipher.decrypt(enc).map_err(|_| {
             Failure::Permanent("The query text could not be decrypted. Please submit the query again.".into())
-        })?,
+        }),
         (None, None) => unreachable!("decode rejects a message without SQL"),
     };
-    if sql.trim().is_empty() {
-        return Err(Failure::Permanent("The query text is empty.".into()));
-    }
     let now = Utc::now();
     let mid = msg.mid.trim();
+    // The row exists before anything can fail, so every failure is recorded.
     store::insert_run_if_absent(
         &deps.db,
         NewRun {
@@ -251,17 +249,21 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
             user_id: msg.user_id,
             mid: mid.to_string(),
             snippet_name: msg.snippet_name.clone(),
-            sql_text_hash: crate::crypto::sha256_hex(&sql),
-            sql_text_encrypted: Some(
-                msg.sql_text_encrypted
-                    .clone()
-                    .unwrap_or_else(|| deps.cipher.encrypt(&sql)),
-            ),
+            sql_text_hash: sql.as_deref().map(crate::crypto::sha256_hex).unwrap_or_default(),
+            sql_text_encrypted: match (&msg.sql_text_encrypted, &sql) {
+                (Some(enc), _) => Some(enc.clone()),
+                (None, Ok(plain)) => Some(deps.cipher.encrypt(plain)),
+                (None, Err(_)) => None,
+            },
             target_update_type: msg.target_update_type.clone(),
         },
         now,
     )
     .await?;
+    let sql = sql?;
+    if sql.trim().is_empty() {
+        return Err(Failure::Permanent("The query text is empty.".into()));
+    }
     let run = store::get_run(&deps.db, msg.run_id)
         .await?
         .ok_or_else(|| Failure::Transient("the run row vanished".into()))?;

@@ -3,6 +3,7 @@
 
 mod commands;
 mod e2e;
+mod execute;
 mod jetstream;
 mod mce_client;
 mod poll;
