@@ -25,6 +25,8 @@ pub struct SimConfig {
     pub token_lifetime_secs: i64,
     /// The scenario of a query no script matches.
     pub default_scenario: Scenario,
+    /// Results per Retrieve page (MCE: 2500); more come with `MoreDataAvailable`.
+    pub retrieve_page_size: usize,
 }
 
 impl Default for SimConfig {
@@ -32,6 +34,7 @@ impl Default for SimConfig {
         Self {
             token_lifetime_secs: 1079,
             default_scenario: Scenario::completes_after(Duration::from_secs(1), 3),
+            retrieve_page_size: 2500,
         }
     }
 }
@@ -202,6 +205,16 @@ impl Sim {
                 .map(|d| d.fields.clone())
                 .unwrap_or_default()
         })
+    }
+
+    /// Adds a QueryDefinition created `age` ago in a folder (as a leaked one would be).
+    pub fn add_query_definition(&self, customer_key: &str, category_id: i64, age: Duration) -> String {
+        self.with(|s| s.seed_query_definition(customer_key, category_id, age))
+    }
+
+    /// Whether the QueryDefinition with this ObjectID exists.
+    pub fn has_query_definition(&self, object_id: &str) -> bool {
+        self.with(|s| s.query_definitions.contains_key(object_id))
     }
 
     /// The ids of folders with this name.

@@ -174,8 +174,15 @@ fn answer(shared: &crate::Shared, request: &Element, verb: &str, object_type: &s
     let response = match (request.name.as_str(), object_type) {
         ("RetrieveRequestMsg", "AsyncActivityStatus") => retrieve_status(&state, request),
         ("RetrieveRequestMsg", "DataFolder") => retrieve_folders(&state, request),
-        ("RetrieveRequestMsg", "QueryDefinition") => retrieve_query_definitions(&state, request),
+        ("RetrieveRequestMsg", "QueryDefinition") => retrieve_query_definitions(&mut state, request),
         ("RetrieveRequestMsg", "DataExtension") => retrieve_data_extensions(&state, request),
+        ("RetrieveRequestMsg", "Continue") => {
+            let id = request.text_at(&["ContinueRequest"]).unwrap_or("").to_string();
+            match state.continuations.remove(&id) {
+                Some(rest) => paged(&mut state, rest),
+                None => retrieve_response("Error: unknown ContinueRequest", ""),
+            }
+        }
         ("RetrieveRequestMsg", "DataExtensionField") => retrieve_fields(&state, request),
         ("CreateRequest", "DataFolder") => create_folder(&mut state, request),
         ("CreateRequest", "DataExtension") => create_data_extension(&mut state, request),
@@ -274,7 +281,22 @@ fn retrieve_folders(state: &State, request: &Element) -> String {
     retrieve_response("OK", &results)
 }
 
-fn retrieve_query_definitions(state: &State, request: &Element) -> String {
+/// Sends at most a page of results; the rest waits for a `ContinueRequest`.
+fn paged(state: &mut State, mut results: Vec<String>) -> String {
+    let size = state.config.retrieve_page_size.max(1);
+    if results.len() <= size {
+        return retrieve_response("OK", &results.concat());
+    }
+    let rest = results.split_off(size);
+    let id = uuid::Uuid::new_v4().to_string();
+    state.continuations.insert(id.clone(), rest);
+    format!(
+        r#"<RetrieveResponseMsg xmlns="{NS}"><OverallStatus>MoreDataAvailable</OverallStatus><RequestID>{id}</RequestID>{}</RetrieveResponseMsg>"#,
+        results.concat()
+    )
+}
+
+fn retrieve_query_definitions(state: &mut State, request: &Element) -> String {
     if request
         .children("RetrieveRequest")
         .flat_map(|r| r.children("Properties"))
@@ -286,21 +308,30 @@ fn retrieve_query_definitions(state: &State, request: &Element) -> String {
         );
     }
     let terms = filter_terms(request.path(&["RetrieveRequest", "Filter"]));
-    let results: String = state
+    let before = term(&terms, "CreatedDate").and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok());
+    let mut matching: Vec<&QueryDefinition> = state
         .query_definitions
         .values()
         .filter(|q| term(&terms, "CustomerKey").is_none_or(|k| k == q.customer_key))
-        .filter(|q| term(&terms, "CategoryID").is_none_or(|c| q.category_id.map(|id| id.to_string()).as_deref() == Some(c)))
+        .filter(|q| {
+            term(&terms, "CategoryID").is_none_or(|c| q.category_id.map(|id| id.to_string()).as_deref() == Some(c))
+        })
+        .filter(|q| before.is_none_or(|b| q.created < b))
+        .collect();
+    matching.sort_by(|a, b| a.created.cmp(&b.created).then(a.object_id.cmp(&b.object_id)));
+    let results: Vec<String> = matching
+        .iter()
         .map(|q| {
             format!(
-                r#"<Results xsi:type="QueryDefinition"><PartnerKey xsi:nil="true"/><ObjectID>{}</ObjectID><CustomerKey>{}</CustomerKey><Name>{}</Name></Results>"#,
+                r#"<Results xsi:type="QueryDefinition"><PartnerKey xsi:nil="true"/><ObjectID>{}</ObjectID><CustomerKey>{}</CustomerKey><Name>{}</Name><CreatedDate>{}</CreatedDate></Results>"#,
                 q.object_id,
                 escape(&q.customer_key),
-                escape(&q.name)
+                escape(&q.name),
+                q.created.format("%Y-%m-%dT%H:%M:%S%.3f")
             )
         })
         .collect();
-    retrieve_response("OK", &results)
+    paged(state, results)
 }
 
 fn retrieve_data_extensions(state: &State, request: &Element) -> String {
@@ -433,6 +464,7 @@ fn create_query_definition(state: &mut State, request: &Element) -> String {
             target_key,
             category_id,
             update_type: o.text_at(&["TargetUpdateType"]).unwrap_or("Overwrite").to_string(),
+            created: chrono::Utc::now(),
         },
     );
     let created = state.query_definitions.get(&object_id).expect("just inserted");

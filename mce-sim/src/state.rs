@@ -212,6 +212,7 @@ pub struct QueryDefinition {
     pub category_id: Option<i64>,
     /// `Overwrite`, `Append` or `Update`.
     pub update_type: String,
+    pub created: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +237,8 @@ pub struct State {
     pub is_running_rejections: HashMap<String, u32>,
     pub scripts: Vec<(String, Scenario)>,
     pub faults: Vec<Fault>,
+    /// Results still to send, by the RequestID a `ContinueRequest` names.
+    pub continuations: HashMap<String, Vec<String>>,
     /// Every QueryDefinition ever created: (CustomerKey, QueryText, TargetUpdateType).
     pub created_queries: Vec<(String, String, String)>,
     pub calls: Vec<Call>,
@@ -261,6 +264,7 @@ impl State {
             scripts: Vec::new(),
             faults: Vec::new(),
             created_queries: Vec::new(),
+            continuations: HashMap::new(),
             calls: Vec::new(),
             next_id: 10_000,
         }
@@ -299,6 +303,22 @@ impl State {
             not_ready_status: 404,
         };
         self.data_extensions.insert(customer_key.to_string(), de);
+    }
+
+    pub fn seed_query_definition(&mut self, customer_key: &str, category_id: i64, age: Duration) -> String {
+        let object_id = uuid::Uuid::new_v4().to_string();
+        let qd = QueryDefinition {
+            object_id: object_id.clone(),
+            customer_key: customer_key.to_string(),
+            name: customer_key.to_string(),
+            query_text: "SELECT 1 AS One".into(),
+            target_key: String::new(),
+            category_id: Some(category_id),
+            update_type: "Overwrite".into(),
+            created: chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default(),
+        };
+        self.query_definitions.insert(object_id.clone(), qd);
+        object_id
     }
 
     pub fn next_id(&mut self) -> i64 {

@@ -165,7 +165,33 @@ pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
         deps.clone(),
         stop_rx.clone(),
     ));
-    drop(consumers.cancel);
+    tasks.spawn(consumer::run(
+        Role::Cancel,
+        consumers.cancel,
+        8,
+        crate::jetstream::CANCEL_ACK_WAIT,
+        deps.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(crate::reconciler::run(
+        deps.clone(),
+        crate::reconciler::Config {
+            grace: Duration::from_millis(args.reconciler_grace_ms),
+            // Every execute delivery may take an ack wait, plus its backoff.
+            start_deadline: (execute_ack_wait + Duration::from_secs(60)) * crate::jetstream::EXECUTE_MAX_DELIVER as u32,
+        },
+        Duration::from_millis(args.reconciler_interval_ms),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(crate::sweeper::run(
+        deps.clone(),
+        Duration::from_millis(args.sweeper_min_age_ms),
+        Duration::from_millis(args.sweeper_interval_ms),
+        stop_rx.clone(),
+    ));
+    let api = crate::api::serve(deps.clone(), client.clone(), &args.nats.subject_prefix, stop_rx.clone())
+        .await
+        .context("starting the results service")?;
     tracing::info!("shell-query-worker running");
 
     shutdown_signal().await;
@@ -176,6 +202,7 @@ pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
     if drained.is_err() {
         tracing::warn!("drain deadline reached; unfinished messages will be redelivered");
     }
+    let _ = api.await;
     let _ = client.flush().await;
     http.abort();
     tracing::info!("stopped");

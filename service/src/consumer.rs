@@ -30,6 +30,7 @@ pub enum Disposition {
 pub enum Role {
     Execute,
     Poll,
+    Cancel,
 }
 
 impl Role {
@@ -37,6 +38,7 @@ impl Role {
         match self {
             Role::Execute => "execute",
             Role::Poll => "poll",
+            Role::Cancel => "cancel",
         }
     }
 }
@@ -53,6 +55,7 @@ async fn dispatch(role: Role, deps: &Deps, delivery: &Delivery) -> Disposition {
     match role {
         Role::Execute => crate::execute::handle(deps, delivery).await,
         Role::Poll => crate::poll::handle(deps, delivery).await,
+        Role::Cancel => crate::cancel::handle(deps, delivery).await,
     }
 }
 

@@ -8,7 +8,7 @@ use migration::MigratorTrait;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    QueryFilter, Set, Statement,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 use uuid::Uuid;
 
@@ -343,6 +343,51 @@ pub async fn set_query_definition_id(db: &DatabaseConnection, id: Uuid, object_i
         .exec(db)
         .await?;
     Ok(())
+}
+
+/// Live runs created before `cutoff`, oldest first (at most 1000 a pass).
+pub async fn stale_runs(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Result<Vec<Run>, DbErr> {
+    runs::Entity::find()
+        .filter(runs::Column::Status.is_in(RunStatus::LIVE))
+        .filter(runs::Column::CreatedAt.lt(cutoff))
+        .order_by_asc(runs::Column::CreatedAt)
+        .limit(1000)
+        .all(db)
+        .await
+}
+
+/// The QueryDefinition ObjectIDs of live runs: the sweeper leaves them alone.
+pub async fn live_query_definitions(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    Ok(runs::Entity::find()
+        .filter(runs::Column::Status.is_in(RunStatus::LIVE))
+        .filter(runs::Column::QueryDefinitionId.is_not_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|r| r.query_definition_id)
+        .collect())
+}
+
+/// Every (tenant, MID, folder) with a results folder.
+pub async fn folders(db: &DatabaseConnection) -> Result<Vec<(Uuid, String, i64)>, DbErr> {
+    Ok(tenant_settings::Entity::find()
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|s| s.qpp_folder_id.map(|f| (s.tenant_id, s.mid, i64::from(f))))
+        .collect())
+}
+
+/// A user with credentials for the business unit (the most recently refreshed).
+pub async fn credential_user(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> Result<Option<Uuid>, DbErr> {
+    Ok(credentials::Entity::find()
+        .filter(credentials::Column::TenantId.eq(tenant_id))
+        .filter(credentials::Column::Mid.eq(mid))
+        .filter(credentials::Column::UserId.is_not_null())
+        .order_by_desc(credentials::Column::UpdatedAt)
+        .one(db)
+        .await?
+        .and_then(|c| c.user_id))
 }
 
 pub async fn folder_id(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> Result<Option<i64>, DbErr> {

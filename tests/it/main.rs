@@ -5,6 +5,7 @@ mod commands;
 mod e2e;
 mod execute;
 mod jetstream;
+mod lifecycle;
 mod mce_client;
 mod poll;
 mod store;

@@ -58,8 +58,13 @@ impl System {
 
     /// Starts with extra settings for the worker (they win over the defaults).
     pub async fn start_with(extra: &[(&str, &str)]) -> System {
+        Self::start_with_sim(SimConfig::default(), extra).await
+    }
+
+    /// Starts with a configured simulator and extra worker settings.
+    pub async fn start_with_sim(config: SimConfig, extra: &[(&str, &str)]) -> System {
         let nats = NatsServer::start().await;
-        let sim = Sim::start(SimConfig::default()).await.expect("starting the simulator");
+        let sim = Sim::start(config).await.expect("starting the simulator");
         sim.add_refresh_token(REFRESH_TOKEN);
         let mut system = System {
             js: jetstream::new(async_nats::connect(nats.url()).await.expect("connecting to nats")),
@@ -123,6 +128,53 @@ impl System {
         let mut env = self.env();
         env.extend(self.extra.iter().cloned());
         self.worker = Some(Worker::start(&env).await);
+    }
+
+    /// A request to the `shell-query` service: `Ok(body)` or `Err((code, text))`.
+    pub async fn request(
+        &self,
+        endpoint: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, (String, String)> {
+        let client = async_nats::connect(self.nats.url()).await.expect("connecting to nats");
+        let reply = client
+            .request(format!("{PREFIX}.api.{endpoint}"), body.to_string().into())
+            .await
+            .expect("the service answers");
+        if let Some(headers) = &reply.headers
+            && let Some(code) = headers.get("Nats-Service-Error-Code")
+        {
+            let text = headers
+                .get("Nats-Service-Error")
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            return Err((code.as_str().to_string(), text));
+        }
+        Ok(serde_json::from_slice(&reply.payload).expect("a JSON reply"))
+    }
+
+    /// Publishes `P.cancel.<runId>` as the API does.
+    pub async fn cancel(&self, id: Uuid) {
+        let body = serde_json::json!({ "runId": id, "tenantId": self.tenant_id, "userId": self.user_id });
+        let publish = PublishMessage::build()
+            .payload(body.to_string().into())
+            .message_id(format!("cancel:{id}"));
+        self.js
+            .send_publish(format!("{PREFIX}.cancel.{id}"), publish)
+            .await
+            .expect("publishing cancel")
+            .await
+            .expect("cancel acknowledged by the stream");
+    }
+
+    /// Whether a message is pending on a subject of the jobs stream.
+    pub async fn pending_on(&self, subject: String) -> bool {
+        let stream = self
+            .js
+            .get_stream("SHELL_QUERY_JOBS")
+            .await
+            .expect("the jobs stream exists");
+        stream.direct_get_last_for_subject(subject).await.is_ok()
     }
 
     /// Kills the worker with SIGKILL: no drain, no goodbye.

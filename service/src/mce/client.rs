@@ -464,6 +464,37 @@ impl Session<'_> {
             .map(str::to_string))
     }
 
+    /// `(ObjectID, CustomerKey)` of the QueryDefinitions in a folder created
+    /// before `created_before`, following `MoreDataAvailable` pages.
+    pub async fn query_definitions_in_folder(
+        &self,
+        category_id: i64,
+        created_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<(String, String)>, MceError> {
+        const MAX_PAGES: usize = 100;
+        let before = created_before.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut body = soap::retrieve_query_definitions_in_folder(category_id, &before);
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let root = self.soap(Op::RetrieveQueryDefinition, Verb::Retrieve, &body).await?;
+            let page = soap::read_retrieve(&root).map_err(|e| read_error(Op::RetrieveQueryDefinition, e))?;
+            out.extend(page.results.iter().filter_map(|r| {
+                Some((
+                    r.non_empty_at(&["ObjectID"])?.to_string(),
+                    r.text_at(&["CustomerKey"]).unwrap_or("").to_string(),
+                ))
+            }));
+            match (page.more_data(), page.request_id.clone()) {
+                (true, Some(id)) => body = soap::continue_retrieve(&id),
+                _ => return Ok(out),
+            }
+        }
+        Err(MceError::Protocol {
+            op: Op::RetrieveQueryDefinition.name(),
+            detail: format!("more than {MAX_PAGES} pages"),
+        })
+    }
+
     /// Creates a QueryDefinition; returns its ObjectID.
     pub async fn create_query_definition(
         &self,

@@ -208,6 +208,20 @@ pub fn create_query_definition(spec: &QueryDefinitionSpec<'_>) -> String {
     )
 }
 
+/// QueryDefinitions in a folder created before a time (the sweeper).
+pub fn retrieve_query_definitions_in_folder(category_id: i64, created_before: &str) -> String {
+    let filter = format!(
+        r#"<Filter xsi:type="ComplexFilterPart">{}<LogicalOperator>AND</LogicalOperator>{}</Filter>"#,
+        simple_filter("LeftOperand", "CategoryID", "equals", &category_id.to_string()),
+        simple_filter("RightOperand", "CreatedDate", "lessThan", created_before)
+    );
+    retrieve(
+        "QueryDefinition",
+        &["ObjectID", "CustomerKey", "Name", "CategoryID"],
+        &filter,
+    )
+}
+
 pub fn delete_query_definition(object_id: &str) -> String {
     format!(
         r#"<DeleteRequest xmlns="{PARTNER_NS}"><Objects xsi:type="QueryDefinition"><ObjectID>{}</ObjectID></Objects></DeleteRequest>"#,

@@ -1,0 +1,70 @@
+//! A lease that one replica at a time holds for an interval, kept in a NATS
+//! key-value bucket: the value is the lease's expiry (milliseconds since
+//! the epoch); taking it is a create, or an update at the revision read, so
+//! two replicas can never both win the same interval.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+pub const BUCKET: &str = "SHELL_QUERY_LEASES";
+
+pub async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(BUCKET).await {
+        return Ok(store);
+    }
+    match js
+        .create_key_value(kv::Config {
+            bucket: BUCKET.into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(store) => Ok(store),
+        // Another replica created it meanwhile.
+        Err(_) => js
+            .get_key_value(BUCKET)
+            .await
+            .map_err(|e| anyhow::anyhow!("lease bucket: {e}")),
+    }
+}
+
+/// Whether a stored lease (its expiry) is still held at `now`. Pure.
+pub fn held(value: &[u8], now: DateTime<Utc>) -> bool {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .is_some_and(|expiry| expiry > now.timestamp_millis())
+}
+
+/// Takes the lease `name` until `now + hold`, unless another holder has it.
+pub async fn try_take(store: &kv::Store, name: &str, hold: Duration, now: DateTime<Utc>) -> bool {
+    let expiry = now + chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::zero());
+    let value = Bytes::from(expiry.timestamp_millis().to_string());
+    match store.entry(name).await {
+        Ok(None) => store.create(name, value).await.is_ok(),
+        Ok(Some(entry)) if entry.operation == kv::Operation::Put && held(&entry.value, now) => false,
+        Ok(Some(entry)) => store.update(name, value, entry.revision).await.is_ok(),
+        Err(e) => {
+            tracing::warn!(lease = name, error = %e, "cannot read the lease");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_held_until_its_expiry() {
+        let now = Utc::now();
+        let later = (now + chrono::Duration::seconds(5)).timestamp_millis().to_string();
+        assert!(held(later.as_bytes(), now));
+        assert!(!held(now.timestamp_millis().to_string().as_bytes(), now));
+        assert!(!held(b"garbage", now));
+    }
+}

@@ -1,0 +1,326 @@
+//! Around a run's life: cancel, the reconciler and its lease, the sweeper,
+//! event history and the results and status service.
+
+use std::time::Duration;
+
+use mce_sim::{Fault, Scenario, SimConfig};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use uuid::Uuid;
+
+use crate::support::{PREFIX, System};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn statuses(events: &[service::model::StatusEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.status.as_str()).collect()
+}
+
+async fn wait_status(system: &System, id: Uuid, status: &str) {
+    tests::wait_for(&format!("run {id} to be {status}"), MINUTE, || async {
+        system.run(id).await.is_some_and(|r| r.status == status)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_executing_stops_before_perform() {
+    let system = System::start().await;
+    // The QueryDefinition is created, then its answer takes 2 s: time to cancel.
+    system.sim.inject(Fault::slow_answer(
+        "soap:Create:QueryDefinition",
+        Duration::from_secs(2),
+        1,
+    ));
+    let id = system.submit("SELECT Email FROM X", None).await;
+    tests::wait_for("the QueryDefinition create", MINUTE, || async {
+        system.sim.count("soap:Create:QueryDefinition") == 1
+    })
+    .await;
+    system.cancel(id).await;
+    wait_status(&system, id, "canceled").await;
+    tests::wait_for("the execute message to finish", MINUTE, || async {
+        !system.pending_on(format!("{PREFIX}.execute.{id}")).await
+    })
+    .await;
+    tests::wait_for("the QueryDefinition to be deleted", MINUTE, || async {
+        system.sim.query_definitions().is_empty()
+    })
+    .await;
+    assert_eq!(
+        system.sim.count("soap:Perform:QueryDefinition"),
+        0,
+        "no Perform after a cancel"
+    );
+    assert_eq!(system.sim.count("soap:Retrieve:AsyncActivityStatus"), 0);
+    let events = system.events(id).await;
+    assert_eq!(statuses(&events).iter().filter(|s| **s == "canceled").count(), 1);
+    assert!(!statuses(&events).contains(&"executing_query"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_polling_takes_effect_at_once_and_stops_status_checks() {
+    let system = System::start().await;
+    system
+        .sim
+        .script("Long", Scenario::completes_after(Duration::from_secs(600), 1));
+    let id = system.submit("SELECT Long FROM X", None).await;
+    tests::wait_for("polling", MINUTE, || async {
+        system.sim.count("soap:Retrieve:AsyncActivityStatus") >= 2
+    })
+    .await;
+    let sent = std::time::Instant::now();
+    system.cancel(id).await;
+    wait_status(&system, id, "canceled").await;
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "canceled after {:?}",
+        sent.elapsed()
+    );
+    let checks = system.sim.count("soap:Retrieve:AsyncActivityStatus");
+    tests::wait_for("the poll message to go", MINUTE, || async {
+        !system.poll_pending(id).await
+    })
+    .await;
+    assert!(
+        system.sim.count("soap:Retrieve:AsyncActivityStatus") <= checks + 1,
+        "at most the tick already in flight"
+    );
+    assert!(
+        system.sim.query_definitions().is_empty(),
+        "the QueryDefinition is deleted"
+    );
+    system.wait_event(id, "canceled").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_ready_changes_nothing() {
+    let system = System::start().await;
+    let id = system.submit("SELECT Email FROM X", None).await;
+    assert_eq!(system.wait_terminal(id, MINUTE).await.status, "ready");
+    system.cancel(id).await;
+    tests::wait_for("the cancel message to be handled", MINUTE, || async {
+        !system.pending_on(format!("{PREFIX}.cancel.{id}")).await
+    })
+    .await;
+    let run = system.run(id).await.unwrap();
+    assert_eq!(run.status, "ready");
+    assert!(!statuses(&system.events(id).await).contains(&"canceled"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_poll_message_is_published_again_by_the_reconciler() {
+    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
+    system
+        .sim
+        .script("Lost", Scenario::completes_after(Duration::from_secs(4), 6));
+    let id = system.submit("SELECT Lost FROM X", None).await;
+    tests::wait_for("the poll message", MINUTE, || async { system.poll_pending(id).await }).await;
+    let stream = system.js.get_stream("SHELL_QUERY_JOBS").await.unwrap();
+    stream.purge().filter(format!("{PREFIX}.poll.{id}")).await.unwrap();
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+    assert_eq!(run.row_count, Some(6));
+    assert!(
+        system.log().contains("poll message was missing"),
+        "the reconciler did it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_run_without_its_execute_message_is_submitted_again() {
+    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
+    // The API inserted the row but its publish was lost.
+    let id = Uuid::new_v4();
+    let enc = system.cipher().encrypt("SELECT Email FROM X");
+    let sql = format!(
+        "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued')",
+        system.tenant_id, system.user_id, system.mid
+    );
+    system
+        .db
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap();
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+}
+
+#[tokio::test]
+async fn two_replicas_never_hold_the_lease_in_the_same_interval() {
+    let nats = tests::NatsServer::start().await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let store = service::lease::bucket(&js).await.unwrap();
+    let now = chrono::Utc::now();
+    let hold = Duration::from_secs(2);
+    let attempts = (0..6).map(|_| service::lease::try_take(&store, "reconciler", hold, now));
+    let winners = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|w| *w)
+        .count();
+    assert_eq!(winners, 1, "exactly one of six concurrent replicas takes the lease");
+    assert!(!service::lease::try_take(&store, "reconciler", hold, now + chrono::Duration::seconds(1)).await);
+    assert!(
+        service::lease::try_take(&store, "sweeper", hold, now).await,
+        "leases are independent"
+    );
+    let later = now + chrono::Duration::seconds(3);
+    let attempts = (0..6).map(|_| service::lease::try_take(&store, "reconciler", hold, later));
+    let winners = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|w| *w)
+        .count();
+    assert_eq!(winners, 1, "after the interval, again exactly one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_deletes_old_leaked_query_definitions_across_pages() {
+    let config = SimConfig {
+        retrieve_page_size: 2,
+        ..SimConfig::default()
+    };
+    let system = System::start_with_sim(
+        config,
+        &[("SWEEPER_INTERVAL_MS", "1000"), ("SWEEPER_MIN_AGE_MS", "3600000")],
+    )
+    .await;
+    // A first run makes the results folder.
+    let first = system.submit("SELECT Email FROM X", None).await;
+    assert_eq!(system.wait_terminal(first, MINUTE).await.status, "ready");
+    let folder = system.sim.folders_named("QueryPlusPlus Results")[0];
+    let two_days = Duration::from_secs(2 * 24 * 3600);
+    let leaked: Vec<String> = (0..5)
+        .map(|i| {
+            system
+                .sim
+                .add_query_definition(&format!("QPP_Q_leaked{i}"), folder, two_days)
+        })
+        .collect();
+    let foreign = system.sim.add_query_definition("Someone Elses Query", folder, two_days);
+    let young = system
+        .sim
+        .add_query_definition("QPP_Q_young", folder, Duration::from_secs(60));
+    let live = system.sim.add_query_definition("QPP_Q_live", folder, two_days);
+    let sql = format!(
+        "INSERT INTO shell_query_runs (id, tenant_id, mid, sql_text_hash, status, task_id, query_definition_id) VALUES ('{}', '{}', '{}', 'h', 'running', '1', '{live}')",
+        Uuid::new_v4(),
+        system.tenant_id,
+        system.mid
+    );
+    system
+        .db
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap();
+
+    tests::wait_for("the leaked QueryDefinitions to go", MINUTE, || async {
+        leaked.iter().all(|id| !system.sim.has_query_definition(id))
+    })
+    .await;
+    for (what, id) in [("another's", &foreign), ("a young", &young), ("a live run's", &live)] {
+        assert!(system.sim.has_query_definition(id), "{what} QueryDefinition was kept");
+    }
+    assert!(
+        system.sim.calls().iter().any(|c| c.action == "soap:Retrieve:Continue"),
+        "more than one page was read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_page_through_all_rows_in_de_column_order() {
+    let system = System::start().await;
+    system.sim.script(
+        "Big",
+        Scenario {
+            lowercase_fields: true,
+            ..Scenario::completes_after(Duration::from_secs(1), 3000)
+        },
+    );
+    let meta = serde_json::json!({ "Big": [
+        { "Name": "Email", "FieldType": "EmailAddress" }, { "Name": "Age", "FieldType": "Number" } ] });
+    let id = system.submit("SELECT Email, Age FROM Big", Some(meta)).await;
+    assert_eq!(system.wait_terminal(id, MINUTE).await.row_count, Some(3000));
+    let ask = |page: i64, size: i64| serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "page": page, "pageSize": size });
+    let mut all = Vec::new();
+    for page in 1..=3 {
+        let reply = system
+            .request("results", ask(page, 1000))
+            .await
+            .expect("a results page");
+        assert_eq!(reply["columns"], serde_json::json!(["Email", "Age"]));
+        assert_eq!(reply["totalRows"], 3000);
+        assert_eq!(reply["status"], "ready");
+        all.extend(reply["rows"].as_array().unwrap().clone());
+    }
+    assert_eq!(all.len(), 3000, "no 2,500-row cap");
+    assert_eq!(all[0], serde_json::json!({ "Email": "user1@example.com", "Age": "1" }));
+    assert_eq!(all[2999]["Age"], "3000", "in order");
+    assert!(all.iter().all(|r| r.get("_CustomObjectKey").is_none()));
+
+    let (code, text) = system.request("results", ask(0, 10)).await.unwrap_err();
+    assert_eq!(code, "400", "{text}");
+    let other_user = serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "userId": Uuid::new_v4() });
+    let missing =
+        serde_json::json!({ "runId": Uuid::new_v4(), "tenantId": system.tenant_id, "userId": system.user_id });
+    assert_eq!(
+        system.request("results", other_user.clone()).await.unwrap_err(),
+        system.request("results", missing.clone()).await.unwrap_err()
+    );
+    assert_eq!(system.request("results", missing).await.unwrap_err().0, "404");
+    assert_eq!(system.request("status", other_user).await.unwrap_err().0, "404");
+
+    let status = system
+        .request(
+            "status",
+            serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "userId": system.user_id }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (status["status"].as_str(), status["rowCount"].as_i64()),
+        (Some("ready"), Some(3000))
+    );
+    assert!(status["completedAt"].is_string());
+
+    // The whole history is there for a late reader, and agrees with the row.
+    let events = system.events(id).await;
+    assert_eq!(
+        statuses(&events),
+        [
+            "running",
+            "validating_query",
+            "creating_data_extension",
+            "executing_query",
+            "fetching_results",
+            "ready"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_of_runs_not_ready_or_failed_are_clear_errors() {
+    let system = System::start().await;
+    system
+        .sim
+        .script("Slow", Scenario::completes_after(Duration::from_secs(600), 1));
+    system.sim.script(
+        "Bad",
+        Scenario::fails_after(Duration::from_millis(500), "Invalid column name 'x'."),
+    );
+    let slow = system.submit("SELECT Slow FROM X", None).await;
+    let bad = system.submit("SELECT Bad FROM X", None).await;
+    assert_eq!(system.wait_terminal(bad, MINUTE).await.status, "failed");
+    let ask = |id: Uuid| serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "userId": system.user_id });
+    let (code, text) = system.request("results", ask(bad)).await.unwrap_err();
+    assert_eq!(
+        (code.as_str(), text.as_str()),
+        ("422", "The run failed: Invalid column name 'x'.")
+    );
+    wait_status(&system, slow, "running").await;
+    let (code, text) = system.request("results", ask(slow)).await.unwrap_err();
+    assert_eq!(code, "409");
+    assert!(text.contains("not ready"), "{text}");
+    let status = system.request("status", ask(bad)).await.unwrap();
+    assert_eq!(status["errorMessage"], "Invalid column name 'x'.");
+}
