@@ -94,6 +94,16 @@ async fn connect_nats(args: &RunArgs) -> anyhow::Result<async_nats::Client> {
 
 /// `shell-query-worker run`.
 pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
+    run_until(args, settings, shutdown_signal()).await
+}
+
+/// The service until `shutdown` completes (SIGTERM/SIGINT for `run`; the
+/// demo's own end for `demo`).
+pub async fn run_until(
+    args: RunArgs,
+    settings: Validated,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     crate::store::migrate(&args.db.database_url)
         .await
         .context("migrating the database")?;
@@ -194,7 +204,7 @@ pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
         .context("starting the results service")?;
     tracing::info!("shell-query-worker running");
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: draining in-flight messages");
     draining.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);

@@ -17,6 +17,17 @@ pub async fn main(cli: Cli) -> i32 {
             init_logging(args.log_format.as_deref());
             crate::app::run(*args, settings).await
         }
+        Command::Demo(args) => {
+            init_logging_with(Some("pretty"), "warn");
+            return match crate::demo::demo(args).await {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            };
+        }
         Command::Migrate(db) => {
             init_logging(None);
             crate::store::migrate(&db.database_url).await.map_err(Into::into)
@@ -83,9 +94,13 @@ fn config_error(e: crate::config::ConfigError) -> i32 {
 }
 
 fn init_logging(format: Option<&str>) {
+    init_logging_with(format, "info");
+}
+
+fn init_logging_with(format: Option<&str>, default_level: &str) {
     use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let json = match format {
         Some(f) => f == "json",
         None => !std::io::stdout().is_terminal(),

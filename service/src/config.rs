@@ -34,6 +34,21 @@ pub enum Command {
     /// Manage MCE credentials.
     #[command(subcommand)]
     Credentials(CredentialsCommand),
+    /// The whole pipeline on one machine, with the MCE simulator.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Unset: an embedded SQLite database in a temporary folder.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Unset: a private nats-server on a free port.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The nats-server to start when NATS_URL is unset.
+    #[arg(long, env = "NATS_SERVER_BIN", default_value = "nats-server")]
+    pub nats_server_bin: String,
 }
 
 #[derive(Debug, Subcommand)]

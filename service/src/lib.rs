@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod crypto;
+pub mod demo;
 pub mod execute;
 pub mod http;
 pub mod jetstream;

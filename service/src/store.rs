@@ -26,6 +26,9 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         create_database_if_missing(url).await?;
     }
     let mut options = ConnectOptions::new(url.to_string());
+    // SQLite (the demo) has one writer: a single connection avoids the
+    // deadlock of two deferred transactions upgrading to write at once.
+    let max_connections = if url.starts_with("sqlite") { 1 } else { max_connections };
     options.max_connections(max_connections).sqlx_logging(false);
     Database::connect(options).await
 }

@@ -99,3 +99,33 @@ fn replicas_migrating_at_once_all_succeed() {
     let (code, _, err) = run_command(&["migrate"], &e, None);
     assert_eq!(code, 0, "migrating an up-to-date database is a no-op: {err}");
 }
+
+#[test]
+fn the_demo_runs_its_batch_and_exits_0() {
+    let mut e = Vec::new();
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        e.push(("NATS_SERVER_BIN".to_string(), bin));
+    }
+    let (code, out, err) = run_command(&["demo"], &e, None);
+    assert_eq!(code, 0, "demo failed:\n{out}\n{err}");
+    assert!(out.contains("Every run ended as expected."), "{out}");
+    for (run, outcome) in [
+        ("fast", "ready"),
+        ("slow", "ready"),
+        ("sql error", "failed"),
+        ("stuck on Queued", "ready"),
+        ("canceled", "canceled"),
+        ("rowset slow", "ready"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(run) && l.contains("  "))
+            .unwrap_or_else(|| panic!("no summary line for {run}:\n{out}"));
+        let cells: Vec<&str> = line[16..].split_whitespace().collect();
+        assert_eq!(&cells[..2], [outcome, outcome], "{line}");
+    }
+    assert!(
+        out.contains("validating_query") && out.contains("fetching_results"),
+        "live progress is shown"
+    );
+}

@@ -185,8 +185,26 @@ impl Auth {
                 }
                 active.expires_at = Set(expires_at);
                 active.updated_at = Set(Some(now));
-                active.update(&txn).await.map_err(db_err)?;
-                txn.commit().await.map_err(db_err)?;
+                let stored = match active.clone().update(&txn).await {
+                    Ok(_) => txn.commit().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = stored {
+                    // The old refresh token is spent: the new one must not be
+                    // lost. Try again outside the failed transaction.
+                    tracing::error!(error = %e, "storing the rotated refresh token failed; retrying");
+                    let mut saved = false;
+                    for _ in 0..3 {
+                        if active.clone().update(&self.db).await.is_ok() {
+                            saved = true;
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    if !saved {
+                        tracing::error!("the rotated refresh token could not be stored: the credentials need renewing");
+                    }
+                }
                 Ok(Cached {
                     token: SecretString::from(access_token),
                     expires_at,
