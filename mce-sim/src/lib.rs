@@ -129,6 +129,11 @@ impl Sim {
 }
 
 impl Sim {
+    /// Every access token issued so far.
+    pub fn access_tokens(&self) -> Vec<String> {
+        self.with(|s| s.issued_access_tokens())
+    }
+
     /// Refresh tokens that would be accepted now (rotation replaces them).
     pub fn refresh_tokens(&self) -> Vec<String> {
         self.with(|s| s.refresh_tokens())

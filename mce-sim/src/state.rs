@@ -229,6 +229,8 @@ pub struct State {
     pub config: SimConfig,
     refresh_tokens: HashSet<String>,
     access_tokens: HashMap<String, Instant>,
+    /// Every access token ever issued (tests look for them in logs).
+    issued: Vec<String>,
     pub folders: Vec<Folder>,
     pub data_extensions: HashMap<String, DataExtension>,
     pub query_definitions: HashMap<String, QueryDefinition>,
@@ -251,6 +253,7 @@ impl State {
             config,
             refresh_tokens: HashSet::new(),
             access_tokens: HashMap::new(),
+            issued: Vec::new(),
             folders: vec![Folder {
                 id: 1,
                 name: "Data Extensions".into(),
@@ -272,6 +275,10 @@ impl State {
 
     pub fn add_refresh_token(&mut self, token: &str) {
         self.refresh_tokens.insert(token.to_string());
+    }
+
+    pub fn issued_access_tokens(&self) -> Vec<String> {
+        self.issued.clone()
     }
 
     pub fn expire_access_tokens(&mut self) {
@@ -513,6 +520,7 @@ pub async fn token(AxState(shared): AxState<Shared>, Form(form): Form<HashMap<St
         Instant::now() + Duration::from_secs(lifetime.max(0) as u64),
     );
     state.refresh_tokens.insert(rotated.clone());
+    state.issued.push(access.clone());
     axum::Json(json!({
         "access_token": access, "refresh_token": rotated, "expires_in": lifetime, "token_type": "Bearer",
         "scope": "offline data_extensions_read data_extensions_write automations_execute",

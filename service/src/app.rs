@@ -32,9 +32,18 @@ pub struct Deps {
     pub poll: PollConfig,
     /// Delays between deliveries of an execute message that failed transiently.
     pub execute_backoff: Backoff,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Deps {
+    /// Counts a run that reached a terminal state (only the CAS winner calls this).
+    pub fn record_outcome(&self, outcome: &str, reason: &str, created_at: chrono::DateTime<chrono::Utc>) {
+        use crate::metrics::{RUN_DURATION, RUNS};
+        self.metrics.inc(RUNS, &[("outcome", outcome), ("reason", reason)]);
+        let took = (chrono::Utc::now() - created_at).to_std().unwrap_or_default();
+        self.metrics.observe(RUN_DURATION, &[("outcome", outcome)], took);
+    }
+
     /// Publishes a status event after the change it describes. A failure is
     /// logged: the row, not the event, is the truth.
     pub async fn publish_event(&self, event: &StatusEvent) {
@@ -118,6 +127,7 @@ pub async fn run_until(
         .await
         .context("declaring streams and consumers")?;
 
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let mce = Mce::new(
         db.clone(),
         settings.cipher.clone(),
@@ -129,7 +139,8 @@ pub async fn run_until(
             rest: args.mce.mce_rest_base_url.clone(),
         },
         RetryPolicy::default(),
-    );
+    )
+    .with_metrics(metrics.clone());
     let deps = Arc::new(Deps {
         db: db.clone(),
         js,
@@ -143,6 +154,7 @@ pub async fn run_until(
             multiplier: 2.0,
             jitter_range: 0.4,
         },
+        metrics: metrics.clone(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -153,6 +165,7 @@ pub async fn run_until(
             db,
             nats: client.clone(),
             draining: draining.clone(),
+            metrics: metrics.clone(),
         },
     )
     .await

@@ -72,6 +72,7 @@ async fn cancel(deps: &Deps, msg: &CancelMessage) -> Result<Disposition, sea_orm
     }
     if store::finish(&deps.db, run.id, Terminal::Canceled, now).await? {
         tracing::info!("run canceled");
+        deps.record_outcome("canceled", "cancel_message", run.created_at);
         deps.publish_event(&StatusEvent::new(run.id, EventStatus::Canceled, now))
             .await;
         if let Some(qd) = run.query_definition_id.as_deref().filter(|q| !q.is_empty()) {

@@ -90,6 +90,8 @@ async fn handle_one(role: Role, progress_every: Duration, deps: Arc<Deps>, msg: 
         Disposition::Ack => acker.ack().await,
         Disposition::Retry(delay) => acker.ack_with(AckKind::Nak(Some(backoff::clamp(*delay)))).await,
         Disposition::DeadLetter(reason) => {
+            deps.metrics
+                .inc(crate::metrics::DLQ_MESSAGES, &[("consumer", role.name())]);
             tracing::warn!(consumer = role.name(), subject = %delivery.subject, reason = %reason, "message sent to the DLQ");
             match crate::jetstream::publish_dlq(&deps.js, &deps.subjects, &delivery.subject, msg.payload, reason).await
             {

@@ -210,6 +210,7 @@ async fn fail_run(
     };
     match store::finish(&deps.db, run_id, terminal, now).await {
         Ok(true) => {
+            deps.record_outcome("failed", "execute", now);
             deps.publish_event(&StatusEvent::failed(run_id, &reason, now)).await;
             if let Some(qd) = created_qd {
                 crate::poll::delete_query_definition(deps, msg.tenant_id, msg.user_id, &msg.mid, qd).await;

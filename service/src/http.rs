@@ -16,6 +16,14 @@ pub struct Health {
     pub db: DatabaseConnection,
     pub nats: async_nats::Client,
     pub draining: Arc<AtomicBool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+async fn metrics(State(h): State<Health>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        h.metrics.render(),
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -41,6 +49,7 @@ pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<tokio::t
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(health);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod jetstream;
 pub mod lease;
 pub mod mce;
+pub mod metrics;
 pub mod model;
 pub mod poll;
 pub mod reconciler;

@@ -50,9 +50,12 @@ async fn fail(deps: &Deps, run: &store::Run, message: &str, now: DateTime<Utc>) 
         return Ok(false);
     }
     deps.publish_event(&StatusEvent::failed(run.id, &message, now)).await;
+    deps.record_outcome("failed", "reconciler", run.created_at);
     if let Some(qd) = run.query_definition_id.as_deref().filter(|q| !q.is_empty()) {
         crate::poll::delete_query_definition(deps, run.tenant_id, run.user_id, &run.mid, qd).await;
     }
+    deps.metrics
+        .inc(crate::metrics::RECONCILER_ACTIONS, &[("action", "run_failed")]);
     Ok(true)
 }
 
@@ -73,6 +76,8 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
                     Ok(PollPublished::New) => {
                         tracing::warn!(run_id = %run.id, "reconciler: poll message was missing; published again");
                         report.polls_republished += 1;
+                        deps.metrics
+                            .inc(crate::metrics::RECONCILER_ACTIONS, &[("action", "poll_republished")]);
                     }
                     Ok(PollPublished::AlreadyPending) => {}
                     Err(e) => tracing::warn!(run_id = %run.id, error = %e, "reconciler: could not publish a poll"),
@@ -96,6 +101,8 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
                     Ok(true) => {
                         tracing::warn!(run_id = %run.id, "reconciler: queued run had no execute message; submitted again");
                         report.executes_republished += 1;
+                        deps.metrics
+                            .inc(crate::metrics::RECONCILER_ACTIONS, &[("action", "execute_republished")]);
                     }
                     Ok(false) => {
                         tracing::warn!(run_id = %run.id, "reconciler: queued run cannot be submitted again; failing it");

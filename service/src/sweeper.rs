@@ -42,7 +42,10 @@ pub async fn sweep_once(deps: &Deps, min_age: Duration, now: DateTime<Utc>) -> R
                     continue;
                 }
                 match session.delete_query_definition(&object_id).await {
-                    Ok(()) => deleted += 1,
+                    Ok(()) => {
+                        deleted += 1;
+                        deps.metrics.inc(crate::metrics::SWEEPER_DELETIONS, &[]);
+                    }
                     Err(e) if e.is_unrecoverable() => return Err(e),
                     Err(e) => tracing::warn!(%tenant_id, error = %e, "sweeper: one delete failed"),
                 }

@@ -7,6 +7,7 @@ mod execute;
 mod jetstream;
 mod lifecycle;
 mod mce_client;
+mod operations;
 mod poll;
 mod store;
 mod support;

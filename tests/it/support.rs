@@ -177,6 +177,10 @@ impl System {
         stream.direct_get_last_for_subject(subject).await.is_ok()
     }
 
+    pub fn worker(&mut self) -> &mut Worker {
+        self.worker.as_mut().expect("a running worker")
+    }
+
     /// Kills the worker with SIGKILL: no drain, no goodbye.
     pub fn kill_worker(&mut self) {
         self.worker = None;

@@ -56,6 +56,23 @@ pub struct Mce {
     auth: Auth,
     urls: BaseUrls,
     retry: RetryPolicy,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+/// A bounded label for an MCE call's result.
+fn result_label(result: &Result<impl Sized, MceError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(MceError::Unavailable { .. }) => "unavailable",
+        Err(MceError::RateLimited { .. }) => "rate_limited",
+        Err(MceError::AuthExpired { .. }) => "auth_expired",
+        Err(MceError::Forbidden { .. }) => "forbidden",
+        Err(MceError::BadRequest { .. }) => "bad_request",
+        Err(MceError::SoapFailure { .. }) => "soap_failure",
+        Err(MceError::SoapFault { .. }) => "soap_fault",
+        Err(MceError::Protocol { .. }) => "protocol",
+        Err(_) => "other",
+    }
 }
 
 /// The outcome of one HTTP exchange before retries.
@@ -149,7 +166,14 @@ impl Mce {
             auth: Auth::new(db, cipher, client_id, client_secret),
             urls,
             retry,
+            metrics: Default::default(),
         }
+    }
+
+    /// Records calls and token refreshes in these metrics.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// A session for one tenant, user and business unit.
@@ -203,7 +227,14 @@ impl Session<'_> {
             .map_err(|e| transport_error(Op::Token, &e))?;
         let status = response.status().as_u16();
         let body = response.text().await.map_err(|e| transport_error(Op::Token, &e))?;
-        read_grant(status, &body)
+        let grant = read_grant(status, &body);
+        let result = match &grant {
+            Ok(Grant::Granted { .. }) => "ok",
+            Ok(Grant::Refused(_)) => "refused",
+            Err(_) => "error",
+        };
+        mce.metrics.inc(crate::metrics::TOKEN_REFRESHES, &[("result", result)]);
+        grant
     }
 
     async fn token(&self, refused: Option<&str>) -> Result<SecretString, MceError> {
@@ -253,7 +284,13 @@ impl Session<'_> {
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }
-                other => return other,
+                other => {
+                    self.mce.metrics.inc(
+                        crate::metrics::MCE_CALLS,
+                        &[("operation", op.name()), ("result", result_label(&other))],
+                    );
+                    return other;
+                }
             }
         }
     }

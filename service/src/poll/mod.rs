@@ -30,6 +30,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     if Subjects::run_id_of(&delivery.subject) != Some(msg.run_id) {
         return Disposition::DeadLetter("the subject's run id differs from the body's runId".into());
     }
+    deps.metrics.inc(crate::metrics::POLL_TICKS, &[]);
     let span = tracing::info_span!("poll", run_id = %msg.run_id, poll_count = delivery.delivered);
     let _enter = span.enter();
     match tick(deps, msg.run_id, delivery).await {
@@ -134,6 +135,17 @@ async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposit
                         IsRunningObservation::Unavailable
                     }
                 });
+                let answer = match tick.is_running {
+                    Some(IsRunningObservation::Running) => "running",
+                    Some(IsRunningObservation::NotRunning) => "not_running",
+                    Some(IsRunningObservation::BadId) => "bad_id",
+                    _ => "unavailable",
+                };
+                deps.metrics
+                    .inc(crate::metrics::IS_RUNNING_CHECKS, &[("answer", answer)]);
+                if answer == "not_running" {
+                    deps.metrics.inc(crate::metrics::NOT_RUNNING_CONFIRMATIONS, &[]);
+                }
             }
             Decision::RecoverObjectId => {
                 tick.recovery_tried = true;
@@ -167,6 +179,9 @@ async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposit
                         RowsetObservation::NotYet
                     }
                 });
+                if tick.rowset == Some(RowsetObservation::NotYet) {
+                    deps.metrics.inc(crate::metrics::ROWSET_READINESS_RETRIES, &[]);
+                }
             }
             _ => unreachable!("only questions reach here"),
         }
@@ -196,6 +211,15 @@ async fn conclude(
         Decision::Ready { row_count, via } => {
             if store::finish(&deps.db, run.id, Terminal::Ready { row_count }, now).await? {
                 tracing::info!(row_count, via = ?via, "run ready");
+                let reason = match via {
+                    decide::ReadyVia::Complete => "complete",
+                    decide::ReadyVia::NotRunning => "not_running",
+                    decide::ReadyVia::Probe => "row_probe",
+                };
+                if via == decide::ReadyVia::Probe {
+                    deps.metrics.inc(crate::metrics::FAST_PATH_COMPLETIONS, &[]);
+                }
+                deps.record_outcome("ready", reason, run.created_at);
                 let mut event = StatusEvent::new(run.id, EventStatus::Ready, now);
                 event.row_count = Some(row_count);
                 deps.publish_event(&event).await;
@@ -210,6 +234,10 @@ async fn conclude(
                 error_message_encrypted: deps.cipher.encrypt(&message),
             };
             if store::finish(&deps.db, run.id, terminal, now).await? {
+                deps.record_outcome("failed", reason.label(), run.created_at);
+                if reason == decide::FailReason::Timeout {
+                    deps.metrics.inc(crate::metrics::POLL_TIMEOUTS, &[]);
+                }
                 deps.publish_event(&StatusEvent::failed(run.id, &message, now)).await;
                 cleanup(deps, run, object_id).await;
             }
@@ -219,6 +247,7 @@ async fn conclude(
             // Canceled by the API: one replica claims the clean-up.
             if store::claim_api_cancel(&deps.db, run.id, now).await? {
                 tracing::info!("run canceled");
+                deps.record_outcome("canceled", "api", run.created_at);
                 deps.publish_event(&StatusEvent::new(run.id, EventStatus::Canceled, now))
                     .await;
                 cleanup(deps, run, object_id).await;

@@ -1,0 +1,129 @@
+//! What operators see: metrics, graceful shutdown, logs free of secrets.
+
+use std::time::Duration;
+
+use mce_sim::Scenario;
+
+use crate::support::{REFRESH_TOKEN, System};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    let mut system = System::start().await;
+    system
+        .sim
+        .script("Bad", Scenario::fails_after(Duration::from_millis(500), "Nope"));
+    let good = system.submit("SELECT Email FROM X", None).await;
+    let bad = system.submit("SELECT Bad FROM X", None).await;
+    assert_eq!(system.wait_terminal(good, MINUTE).await.status, "ready");
+    assert_eq!(system.wait_terminal(bad, MINUTE).await.status, "failed");
+    let text = system.worker().http_get("/metrics").await.expect("/metrics answers");
+    assert_eq!(
+        metric(&text, r#"shell_query_runs_total{outcome="ready",reason="complete"}"#),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, r#"shell_query_runs_total{outcome="failed",reason="mce_error"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, r#"shell_query_mce_calls_total{operation="perform",result="ok"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, r#"shell_query_token_refreshes_total{result="ok"}"#),
+        Some(1.0)
+    );
+    let ticks = metric(&text, "shell_query_poll_ticks_total").unwrap();
+    let status_calls = system.sim.count("soap:Retrieve:AsyncActivityStatus") as f64;
+    assert!(
+        ticks >= status_calls,
+        "every status call came from a tick: {ticks} < {status_calls}"
+    );
+    assert_eq!(
+        metric(&text, r#"shell_query_run_duration_seconds_count{outcome="ready"}"#),
+        Some(1.0)
+    );
+    assert!(text.contains("# TYPE shell_query_run_duration_seconds histogram"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_exits_0_and_loses_nothing() {
+    let mut system = System::start().await;
+    system
+        .sim
+        .script("Term", Scenario::completes_after(Duration::from_secs(5), 9));
+    let ids = [
+        system.submit("SELECT Term FROM X", None).await,
+        system.submit("SELECT Term FROM Y", None).await,
+    ];
+    tests::wait_for("polling to begin", MINUTE, || async {
+        system.sim.count("soap:Retrieve:AsyncActivityStatus") >= 2
+    })
+    .await;
+    let worker = system.worker();
+    worker.terminate();
+    // The drain deadline is 25 s (below Kubernetes' default 30 s grace).
+    let code = worker.wait_exit(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{}", system.log());
+    assert!(system.log().contains("shutting down"));
+    system.start_worker().await;
+    for id in ids {
+        let run = system.wait_terminal(id, MINUTE).await;
+        assert_eq!(
+            (run.status.as_str(), run.row_count),
+            ("ready", Some(9)),
+            "{}",
+            system.log()
+        );
+    }
+    assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_carry_sql_text_or_tokens() {
+    let system = System::start().await;
+    let secret_sql = "SELECT Email AS ThisIsTheSecretSqlText FROM [Private_DE] WHERE Salary > 123456";
+    system
+        .sim
+        .script("Salary", Scenario::fails_after(Duration::from_millis(500), "boom"));
+    let id = system.submit(secret_sql, None).await;
+    system.wait_terminal(id, MINUTE).await;
+    let ok = system
+        .submit("SELECT Email AS AnotherSecretColumn FROM [Private_DE]", None)
+        .await;
+    system.wait_terminal(ok, MINUTE).await;
+    let log = system.log();
+    assert!(log.len() > 1000, "the worker logged something");
+    for needle in [
+        "ThisIsTheSecretSqlText",
+        "Salary > 123456",
+        "AnotherSecretColumn",
+        REFRESH_TOKEN,
+        "test-secret",
+    ] {
+        assert!(!log.contains(needle), "the log contains {needle:?}");
+    }
+    for token in system
+        .sim
+        .access_tokens()
+        .into_iter()
+        .chain(system.sim.refresh_tokens())
+    {
+        assert!(!log.contains(&token), "the log contains a token");
+    }
+    let events: String = system
+        .events(id)
+        .await
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    assert!(!events.contains("ThisIsTheSecretSqlText"), "events carry no SQL");
+}
