@@ -2,6 +2,7 @@
 //! MCE simulator and the real `shell-query-worker` binary.
 
 mod commands;
+mod deploy;
 mod e2e;
 mod execute;
 mod jetstream;

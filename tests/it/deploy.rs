@@ -1,0 +1,109 @@
+//! compose.yaml, the Kubernetes manifests and the Dockerfile: they parse,
+//! name files that exist and settings the binary knows.
+
+use std::collections::BTreeSet;
+
+use serde_norway::Value;
+use tests::{run_command, workspace_root};
+
+fn yaml(path: &str) -> Value {
+    let text = std::fs::read_to_string(workspace_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{path} does not parse: {e}"))
+}
+
+/// Every environment variable `run` reads, from its own help.
+fn known_settings() -> BTreeSet<String> {
+    let (code, help, _) = run_command(&["run", "--help"], &[], None);
+    assert_eq!(code, 0);
+    let mut known: BTreeSet<String> = help
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split(['=', ']']).next().map(str::to_string))
+        .collect();
+    known.insert("RUST_LOG".into());
+    assert!(
+        known.contains("POLL_MAX_ACK_PENDING") && known.contains("DATABASE_URL"),
+        "{known:?}"
+    );
+    known
+}
+
+fn keys(map: &Value) -> Vec<String> {
+    map.as_mapping()
+        .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_fit_the_service() {
+    let known = known_settings();
+    let kustomization = yaml("deploy/kustomization.yaml");
+    for resource in kustomization["resources"].as_sequence().unwrap() {
+        let file = resource.as_str().unwrap();
+        assert!(
+            workspace_root().join("deploy").join(file).exists(),
+            "{file} is listed but missing"
+        );
+    }
+    for file in ["deploy/configmap.yaml", "deploy/secret.example.yaml"] {
+        let doc = yaml(file);
+        let data = if doc["data"].is_mapping() {
+            &doc["data"]
+        } else {
+            &doc["stringData"]
+        };
+        for key in keys(data) {
+            assert!(
+                known.contains(&key),
+                "{file} sets {key}, which the service does not read"
+            );
+        }
+    }
+    let deployment = yaml("deploy/deployment.yaml");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        grace > service::app::DRAIN_DEADLINE.as_secs(),
+        "the grace period must exceed the drain deadline"
+    );
+    let container = &pod["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let pdb = yaml("deploy/pdb.yaml");
+    assert_eq!(pdb["kind"], "PodDisruptionBudget");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+}
+
+#[test]
+fn compose_parses_and_wires_nats_postgres_the_simulator_and_the_service() {
+    let known = known_settings();
+    let compose = yaml("compose.yaml");
+    let services = &compose["services"];
+    for name in ["nats", "postgres", "mce-sim", "worker"] {
+        assert!(services[name].is_mapping(), "compose has no {name} service");
+    }
+    let volumes: Vec<&str> = services["nats"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        volumes.iter().any(|v| v.starts_with("./nats.conf:")),
+        "nats runs with nats.conf"
+    );
+    assert!(workspace_root().join("nats.conf").exists());
+    for key in keys(&services["worker"]["environment"]) {
+        assert!(
+            known.contains(&key),
+            "compose sets {key}, which the service does not read"
+        );
+    }
+    let dockerfile = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("USER 10001"), "the image runs as non-root");
+}
