@@ -6,6 +6,7 @@
 
 use chrono::Utc;
 use serde::Deserialize;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::app::Deps;
@@ -31,9 +32,18 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     if Subjects::run_id_of(&delivery.subject) != Some(msg.run_id) {
         return Disposition::DeadLetter("the subject's run id differs from the body's runId".into());
     }
-    let span = tracing::info_span!("cancel", run_id = %msg.run_id, tenant_id = %msg.tenant_id);
-    let _enter = span.enter();
-    match cancel(deps, &msg).await {
+    let span = tracing::info_span!(
+        "cancel",
+        run_id = %msg.run_id,
+        tenant_id = %msg.tenant_id,
+        run.id = %msg.run_id,
+        tenant.id = %msg.tenant_id,
+        messaging.system = "nats",
+        messaging.destination.name = %delivery.subject,
+        messaging.operation.type = "process",
+    );
+    crate::telemetry::set_parent(&span, delivery.headers.as_ref());
+    match cancel(deps, &msg).instrument(span).await {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(error = %e, "cancel failed transiently");

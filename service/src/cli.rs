@@ -14,12 +14,16 @@ pub async fn main(cli: Cli) -> i32 {
                 Ok(s) => s,
                 Err(e) => return config_error(e),
             };
-            init_logging(args.log_format.as_deref());
-            crate::app::run(*args, settings).await
+            let telemetry = init_logging(args.log_format.as_deref());
+            let result = crate::app::run(*args, settings).await;
+            telemetry.shutdown();
+            result
         }
         Command::Demo(args) => {
-            init_logging_with(Some("pretty"), "warn");
-            return match crate::demo::demo(args).await {
+            let telemetry = init_logging_with(Some("pretty"), "warn");
+            let outcome = crate::demo::demo(args).await;
+            telemetry.shutdown();
+            return match outcome {
                 Ok(true) => 0,
                 Ok(false) => 1,
                 Err(e) => {
@@ -29,7 +33,7 @@ pub async fn main(cli: Cli) -> i32 {
             };
         }
         Command::Migrate(db) => {
-            init_logging(None);
+            let _telemetry = init_logging(None);
             crate::store::migrate(&db.database_url).await.map_err(Into::into)
         }
         Command::Tenant(TenantCommand::Upsert {
@@ -93,22 +97,10 @@ fn config_error(e: crate::config::ConfigError) -> i32 {
     2
 }
 
-fn init_logging(format: Option<&str>) {
-    init_logging_with(format, "info");
+fn init_logging(format: Option<&str>) -> crate::telemetry::Telemetry {
+    init_logging_with(format, "info")
 }
 
-fn init_logging_with(format: Option<&str>, default_level: &str) {
-    use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let json = match format {
-        Some(f) => f == "json",
-        None => !std::io::stdout().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().with_current_span(true).with_span_list(false).init();
-    } else {
-        builder.init();
-    }
+fn init_logging_with(format: Option<&str>, default_level: &str) -> crate::telemetry::Telemetry {
+    crate::telemetry::init(format, default_level)
 }

@@ -49,6 +49,8 @@ pub struct Delivery {
     pub payload: Bytes,
     /// 1-based; every delayed nak is a delivery.
     pub delivered: i64,
+    /// Carries the publisher's `traceparent`.
+    pub headers: Option<async_nats::HeaderMap>,
 }
 
 async fn dispatch(role: Role, deps: &Deps, delivery: &Delivery) -> Disposition {
@@ -65,6 +67,7 @@ async fn handle_one(role: Role, progress_every: Duration, deps: Arc<Deps>, msg: 
         subject: msg.subject.to_string(),
         payload: msg.payload.clone(),
         delivered,
+        headers: msg.headers.clone(),
     };
     let (msg, acker) = msg.split();
     let acker = Arc::new(acker);

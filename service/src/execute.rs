@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use serde::Deserialize;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::app::Deps;
@@ -135,9 +136,22 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         Ok(m) => m,
         Err(reason) => return malformed(deps, delivery, reason).await,
     };
-    let span =
-        tracing::info_span!("execute", run_id = %msg.run_id, tenant_id = %msg.tenant_id, delivery = delivery.delivered);
-    let _enter = span.enter();
+    let span = tracing::info_span!(
+        "execute",
+        run_id = %msg.run_id,
+        tenant_id = %msg.tenant_id,
+        run.id = %msg.run_id,
+        tenant.id = %msg.tenant_id,
+        messaging.system = "nats",
+        messaging.destination.name = %delivery.subject,
+        messaging.operation.type = "process",
+        messaging.message.delivery_count = delivery.delivered,
+    );
+    crate::telemetry::set_parent(&span, delivery.headers.as_ref());
+    handle_decoded(deps, delivery, msg).instrument(span).await
+}
+
+async fn handle_decoded(deps: &Deps, delivery: &Delivery, msg: ExecuteMessage) -> Disposition {
     let mut created_qd: Option<String> = None;
     match execute(deps, &msg, &mut created_qd).await {
         Ok(()) => Disposition::Ack,

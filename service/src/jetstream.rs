@@ -222,7 +222,9 @@ pub async fn publish_poll(
 ) -> Result<PollPublished, NatsError> {
     let subject = subjects.poll(run);
     let body = Bytes::from(serde_json::json!({ "runId": run }).to_string());
-    let publish = Publish::build().payload(body).message_id(msg_id);
+    let mut headers = HeaderMap::new();
+    crate::telemetry::inject(&mut headers);
+    let publish = Publish::build().payload(body).message_id(msg_id).headers(headers);
     let err = |detail: String| NatsError::Publish {
         subject: subject.clone(),
         detail,
@@ -251,10 +253,13 @@ pub async fn publish_status(
 ) -> Result<(), NatsError> {
     let subject = subjects.status(event.run_id);
     let body = Bytes::from(serde_json::to_vec(event).expect("a status event serialises"));
-    let publish =
-        Publish::build()
-            .payload(body)
-            .message_id(format!("status:{}:{}", event.run_id, event.status.as_str()));
+    let mut headers = HeaderMap::new();
+    crate::telemetry::inject(&mut headers);
+    let publish = Publish::build().payload(body).headers(headers).message_id(format!(
+        "status:{}:{}",
+        event.run_id,
+        event.status.as_str()
+    ));
     let err = |detail: String| NatsError::Publish {
         subject: subject.clone(),
         detail,
@@ -285,6 +290,7 @@ pub async fn publish_dlq(
         .collect();
     headers.insert(HEADER_ERROR, one_line.as_str());
     headers.insert(HEADER_ORIGINAL_SUBJECT, original_subject);
+    crate::telemetry::inject(&mut headers);
     let err = |detail: String| NatsError::Publish {
         subject: subject.clone(),
         detail,

@@ -22,3 +22,4 @@ pub mod reconciler;
 pub mod schema;
 pub mod store;
 pub mod sweeper;
+pub mod telemetry;

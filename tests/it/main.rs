@@ -12,3 +12,4 @@ mod operations;
 mod poll;
 mod store;
 mod support;
+mod traces;

@@ -246,7 +246,24 @@ impl Session<'_> {
 
     /// Runs one exchange with the auth retry inside and the transient retries
     /// around it.
-    async fn call<T, F, Fut>(&self, op: Op, mut exchange: F) -> Result<T, MceError>
+    async fn call<T, F, Fut>(&self, op: Op, exchange: F) -> Result<T, MceError>
+    where
+        F: FnMut(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<T>, MceError>>,
+    {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "mce",
+            mce.operation = op.name(),
+            http.response.status_code = tracing::field::Empty,
+            mce.retries = tracing::field::Empty,
+            mce.result = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        self.call_inner(op, exchange).instrument(span).await
+    }
+
+    async fn call_inner<T, F, Fut>(&self, op: Op, mut exchange: F) -> Result<T, MceError>
     where
         F: FnMut(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<Attempt<T>, MceError>>,
@@ -285,6 +302,12 @@ impl Session<'_> {
                     attempt += 1;
                 }
                 other => {
+                    let span = tracing::Span::current();
+                    span.record("mce.retries", attempt);
+                    span.record("mce.result", result_label(&other));
+                    if other.is_err() {
+                        span.record("otel.status_code", "ERROR");
+                    }
                     self.mce.metrics.inc(
                         crate::metrics::MCE_CALLS,
                         &[("operation", op.name()), ("result", result_label(&other))],
@@ -311,6 +334,7 @@ impl Session<'_> {
             async move {
                 let response = request.send().await.map_err(|e| transport_error(op, &e))?;
                 let status = response.status().as_u16();
+                tracing::Span::current().record("http.response.status_code", status);
                 let headers = response.headers().clone();
                 let text = response.text().await.map_err(|e| transport_error(op, &e))?;
                 // A fault can come with any HTTP status: read it before classifying.
@@ -356,6 +380,7 @@ impl Session<'_> {
             async move {
                 let response = request.send().await.map_err(|e| transport_error(op, &e))?;
                 let status = response.status().as_u16();
+                tracing::Span::current().record("http.response.status_code", status);
                 let headers = response.headers().clone();
                 let text = response.text().await.map_err(|e| transport_error(op, &e))?;
                 match status {

@@ -6,6 +6,7 @@ pub mod decide;
 
 use chrono::Utc;
 use serde::Deserialize;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use self::decide::{Decision, IsRunningObservation, ProbeObservation, RowsetObservation, StatusObservation, Tick};
@@ -31,9 +32,21 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         return Disposition::DeadLetter("the subject's run id differs from the body's runId".into());
     }
     deps.metrics.inc(crate::metrics::POLL_TICKS, &[]);
-    let span = tracing::info_span!("poll", run_id = %msg.run_id, poll_count = delivery.delivered);
-    let _enter = span.enter();
-    match tick(deps, msg.run_id, delivery).await {
+    // Each tick is its own trace, linked to the run's execute span.
+    let span = tracing::info_span!(
+        "poll",
+        run_id = %msg.run_id,
+        run.id = %msg.run_id,
+        tenant.id = tracing::field::Empty,
+        poll.count = delivery.delivered,
+        mce.status = tracing::field::Empty,
+        poll.decision = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.destination.name = %delivery.subject,
+        messaging.operation.type = "process",
+    );
+    crate::telemetry::link(&span, delivery.headers.as_ref());
+    match tick(deps, msg.run_id, delivery).instrument(span).await {
         Ok(d) => d,
         Err(e) => {
             // The database could not be read or written: come back later.
@@ -64,6 +77,7 @@ async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposit
             "poll message for a run that was never started".into(),
         ));
     };
+    tracing::Span::current().record("tenant.id", tracing::field::display(run.tenant_id));
     let now = Utc::now();
     let state = store::poll_state(&run, u32::try_from(delivery.delivered).unwrap_or(u32::MAX), now);
     let temp_de = de_key == crate::execute::temp_de_key(run_id);
@@ -100,7 +114,11 @@ async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposit
         };
         match decision {
             Decision::CheckStatus => {
-                tick.status = Some(match session.async_status(&task_id).await {
+                let answer = session.async_status(&task_id).await;
+                if let Ok(s) = &answer {
+                    tracing::Span::current().record("mce.status", s.status.as_deref().unwrap_or(""));
+                }
+                tick.status = Some(match answer {
                     Ok(s) => StatusObservation::Read {
                         status: s.status,
                         error_msg: s.error_msg,
@@ -206,6 +224,14 @@ async fn conclude(
     object_id: Option<&str>,
     decision: Decision,
 ) -> Result<Disposition, sea_orm::DbErr> {
+    let label = match &decision {
+        Decision::Ready { .. } => "ready",
+        Decision::Fail { .. } => "fail",
+        Decision::Canceled => "canceled",
+        Decision::Reschedule { .. } => "reschedule",
+        _ => "question",
+    };
+    tracing::Span::current().record("poll.decision", label);
     let now = Utc::now();
     match decision {
         Decision::Ready { row_count, via } => {

@@ -1,0 +1,134 @@
+//! Logs, traces and trace-context propagation: one home for all three.
+//!
+//! Logs are JSON lines (or pretty on a terminal). Traces go out over OTLP
+//! when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the exporter reads the other
+//! standard `OTEL_EXPORTER_OTLP_*` variables, e.g. `_PROTOCOL`). W3C
+//! `traceparent`/`tracestate` travel in NATS headers.
+
+use async_nats::HeaderMap;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Keeps the trace exporter alive; `shutdown` flushes it.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports every span still buffered.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("trace export shutdown: {e}");
+        }
+    }
+}
+
+/// Installs the subscriber: `format` is `json`, `pretty` or unset (JSON
+/// unless stdout is a terminal); `default_level` applies without `RUST_LOG`.
+pub fn init(format: Option<&str>, default_level: &str) -> Telemetry {
+    use std::io::IsTerminal as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let json = match format {
+        Some(f) => f == "json",
+        None => !std::io::stdout().is_terminal(),
+    };
+    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .and_then(
+            |_| match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+                Ok(exporter) => Some(
+                    SdkTracerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_resource(
+                            opentelemetry_sdk::Resource::builder()
+                                .with_service_name("shell-query-worker")
+                                .build(),
+                        )
+                        .build(),
+                ),
+                Err(e) => {
+                    eprintln!("OTEL_EXPORTER_OTLP_ENDPOINT: the trace exporter could not start: {e}");
+                    None
+                }
+            },
+        );
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("shell-query-worker")));
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    if json {
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
+            .init();
+    } else {
+        registry.with(tracing_subscriber::fmt::layer()).init();
+    }
+    Telemetry { provider }
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_ref()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value.as_str());
+    }
+}
+
+/// The trace context a message carries (empty when it has none).
+pub fn extract(headers: Option<&HeaderMap>) -> opentelemetry::Context {
+    match headers {
+        Some(h) => TraceContextPropagator::new().extract(&HeaderExtractor(h)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+/// Writes the current span's context into outgoing headers.
+pub fn inject(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+}
+
+/// Makes `span` a child of the message's context (execute, cancel).
+pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let cx = extract(headers);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Links `span` to the message's context without making it the parent (a
+/// poll tick is its own trace, linked to the run's execute span).
+pub fn link(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let cx = extract(headers);
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.add_link(sc);
+    }
+}
