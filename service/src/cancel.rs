@@ -34,6 +34,8 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     }
     let span = tracing::info_span!(
         "cancel",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         run_id = %msg.run_id,
         tenant_id = %msg.tenant_id,
         run.id = %msg.run_id,
@@ -43,6 +45,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         messaging.operation.type = "process",
     );
     crate::telemetry::set_parent(&span, delivery.headers.as_ref());
+    crate::telemetry::record_ids(&span);
     match cancel(deps, &msg).instrument(span).await {
         Ok(d) => d,
         Err(e) => {

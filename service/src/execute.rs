@@ -138,6 +138,8 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     };
     let span = tracing::info_span!(
         "execute",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         run_id = %msg.run_id,
         tenant_id = %msg.tenant_id,
         run.id = %msg.run_id,
@@ -148,6 +150,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         messaging.message.delivery_count = delivery.delivered,
     );
     crate::telemetry::set_parent(&span, delivery.headers.as_ref());
+    crate::telemetry::record_ids(&span);
     handle_decoded(deps, delivery, msg).instrument(span).await
 }
 

@@ -132,3 +132,14 @@ pub fn link(span: &tracing::Span, headers: Option<&HeaderMap>) {
         span.add_link(sc);
     }
 }
+
+/// Writes the span's trace and span ids into its `trace_id` and `span_id`
+/// fields, so log lines carry them (only when traces are exported).
+pub fn record_ids(span: &tracing::Span) {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    if sc.is_valid() {
+        span.record("trace_id", sc.trace_id().to_string());
+        span.record("span_id", sc.span_id().to_string());
+    }
+}

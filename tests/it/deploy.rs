@@ -84,7 +84,7 @@ fn compose_parses_and_wires_nats_postgres_the_simulator_and_the_service() {
     let known = known_settings();
     let compose = yaml("compose.yaml");
     let services = &compose["services"];
-    for name in ["nats", "postgres", "mce-sim", "worker"] {
+    for name in ["nats", "postgres", "jaeger", "mce-sim", "worker"] {
         assert!(services[name].is_mapping(), "compose has no {name} service");
     }
     let volumes: Vec<&str> = services["nats"]["volumes"]
@@ -99,11 +99,18 @@ fn compose_parses_and_wires_nats_postgres_the_simulator_and_the_service() {
     );
     assert!(workspace_root().join("nats.conf").exists());
     for key in keys(&services["worker"]["environment"]) {
+        // The standard OTEL_* variables are read by the trace exporter.
+        let standard_otel = key.starts_with("OTEL_");
         assert!(
-            known.contains(&key),
+            known.contains(&key) || standard_otel,
             "compose sets {key}, which the service does not read"
         );
     }
+    assert!(services["jaeger"].is_mapping(), "Jaeger receives the traces");
+    let otlp = services["worker"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        .as_str()
+        .unwrap();
+    assert!(otlp.contains("jaeger:4318"), "{otlp}");
     let dockerfile = std::fs::read_to_string(workspace_root().join("Dockerfile")).unwrap();
     assert!(dockerfile.contains("USER 10001"), "the image runs as non-root");
 }

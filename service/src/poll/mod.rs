@@ -35,6 +35,8 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     // Each tick is its own trace, linked to the run's execute span.
     let span = tracing::info_span!(
         "poll",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         run_id = %msg.run_id,
         run.id = %msg.run_id,
         tenant.id = tracing::field::Empty,
@@ -46,6 +48,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         messaging.operation.type = "process",
     );
     crate::telemetry::link(&span, delivery.headers.as_ref());
+    crate::telemetry::record_ids(&span);
     match tick(deps, msg.run_id, delivery).instrument(span).await {
         Ok(d) => d,
         Err(e) => {
