@@ -49,6 +49,11 @@ pub struct DemoArgs {
     /// The nats-server to start when NATS_URL is unset.
     #[arg(long, env = "NATS_SERVER_BIN", default_value = "nats-server")]
     pub nats_server_bin: String,
+    /// With NATS_URL: the user (and NATS_PASSWORD) to connect as.
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

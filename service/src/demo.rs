@@ -115,11 +115,33 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn start_nats(bin: &str, dir: &std::path::Path) -> anyhow::Result<(String, NatsProcess)> {
+/// Who connects to NATS: the service's user and the demo's own (the API's role).
+struct NatsLogin {
+    service: Option<(String, String)>,
+    client: Option<(String, String)>,
+}
+
+async fn connect(url: &str, login: &Option<(String, String)>) -> Result<async_nats::Client, async_nats::ConnectError> {
+    match login {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+                .connect(url)
+                .await
+        }
+        None => async_nats::connect(url).await,
+    }
+}
+
+async fn start_nats(bin: &str, dir: &std::path::Path) -> anyhow::Result<(String, NatsProcess, NatsLogin)> {
     let conf = dir.join("nats.conf");
     std::fs::write(&conf, NATS_CONF)?;
     let port = free_port()?;
+    let password = || Uuid::new_v4().simple().to_string();
+    let (service, admin) = (password(), password());
     let child = Command::new(bin)
+        .env("SHELL_QUERY_SERVICE_PASSWORD", &service)
+        .env("SHELL_QUERY_API_PASSWORD", password())
+        .env("SHELL_QUERY_ADMIN_PASSWORD", &admin)
         .arg("-c")
         .arg(&conf)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -132,12 +154,16 @@ async fn start_nats(bin: &str, dir: &std::path::Path) -> anyhow::Result<(String,
         })?;
     let process = NatsProcess(child);
     let url = format!("nats://127.0.0.1:{port}");
+    let login = NatsLogin {
+        service: Some(("shell_query_service".into(), service)),
+        client: Some(("shell_query_admin".into(), admin)),
+    };
     let deadline = Instant::now() + Duration::from_secs(15);
-    while async_nats::connect(&url).await.is_err() {
+    while connect(&url, &login.client).await.is_err() {
         anyhow::ensure!(Instant::now() < deadline, "the private nats-server did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok((url, process))
+    Ok((url, process, login))
 }
 
 struct TempDir(PathBuf);
@@ -152,11 +178,21 @@ impl Drop for TempDir {
 pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let dir = TempDir(std::env::temp_dir().join(format!("shell-query-demo-{}", Uuid::new_v4().simple())));
     std::fs::create_dir_all(&dir.0)?;
-    let (nats_url, _nats) = match args.nats_url.clone() {
-        Some(url) => (url, None),
+    let (nats_url, _nats, login) = match args.nats_url.clone() {
+        Some(url) => {
+            let given = args.nats_user.clone().zip(args.nats_password.clone());
+            (
+                url,
+                None,
+                NatsLogin {
+                    service: given.clone(),
+                    client: given,
+                },
+            )
+        }
         None => {
-            let (url, process) = start_nats(&args.nats_server_bin, &dir.0).await?;
-            (url, Some(process))
+            let (url, process, login) = start_nats(&args.nats_server_bin, &dir.0).await?;
+            (url, Some(process), login)
         }
     };
     let database_url = args
@@ -219,6 +255,15 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         "--poll-rowset-ready-max-attempts",
         "10",
     ];
+    let mut argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    if let Some((user, password)) = &login.service {
+        argv.extend([
+            "--nats-user".into(),
+            user.clone(),
+            "--nats-password".into(),
+            password.clone(),
+        ]);
+    }
     let CliCommand::Run(run_args) = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?.command else {
         unreachable!("the argv names `run`")
     };
@@ -228,7 +273,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         let _ = stop_rx.await;
     }));
 
-    let client = async_nats::connect(&nats_url).await?;
+    let client = connect(&nats_url, &login.client).await?;
     let js = async_nats::jetstream::new(client.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     while js.get_stream(crate::jetstream::JOBS_STREAM).await.is_err() {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 #[tokio::test]
 async fn declaring_twice_keeps_the_contract_settings_and_pending_messages() {
     let nats = NatsServer::start().await;
-    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = jetstream::new(nats.admin().await);
     let subjects = Subjects::new("sq");
     declare(&js, &subjects, 1000, Duration::from_secs(60)).await.unwrap();
 
@@ -59,5 +59,48 @@ async fn declaring_twice_keeps_the_contract_settings_and_pending_messages() {
     assert_eq!(
         dlq.info().await.unwrap().config.max_age,
         Duration::from_secs(14 * 24 * 3600)
+    );
+}
+
+#[tokio::test]
+async fn nats_conf_gives_the_api_and_the_service_only_their_own_subjects() {
+    let nats = NatsServer::start().await;
+    assert!(
+        async_nats::connect(nats.url()).await.is_err(),
+        "no anonymous connections"
+    );
+    let js = jetstream::new(nats.admin().await);
+    declare(&js, &Subjects::new("shell_query"), 1000, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    let allowed = |user: &'static str, subject: &'static str| {
+        let nats = &nats;
+        async move {
+            let js = jetstream::new(nats.connect_as(user).await.unwrap());
+            let publish = js.publish(subject, "{}".into()).await;
+            match publish {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    let run = "0b5f3c1e-8a2d-4f6b-9c3e-1a0000000001";
+    let subject = |kind: &str| -> &'static str { Box::leak(format!("shell_query.{kind}.{run}").into_boxed_str()) };
+    assert!(allowed(tests::API_USER, subject("execute")).await);
+    assert!(allowed(tests::API_USER, subject("cancel")).await);
+    assert!(
+        !allowed(tests::API_USER, subject("poll")).await,
+        "the API may not schedule polls"
+    );
+    assert!(
+        !allowed(tests::API_USER, subject("status")).await,
+        "the API may not forge status events"
+    );
+    assert!(allowed(tests::SERVICE_USER, subject("poll")).await);
+    assert!(allowed(tests::SERVICE_USER, subject("status")).await);
+    assert!(
+        !allowed(tests::SERVICE_USER, subject("cancel")).await,
+        "only the API cancels"
     );
 }

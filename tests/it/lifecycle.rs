@@ -148,7 +148,7 @@ async fn a_queued_run_without_its_execute_message_is_submitted_again() {
 #[tokio::test]
 async fn two_replicas_never_hold_the_lease_in_the_same_interval() {
     let nats = tests::NatsServer::start().await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = async_nats::jetstream::new(nats.admin().await);
     let store = service::lease::bucket(&js).await.unwrap();
     let now = chrono::Utc::now();
     let hold = Duration::from_secs(2);

@@ -36,6 +36,8 @@ impl System {
         [
             ("DATABASE_URL", self.database_url.clone()),
             ("NATS_URL", self.nats.url()),
+            ("NATS_USER", tests::SERVICE_USER.to_string()),
+            ("NATS_PASSWORD", self.nats.service_password.clone()),
             ("ENCRYPTION_KEY", ENCRYPTION_KEY.to_string()),
             ("MCE_CLIENT_ID", "test-client".to_string()),
             ("MCE_CLIENT_SECRET", "test-secret".to_string()),
@@ -67,7 +69,7 @@ impl System {
         let sim = Sim::start(config).await.expect("starting the simulator");
         sim.add_refresh_token(REFRESH_TOKEN);
         let mut system = System {
-            js: jetstream::new(async_nats::connect(nats.url()).await.expect("connecting to nats")),
+            js: jetstream::new(nats.admin().await),
             nats,
             sim,
             database_url: fresh_database_url(),
@@ -136,7 +138,11 @@ impl System {
         endpoint: &str,
         body: serde_json::Value,
     ) -> Result<serde_json::Value, (String, String)> {
-        let client = async_nats::connect(self.nats.url()).await.expect("connecting to nats");
+        let client = self
+            .nats
+            .connect_as(tests::API_USER)
+            .await
+            .expect("connecting to nats as the API");
         let reply = client
             .request(format!("{PREFIX}.api.{endpoint}"), body.to_string().into())
             .await

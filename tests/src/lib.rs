@@ -65,18 +65,32 @@ fn nats_server_bin() -> String {
     std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
 }
 
-/// A private nats-server with JetStream, killed on drop.
+/// A private nats-server with JetStream, killed on drop. Its users (see
+/// nats.conf) get fresh passwords each time.
 pub struct NatsServer {
     child: Child,
     pub port: u16,
+    pub service_password: String,
+    pub api_password: String,
+    admin_password: String,
     _store: TempDir,
 }
+
+/// nats.conf's users.
+pub const SERVICE_USER: &str = "shell_query_service";
+pub const API_USER: &str = "shell_query_api";
+pub const ADMIN_USER: &str = "shell_query_admin";
 
 impl NatsServer {
     pub async fn start() -> Self {
         let store = TempDir::new("nats");
         let port = free_port();
+        let password = || Uuid::new_v4().simple().to_string();
+        let (service_password, api_password, admin_password) = (password(), password(), password());
         let child = Command::new(nats_server_bin())
+            .env("SHELL_QUERY_SERVICE_PASSWORD", &service_password)
+            .env("SHELL_QUERY_API_PASSWORD", &api_password)
+            .env("SHELL_QUERY_ADMIN_PASSWORD", &admin_password)
             .arg("-c")
             .arg(workspace_root().join("nats.conf"))
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -88,15 +102,33 @@ impl NatsServer {
         let server = Self {
             child,
             port,
+            service_password,
+            api_password,
+            admin_password,
             _store: store,
         };
-        let url = server.url();
-        wait_for("nats-server to accept connections", Duration::from_secs(15), || {
-            let url = url.clone();
-            async move { async_nats::connect(url).await.is_ok() }
+        wait_for("nats-server to accept connections", Duration::from_secs(15), || async {
+            server.connect_as(ADMIN_USER).await.is_ok()
         })
         .await;
         server
+    }
+
+    /// A client as one of nats.conf's users.
+    pub async fn connect_as(&self, user: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+        let password = match user {
+            SERVICE_USER => &self.service_password,
+            API_USER => &self.api_password,
+            _ => &self.admin_password,
+        };
+        async_nats::ConnectOptions::with_user_and_password(user.into(), password.clone())
+            .connect(self.url())
+            .await
+    }
+
+    /// A client with every permission (operators, tests).
+    pub async fn admin(&self) -> async_nats::Client {
+        self.connect_as(ADMIN_USER).await.expect("connecting to nats as admin")
     }
 
     pub fn url(&self) -> String {
