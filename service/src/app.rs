@@ -172,6 +172,15 @@ pub async fn run_until(
     .context("HTTP_ADDR")?;
 
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(sample_consumers(
+        vec![
+            ("execute", consumers.execute.clone()),
+            ("poll", consumers.poll.clone()),
+            ("cancel", consumers.cancel.clone()),
+        ],
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     tasks.spawn(consumer::run(
         Role::Execute,
         consumers.execute,
@@ -230,6 +239,36 @@ pub async fn run_until(
     http.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Publishes each consumer's pending and ack-pending counts as gauges.
+async fn sample_consumers(
+    mut consumers: Vec<(&'static str, async_nats::jetstream::consumer::PullConsumer)>,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for (name, consumer) in &mut consumers {
+            if let Ok(info) = consumer.info().await {
+                let (pending, ack_pending) = (info.num_pending as f64, info.num_ack_pending as f64);
+                metrics.set(
+                    crate::metrics::CONSUMER_PENDING,
+                    &[("consumer", name), ("kind", "pending")],
+                    pending,
+                );
+                metrics.set(
+                    crate::metrics::CONSUMER_PENDING,
+                    &[("consumer", name), ("kind", "ack_pending")],
+                    ack_pending,
+                );
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -22,6 +22,8 @@ pub const TOKEN_REFRESHES: &str = "shell_query_token_refreshes_total";
 pub const DLQ_MESSAGES: &str = "shell_query_dlq_messages_total";
 /// Histogram name.
 pub const RUN_DURATION: &str = "shell_query_run_duration_seconds";
+/// Gauge name.
+pub const CONSUMER_PENDING: &str = "shell_query_consumer_pending";
 
 const HELP: &[(&str, &str)] = &[
     (RUNS, "Runs that reached a terminal state, by outcome and reason."),
@@ -43,6 +45,10 @@ const HELP: &[(&str, &str)] = &[
     (TOKEN_REFRESHES, "Refresh-token grants, by result."),
     (DLQ_MESSAGES, "Messages copied to the DLQ, by consumer."),
     (RUN_DURATION, "Seconds from a run's creation to its terminal state."),
+    (
+        CONSUMER_PENDING,
+        "Messages of a consumer: not yet delivered (pending) or waiting for an ack (ack_pending).",
+    ),
 ];
 
 /// Upper bounds of the run-duration buckets, in seconds.
@@ -59,6 +65,7 @@ struct Histogram {
 
 #[derive(Default)]
 pub struct Metrics {
+    gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
 }
@@ -71,6 +78,11 @@ impl Metrics {
     pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
         let key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
         *self.counters.lock().expect("metrics lock").entry(key).or_default() += n;
+    }
+
+    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
+        let key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
+        self.gauges.lock().expect("metrics lock").insert(key, value);
     }
 
     pub fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], value: Duration) {
@@ -109,11 +121,26 @@ impl Metrics {
         };
         for (name, help) in HELP {
             let is_histogram = *name == RUN_DURATION;
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {}\n",
-                if is_histogram { "histogram" } else { "counter" }
-            ));
-            if is_histogram {
+            let is_gauge = *name == CONSUMER_PENDING;
+            let kind = if is_histogram {
+                "histogram"
+            } else if is_gauge {
+                "gauge"
+            } else {
+                "counter"
+            };
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            if is_gauge {
+                for ((n, labels), v) in self
+                    .gauges
+                    .lock()
+                    .expect("metrics lock")
+                    .iter()
+                    .filter(|((n, _), _)| n == name)
+                {
+                    out.push_str(&format!("{n}{} {v}\n", labels_text(labels, None)));
+                }
+            } else if is_histogram {
                 for ((n, labels), h) in self
                     .histograms
                     .lock()

@@ -52,6 +52,14 @@ async fn metrics_count_what_happened() {
         Some(1.0)
     );
     assert!(text.contains("# TYPE shell_query_run_duration_seconds histogram"));
+    assert!(
+        metric(
+            &text,
+            r#"shell_query_consumer_pending{consumer="poll",kind="ack_pending"}"#
+        )
+        .is_some(),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
