@@ -55,6 +55,38 @@ pub async fn try_take(store: &kv::Store, name: &str, hold: Duration, now: DateTi
     }
 }
 
+/// Runs `pass` every `interval` on the one replica holding the lease `name`
+/// for that interval, until `shutdown` turns true.
+pub async fn periodically<F, Fut>(
+    js: &jetstream::Context,
+    name: &'static str,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut pass: F,
+) where
+    F: FnMut(DateTime<Utc>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let store = match bucket(js).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(job = name, error = %e, "disabled: no lease bucket");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let now = Utc::now();
+        if try_take(&store, name, interval, now).await {
+            pass(now).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

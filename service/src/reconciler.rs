@@ -155,29 +155,17 @@ pub async fn run(
     deps: std::sync::Arc<Deps>,
     cfg: Config,
     interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let store = match crate::lease::bucket(&deps.js).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "reconciler disabled: no lease bucket");
-            return;
+    crate::lease::periodically(&deps.js.clone(), "reconciler", interval, shutdown, |now| {
+        let deps = deps.clone();
+        async move {
+            match reconcile_once(&deps, cfg, now).await {
+                Ok(report) if report != Report::default() => tracing::info!(?report, "reconciler pass"),
+                Ok(_) => tracing::debug!("reconciler pass: nothing to do"),
+                Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
+            }
         }
-    };
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        let now = Utc::now();
-        if !crate::lease::try_take(&store, "reconciler", interval, now).await {
-            continue;
-        }
-        match reconcile_once(&deps, cfg, now).await {
-            Ok(report) if report != Report::default() => tracing::info!(?report, "reconciler pass"),
-            Ok(_) => tracing::debug!("reconciler pass: nothing to do"),
-            Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
-        }
-    }
+    })
+    .await;
 }

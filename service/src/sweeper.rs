@@ -69,28 +69,16 @@ pub async fn run(
     deps: std::sync::Arc<Deps>,
     min_age: Duration,
     interval: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let store = match crate::lease::bucket(&deps.js).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "sweeper disabled: no lease bucket");
-            return;
+    crate::lease::periodically(&deps.js.clone(), "sweeper", interval, shutdown, |now| {
+        let deps = deps.clone();
+        async move {
+            match sweep_once(&deps, min_age, now).await {
+                Ok(report) => tracing::info!(?report, "sweeper pass"),
+                Err(e) => tracing::warn!(error = %e, "sweeper pass failed"),
+            }
         }
-    };
-    let mut tick = tokio::time::interval(interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        let now = Utc::now();
-        if !crate::lease::try_take(&store, "sweeper", interval, now).await {
-            continue;
-        }
-        match sweep_once(&deps, min_age, now).await {
-            Ok(report) => tracing::info!(?report, "sweeper pass"),
-            Err(e) => tracing::warn!(error = %e, "sweeper pass failed"),
-        }
-    }
+    })
+    .await;
 }
