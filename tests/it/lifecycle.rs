@@ -324,3 +324,40 @@ async fn results_of_runs_not_ready_or_failed_are_clear_errors() {
     let status = system.request("status", ask(bad)).await.unwrap();
     assert_eq!(status["errorMessage"], "Invalid column name 'x'.");
 }
+
+/// The times of the log lines that mark a pass of a lease-guarded job.
+fn passes(log: &str, marker: &str) -> Vec<chrono::DateTime<chrono::Utc>> {
+    log.lines()
+        .filter(|l| l.contains(marker))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            v["timestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        })
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_take_turns_at_reconciling_and_sweeping() {
+    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("SWEEPER_INTERVAL_MS", "1000")]).await;
+    let other = system.extra_worker().await;
+    tests::wait_for("several passes", MINUTE, || async {
+        let all = format!("{}{}", system.log(), other.log());
+        passes(&all, "reconciler pass").len() >= 6 && passes(&all, "sweeper pass").len() >= 6
+    })
+    .await;
+    for marker in ["reconciler pass", "sweeper pass"] {
+        let (mine, theirs) = (passes(&system.log(), marker), passes(&other.log(), marker));
+        let mut all: Vec<_> = mine.iter().chain(theirs.iter()).copied().collect();
+        all.sort();
+        for pair in all.windows(2) {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap > chrono::Duration::milliseconds(500),
+                "{marker}: two passes {gap} apart"
+            );
+        }
+    }
+}

@@ -183,6 +183,13 @@ impl System {
         stream.direct_get_last_for_subject(subject).await.is_ok()
     }
 
+    /// Starts one more worker with this system's settings (another replica).
+    pub async fn extra_worker(&self) -> Worker {
+        let mut env = self.env();
+        env.extend(self.extra.iter().cloned());
+        Worker::start(&env).await
+    }
+
     pub fn worker(&mut self) -> &mut Worker {
         self.worker.as_mut().expect("a running worker")
     }
