@@ -57,6 +57,8 @@ pub struct Mce {
     urls: BaseUrls,
     retry: RetryPolicy,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Tenant subdomains, read once per process: a poll tick reads only its run.
+    tssds: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
 }
 
 /// A bounded label for an MCE call's result.
@@ -167,6 +169,7 @@ impl Mce {
             urls,
             retry,
             metrics: Default::default(),
+            tssds: Default::default(),
         }
     }
 
@@ -178,12 +181,23 @@ impl Mce {
 
     /// A session for one tenant, user and business unit.
     pub async fn session(&self, tenant_id: Uuid, user_id: Option<Uuid>, mid: &str) -> Result<Session<'_>, MceError> {
-        let tenant = tenants::Entity::find_by_id(tenant_id)
-            .one(&self.auth.db)
-            .await
-            .map_err(|e| MceError::Database(e.to_string()))?
-            .ok_or(MceError::TenantNotFound)?;
-        let tssd = crate::config::parse_tssd(&tenant.tssd).map_err(|_| MceError::InvalidTssd)?;
+        let cached = self.tssds.lock().expect("tssd cache lock").get(&tenant_id).cloned();
+        let tssd = match cached {
+            Some(tssd) => tssd,
+            None => {
+                let tenant = tenants::Entity::find_by_id(tenant_id)
+                    .one(&self.auth.db)
+                    .await
+                    .map_err(|e| MceError::Database(e.to_string()))?
+                    .ok_or(MceError::TenantNotFound)?;
+                let tssd = crate::config::parse_tssd(&tenant.tssd).map_err(|_| MceError::InvalidTssd)?;
+                self.tssds
+                    .lock()
+                    .expect("tssd cache lock")
+                    .insert(tenant_id, tssd.clone());
+                tssd
+            }
+        };
         Ok(Session {
             mce: self,
             key: TokenKey {
