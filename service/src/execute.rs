@@ -16,10 +16,13 @@ use crate::store::{self, NewRun, Started, Terminal};
 pub const FOLDER_NAME: &str = "QueryPlusPlus Results";
 pub const ROOT_FOLDER_NAME: &str = "Data Extensions";
 pub const FOLDER_CONTENT_TYPE: &str = "dataextension";
+/// The longest query text accepted.
+pub const MAX_SQL_BYTES: usize = 256 * 1024;
 
-/// The body of `P.execute.<runId>`.
+/// The body of `P.execute.<runId>`. Unknown fields are refused: a field
+/// the service would ignore is a request it would not carry out.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecuteMessage {
     pub run_id: Uuid,
     pub tenant_id: Uuid,
@@ -281,6 +284,13 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
     let sql = sql?;
     if sql.trim().is_empty() {
         return Err(Failure::Permanent("The query text is empty.".into()));
+    }
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(Failure::Permanent(format!(
+            "The query text is {} KB long; the most accepted is {} KB.",
+            sql.len() / 1024,
+            MAX_SQL_BYTES / 1024
+        )));
     }
     let run = store::get_run(&deps.db, msg.run_id)
         .await?

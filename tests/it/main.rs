@@ -5,6 +5,7 @@ mod commands;
 mod deploy;
 mod e2e;
 mod execute;
+mod inputs;
 mod jetstream;
 mod lifecycle;
 mod mce_client;
