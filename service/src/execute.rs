@@ -230,7 +230,13 @@ async fn fail_run(
     };
     match store::finish(&deps.db, run_id, terminal, now).await {
         Ok(true) => {
-            deps.record_outcome("failed", "execute", now);
+            let created = store::get_run(&deps.db, run_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.created_at)
+                .unwrap_or(now);
+            deps.record_outcome("failed", "execute", created);
             deps.publish_event(&StatusEvent::failed(run_id, &reason, now)).await;
             if let Some(qd) = created_qd {
                 crate::poll::delete_query_definition(deps, msg.tenant_id, msg.user_id, &msg.mid, qd).await;
