@@ -152,11 +152,13 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
     let slow = match due {
         Some(due) if due.status == 0 => Some(due.delay),
         Some(due) => {
-            let body = xml(
-                StatusCode::OK,
-                envelope("Fault", &fault("soap:Server", "Internal server error")),
-            );
-            return due.respond(body).await;
+            // A "Login Failed" fault can come with any HTTP status (MCE-PROTOCOL.md 9).
+            let body = if due.login_failed {
+                envelope("Fault", &fault("q0:Security", "Login Failed"))
+            } else {
+                envelope("Fault", &fault("soap:Server", "Internal server error"))
+            };
+            return due.respond(xml(StatusCode::OK, body)).await;
         }
         None => None,
     };

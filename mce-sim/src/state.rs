@@ -132,6 +132,8 @@ pub struct Fault {
     pub times: u32,
     pub delay: Duration,
     pub retry_after: Option<String>,
+    /// SOAP only: the body is a "Login Failed" fault (whatever the status).
+    pub login_failed: bool,
 }
 
 impl Fault {
@@ -142,6 +144,7 @@ impl Fault {
             times,
             delay: Duration::ZERO,
             retry_after: None,
+            login_failed: false,
         }
     }
 
@@ -157,6 +160,14 @@ impl Fault {
     pub fn after(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+
+    /// A "Login Failed" fault sent with this HTTP status.
+    pub fn login_failed(action: &str, status: u16, times: u32) -> Self {
+        Self {
+            login_failed: true,
+            ..Self::new(action, status, times)
+        }
     }
 
     pub fn retry_after(mut self, value: &str) -> Self {

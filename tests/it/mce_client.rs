@@ -193,3 +193,54 @@ async fn an_unknown_tenant_or_missing_credentials_are_named() {
         MceError::CredentialsMissing
     );
 }
+
+#[tokio::test]
+async fn retry_after_is_honoured_as_seconds_or_a_date_and_capped() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    session.validate("SELECT 1").await.unwrap();
+
+    // One second asked: the retry waits for it (the backoff alone would be ~20 ms).
+    f.sim.inject(Fault::new("rest:validate", 429, 1).retry_after("1"));
+    let started = std::time::Instant::now();
+    assert!(session.validate("SELECT 1").await.unwrap().valid);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An HTTP date two seconds ahead is read too; the fixture caps hints at 1 s.
+    let date = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc2822()
+        .replace("+0000", "GMT");
+    f.sim.inject(Fault::new("rest:validate", 429, 1).retry_after(&date));
+    let started = std::time::Instant::now();
+    assert!(session.validate("SELECT 1").await.unwrap().valid);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1900),
+        "{took:?}"
+    );
+
+    // Two minutes asked: capped at the policy's 1 s.
+    f.sim.inject(Fault::new("rest:validate", 429, 1).retry_after("120"));
+    let started = std::time::Instant::now();
+    assert!(session.validate("SELECT 1").await.unwrap().valid);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn login_failed_sent_with_http_500_still_refreshes_once() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    session.find_folder("Data Extensions", None).await.unwrap();
+    f.sim.inject(Fault::login_failed("soap:Retrieve:DataFolder", 500, 1));
+    assert_eq!(session.find_folder("Data Extensions", None).await.unwrap(), Some(1));
+    assert_eq!(
+        f.sim.count("token"),
+        2,
+        "the fault was read as an expired token, not a server error"
+    );
+    assert_eq!(f.sim.count("soap:Retrieve:DataFolder"), 3);
+}
