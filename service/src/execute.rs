@@ -151,6 +151,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         messaging.destination.name = %delivery.subject,
         messaging.operation.type = "process",
         messaging.message.delivery_count = delivery.delivered,
+        otel.status_code = tracing::field::Empty,
     );
     crate::telemetry::set_parent(&span, delivery.headers.as_ref());
     crate::telemetry::record_ids(&span);
@@ -169,11 +170,13 @@ async fn handle_decoded(deps: &Deps, delivery: &Delivery, msg: ExecuteMessage) -
             )
         }
         Err(Failure::Transient(detail)) => {
+            tracing::Span::current().record("otel.status_code", "ERROR");
             tracing::error!(error = %detail, "execute failed on its last delivery");
             let reason = "Marketing Cloud is temporarily unavailable. Please try again.";
             fail_run(deps, msg.run_id, reason, created_qd.as_deref(), &msg).await
         }
         Err(Failure::Permanent(reason)) => {
+            tracing::Span::current().record("otel.status_code", "ERROR");
             tracing::info!("run failed permanently");
             fail_run(deps, msg.run_id, &reason, created_qd.as_deref(), &msg).await
         }

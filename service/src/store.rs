@@ -112,6 +112,7 @@ pub struct NewRun {
 }
 
 /// Inserts the run as `queued` unless a row exists (the API may have made it).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_run_if_absent"))]
 pub async fn insert_run_if_absent(db: &DatabaseConnection, run: NewRun, now: DateTime<Utc>) -> Result<(), DbErr> {
     let row = runs::ActiveModel {
         id: Set(run.id),
@@ -138,11 +139,13 @@ pub async fn insert_run_if_absent(db: &DatabaseConnection, run: NewRun, now: Dat
     Ok(())
 }
 
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_run"))]
 pub async fn get_run(db: &DatabaseConnection, id: Uuid) -> Result<Option<Run>, DbErr> {
     runs::Entity::find_by_id(id).one(db).await
 }
 
 /// `queued → running`, setting `started_at`. False if the row was not queued.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "mark_running"))]
 pub async fn mark_running(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbErr> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Running.as_str()))
@@ -157,6 +160,7 @@ pub async fn mark_running(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>)
 /// The assets of a run about to be started, persisted with the marker
 /// `perform_requested_at` before Perform is sent. False if the row is no
 /// longer running (canceled meanwhile).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "record_prepared"))]
 pub async fn record_prepared(
     db: &DatabaseConnection,
     id: Uuid,
@@ -189,6 +193,7 @@ pub async fn record_prepared(
 
 /// A run request too broken to start: the row is made (or moved) `failed`
 /// with the reason. True if the row changed.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "fail_malformed"))]
 pub async fn fail_malformed(
     db: &DatabaseConnection,
     run: NewRun,
@@ -209,6 +214,7 @@ pub async fn fail_malformed(
 }
 
 /// Forgets the cached results folder (MCE no longer has it).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "forget_folder"))]
 pub async fn forget_folder(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> Result<(), DbErr> {
     tenant_settings::Entity::delete_by_id((tenant_id, mid.to_string()))
         .exec(db)
@@ -226,6 +232,7 @@ pub struct Started {
 }
 
 /// Records the started query on a running row. False if the row is no longer running.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "record_started"))]
 pub async fn record_started(db: &DatabaseConnection, id: Uuid, s: &Started) -> Result<bool, DbErr> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::TaskId, Expr::value(s.task_id.clone()))
@@ -263,6 +270,7 @@ pub enum Terminal {
 
 /// Compare-and-set from a live state into a terminal one. Only the winner
 /// (true) publishes the event and cleans up.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "finish"))]
 pub async fn finish(db: &DatabaseConnection, id: Uuid, terminal: Terminal, now: DateTime<Utc>) -> Result<bool, DbErr> {
     let mut update = runs::Entity::update_many().col_expr(runs::Column::CompletedAt, Expr::value(now));
     update = match terminal {
@@ -289,6 +297,7 @@ pub async fn finish(db: &DatabaseConnection, id: Uuid, terminal: Terminal, now: 
 
 /// Claims the cleanup of a run the API set to `canceled` (no `completed_at`
 /// yet). Only the winner publishes `canceled` and deletes MCE assets.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "claim_api_cancel"))]
 pub async fn claim_api_cancel(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbErr> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::CompletedAt, Expr::value(now))
@@ -319,6 +328,7 @@ pub fn poll_state(run: &Run, delivered: u32, fallback_start: DateTime<Utc>) -> P
 }
 
 /// Saves a live run's poll state. False if the run is no longer running.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "save_poll_state"))]
 pub async fn save_poll_state(db: &DatabaseConnection, id: Uuid, s: &PollState) -> Result<bool, DbErr> {
     let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let result = runs::Entity::update_many()
@@ -339,6 +349,7 @@ pub async fn save_poll_state(db: &DatabaseConnection, id: Uuid, s: &PollState) -
 }
 
 /// Persists a QueryDefinition ObjectID recovered by CustomerKey.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "set_query_definition_id"))]
 pub async fn set_query_definition_id(db: &DatabaseConnection, id: Uuid, object_id: &str) -> Result<(), DbErr> {
     runs::Entity::update_many()
         .col_expr(runs::Column::QueryDefinitionId, Expr::value(object_id.to_string()))
@@ -349,6 +360,7 @@ pub async fn set_query_definition_id(db: &DatabaseConnection, id: Uuid, object_i
 }
 
 /// Live runs created before `cutoff`, oldest first (at most 1000 a pass).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "stale_runs"))]
 pub async fn stale_runs(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Result<Vec<Run>, DbErr> {
     runs::Entity::find()
         .filter(runs::Column::Status.is_in(RunStatus::LIVE))
@@ -360,6 +372,7 @@ pub async fn stale_runs(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Resul
 }
 
 /// The QueryDefinition ObjectIDs of live runs: the sweeper leaves them alone.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "live_query_definitions"))]
 pub async fn live_query_definitions(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
     Ok(runs::Entity::find()
         .filter(runs::Column::Status.is_in(RunStatus::LIVE))
@@ -393,6 +406,7 @@ pub async fn credential_user(db: &DatabaseConnection, tenant_id: Uuid, mid: &str
         .and_then(|c| c.user_id))
 }
 
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "folder_id"))]
 pub async fn folder_id(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> Result<Option<i64>, DbErr> {
     Ok(tenant_settings::Entity::find_by_id((tenant_id, mid.to_string()))
         .one(db)
@@ -401,6 +415,7 @@ pub async fn folder_id(db: &DatabaseConnection, tenant_id: Uuid, mid: &str) -> R
         .map(i64::from))
 }
 
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "save_folder_id"))]
 pub async fn save_folder_id(db: &DatabaseConnection, tenant_id: Uuid, mid: &str, folder_id: i64) -> Result<(), DbErr> {
     let row = tenant_settings::ActiveModel {
         tenant_id: Set(tenant_id),

@@ -43,6 +43,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         poll.count = delivery.delivered,
         mce.status = tracing::field::Empty,
         poll.decision = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
         messaging.system = "nats",
         messaging.destination.name = %delivery.subject,
         messaging.operation.type = "process",
@@ -229,7 +230,10 @@ async fn conclude(
 ) -> Result<Disposition, sea_orm::DbErr> {
     let label = match &decision {
         Decision::Ready { .. } => "ready",
-        Decision::Fail { .. } => "fail",
+        Decision::Fail { .. } => {
+            tracing::Span::current().record("otel.status_code", "ERROR");
+            "fail"
+        }
         Decision::Canceled => "canceled",
         Decision::Reschedule { .. } => "reschedule",
         _ => "question",
