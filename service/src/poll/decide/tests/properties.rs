@@ -56,7 +56,7 @@ fn answers() -> impl Strategy<Value = Answers> {
 
 /// Runs ticks until a terminal outcome, feeding answers in a cycle; the
 /// persisted state changes only when a reschedule asks to write.
-fn drive(cfg: &PollConfig, script: &[Answers], temp_de: bool) -> (Decision, u32, DateTime<Utc>) {
+fn drive(cfg: &PollConfig, script: &[Answers], temp_de: bool, task_known: bool) -> (Decision, u32, DateTime<Utc>) {
     let start = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
         .unwrap()
         .with_timezone(&Utc);
@@ -74,6 +74,7 @@ fn drive(cfg: &PollConfig, script: &[Answers], temp_de: bool) -> (Decision, u32,
             temp_de,
             has_object_id,
         );
+        tick.task_known = task_known;
         let mut asked = Vec::new();
         let outcome = loop {
             let d = decide(&tick, cfg, now, a.unit);
@@ -120,9 +121,13 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
-    fn every_run_ends_within_its_budget(script in prop::collection::vec(answers(), 1..40), temp_de in any::<bool>()) {
+    fn every_run_ends_within_its_budget(
+        script in prop::collection::vec(answers(), 1..40),
+        temp_de in any::<bool>(),
+        task_known in prop::bool::weighted(0.8),
+    ) {
         let cfg = super::cfg();
-        let (outcome, ticks, ended) = drive(&cfg, &script, temp_de);
+        let (outcome, ticks, ended) = drive(&cfg, &script, temp_de, task_known);
         prop_assert!(matches!(outcome, Decision::Ready { .. } | Decision::Fail { .. }), "{outcome:?}");
         // The count budget, plus the readiness attempts that follow completion.
         prop_assert!(ticks <= cfg.max_count + cfg.rowset_ready_max_attempts, "{ticks} ticks");
