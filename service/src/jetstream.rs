@@ -35,14 +35,10 @@ pub const CANCEL_MAX_DELIVER: i64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    #[error("connect: {0}")]
-    Connect(String),
     #[error("declare {what}: {detail}")]
     Declare { what: &'static str, detail: String },
     #[error("publish to {subject}: {detail}")]
     Publish { subject: String, detail: String },
-    #[error("acknowledge: {0}")]
-    Ack(String),
 }
 
 /// The subjects under `SUBJECT_PREFIX`.

@@ -5,11 +5,7 @@ use std::time::Duration;
 
 use mce_sim::Scenario;
 
-use crate::support::System;
-
-fn statuses(events: &[service::model::StatusEvent]) -> Vec<&'static str> {
-    events.iter().map(|e| e.status.as_str()).collect()
-}
+use crate::support::{System, statuses};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_runs_from_execute_to_ready() {

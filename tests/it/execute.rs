@@ -8,13 +8,9 @@ use mce_sim::{Fault, Scenario, SeedField};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
-use crate::support::{PREFIX, System};
+use crate::support::{PREFIX, System, statuses};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn statuses(events: &[service::model::StatusEvent]) -> Vec<&'static str> {
-    events.iter().map(|e| e.status.as_str()).collect()
-}
 
 fn creates(system: &System) -> usize {
     system
@@ -50,14 +46,6 @@ async fn publish_execute(system: &System, run_id: Uuid, body: &serde_json::Value
         .unwrap()
         .await
         .unwrap();
-}
-
-async fn error_of(system: &System, id: Uuid) -> String {
-    let run = system.run(id).await.unwrap();
-    system
-        .cipher()
-        .decrypt(run.error_message.as_deref().expect("an error message"))
-        .unwrap()
 }
 
 fn seed_source(system: &System) {
@@ -152,14 +140,19 @@ async fn an_invalid_query_fails_with_mce_messages_and_writes_nothing() {
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "failed");
     assert_eq!(
-        error_of(&system, id).await,
+        system.error_message(id).await,
         "Invalid column \"x\".\nUnknown table Broken"
     );
     assert_eq!(creates(&system), 0, "no folder, DE or QueryDefinition");
     // An unparseable query that MCE let through is refused with a clear message.
     let id = system.submit("SELECT FROM WHERE", None).await;
     assert_eq!(system.wait_terminal(id, MINUTE).await.status, "failed");
-    assert!(error_of(&system, id).await.starts_with("The query could not be parsed"));
+    assert!(
+        system
+            .error_message(id)
+            .await
+            .starts_with("The query could not be parsed")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +168,7 @@ async fn a_validation_endpoint_that_is_down_does_not_stop_the_run() {
     let id = system.submit("SELECT Email FROM [Subscribers_DE]", None).await;
     assert_eq!(system.wait_terminal(id, MINUTE).await.status, "failed");
     assert_eq!(
-        error_of(&system, id).await,
+        system.error_message(id).await,
         "Access denied. You don't have permission for this operation."
     );
 }
@@ -229,7 +222,7 @@ async fn run_to_target_in_each_update_mode() {
     .await;
     assert_eq!(system.wait_terminal(id, MINUTE).await.status, "failed");
     assert_eq!(
-        error_of(&system, id).await,
+        system.error_message(id).await,
         "Target Data Extension \"nope\" was not found."
     );
     let id = submit_with(
@@ -240,7 +233,7 @@ async fn run_to_target_in_each_update_mode() {
     .await;
     assert_eq!(system.wait_terminal(id, MINUTE).await.status, "failed");
     assert_eq!(
-        error_of(&system, id).await,
+        system.error_message(id).await,
         "Query output does not match target Data Extension \"Target DE\".\nColumn \"Age\" is Date but target field \"Age\" is Number.\nTarget DE missing field \"Extra\"."
     );
 }
@@ -258,7 +251,8 @@ async fn overwrite_reading_its_own_target_fails_before_any_mce_write() {
     .await;
     assert_eq!(system.wait_terminal(id, MINUTE).await.status, "failed");
     assert!(
-        error_of(&system, id)
+        system
+            .error_message(id)
             .await
             .starts_with("Cannot overwrite Data Extension \"Target DE\"")
     );
@@ -429,7 +423,7 @@ async fn encrypted_sql_is_decrypted_and_a_bad_one_fails_clearly() {
     publish_execute(&system, bad, &body, &format!("execute:{bad}")).await;
     assert_eq!(system.wait_terminal(bad, MINUTE).await.status, "failed");
     assert_eq!(
-        error_of(&system, bad).await,
+        system.error_message(bad).await,
         "The query text could not be decrypted. Please submit the query again."
     );
 }

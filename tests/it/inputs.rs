@@ -44,9 +44,8 @@ async fn dlq(system: &System) -> Vec<(String, String)> {
 }
 
 async fn error_of(system: &System, id: Uuid) -> String {
-    let run = system.wait_terminal(id, MINUTE).await;
-    assert_eq!(run.status, "failed");
-    system.cipher().decrypt(run.error_message.as_deref().unwrap()).unwrap()
+    assert_eq!(system.wait_terminal(id, MINUTE).await.status, "failed");
+    system.error_message(id).await
 }
 
 fn body(system: &System, id: Uuid, extra: serde_json::Value) -> serde_json::Value {

@@ -7,13 +7,9 @@ use mce_sim::{Fault, Scenario, SimConfig};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
-use crate::support::{PREFIX, System};
+use crate::support::{PREFIX, System, statuses};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn statuses(events: &[service::model::StatusEvent]) -> Vec<&'static str> {
-    events.iter().map(|e| e.status.as_str()).collect()
-}
 
 async fn wait_status(system: &System, id: Uuid, status: &str) {
     tests::wait_for(&format!("run {id} to be {status}"), MINUTE, || async {

@@ -7,13 +7,9 @@ use mce_sim::{PropertyShape, Scenario, StatusCase, StatusStyle};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
-use crate::support::System;
+use crate::support::{System, statuses};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-fn statuses(events: &[service::model::StatusEvent]) -> Vec<&'static str> {
-    events.iter().map(|e| e.status.as_str()).collect()
-}
 
 fn calls(system: &System, action: &str, detail: &str) -> usize {
     system
@@ -44,14 +40,6 @@ async fn started(system: &System, id: Uuid) -> String {
     }
 }
 
-async fn decrypted_error(system: &System, id: Uuid) -> String {
-    let run = system.run(id).await.unwrap();
-    system
-        .cipher()
-        .decrypt(run.error_message.as_deref().expect("an error message"))
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_error_without_a_message_fails_with_the_status() {
     let system = System::start().await;
@@ -62,7 +50,7 @@ async fn fatal_error_without_a_message_fails_with_the_status() {
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "failed");
     assert_eq!(
-        decrypted_error(&system, id).await,
+        system.error_message(id).await,
         "MCE Query Execution Error (status=FatalError)"
     );
     assert!(system.sim.query_definitions().is_empty());
@@ -215,7 +203,7 @@ async fn a_rowset_never_queryable_fails_with_the_reference_message() {
     assert_eq!(run.status, "failed", "{}", system.log());
     let key = service::execute::temp_de_key(id);
     assert_eq!(
-        decrypted_error(&system, id).await,
+        system.error_message(id).await,
         format!("Data Extension \"{key}\" not queryable after 3 attempts")
     );
     assert_eq!(calls(&system, "rest:rowset", &key), 3);
@@ -232,7 +220,7 @@ async fn the_duration_budget_fails_the_run_and_deletes_its_query_definition() {
     let task = started(&system, id).await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "failed");
-    assert_eq!(decrypted_error(&system, id).await, "Query timed out after 1 minute");
+    assert_eq!(system.error_message(id).await, "Query timed out after 1 minute");
     assert!(system.sim.query_definitions().is_empty());
     let checks = system.status_checks(&task);
     assert!(
@@ -360,7 +348,7 @@ async fn status_spellings_and_shapes_are_all_understood() {
         );
     }
     assert_eq!(system.wait_terminal(failed, MINUTE).await.status, "failed");
-    assert_eq!(decrypted_error(&system, failed).await, "Bad column");
+    assert_eq!(system.error_message(failed).await, "Bad column");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

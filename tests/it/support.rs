@@ -13,6 +13,11 @@ use tests::{ENCRYPTION_KEY, NatsServer, Worker, fresh_database_url, run_command,
 use uuid::Uuid;
 
 pub const PREFIX: &str = "shell_query";
+
+/// The statuses of a run's events, in order.
+pub fn statuses(events: &[StatusEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.status.as_str()).collect()
+}
 pub const REFRESH_TOKEN: &str = "rt-seed-token";
 
 pub struct System {
@@ -307,6 +312,14 @@ impl System {
             self.events(id).await.iter().any(|e| e.status.as_str() == status)
         })
         .await;
+    }
+
+    /// The run's stored error message, decrypted.
+    pub async fn error_message(&self, id: Uuid) -> String {
+        let run = self.run(id).await.expect("the run exists");
+        self.cipher()
+            .decrypt(run.error_message.as_deref().expect("an error message"))
+            .expect("it decrypts")
     }
 
     pub fn cipher(&self) -> Cipher {

@@ -254,13 +254,13 @@ impl<'a> Walker<'a> {
     }
 
     /// The SQL with the star edits applied.
-    pub(super) fn rewritten(mut self) -> Result<String, SchemaError> {
+    pub(super) fn rewritten(mut self) -> String {
         self.edits.sort_by_key(|e| std::cmp::Reverse(e.0));
         let mut out = self.sql.to_string();
         for (start, end, text) in self.edits {
             out.replace_range(start..end, &text);
         }
-        Ok(out)
+        out
     }
 
     fn edit(&mut self, span: Span, text: String, table: &str) -> Result<(), SchemaError> {

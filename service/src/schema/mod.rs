@@ -325,7 +325,7 @@ pub fn analyse(sql: &str, catalog: &Catalog) -> Result<Analysis, SchemaError> {
     if columns.is_empty() {
         return Err(SchemaError::Empty);
     }
-    let sql = walker.rewritten()?;
+    let sql = walker.rewritten();
     let fields = columns.iter().map(SourceField::to_de_field).collect();
     Ok(Analysis { sql, fields, columns })
 }
