@@ -16,7 +16,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 
-pub use state::{Call, Fault, Outcome, PropertyShape, QueryDefinition, Scenario, State, StatusCase, StatusStyle};
+pub use state::{
+    Call, Chaos, ChaosKind, Fault, Outcome, PropertyShape, QueryDefinition, Scenario, State, StatusCase, StatusStyle,
+};
 
 /// Settings fixed for a simulator's life.
 #[derive(Clone, Debug)]
@@ -110,6 +112,22 @@ impl Sim {
     /// Queue a fault for the next calls of one action (see [`Call::action`]).
     pub fn inject(&self, fault: Fault) {
         self.with(|s| s.faults.push(fault));
+    }
+
+    /// Faults at a rate from now on (`None`: no more).
+    pub fn chaos(&self, chaos: Option<Chaos>) {
+        self.with(|s| s.set_chaos(chaos));
+    }
+
+    /// How many faults of each kind chaos has caused.
+    pub fn chaos_counts(&self) -> std::collections::HashMap<ChaosKind, u32> {
+        self.with(|s| s.chaos_counts.clone())
+    }
+
+    /// How many times MCE really started a query writing into this Data
+    /// Extension (Performs refused by a fault are not counted).
+    pub fn performs_into(&self, target_key: &str) -> usize {
+        self.with(|s| s.tasks.values().filter(|t| t.target_key == target_key).count())
     }
 
     /// Every call so far, in order.

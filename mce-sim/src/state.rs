@@ -134,6 +134,8 @@ pub struct Fault {
     pub retry_after: Option<String>,
     /// SOAP only: the body is a "Login Failed" fault (whatever the status).
     pub login_failed: bool,
+    /// The connection is cut in the middle of the answer.
+    pub drop_connection: bool,
 }
 
 impl Fault {
@@ -145,6 +147,16 @@ impl Fault {
             delay: Duration::ZERO,
             retry_after: None,
             login_failed: false,
+            drop_connection: false,
+        }
+    }
+
+    /// The connection is cut after the headers, before the body ends; the
+    /// call is not carried out.
+    pub fn dropped(action: &str, times: u32) -> Self {
+        Self {
+            drop_connection: true,
+            ..Self::new(action, 200, times)
         }
     }
 
@@ -179,6 +191,14 @@ impl Fault {
     pub async fn respond(self, body: Response) -> Response {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
+        }
+        if self.drop_connection {
+            let cut = futures::stream::once(async { Err::<axum::body::Bytes, _>(std::io::Error::other("cut")) });
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header("content-length", "4096")
+                .body(axum::body::Body::from_stream(cut))
+                .expect("a static response");
         }
         let mut response = body;
         *response.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -255,7 +275,38 @@ pub struct State {
     /// Every QueryDefinition ever created: (CustomerKey, QueryText, TargetUpdateType).
     pub created_queries: Vec<(String, String, String)>,
     pub calls: Vec<Call>,
+    /// Faults at a rate, when set.
+    chaos: Option<(Chaos, fastrand::Rng)>,
+    pub chaos_counts: HashMap<ChaosKind, u32>,
     next_id: i64,
+}
+
+/// Faults drawn at random (seeded) for a share of all calls: 5xx, 429 with
+/// `Retry-After` in seconds or as a date, answers slower than the client's
+/// timeout, connections cut mid-answer, expired access tokens and "Login
+/// Failed". Only faults that leave MCE's state unambiguous for a careful
+/// client hit the token call and Perform: a lost token answer would lose the
+/// rotated refresh token, and a 5xx on Perform cannot tell whether the query
+/// started (that case has its own test).
+#[derive(Clone, Debug)]
+pub struct Chaos {
+    pub seed: u64,
+    /// Share of calls that get a fault, 0 to 1.
+    pub rate: f64,
+    /// Delay of a slow answer; set it above the client's timeout.
+    pub slow: Duration,
+}
+
+/// What a chaos draw did to a call, counted for the test's report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChaosKind {
+    ServerError,
+    RateLimitedSeconds,
+    RateLimitedDate,
+    Slow,
+    Dropped,
+    ExpiredTokens,
+    LoginFailed,
 }
 
 impl State {
@@ -280,6 +331,8 @@ impl State {
             created_queries: Vec::new(),
             continuations: HashMap::new(),
             calls: Vec::new(),
+            chaos: None,
+            chaos_counts: HashMap::new(),
             next_id: 10_000,
         }
     }
@@ -352,11 +405,72 @@ impl State {
         });
     }
 
-    /// The injected fault due for this action, if any.
+    /// The injected fault due for this action, if any: a queued one, else
+    /// one drawn by chaos.
     pub fn take_fault(&mut self, action: &str) -> Option<Fault> {
-        let fault = self.faults.iter_mut().find(|f| f.action == action && f.times > 0)?;
-        fault.times -= 1;
-        Some(fault.clone())
+        if let Some(fault) = self.faults.iter_mut().find(|f| f.action == action && f.times > 0) {
+            fault.times -= 1;
+            return Some(fault.clone());
+        }
+        self.chaos_fault(action)
+    }
+
+    pub fn set_chaos(&mut self, chaos: Option<Chaos>) {
+        self.chaos = chaos.map(|c| {
+            let rng = fastrand::Rng::with_seed(c.seed);
+            (c, rng)
+        });
+    }
+
+    fn chaos_fault(&mut self, action: &str) -> Option<Fault> {
+        let (chaos, rng) = self.chaos.as_mut()?;
+        if rng.f64() >= chaos.rate {
+            return None;
+        }
+        use ChaosKind::*;
+        let kinds: &[ChaosKind] = match action {
+            "token" => &[ServerError, RateLimitedSeconds, Dropped],
+            "soap:Perform:QueryDefinition" => &[RateLimitedSeconds, RateLimitedDate, Slow, ExpiredTokens, LoginFailed],
+            a if a.starts_with("soap:") => &[
+                ServerError,
+                RateLimitedSeconds,
+                RateLimitedDate,
+                Slow,
+                Dropped,
+                ExpiredTokens,
+                LoginFailed,
+            ],
+            _ => &[
+                ServerError,
+                RateLimitedSeconds,
+                RateLimitedDate,
+                Slow,
+                Dropped,
+                ExpiredTokens,
+            ],
+        };
+        let kind = kinds[rng.usize(..kinds.len())];
+        let slow = chaos.slow;
+        let server_error = [500, 502, 503][rng.usize(..3)];
+        *self.chaos_counts.entry(kind).or_default() += 1;
+        let fault = match kind {
+            ServerError => Fault::new(action, server_error, 1),
+            RateLimitedSeconds => Fault::new(action, 429, 1).retry_after("1"),
+            RateLimitedDate => {
+                let when = chrono::Utc::now() + chrono::Duration::seconds(2);
+                Fault::new(action, 429, 1).retry_after(&when.to_rfc2822().replace("+0000", "GMT"))
+            }
+            // SOAP calls are carried out and answered late; REST reads just time out.
+            Slow if action.starts_with("soap:") => Fault::slow_answer(action, slow, 1),
+            Slow => Fault::new(action, 504, 1).after(slow),
+            Dropped => Fault::dropped(action, 1),
+            ExpiredTokens => {
+                self.access_tokens.clear();
+                return None;
+            }
+            LoginFailed => Fault::login_failed(action, [200, 500][rng.usize(..2)], 1),
+        };
+        Some(fault)
     }
 
     pub fn token_valid(&self, token: &str) -> bool {
@@ -508,9 +622,18 @@ pub async fn token(AxState(shared): AxState<Shared>, Form(form): Form<HashMap<St
         state.record("token", form.get("account_id").map(String::as_str).unwrap_or(""));
         state.take_fault("token")
     };
-    if let Some(fault) = fault {
-        return fault.respond(StatusCode::SERVICE_UNAVAILABLE.into_response()).await;
-    }
+    let delay = match fault {
+        Some(fault) if fault.status == 0 => fault.delay,
+        Some(fault) => return fault.respond(StatusCode::SERVICE_UNAVAILABLE.into_response()).await,
+        None => Duration::ZERO,
+    };
+    let response = grant(&shared, &form);
+    // A slow answer: the grant (and its rotation) happened; the reply is late.
+    tokio::time::sleep(delay).await;
+    response
+}
+
+fn grant(shared: &Shared, form: &HashMap<String, String>) -> Response {
     let mut state = shared.lock().expect("simulator state lock");
     let presented = form.get("refresh_token").cloned().unwrap_or_default();
     if form.get("grant_type").map(String::as_str) != Some("refresh_token")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use sea_orm::DatabaseConnection;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
@@ -68,7 +68,7 @@ pub fn validate(args: &RunArgs) -> Result<Validated, ConfigError> {
     Ok(Validated {
         cipher,
         client_id,
-        client_secret: SecretString::from(client_secret),
+        client_secret,
         poll,
     })
 }
@@ -87,10 +87,10 @@ async fn connect_nats(args: &RunArgs) -> anyhow::Result<async_nats::Client> {
             .retry_on_initial_connect();
     }
     if let (Some(user), Some(password)) = (&n.nats_user, &n.nats_password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options.user_and_password(user.clone(), password.expose_secret().to_string());
     }
     if let Some(token) = &n.nats_token {
-        options = options.token(token.clone());
+        options = options.token(token.expose_secret().to_string());
     }
     let servers: Vec<async_nats::ServerAddr> = n
         .nats_url
@@ -113,19 +113,26 @@ pub async fn run_until(
     settings: Validated,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    crate::store::migrate(&args.db.database_url)
+    crate::store::migrate(args.db.database_url.expose_secret())
         .await
         .context("migrating the database")?;
-    let db = crate::store::connect(&args.db.database_url, args.db.database_max_connections)
+    let db = crate::store::connect(args.db.database_url.expose_secret(), args.db.database_max_connections)
         .await
         .context("connecting to the database")?;
     let client = connect_nats(&args).await.context("connecting to NATS")?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&args.nats.subject_prefix);
     let execute_ack_wait = Duration::from_millis(args.execute_ack_wait_ms);
-    let consumers = crate::jetstream::declare(&js, &subjects, args.poll_max_ack_pending, execute_ack_wait)
-        .await
-        .context("declaring streams and consumers")?;
+    let poll_ack_wait = Duration::from_millis(args.poll_ack_wait_ms);
+    let consumers = crate::jetstream::declare(
+        &js,
+        &subjects,
+        args.poll_max_ack_pending,
+        execute_ack_wait,
+        poll_ack_wait,
+    )
+    .await
+    .context("declaring streams and consumers")?;
 
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let mce = Mce::new(
@@ -140,6 +147,7 @@ pub async fn run_until(
         },
         RetryPolicy::default(),
     )
+    .with_timeouts(args.mce.timeouts())
     .with_metrics(metrics.clone());
     let deps = Arc::new(Deps {
         db: db.clone(),
@@ -193,7 +201,7 @@ pub async fn run_until(
         Role::Poll,
         consumers.poll,
         args.poll_concurrency as usize,
-        crate::jetstream::POLL_ACK_WAIT,
+        poll_ack_wait,
         deps.clone(),
         stop_rx.clone(),
     ));

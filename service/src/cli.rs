@@ -1,5 +1,6 @@
 //! Runs a parsed command line; returns the process exit code.
 
+use secrecy::ExposeSecret;
 use std::io::Read as _;
 
 use chrono::Utc;
@@ -34,7 +35,9 @@ pub async fn main(cli: Cli) -> i32 {
         }
         Command::Migrate(db) => {
             let _telemetry = init_logging(None);
-            crate::store::migrate(&db.database_url).await.map_err(Into::into)
+            crate::store::migrate(db.database_url.expose_secret())
+                .await
+                .map_err(Into::into)
         }
         Command::Tenant(TenantCommand::Upsert {
             tenant_id,
@@ -43,7 +46,7 @@ pub async fn main(cli: Cli) -> i32 {
             db,
         }) => {
             async {
-                let conn = crate::store::connect(&db.database_url, 1).await?;
+                let conn = crate::store::connect(db.database_url.expose_secret(), 1).await?;
                 crate::store::upsert_tenant(&conn, tenant_id, eid.trim(), &tssd).await?;
                 println!("tenant {tenant_id} stored");
                 Ok(())
@@ -73,7 +76,7 @@ pub async fn main(cli: Cli) -> i32 {
                 return 2;
             }
             async {
-                let conn = crate::store::connect(&db.database_url, 1).await?;
+                let conn = crate::store::connect(db.database_url.expose_secret(), 1).await?;
                 crate::store::upsert_credentials(&conn, tenant_id, user_id, &mid, cipher.encrypt(token), Utc::now())
                     .await?;
                 println!("credentials for user {user_id} in business unit {mid} stored");

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
@@ -42,7 +43,7 @@ pub enum Command {
 pub struct DemoArgs {
     /// Unset: an embedded SQLite database in a temporary folder.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// Unset: a private nats-server on a free port.
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
@@ -53,7 +54,7 @@ pub struct DemoArgs {
     #[arg(long, env = "NATS_USER")]
     pub nats_user: Option<String>,
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    pub nats_password: Option<SecretString>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,7 +101,7 @@ pub struct DbArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/shell_query",
         hide_env_values = true
     )]
-    pub database_url: String,
+    pub database_url: SecretString,
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 }
@@ -108,10 +109,10 @@ pub struct DbArgs {
 #[derive(Debug, Clone, Args)]
 pub struct KeyArgs {
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
-    pub encryption_key: Option<String>,
+    pub encryption_key: Option<SecretString>,
     /// Comma-separated; the first encrypts. Takes precedence over ENCRYPTION_KEY.
     #[arg(long, env = "ENCRYPTION_KEYS", hide_env_values = true)]
-    pub encryption_keys: Option<String>,
+    pub encryption_keys: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -123,9 +124,9 @@ pub struct NatsArgs {
     #[arg(long, env = "NATS_USER")]
     pub nats_user: Option<String>,
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub nats_password: Option<String>,
+    pub nats_password: Option<SecretString>,
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
-    pub nats_token: Option<String>,
+    pub nats_token: Option<SecretString>,
     #[arg(long, env = "SUBJECT_PREFIX", default_value = "shell_query", value_parser = parse_prefix)]
     pub subject_prefix: String,
 }
@@ -135,13 +136,20 @@ pub struct MceArgs {
     #[arg(long, env = "MCE_CLIENT_ID")]
     pub mce_client_id: Option<String>,
     #[arg(long, env = "MCE_CLIENT_SECRET", hide_env_values = true)]
-    pub mce_client_secret: Option<String>,
+    pub mce_client_secret: Option<SecretString>,
     #[arg(long, env = "MCE_AUTH_BASE_URL", default_value = "https://{tssd}.auth.marketingcloudapis.com", value_parser = parse_base_url)]
     pub mce_auth_base_url: String,
     #[arg(long, env = "MCE_SOAP_BASE_URL", default_value = "https://{tssd}.soap.marketingcloudapis.com", value_parser = parse_base_url)]
     pub mce_soap_base_url: String,
     #[arg(long, env = "MCE_REST_BASE_URL", default_value = "https://{tssd}.rest.marketingcloudapis.com", value_parser = parse_base_url)]
     pub mce_rest_base_url: String,
+    /// Deadline of a SOAP or REST call other than the token and rowset calls.
+    #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = 30_000, value_parser = millis(100))]
+    pub mce_timeout_ms: u64,
+    #[arg(long, env = "MCE_TOKEN_TIMEOUT_MS", default_value_t = 15_000, value_parser = millis(100))]
+    pub mce_token_timeout_ms: u64,
+    #[arg(long, env = "MCE_ROWSET_TIMEOUT_MS", default_value_t = 120_000, value_parser = millis(100))]
+    pub mce_rowset_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -200,6 +208,10 @@ pub struct RunArgs {
     /// (the handler sends "in progress" every third of it).
     #[arg(long, env = "EXECUTE_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
     pub execute_ack_wait_ms: u64,
+    /// How long a poll delivery may go silent before NATS redelivers it:
+    /// after a crash, a run whose tick was under way waits this long.
+    #[arg(long, env = "POLL_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
+    pub poll_ack_wait_ms: u64,
     #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = 120_000, value_parser = millis(1000))]
     pub reconciler_interval_ms: u64,
     #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = 60_000, value_parser = millis(0))]
@@ -234,7 +246,7 @@ impl KeyArgs {
                 });
             }
         };
-        Cipher::parse(value).map_err(|e| ConfigError {
+        Cipher::parse(value.expose_secret()).map_err(|e| ConfigError {
             setting,
             reason: e.to_string(),
         })
@@ -300,9 +312,12 @@ impl PollArgs {
 
 impl MceArgs {
     /// The client id and secret, which `run` requires.
-    pub fn client(&self) -> Result<(String, String), ConfigError> {
+    pub fn client(&self) -> Result<(String, SecretString), ConfigError> {
         let id = self.mce_client_id.clone().filter(|s| !s.trim().is_empty());
-        let secret = self.mce_client_secret.clone().filter(|s| !s.trim().is_empty());
+        let secret = self
+            .mce_client_secret
+            .clone()
+            .filter(|s| !s.expose_secret().trim().is_empty());
         match (id, secret) {
             (Some(id), Some(secret)) => Ok((id, secret)),
             (None, _) => Err(ConfigError {
@@ -313,6 +328,14 @@ impl MceArgs {
                 setting: "MCE_CLIENT_SECRET",
                 reason: "is required".into(),
             }),
+        }
+    }
+
+    pub fn timeouts(&self) -> crate::mce::Timeouts {
+        crate::mce::Timeouts {
+            token: Duration::from_millis(self.mce_token_timeout_ms),
+            rowset: Duration::from_millis(self.mce_rowset_timeout_ms),
+            call: Duration::from_millis(self.mce_timeout_ms),
         }
     }
 }
@@ -491,6 +514,41 @@ mod tests {
         assert_eq!(err.setting, "ENCRYPTION_KEY");
         assert!(err.to_string().contains("64 hex"), "{err}");
         assert_eq!(run.mce.client().unwrap_err().setting, "MCE_CLIENT_SECRET");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secrets = [
+            "postgres://u:db-pass-9@h/d",
+            "nats-pass-9",
+            "nats-token-9",
+            "client-secret-9",
+            &"ab".repeat(32),
+        ];
+        let cli = run_args(&[
+            "--database-url",
+            secrets[0],
+            "--nats-user",
+            "svc",
+            "--nats-password",
+            secrets[1],
+            "--nats-token",
+            secrets[2],
+            "--mce-client-id",
+            "id",
+            "--mce-client-secret",
+            secrets[3],
+            "--encryption-key",
+            secrets[4],
+        ])
+        .unwrap();
+        let printed = format!("{cli:?} {:#?}", cli);
+        for secret in secrets {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+        let Command::Run(run) = cli.command else { panic!() };
+        assert_eq!(run.mce.client().unwrap().1.expose_secret(), secrets[3]);
+        assert_eq!(run.mce.timeouts(), crate::mce::Timeouts::default());
     }
 
     #[test]

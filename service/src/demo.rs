@@ -4,6 +4,7 @@
 //! `NATS_URL` is set, the MCE simulator in-process, and the service itself;
 //! then a mixed batch of runs, their progress live, and a summary.
 
+use secrecy::ExposeSecret;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -180,7 +181,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&dir.0)?;
     let (nats_url, _nats, login) = match args.nats_url.clone() {
         Some(url) => {
-            let given = args.nats_user.clone().zip(args.nats_password.clone());
+            let given = args
+                .nats_user
+                .clone()
+                .zip(args.nats_password.as_ref().map(|p| p.expose_secret().to_string()));
             (
                 url,
                 None,
@@ -197,7 +201,8 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     };
     let database_url = args
         .database_url
-        .clone()
+        .as_ref()
+        .map(|u| u.expose_secret().to_string())
         .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.0.join("demo.db").display()));
     let sim = Sim::start(SimConfig::default()).await?;
     sim.add_refresh_token(REFRESH_TOKEN);

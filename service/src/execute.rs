@@ -435,7 +435,16 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
         .await;
     // From here a redelivery cannot know whether MCE received Perform: it goes
     // through `resume_interrupted`, never through a second Perform.
-    let task_id = session.perform_start(&qd_id).await?;
+    let task_id = match session.perform_start(&qd_id).await {
+        Ok(task_id) => task_id,
+        Err(e) => {
+            if e.surely_not_received() {
+                // MCE did not get it: the next delivery may send Perform.
+                store::clear_perform_requested(&deps.db, msg.run_id).await?;
+            }
+            return Err(e.into());
+        }
+    };
     started(deps, msg.run_id, task_id, &qd_id, &qd_key, &de_key).await
 }
 
@@ -612,7 +621,17 @@ fn folder_id(folder: Folder) -> i64 {
 /// The "QueryPlusPlus Results" DE folder: found by name and content type,
 /// else created under the root "Data Extensions" folder; cached per
 /// (tenant, MID).
+///
+/// Two deliveries that both miss the cache must not both create it (the
+/// sweeper looks in one folder): one at a time per process, and per
+/// business unit across replicas; the second finds the first's.
 async fn find_or_create_folder(deps: &Deps, session: &Session<'_>, tenant_id: Uuid, mid: &str) -> Result<i64, Failure> {
+    static IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_here = IN_PROCESS.lock().await;
+    let across_replicas = store::folder_lock(&deps.db, tenant_id, mid).await?;
+    if let Some(id) = store::folder_id(&deps.db, tenant_id, mid).await? {
+        return Ok(id);
+    }
     let id = match session.find_folder(FOLDER_NAME, Some(FOLDER_CONTENT_TYPE)).await? {
         Some(id) => id,
         None => {
@@ -626,6 +645,9 @@ async fn find_or_create_folder(deps: &Deps, session: &Session<'_>, tenant_id: Uu
         }
     };
     store::save_folder_id(&deps.db, tenant_id, mid, id).await?;
+    if let Some(lock) = across_replicas {
+        lock.commit().await?;
+    }
     Ok(id)
 }
 

@@ -37,7 +37,9 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
     if h.nats.connection_state() != async_nats::connection::State::Connected {
         return (StatusCode::SERVICE_UNAVAILABLE, "nats disconnected");
     }
-    if h.db.ping().await.is_err() {
+    // A database that does not answer is as unready as one that refuses.
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(2), h.db.ping()).await;
+    if !matches!(ping, Ok(Ok(()))) {
         return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable");
     }
     (StatusCode::OK, "ready")

@@ -29,7 +29,6 @@ pub const HEADER_ORIGINAL_SUBJECT: &str = "Shell-Query-Original-Subject";
 
 /// Deliveries of one execute message before the run is given up.
 pub const EXECUTE_MAX_DELIVER: i64 = 5;
-pub const POLL_ACK_WAIT: Duration = Duration::from_secs(60);
 pub const CANCEL_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const CANCEL_MAX_DELIVER: i64 = 10;
 
@@ -91,6 +90,7 @@ pub async fn declare(
     subjects: &Subjects,
     poll_max_ack_pending: i64,
     execute_ack_wait: Duration,
+    poll_ack_wait: Duration,
 ) -> Result<Consumers, NatsError> {
     let streams = [
         stream::Config {
@@ -178,7 +178,7 @@ pub async fn declare(
         poll: create(consumer(
             POLL_CONSUMER,
             subjects.all("poll"),
-            POLL_ACK_WAIT,
+            poll_ack_wait,
             -1,
             poll_max_ack_pending,
         ))

@@ -8,7 +8,7 @@ use migration::MigratorTrait;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, Statement,
+    QueryFilter, QueryOrder, QuerySelect, Set, Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -29,7 +29,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     // SQLite (the demo) has one writer: a single connection avoids the
     // deadlock of two deferred transactions upgrading to write at once.
     let max_connections = if url.starts_with("sqlite") { 1 } else { max_connections };
-    options.max_connections(max_connections).sqlx_logging(false);
+    // During an outage a query fails in seconds (its delivery is retried)
+    // instead of waiting half a minute for a connection.
+    options
+        .max_connections(max_connections)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .sqlx_logging(false);
     Database::connect(options).await
 }
 
@@ -189,6 +195,22 @@ pub async fn record_prepared(
         .exec(db)
         .await?;
     Ok(result.rows_affected == 1)
+}
+
+/// Perform was surely not received by MCE (no connection, 429, token
+/// failure): the marker goes, so a later delivery may send it.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "clear_perform_requested"))]
+pub async fn clear_perform_requested(db: &DatabaseConnection, id: Uuid) -> Result<(), DbErr> {
+    runs::Entity::update_many()
+        .col_expr(
+            runs::Column::PerformRequestedAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::TaskId.is_null())
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 /// A run request too broken to start: the row is made (or moved) `failed`
@@ -404,6 +426,30 @@ pub async fn credential_user(db: &DatabaseConnection, tenant_id: Uuid, mid: &str
         .one(db)
         .await?
         .and_then(|c| c.user_id))
+}
+
+/// Serialises finding or creating a business unit's results folder across
+/// replicas: a PostgreSQL advisory lock held by the returned transaction
+/// until it ends. SQLite (the demo) has one process: `None`.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "folder_lock"))]
+pub async fn folder_lock(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    mid: &str,
+) -> Result<Option<sea_orm::DatabaseTransaction>, DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(None);
+    }
+    let digest = crate::crypto::sha256_hex(&format!("results-folder:{tenant_id}:{mid}"));
+    let key = i64::from_str_radix(&digest[..15], 16).unwrap_or_default();
+    let txn = db.begin().await?;
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [key.into()],
+    ))
+    .await?;
+    Ok(Some(txn))
 }
 
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "folder_id"))]

@@ -427,3 +427,29 @@ async fn encrypted_sql_is_decrypted_and_a_bad_one_fails_clearly() {
         "The query text could not be decrypted. Please submit the query again."
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_starting_together_on_two_replicas_make_one_results_folder() {
+    let system = System::start().await;
+    let _second = system.extra_worker().await;
+    // A slow folder lookup keeps every first delivery inside the lookup at once.
+    system.sim.inject(mce_sim::Fault::slow_answer(
+        "soap:Retrieve:DataFolder",
+        Duration::from_millis(400),
+        4,
+    ));
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(system.submit("SELECT Email FROM X", None).await);
+    }
+    for id in ids {
+        assert_eq!(
+            system.wait_terminal(id, MINUTE).await.status,
+            "ready",
+            "{}",
+            system.log()
+        );
+    }
+    assert_eq!(system.sim.count("soap:Create:DataFolder"), 1);
+    assert_eq!(system.sim.folders_named("QueryPlusPlus Results").len(), 1);
+}

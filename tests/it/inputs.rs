@@ -3,45 +3,12 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
-use async_nats::jetstream::message::PublishMessage;
-use futures::StreamExt;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use uuid::Uuid;
 
 use crate::support::{PREFIX, System};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-async fn publish(system: &System, subject: String, body: String) {
-    let publish = PublishMessage::build()
-        .payload(body.into())
-        .message_id(Uuid::new_v4().to_string());
-    system.js.send_publish(subject, publish).await.unwrap().await.unwrap();
-}
-
-/// `(subject, reason)` of every DLQ message so far.
-async fn dlq(system: &System) -> Vec<(String, String)> {
-    let stream = system.js.get_stream("SHELL_QUERY_DLQ").await.unwrap();
-    let consumer: PullConsumer = stream
-        .create_consumer(pull::Config {
-            ack_policy: AckPolicy::None,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut batch = consumer.fetch().max_messages(100).messages().await.unwrap();
-    let mut out = Vec::new();
-    while let Some(Ok(m)) = batch.next().await {
-        let reason = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Shell-Query-Error"))
-            .map(|v| v.as_str().to_string());
-        out.push((m.subject.to_string(), reason.unwrap_or_default()));
-    }
-    out
-}
 
 async fn error_of(system: &System, id: Uuid) -> String {
     assert_eq!(system.wait_terminal(id, MINUTE).await.status, "failed");
@@ -91,25 +58,25 @@ async fn malformed_messages_go_to_the_dlq_and_fail_their_run() {
     for (what, text, _) in &cases {
         let id = Uuid::new_v4();
         let text = text.replace(&Uuid::nil().to_string(), &id.to_string());
-        publish(&system, format!("{PREFIX}.execute.{id}"), text).await;
+        system.publish_raw(format!("{PREFIX}.execute.{id}"), text).await;
         ids.push((id, *what));
     }
     // The body names another run than the subject.
     let subject_id = Uuid::new_v4();
-    publish(
-        &system,
-        format!("{PREFIX}.execute.{subject_id}"),
-        body(&system, Uuid::new_v4(), serde_json::json!({})).to_string(),
-    )
-    .await;
+    system
+        .publish_raw(
+            format!("{PREFIX}.execute.{subject_id}"),
+            body(&system, Uuid::new_v4(), serde_json::json!({})).to_string(),
+        )
+        .await;
     // A poll message for a run that does not exist.
     let ghost = Uuid::new_v4();
-    publish(
-        &system,
-        format!("{PREFIX}.poll.{ghost}"),
-        serde_json::json!({ "runId": ghost }).to_string(),
-    )
-    .await;
+    system
+        .publish_raw(
+            format!("{PREFIX}.poll.{ghost}"),
+            serde_json::json!({ "runId": ghost }).to_string(),
+        )
+        .await;
     // And the consumer goes on.
     let good = system.submit("SELECT Email FROM X", None).await;
     assert_eq!(system.wait_terminal(good, MINUTE).await.status, "ready");
@@ -122,8 +89,8 @@ async fn malformed_messages_go_to_the_dlq_and_fail_their_run() {
         );
     }
     assert!(error_of(&system, subject_id).await.contains("differs"));
-    tests::wait_for("every DLQ copy", MINUTE, || async { dlq(&system).await.len() >= 6 }).await;
-    let copies = dlq(&system).await;
+    tests::wait_for("every DLQ copy", MINUTE, || async { system.dlq().await.len() >= 6 }).await;
+    let copies = system.dlq().await;
     assert!(
         copies
             .iter()
@@ -137,39 +104,39 @@ async fn malformed_messages_go_to_the_dlq_and_fail_their_run() {
 async fn runs_that_cannot_start_fail_with_a_clear_message() {
     let system = System::start().await;
     let unknown_tenant = Uuid::new_v4();
-    publish(
-        &system,
-        format!("{PREFIX}.execute.{unknown_tenant}"),
-        body(
-            &system,
-            unknown_tenant,
-            serde_json::json!({ "tenantId": Uuid::new_v4() }),
+    system
+        .publish_raw(
+            format!("{PREFIX}.execute.{unknown_tenant}"),
+            body(
+                &system,
+                unknown_tenant,
+                serde_json::json!({ "tenantId": Uuid::new_v4() }),
+            )
+            .to_string(),
         )
-        .to_string(),
-    )
-    .await;
+        .await;
     let no_credentials = Uuid::new_v4();
-    publish(
-        &system,
-        format!("{PREFIX}.execute.{no_credentials}"),
-        body(&system, no_credentials, serde_json::json!({ "userId": Uuid::new_v4() })).to_string(),
-    )
-    .await;
+    system
+        .publish_raw(
+            format!("{PREFIX}.execute.{no_credentials}"),
+            body(&system, no_credentials, serde_json::json!({ "userId": Uuid::new_v4() })).to_string(),
+        )
+        .await;
     let empty = Uuid::new_v4();
-    publish(
-        &system,
-        format!("{PREFIX}.execute.{empty}"),
-        body(&system, empty, serde_json::json!({ "sqlText": "   " })).to_string(),
-    )
-    .await;
+    system
+        .publish_raw(
+            format!("{PREFIX}.execute.{empty}"),
+            body(&system, empty, serde_json::json!({ "sqlText": "   " })).to_string(),
+        )
+        .await;
     let huge = Uuid::new_v4();
     let big_sql = format!("SELECT Email FROM X WHERE Note = '{}'", "x".repeat(1024 * 1024));
-    publish(
-        &system,
-        format!("{PREFIX}.execute.{huge}"),
-        body(&system, huge, serde_json::json!({ "sqlText": big_sql })).to_string(),
-    )
-    .await;
+    system
+        .publish_raw(
+            format!("{PREFIX}.execute.{huge}"),
+            body(&system, huge, serde_json::json!({ "sqlText": big_sql })).to_string(),
+        )
+        .await;
 
     assert_eq!(error_of(&system, unknown_tenant).await, "The tenant is not known.");
     assert!(
@@ -189,12 +156,12 @@ async fn runs_that_cannot_start_fail_with_a_clear_message() {
         .await
         .unwrap();
     let id = Uuid::new_v4();
-    publish(
-        &system,
-        format!("{PREFIX}.execute.{id}"),
-        body(&system, id, serde_json::json!({ "tenantId": bad_tenant })).to_string(),
-    )
-    .await;
+    system
+        .publish_raw(
+            format!("{PREFIX}.execute.{id}"),
+            body(&system, id, serde_json::json!({ "tenantId": bad_tenant })).to_string(),
+        )
+        .await;
     assert_eq!(
         error_of(&system, id).await,
         "The tenant's Marketing Cloud subdomain is invalid."

@@ -13,7 +13,9 @@ async fn declaring_twice_keeps_the_contract_settings_and_pending_messages() {
     let nats = NatsServer::start().await;
     let js = jetstream::new(nats.admin().await);
     let subjects = Subjects::new("sq");
-    declare(&js, &subjects, 1000, Duration::from_secs(60)).await.unwrap();
+    declare(&js, &subjects, 1000, Duration::from_secs(60), Duration::from_secs(60))
+        .await
+        .unwrap();
 
     let run = Uuid::new_v4();
     assert_eq!(
@@ -35,7 +37,15 @@ async fn declaring_twice_keeps_the_contract_settings_and_pending_messages() {
 
     // A second declaration (another replica, a restart) with a new limit
     // updates in place and keeps the pending message.
-    let consumers = declare(&js, &subjects, 250_000, Duration::from_secs(60)).await.unwrap();
+    let consumers = declare(
+        &js,
+        &subjects,
+        250_000,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     let mut poll = consumers.poll;
     let info = poll.info().await.unwrap().clone();
     assert_eq!(info.config.max_deliver, -1);
@@ -70,9 +80,15 @@ async fn nats_conf_gives_the_api_and_the_service_only_their_own_subjects() {
         "no anonymous connections"
     );
     let js = jetstream::new(nats.admin().await);
-    declare(&js, &Subjects::new("shell_query"), 1000, Duration::from_secs(60))
-        .await
-        .unwrap();
+    declare(
+        &js,
+        &Subjects::new("shell_query"),
+        1000,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
 
     let allowed = |user: &'static str, subject: &'static str| {
         let nats = &nats;

@@ -1,6 +1,7 @@
 //! The one integration-test binary: real nats-server, real PostgreSQL, the
 //! MCE simulator and the real `shell-query-worker` binary.
 
+mod chaos;
 mod commands;
 mod deploy;
 mod e2e;

@@ -9,7 +9,7 @@ use sea_orm::{DatabaseConnection, EntityTrait};
 use secrecy::SecretString;
 use service::backoff::Backoff;
 use service::crypto::Cipher;
-use service::mce::{BaseUrls, Mce, MceError, RetryPolicy};
+use service::mce::{BaseUrls, Mce, MceError, RetryPolicy, Timeouts};
 use tests::{ENCRYPTION_KEY, fresh_database_url};
 use uuid::Uuid;
 
@@ -44,6 +44,19 @@ async fn fixture(refresh_token: &str) -> Fixture {
     )
     .await
     .unwrap();
+    let mce = client(&sim, &db);
+    Fixture {
+        sim,
+        db,
+        mce,
+        tenant,
+        user,
+    }
+}
+
+/// A client of its own (another replica): its own token cache and single
+/// flight, the same database.
+fn client(sim: &Sim, db: &DatabaseConnection) -> Mce {
     let retry = RetryPolicy {
         max_retries: 3,
         backoff: Backoff {
@@ -59,21 +72,18 @@ async fn fixture(refresh_token: &str) -> Fixture {
         soap: sim.url(),
         rest: sim.url(),
     };
-    let mce = Mce::new(
+    Mce::new(
         db.clone(),
-        cipher,
+        Cipher::parse(ENCRYPTION_KEY).unwrap(),
         "client".into(),
         SecretString::from("secret"),
         urls,
         retry,
-    );
-    Fixture {
-        sim,
-        db,
-        mce,
-        tenant,
-        user,
-    }
+    )
+    .with_timeouts(Timeouts {
+        call: Duration::from_millis(400),
+        ..Timeouts::default()
+    })
 }
 
 async fn stored_refresh_token(f: &Fixture) -> String {
@@ -243,4 +253,117 @@ async fn login_failed_sent_with_http_500_still_refreshes_once() {
         "the fault was read as an expired token, not a server error"
     );
     assert_eq!(f.sim.count("soap:Retrieve:DataFolder"), 3);
+}
+
+#[tokio::test]
+async fn two_replicas_refreshing_the_same_credentials_make_one_token_call() {
+    let f = fixture("valid-refresh").await;
+    let replicas: Vec<Mce> = (0..3).map(|_| client(&f.sim, &f.db)).collect();
+    // A slow token answer keeps every replica waiting on the same refresh.
+    f.sim.inject(Fault::slow_answer("token", Duration::from_millis(300), 1));
+    let mut sessions = Vec::new();
+    for mce in &replicas {
+        sessions.push(mce.session(f.tenant, Some(f.user), MID).await.unwrap());
+    }
+    let calls = sessions.iter().map(|s| s.find_folder("Data Extensions", None));
+    for result in futures::future::join_all(calls).await {
+        assert_eq!(result.unwrap(), Some(1));
+    }
+    assert_eq!(f.sim.count("token"), 1, "one grant for all replicas");
+
+    // Expired everywhere at once: still one refresh, and the rotation stays
+    // consistent (the stored refresh token is the one MCE accepts).
+    f.sim.expire_access_tokens();
+    let calls = sessions.iter().map(|s| s.find_folder("Data Extensions", None));
+    for result in futures::future::join_all(calls).await {
+        assert_eq!(result.unwrap(), Some(1));
+    }
+    assert_eq!(f.sim.count("token"), 2);
+    assert_eq!(f.sim.refresh_tokens(), vec![stored_refresh_token(&f).await]);
+}
+
+#[tokio::test]
+async fn timeouts_and_cut_connections_are_retried_for_reads() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    session.find_folder("Data Extensions", None).await.unwrap();
+
+    // An answer slower than the 400 ms deadline: timed out, retried.
+    f.sim.inject(Fault::slow_answer(
+        "soap:Retrieve:DataFolder",
+        Duration::from_millis(1200),
+        1,
+    ));
+    assert_eq!(session.find_folder("Data Extensions", None).await.unwrap(), Some(1));
+    assert_eq!(f.sim.count("soap:Retrieve:DataFolder"), 3);
+
+    // A connection cut mid-answer, on SOAP and on REST: retried.
+    f.sim.inject(Fault::dropped("soap:Retrieve:DataFolder", 1));
+    assert_eq!(session.find_folder("Data Extensions", None).await.unwrap(), Some(1));
+    assert_eq!(f.sim.count("soap:Retrieve:DataFolder"), 5);
+    f.sim.inject(Fault::dropped("rest:validate", 2));
+    assert!(session.validate("SELECT 1").await.unwrap().valid);
+    assert_eq!(f.sim.count("rest:validate"), 3);
+
+    // Always too slow: reported as unavailable after the retries.
+    f.sim.inject(Fault::slow_answer(
+        "soap:Retrieve:DataFolder",
+        Duration::from_millis(1200),
+        10,
+    ));
+    let err = session.find_folder("Data Extensions", None).await.unwrap_err();
+    assert!(
+        matches!(&err, MceError::Unavailable { detail, .. } if detail == "request timed out"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn perform_is_resent_only_when_mce_surely_did_not_get_it() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    const PERFORM: &str = "soap:Perform:QueryDefinition";
+
+    // Answered too late: MCE may have started it, so no second Perform.
+    f.sim
+        .inject(Fault::slow_answer(PERFORM, Duration::from_millis(1200), 1));
+    let err = session.perform_start("qd-1").await.unwrap_err();
+    assert!(err.is_transient() && !err.surely_not_received(), "{err:?}");
+    assert_eq!(f.sim.count(PERFORM), 1);
+
+    // A 5xx or a cut connection: the same.
+    f.sim.inject(Fault::new(PERFORM, 503, 1));
+    assert!(!session.perform_start("qd-1").await.unwrap_err().surely_not_received());
+    f.sim.inject(Fault::dropped(PERFORM, 1));
+    assert!(!session.perform_start("qd-1").await.unwrap_err().surely_not_received());
+    assert_eq!(f.sim.count(PERFORM), 3);
+
+    // 429 and "Login Failed": refused before acting, so sent again.
+    f.sim.inject(Fault::new(PERFORM, 429, 1).retry_after("0"));
+    f.sim.inject(Fault::login_failed(PERFORM, 500, 1));
+    let _ = session.perform_start("qd-1").await;
+    assert_eq!(f.sim.count(PERFORM), 6, "429, then Login Failed, then the answer");
+
+    // Nothing listening: surely not received.
+    let nowhere = Mce::new(
+        f.db.clone(),
+        Cipher::parse(ENCRYPTION_KEY).unwrap(),
+        "client".into(),
+        SecretString::from("secret"),
+        BaseUrls {
+            auth: f.sim.url(),
+            soap: format!("http://127.0.0.1:{}", tests::free_port()),
+            rest: f.sim.url(),
+        },
+        RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        },
+    );
+    let session = nowhere.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let err = session.perform_start("qd-1").await.unwrap_err();
+    assert!(
+        matches!(err, MceError::Unreachable { .. }) && err.surely_not_received(),
+        "{err:?}"
+    );
 }

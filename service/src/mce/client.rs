@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::auth::{Auth, Grant, TokenKey, read_grant};
-use super::error::{MceError, Op};
+use super::error::{MceError, Op, Timeouts};
 use super::rest::{self, Rowset, Validation};
 use super::soap::{self, AsyncStatus, DataExtensionInfo, DeTarget, FieldInfo, QueryDefinitionSpec, ReadError, Verb};
 use super::xml::{self, Element};
@@ -56,6 +56,7 @@ pub struct Mce {
     auth: Auth,
     urls: BaseUrls,
     retry: RetryPolicy,
+    timeouts: Timeouts,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Tenant subdomains, read once per process: a poll tick reads only its run.
     tssds: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
@@ -66,6 +67,7 @@ fn result_label(result: &Result<impl Sized, MceError>) -> &'static str {
     match result {
         Ok(_) => "ok",
         Err(MceError::Unavailable { .. }) => "unavailable",
+        Err(MceError::Unreachable { .. }) => "unreachable",
         Err(MceError::RateLimited { .. }) => "rate_limited",
         Err(MceError::AuthExpired { .. }) => "auth_expired",
         Err(MceError::Forbidden { .. }) => "forbidden",
@@ -88,7 +90,7 @@ fn transport_error(op: Op, e: &reqwest::Error) -> MceError {
     let detail = if e.is_timeout() {
         "request timed out".to_string()
     } else if e.is_connect() {
-        "connection failed".to_string()
+        return MceError::Unreachable { op: op.name() };
     } else {
         "request failed".to_string()
     };
@@ -168,9 +170,16 @@ impl Mce {
             auth: Auth::new(db, cipher, client_id, client_secret),
             urls,
             retry,
+            timeouts: Timeouts::default(),
             metrics: Default::default(),
             tssds: Default::default(),
         }
+    }
+
+    /// Whole-request deadlines other than the reference's.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
     }
 
     /// Records calls and token refreshes in these metrics.
@@ -234,7 +243,7 @@ impl Session<'_> {
         let response = mce
             .http
             .post(self.url(&mce.urls.auth, "/v2/token"))
-            .timeout(Op::Token.timeout())
+            .timeout(mce.timeouts.of(Op::Token))
             .form(&form)
             .send()
             .await
@@ -303,7 +312,11 @@ impl Session<'_> {
             }
             .await;
             match result {
-                Err(e) if e.is_transient() && attempt < policy.max_retries => {
+                Err(e)
+                    if e.is_transient()
+                        && (op.is_idempotent() || e.surely_not_received())
+                        && attempt < policy.max_retries =>
+                {
                     let hinted = match &e {
                         MceError::RateLimited {
                             retry_after: Some(d), ..
@@ -341,7 +354,7 @@ impl Session<'_> {
                 .mce
                 .http
                 .post(&url)
-                .timeout(op.timeout())
+                .timeout(self.mce.timeouts.of(op))
                 .header(reqwest::header::CONTENT_TYPE, "text/xml")
                 .header("SOAPAction", verb.as_str())
                 .body(envelope);
@@ -390,7 +403,9 @@ impl Session<'_> {
                     .body(p.clone()),
                 None => self.mce.http.get(&url),
             };
-            request = request.timeout(op.timeout()).bearer_auth(token.expose_secret());
+            request = request
+                .timeout(self.mce.timeouts.of(op))
+                .bearer_auth(token.expose_secret());
             async move {
                 let response = request.send().await.map_err(|e| transport_error(op, &e))?;
                 let status = response.status().as_u16();

@@ -44,12 +44,43 @@ impl Op {
         }
     }
 
-    /// Whole-request deadlines, as the reference sets them.
-    pub fn timeout(self) -> Duration {
-        match self {
-            Op::Token => Duration::from_secs(15),
-            Op::Rowset => Duration::from_secs(120),
-            _ => Duration::from_secs(30),
+    /// Whether sending the request twice does no harm. A create or Perform
+    /// whose answer was lost may have been carried out: the client retries it
+    /// only when MCE surely did not act (429, no connection), and leaves the
+    /// rest to the next delivery, which looks before it creates or starts.
+    pub fn is_idempotent(self) -> bool {
+        !matches!(
+            self,
+            Op::CreateFolder | Op::CreateDataExtension | Op::CreateQueryDefinition | Op::Perform
+        )
+    }
+}
+
+/// Whole-request deadlines; the defaults are the reference's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub token: Duration,
+    pub rowset: Duration,
+    /// Every other SOAP and REST call.
+    pub call: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            token: Duration::from_secs(15),
+            rowset: Duration::from_secs(120),
+            call: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn of(&self, op: Op) -> Duration {
+        match op {
+            Op::Token => self.token,
+            Op::Rowset => self.rowset,
+            _ => self.call,
         }
     }
 }
@@ -59,6 +90,9 @@ pub enum MceError {
     /// 5xx, timeout or connection failure, still so after the client's retries.
     #[error("{op}: Marketing Cloud unavailable: {detail}")]
     Unavailable { op: &'static str, detail: String },
+    /// No connection could be made: MCE surely received nothing.
+    #[error("{op}: Marketing Cloud unreachable: connection failed")]
+    Unreachable { op: &'static str },
     /// 429, still so after the client's retries.
     #[error("{op}: rate limited by Marketing Cloud")]
     RateLimited {
@@ -117,8 +151,22 @@ impl MceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            MceError::Unavailable { .. } | MceError::RateLimited { .. } | MceError::Database(_)
+            MceError::Unavailable { .. }
+                | MceError::Unreachable { .. }
+                | MceError::RateLimited { .. }
+                | MceError::Database(_)
         )
+    }
+
+    /// MCE surely did not act on the request: sending it again is safe even
+    /// for an operation that is not idempotent. A failed token call means the
+    /// operation itself was never sent (or was refused with "Login Failed").
+    pub fn surely_not_received(&self) -> bool {
+        match self {
+            MceError::Unreachable { .. } | MceError::RateLimited { .. } | MceError::AuthExpired { .. } => true,
+            MceError::Unavailable { op, .. } => *op == Op::Token.name(),
+            _ => false,
+        }
     }
 
     /// Nothing about this run can succeed until a person acts (re-authenticate,
@@ -139,7 +187,7 @@ impl MceError {
     /// internal detail.
     pub fn client_message(&self) -> String {
         match self {
-            MceError::Unavailable { .. } | MceError::Database(_) => {
+            MceError::Unavailable { .. } | MceError::Unreachable { .. } | MceError::Database(_) => {
                 "Marketing Cloud is temporarily unavailable. Please try again.".into()
             }
             MceError::RateLimited { .. } => "Marketing Cloud rate limit reached. Please wait and try again.".into(),

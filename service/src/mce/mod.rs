@@ -14,6 +14,6 @@ pub mod soap;
 pub mod xml;
 
 pub use client::{BaseUrls, Mce, RetryPolicy, Session};
-pub use error::{MceError, Op};
+pub use error::{MceError, Op, Timeouts};
 pub use rest::{Rowset, Validation};
 pub use soap::{AsyncStatus, DataExtensionInfo, DeTarget, FieldInfo};

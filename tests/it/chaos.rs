@@ -1,0 +1,321 @@
+//! Whole batches of runs while things break (docs/RELIABILITY.md): the
+//! worker SIGKILLed at random moments, nats-server killed and restarted,
+//! PostgreSQL unreachable for a while, MCE failing a share of its calls.
+//! After each batch: every run is terminal with its expected outcome, MCE
+//! started each query once, no QueryDefinition is left once the sweeper has
+//! passed, and the DLQ holds exactly the bad inputs.
+//!
+//! The random moments and faults come from a seed: `CHAOS_SEED=<n>` replays
+//! a run; a failing test prints its seed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use mce_sim::{Chaos, Scenario, SimConfig};
+use service::execute::temp_de_key;
+use tests::{Relay, wait_for};
+use uuid::Uuid;
+
+use crate::support::{PREFIX, System};
+
+const BATCH_DEADLINE: Duration = Duration::from_secs(150);
+
+/// Quick reconciling and sweeping, and short ack waits so that a delivery
+/// cut short by a crash comes back in seconds.
+const SETTINGS: &[(&str, &str)] = &[
+    ("EXECUTE_ACK_WAIT_MS", "4000"),
+    ("POLL_ACK_WAIT_MS", "4000"),
+    ("RECONCILER_INTERVAL_MS", "2000"),
+    ("RECONCILER_GRACE_MS", "6000"),
+    ("SWEEPER_INTERVAL_MS", "1000"),
+    ("SWEEPER_MIN_AGE_MS", "4000"),
+];
+
+fn seed() -> u64 {
+    std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_128)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    Ready,
+    Failed,
+    /// Canceled once MCE has started it.
+    Canceled,
+    /// Not an execute message at all: DLQ.
+    Invalid,
+}
+
+struct Planned {
+    id: Uuid,
+    expect: Expect,
+}
+
+/// The scenarios a batch mixes; the marker in the SQL picks one.
+fn script(system: &System) {
+    let sim = &system.sim;
+    sim.script("Quick", Scenario::completes_after(Duration::from_secs(1), 3));
+    sim.script("Steady", Scenario::completes_after(Duration::from_secs(4), 5));
+    sim.script(
+        "Broken",
+        Scenario::fails_after(Duration::from_secs(2), "Invalid column name 'Nope'."),
+    );
+    sim.script("Lengthy", Scenario::completes_after(Duration::from_secs(600), 1));
+}
+
+/// Submits `n` runs (ready, failed and canceled ones) and `invalid` messages
+/// that are not execute messages.
+async fn submit_batch(system: &System, n: usize, invalid: usize) -> Vec<Planned> {
+    script(system);
+    let mut planned = Vec::new();
+    for i in 0..n {
+        let (marker, expect) = match i % 7 {
+            0 | 3 | 5 => ("Quick", Expect::Ready),
+            1 | 4 => ("Steady", Expect::Ready),
+            2 => ("Broken", Expect::Failed),
+            _ => ("Lengthy", Expect::Canceled),
+        };
+        let id = system.submit(&format!("SELECT {marker}{i} FROM [Batch]"), None).await;
+        planned.push(Planned { id, expect });
+    }
+    for _ in 0..invalid {
+        let id = Uuid::new_v4();
+        system
+            .publish_raw(format!("{PREFIX}.execute.{id}"), "this is not JSON".into())
+            .await;
+        planned.push(Planned {
+            id,
+            expect: Expect::Invalid,
+        });
+    }
+    planned
+}
+
+/// Cancels every run meant to be canceled that MCE has started and that is
+/// not canceled yet; true when all are.
+async fn cancel_started(system: &System, planned: &[Planned], sent: &mut BTreeSet<Uuid>) -> bool {
+    let mut all = true;
+    for p in planned.iter().filter(|p| p.expect == Expect::Canceled) {
+        if sent.contains(&p.id) {
+            continue;
+        }
+        all = false;
+        if system.run(p.id).await.is_some_and(|r| r.task_id.is_some()) {
+            system.cancel(p.id).await;
+            sent.insert(p.id);
+        }
+    }
+    all
+}
+
+/// Sends the cancels as their runs start, until every run is terminal.
+async fn finish(system: &System, planned: &[Planned], sent: &mut BTreeSet<Uuid>, seed: u64) {
+    let deadline = std::time::Instant::now() + BATCH_DEADLINE;
+    loop {
+        let cancels_done = cancel_started(system, planned, sent).await;
+        let mut open = 0;
+        for p in planned {
+            let terminal = system
+                .run(p.id)
+                .await
+                .is_some_and(|r| matches!(r.status.as_str(), "ready" | "failed" | "canceled"));
+            open += usize::from(!terminal);
+        }
+        if open == 0 && cancels_done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: {open} runs still open after {BATCH_DEADLINE:?}; worker log:\n{}",
+            system.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every promise a batch must keep once it is over.
+async fn check_batch(system: &System, planned: &[Planned], seed: u64) {
+    for p in planned {
+        let run = system.run(p.id).await.expect("every run has a row");
+        let want = match p.expect {
+            Expect::Ready => "ready",
+            Expect::Failed | Expect::Invalid => "failed",
+            Expect::Canceled => "canceled",
+        };
+        assert_eq!(run.status, want, "seed {seed}: run {} ({:?})", p.id, p.expect);
+        let performs = system.sim.performs_into(&temp_de_key(p.id));
+        let want_performs = usize::from(p.expect != Expect::Invalid);
+        assert_eq!(
+            performs, want_performs,
+            "seed {seed}: run {} ({:?}) was started {performs} times in MCE",
+            p.id, p.expect
+        );
+        if p.expect == Expect::Ready {
+            assert!(run.row_count.unwrap_or(0) > 0, "seed {seed}: run {} has no rows", p.id);
+        }
+    }
+    let expected_dlq: BTreeSet<String> = planned
+        .iter()
+        .filter(|p| p.expect == Expect::Invalid)
+        .map(|p| format!("{PREFIX}.dlq.execute.{}", p.id))
+        .collect();
+    let dlq = system.dlq().await;
+    assert!(
+        dlq.iter().all(|(_, reason)| !reason.is_empty()),
+        "every DLQ copy says why: {dlq:?}"
+    );
+    let dlq_subjects: BTreeSet<String> = dlq.into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        dlq_subjects, expected_dlq,
+        "seed {seed}: the DLQ holds exactly the bad inputs"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !system.sim.query_definitions().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: QueryDefinitions left after the sweeper's passes: {:?}\nworker log:\n{}",
+            system.sim.query_definitions(),
+            system.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_survives_random_sigkills() {
+    let seed = seed();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut system = System::start_with(SETTINGS).await;
+    let planned = submit_batch(&system, 21, 2).await;
+    let mut sent = BTreeSet::new();
+    for _ in 0..8 {
+        // The random moment of the next crash: a schedule, not a wait.
+        tokio::time::sleep(Duration::from_millis(rng.u64(200..2500))).await;
+        cancel_started(&system, &planned, &mut sent).await;
+        system.kill_worker();
+        system.start_worker().await;
+    }
+    finish(&system, &planned, &mut sent, seed).await;
+    check_batch(&system, &planned, seed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_survives_a_nats_server_restart() {
+    let seed = seed();
+    let mut system = System::start_with(SETTINGS).await;
+    let planned = submit_batch(&system, 14, 1).await;
+    wait_for("some runs to start in MCE", Duration::from_secs(60), || async {
+        system.sim.count("soap:Perform:QueryDefinition") >= 3
+    })
+    .await;
+
+    system.nats.stop();
+    wait_for("/readyz to report the outage", Duration::from_secs(20), || async {
+        !system.worker.as_ref().expect("a worker").ready().await
+    })
+    .await;
+    system.nats.resume().await;
+    wait_for("/readyz to recover", Duration::from_secs(30), || async {
+        system.worker.as_ref().expect("a worker").ready().await
+    })
+    .await;
+
+    let mut sent = BTreeSet::new();
+    finish(&system, &planned, &mut sent, seed).await;
+    check_batch(&system, &planned, seed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_survives_a_database_outage() {
+    let seed = seed();
+    let mut system = System::start_with(SETTINGS).await;
+    // The worker reaches PostgreSQL through a relay the test can cut.
+    let target = system.database_url.clone();
+    let host = target
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the database URL")
+        .to_string();
+    let relay = Relay::start(&host).await;
+    let proxied = target.replacen(&host, &format!("127.0.0.1:{}", relay.port), 1);
+    system.kill_worker();
+    system.extra.push(("DATABASE_URL".into(), proxied));
+    system.start_worker().await;
+
+    let planned = submit_batch(&system, 14, 1).await;
+    wait_for("some runs to start in MCE", Duration::from_secs(60), || async {
+        system.sim.count("soap:Perform:QueryDefinition") >= 3
+    })
+    .await;
+
+    relay.cut();
+    wait_for("/readyz to report the outage", Duration::from_secs(20), || async {
+        !system.worker.as_ref().expect("a worker").ready().await
+    })
+    .await;
+    // The outage lasts a few poll intervals: ticks and starts meet it.
+    let calls = system.sim.calls().len();
+    wait_for(
+        "MCE calls to go on during the outage",
+        Duration::from_secs(20),
+        || async { system.sim.calls().len() > calls + 5 },
+    )
+    .await;
+    relay.restore();
+    wait_for("/readyz to recover", Duration::from_secs(30), || async {
+        system.worker.as_ref().expect("a worker").ready().await
+    })
+    .await;
+
+    let mut sent = BTreeSet::new();
+    finish(&system, &planned, &mut sent, seed).await;
+    check_batch(&system, &planned, seed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_survives_mce_faults_at_a_rate() {
+    let seed = seed();
+    let settings: Vec<(&str, &str)> = SETTINGS
+        .iter()
+        .copied()
+        .chain([("MCE_TIMEOUT_MS", "800"), ("MCE_ROWSET_TIMEOUT_MS", "800")])
+        .collect();
+    let system = System::start_with_sim(SimConfig::default(), &settings).await;
+    system.sim.chaos(Some(Chaos {
+        seed,
+        rate: 0.12,
+        slow: Duration::from_millis(1500),
+    }));
+    let planned = submit_batch(&system, 14, 1).await;
+    let mut sent = BTreeSet::new();
+    finish(&system, &planned, &mut sent, seed).await;
+    let faults = system.sim.chaos_counts();
+    // The sweeper's pass is checked without faults: it has its own tests.
+    system.sim.chaos(None);
+    check_batch(&system, &planned, seed).await;
+    assert!(
+        faults.len() >= 5 && faults.values().sum::<u32>() >= 20,
+        "seed {seed}: too few faults to mean anything: {faults:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_fails_the_run_once_and_clearly() {
+    let system = System::start().await;
+    let user = Uuid::new_v4();
+    system.add_user(user, "a-refresh-token-mce-revoked");
+    let tokens_before = system.sim.count("token");
+    let id = system.submit_as(user, "SELECT Email FROM [Batch]").await;
+    let run = system.wait_terminal(id, Duration::from_secs(60)).await;
+    assert_eq!(run.status, "failed");
+    assert_eq!(
+        system.error_message(id).await,
+        "Marketing Cloud session expired. Please re-authenticate."
+    );
+    let refused = system.sim.count("token") - tokens_before;
+    assert_eq!(refused, 1, "the refused grant is not retried");
+    assert_eq!(system.sim.performs_into(&temp_de_key(id)), 0);
+}
