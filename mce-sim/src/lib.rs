@@ -29,6 +29,9 @@ pub struct SimConfig {
     pub default_scenario: Scenario,
     /// Results per Retrieve page (MCE: 2500); more come with `MoreDataAvailable`.
     pub retrieve_page_size: usize,
+    /// `rest_instance_url` and `soap_instance_url` of token answers: hosts a
+    /// client must never use (it has its configured base URLs).
+    pub instance_url: String,
 }
 
 impl Default for SimConfig {
@@ -37,6 +40,7 @@ impl Default for SimConfig {
             token_lifetime_secs: 1079,
             default_scenario: Scenario::completes_after(Duration::from_secs(1), 3),
             retrieve_page_size: 2500,
+            instance_url: "https://example.rest.marketingcloudapis.com/".into(),
         }
     }
 }

@@ -658,8 +658,8 @@ fn grant(shared: &Shared, form: &HashMap<String, String>) -> Response {
     axum::Json(json!({
         "access_token": access, "refresh_token": rotated, "expires_in": lifetime, "token_type": "Bearer",
         "scope": "offline data_extensions_read data_extensions_write automations_execute",
-        "rest_instance_url": "https://example.rest.marketingcloudapis.com/",
-        "soap_instance_url": "https://example.soap.marketingcloudapis.com/"
+        "rest_instance_url": state.config.instance_url.clone(),
+        "soap_instance_url": state.config.instance_url.clone()
     }))
     .into_response()
 }

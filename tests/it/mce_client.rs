@@ -367,3 +367,23 @@ async fn perform_is_resent_only_when_mce_surely_did_not_get_it() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_fresh_token_refused_again_is_transient_not_a_revocation() {
+    let f = fixture("valid-refresh").await;
+    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    session.find_folder("Data Extensions", None).await.unwrap();
+    // Refused, refreshed, refused again: the grant worked, so the credentials
+    // are fine; the call is tried again later instead of failing the run.
+    f.sim.inject(Fault::login_failed("soap:Retrieve:DataFolder", 200, 2));
+    assert_eq!(session.find_folder("Data Extensions", None).await.unwrap(), Some(1));
+    assert_eq!(f.sim.count("token"), 2, "one refresh");
+    assert_eq!(f.sim.count("soap:Retrieve:DataFolder"), 4);
+
+    f.sim.inject(Fault::login_failed("soap:Retrieve:DataFolder", 200, 100));
+    let err = session.find_folder("Data Extensions", None).await.unwrap_err();
+    assert!(
+        matches!(err, MceError::TokenRefused { .. }) && err.is_transient() && !err.is_unrecoverable(),
+        "{err:?}"
+    );
+}

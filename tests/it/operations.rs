@@ -135,3 +135,33 @@ async fn logs_never_carry_sql_text_or_tokens() {
         .collect();
     assert!(!events.contains("ThisIsTheSecretSqlText"), "events carry no SQL");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_configured_base_urls_are_contacted() {
+    // A trap the token answers name as the instance URLs.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_url = format!("http://{}/", trap.local_addr().unwrap());
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        while trap.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let config = mce_sim::SimConfig {
+        instance_url: trap_url,
+        ..Default::default()
+    };
+    let system = System::start_with_sim(config, &[]).await;
+    let id = system.submit("SELECT Email FROM X", None).await;
+    assert_eq!(system.wait_terminal(id, MINUTE).await.status, "ready");
+    system.sim.expire_access_tokens();
+    let again = system.submit("SELECT Email FROM X", None).await;
+    assert_eq!(system.wait_terminal(again, MINUTE).await.status, "ready");
+    assert!(system.sim.count("token") >= 2, "token answers were read");
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no host from a response is contacted"
+    );
+}

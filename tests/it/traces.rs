@@ -142,4 +142,16 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
         all.iter()
             .any(|s| s["name"] == "mce" && attr(s, "mce.operation").as_deref() == Some("async_status"))
     );
+
+    // No SQL text, token or secret in any exported byte.
+    let exported = serde_json::to_string(&*bodies.lock().unwrap()).unwrap();
+    assert!(!exported.contains("Email FROM"), "spans carry no SQL text");
+    let tokens = system
+        .sim
+        .access_tokens()
+        .into_iter()
+        .chain(system.sim.refresh_tokens());
+    for secret in tokens.chain([crate::support::REFRESH_TOKEN.to_string(), "test-secret".to_string()]) {
+        assert!(!exported.contains(&secret), "spans carry no token or secret");
+    }
 }

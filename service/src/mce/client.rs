@@ -68,6 +68,7 @@ fn result_label(result: &Result<impl Sized, MceError>) -> &'static str {
         Ok(_) => "ok",
         Err(MceError::Unavailable { .. }) => "unavailable",
         Err(MceError::Unreachable { .. }) => "unreachable",
+        Err(MceError::TokenRefused { .. }) => "token_refused",
         Err(MceError::RateLimited { .. }) => "rate_limited",
         Err(MceError::AuthExpired { .. }) => "auth_expired",
         Err(MceError::Forbidden { .. }) => "forbidden",
@@ -303,9 +304,7 @@ impl Session<'_> {
                         let token = self.token(Some(&refused)).await?;
                         match exchange(token).await? {
                             Attempt::Done(v) => Ok(v),
-                            Attempt::AuthRefused => Err(MceError::AuthExpired {
-                                detail: format!("{}: the token was refused after a refresh", op.name()),
-                            }),
+                            Attempt::AuthRefused => Err(MceError::TokenRefused { op: op.name() }),
                         }
                     }
                 }

@@ -90,6 +90,10 @@ pub enum MceError {
     /// 5xx, timeout or connection failure, still so after the client's retries.
     #[error("{op}: Marketing Cloud unavailable: {detail}")]
     Unavailable { op: &'static str, detail: String },
+    /// A freshly granted token was refused too: MCE did not act, and the
+    /// credentials are fine (the grant worked), so a later try may succeed.
+    #[error("{op}: a freshly granted token was refused")]
+    TokenRefused { op: &'static str },
     /// No connection could be made: MCE surely received nothing.
     #[error("{op}: Marketing Cloud unreachable: connection failed")]
     Unreachable { op: &'static str },
@@ -99,7 +103,7 @@ pub enum MceError {
         op: &'static str,
         retry_after: Option<Duration>,
     },
-    /// The token was refused twice, or the refresh token was rejected.
+    /// The refresh token was rejected: only a new authorisation helps.
     #[error("authentication with Marketing Cloud failed: {detail}")]
     AuthExpired { detail: String },
     /// HTTP 403.
@@ -153,6 +157,7 @@ impl MceError {
             self,
             MceError::Unavailable { .. }
                 | MceError::Unreachable { .. }
+                | MceError::TokenRefused { .. }
                 | MceError::RateLimited { .. }
                 | MceError::Database(_)
         )
@@ -163,7 +168,10 @@ impl MceError {
     /// operation itself was never sent (or was refused with "Login Failed").
     pub fn surely_not_received(&self) -> bool {
         match self {
-            MceError::Unreachable { .. } | MceError::RateLimited { .. } | MceError::AuthExpired { .. } => true,
+            MceError::Unreachable { .. }
+            | MceError::TokenRefused { .. }
+            | MceError::RateLimited { .. }
+            | MceError::AuthExpired { .. } => true,
             MceError::Unavailable { op, .. } => *op == Op::Token.name(),
             _ => false,
         }
@@ -187,9 +195,10 @@ impl MceError {
     /// internal detail.
     pub fn client_message(&self) -> String {
         match self {
-            MceError::Unavailable { .. } | MceError::Unreachable { .. } | MceError::Database(_) => {
-                "Marketing Cloud is temporarily unavailable. Please try again.".into()
-            }
+            MceError::Unavailable { .. }
+            | MceError::Unreachable { .. }
+            | MceError::TokenRefused { .. }
+            | MceError::Database(_) => "Marketing Cloud is temporarily unavailable. Please try again.".into(),
             MceError::RateLimited { .. } => "Marketing Cloud rate limit reached. Please wait and try again.".into(),
             MceError::AuthExpired { .. } => "Marketing Cloud session expired. Please re-authenticate.".into(),
             MceError::Forbidden { .. } => "Access denied. You don't have permission for this operation.".into(),
@@ -240,6 +249,8 @@ mod tests {
                 false,
             ),
             (MceError::Database("down".into()), true, false),
+            (MceError::TokenRefused { op: "x" }, true, false),
+            (MceError::Unreachable { op: "x" }, true, false),
             (MceError::AuthExpired { detail: "d".into() }, false, true),
             (MceError::Forbidden { op: "x" }, false, true),
             (MceError::CredentialsMissing, false, true),
