@@ -134,6 +134,17 @@ impl Sim {
         self.with(|s| s.tasks.values().filter(|t| t.target_key == target_key).count())
     }
 
+    /// A query MCE is already running (as if started by Perform), for
+    /// benchmarks that put runs in flight without starting each one.
+    pub fn seed_task(&self, task_id: &str, target_key: &str, scenario: Scenario) {
+        self.with(|s| s.seed_task(task_id, target_key, scenario));
+    }
+
+    /// Forgets the calls recorded so far (long benchmarks).
+    pub fn clear_calls(&self) {
+        self.with(|s| s.calls.clear());
+    }
+
     /// Every call so far, in order.
     pub fn calls(&self) -> Vec<Call> {
         self.with(|s| s.calls.clone())

@@ -493,7 +493,7 @@ fn perform(state: &mut State, request: &Element) -> String {
                 de.queryable_at = None;
                 de.rows.clear();
             }
-            state.tasks.insert(
+            state.start_task(
                 task_id.clone(),
                 Task {
                     query_object_id: qd.object_id,

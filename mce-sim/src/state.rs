@@ -265,7 +265,9 @@ pub struct State {
     pub folders: Vec<Folder>,
     pub data_extensions: HashMap<String, DataExtension>,
     pub query_definitions: HashMap<String, QueryDefinition>,
-    pub tasks: HashMap<String, Task>,
+    pub(crate) tasks: HashMap<String, Task>,
+    /// Unfinished tasks by the moment they end: `advance` costs what ends.
+    ending: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, String)>>,
     /// isRunning 400 answers given per QueryDefinition.
     pub is_running_rejections: HashMap<String, u32>,
     pub scripts: Vec<(String, Scenario)>,
@@ -325,6 +327,7 @@ impl State {
             data_extensions: HashMap::new(),
             query_definitions: HashMap::new(),
             tasks: HashMap::new(),
+            ending: Default::default(),
             is_running_rejections: HashMap::new(),
             scripts: Vec::new(),
             faults: Vec::new(),
@@ -390,6 +393,36 @@ impl State {
         };
         self.query_definitions.insert(object_id.clone(), qd);
         object_id
+    }
+
+    pub fn seed_task(&mut self, task_id: &str, target_key: &str, scenario: Scenario) {
+        self.start_task(
+            task_id.to_string(),
+            Task {
+                query_object_id: String::new(),
+                target_key: target_key.to_string(),
+                update_type: "Overwrite".into(),
+                started: Instant::now(),
+                scenario,
+                finished: false,
+            },
+        );
+    }
+
+    pub fn start_task(&mut self, task_id: String, task: Task) {
+        self.ending.push(std::cmp::Reverse((
+            task.started + task.scenario.duration,
+            task_id.clone(),
+        )));
+        self.tasks.insert(task_id, task);
+    }
+
+    pub fn task(&self, task_id: &str) -> Option<&Task> {
+        self.tasks.get(task_id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = (&String, &Task)> {
+        self.tasks.iter()
     }
 
     pub fn next_id(&mut self) -> i64 {
@@ -488,14 +521,17 @@ impl State {
     /// Finishes tasks whose time has come: rows appear in the target only then.
     pub fn advance(&mut self) {
         let now = Instant::now();
-        let due: Vec<String> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| !t.finished && now >= t.started + t.scenario.duration)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let mut due = Vec::new();
+        while let Some(std::cmp::Reverse((at, _))) = self.ending.peek()
+            && *at <= now
+        {
+            let std::cmp::Reverse((_, id)) = self.ending.pop().expect("peeked");
+            due.push(id);
+        }
         for id in due {
-            let task = self.tasks.get_mut(&id).expect("task listed above");
+            let Some(task) = self.tasks.get_mut(&id).filter(|t| !t.finished) else {
+                continue;
+            };
             task.finished = true;
             let (target, scenario, ended) = (
                 task.target_key.clone(),

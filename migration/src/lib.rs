@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_create_tables;
 mod m20261128_000002_perform_requested_at;
+mod m20261128_000003_recent_runs_index;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_tables::Migration),
             Box::new(m20261128_000002_perform_requested_at::Migration),
+            Box::new(m20261128_000003_recent_runs_index::Migration),
         ]
     }
 }

@@ -33,6 +33,8 @@ pub struct Deps {
     /// Delays between deliveries of an execute message that failed transiently.
     pub execute_backoff: Backoff,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Recent durations of each query, for the adaptive poll schedule.
+    pub histories: crate::poll::schedule::HistoryCache,
 }
 
 impl Deps {
@@ -163,6 +165,7 @@ pub async fn run_until(
             jitter_range: 0.4,
         },
         metrics: metrics.clone(),
+        histories: Default::default(),
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -184,6 +184,11 @@ pub struct PollArgs {
     pub poll_row_probe_min_runtime_ms: u64,
     #[arg(long, env = "POLL_ROW_PROBE_MIN_INTERVAL_MS", default_value_t = 15000, value_parser = millis(0))]
     pub poll_row_probe_min_interval_ms: u64,
+    /// When to look again at a pending run: `exponential` (the POLL_*_DELAY
+    /// settings), `reference` (30 s ± 20 %) or `adaptive` (from the query's
+    /// recent durations; see docs/BENCHMARKS.md).
+    #[arg(long, env = "POLL_SCHEDULE", default_value = "adaptive", value_parser = parse_schedule)]
+    pub poll_schedule: crate::poll::schedule::Schedule,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -256,6 +261,7 @@ impl KeyArgs {
 /// The poll decision's settings, in the units the pure code uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PollConfig {
+    pub schedule: crate::poll::schedule::Schedule,
     pub backoff: Backoff,
     pub max_count: u32,
     pub max_duration: Duration,
@@ -285,6 +291,7 @@ impl PollArgs {
         }
         let ms = Duration::from_millis;
         Ok(PollConfig {
+            schedule: self.poll_schedule,
             backoff: Backoff {
                 initial: ms(self.poll_initial_delay_ms),
                 max: ms(self.poll_max_delay_ms),
@@ -342,6 +349,10 @@ impl MceArgs {
 
 fn millis(min: u64) -> impl clap::builder::TypedValueParser<Value = u64> {
     clap::value_parser!(u64).range(min..=365 * 24 * 3_600_000)
+}
+
+fn parse_schedule(s: &str) -> Result<crate::poll::schedule::Schedule, String> {
+    crate::poll::schedule::Schedule::parse(s).ok_or_else(|| "must be exponential, reference or adaptive".into())
 }
 
 fn parse_multiplier(s: &str) -> Result<f64, String> {

@@ -428,6 +428,30 @@ pub async fn credential_user(db: &DatabaseConnection, tenant_id: Uuid, mid: &str
         .and_then(|c| c.user_id))
 }
 
+/// How long the tenant's last `limit` ready runs of the same query took,
+/// from the start of polling to completion, newest first.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "recent_durations"))]
+pub async fn recent_durations(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    sql_text_hash: &str,
+    limit: u64,
+) -> Result<Vec<std::time::Duration>, DbErr> {
+    Ok(runs::Entity::find()
+        .filter(runs::Column::TenantId.eq(tenant_id))
+        .filter(runs::Column::SqlTextHash.eq(sql_text_hash))
+        .filter(runs::Column::Status.eq(RunStatus::Ready.as_str()))
+        .filter(runs::Column::CompletedAt.is_not_null())
+        .filter(runs::Column::PollStartedAt.is_not_null())
+        .order_by_desc(runs::Column::CompletedAt)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .filter_map(|r| (r.completed_at? - r.poll_started_at?).to_std().ok())
+        .collect())
+}
+
 /// Serialises finding or creating a business unit's results folder across
 /// replicas: a PostgreSQL advisory lock held by the returned transaction
 /// until it ends. SQLite (the demo) has one process: `None`.

@@ -371,3 +371,39 @@ async fn a_tick_that_cannot_read_the_status_is_rescheduled_not_failed() {
         "the failed tick was logged"
     );
 }
+
+/// The gap between the last two status checks of a run (the one that saw
+/// it finish and the one before).
+async fn last_gap(system: &System, id: Uuid) -> Duration {
+    let task = started(system, id).await;
+    assert_eq!(
+        system.wait_terminal(id, MINUTE).await.status,
+        "ready",
+        "{}",
+        system.log()
+    );
+    let checks = system.status_checks(&task);
+    assert!(checks.len() >= 3, "{checks:?}");
+    checks[checks.len() - 1] - checks[checks.len() - 2]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_schedule_looks_often_when_the_same_query_usually_ends() {
+    let system = System::start_with(&[
+        ("POLL_SCHEDULE", "adaptive"),
+        ("POLL_MAX_DELAY_MS", "4000"),
+        ("POLL_ROW_PROBE_MIN_RUNTIME_MS", "600000"),
+    ])
+    .await;
+    system
+        .sim
+        .script("Twelve", Scenario::completes_after(Duration::from_secs(12), 4));
+    // No history: the exponential schedule, 4 s apart by the end.
+    let first = system.submit("SELECT Twelve FROM [X]", None).await;
+    let gap = last_gap(&system, first).await;
+    assert!(gap >= Duration::from_millis(3000), "{gap:?}");
+    // The same query again: around 12 s it looks every 5 % of that.
+    let second = system.submit("SELECT Twelve FROM [X]", None).await;
+    let gap = last_gap(&system, second).await;
+    assert!(gap <= Duration::from_millis(1000), "{gap:?}");
+}

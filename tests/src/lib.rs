@@ -99,6 +99,11 @@ impl NatsServer {
         server
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (SIGKILL); its JetStream store stays on disk.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -227,6 +232,10 @@ pub fn fresh_database_url() -> String {
 pub fn worker_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // The benchmarks run a release build.
+        if let Some(bin) = std::env::var_os("SHELL_QUERY_WORKER_BIN") {
+            return PathBuf::from(bin);
+        }
         let exe = std::env::current_exe().expect("the test binary's path");
         let dir = exe
             .parent()
@@ -350,6 +359,11 @@ impl Worker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The process id (benchmarks read its CPU time and memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether `/readyz` answers 200 now.

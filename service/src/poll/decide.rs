@@ -120,6 +120,8 @@ pub struct Tick {
     pub rowset: Option<RowsetObservation>,
     /// MCE refused in a way no retry fixes (auth, access, tenant): the client-safe text.
     pub refused: Option<String>,
+    /// How long this query took its last times (the adaptive schedule's input).
+    pub history: Option<super::schedule::History>,
 }
 
 impl Tick {
@@ -137,6 +139,7 @@ impl Tick {
             recovery_tried: false,
             rowset: None,
             refused: None,
+            history: None,
         }
     }
 }
@@ -442,7 +445,14 @@ pub fn decide(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> D
     if let Some(fail) = over_budget(state, cfg, now) {
         return fail;
     }
-    let delay = cfg.backoff.delay(state.poll_count.saturating_sub(1), unit);
+    let delay = super::schedule::next_delay(
+        cfg.schedule,
+        &cfg.backoff,
+        state.poll_count.saturating_sub(1),
+        ran_for,
+        tick.history.as_ref(),
+        unit,
+    );
     Decision::Reschedule {
         delay,
         state: next,

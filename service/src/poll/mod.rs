@@ -3,6 +3,7 @@
 //! this module does the I/O.
 
 pub mod decide;
+pub mod schedule;
 
 use chrono::Utc;
 use serde::Deserialize;
@@ -90,6 +91,9 @@ async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposit
     tick.canceled = canceled;
     // An interrupted start may have lost the TaskID (see execute::resume_interrupted).
     tick.task_known = !task_id.is_empty();
+    if deps.poll.schedule == schedule::Schedule::Adaptive && !canceled {
+        tick.history = deps.histories.get(&deps.db, run.tenant_id, &run.sql_text_hash).await?;
+    }
 
     let session = if canceled {
         None
@@ -253,6 +257,7 @@ async fn conclude(
                     deps.metrics.inc(crate::metrics::FAST_PATH_COMPLETIONS, &[]);
                 }
                 deps.record_outcome("ready", reason, run.created_at);
+                deps.histories.forget(run.tenant_id, &run.sql_text_hash);
                 let mut event = StatusEvent::new(run.id, EventStatus::Ready, now);
                 event.row_count = Some(row_count);
                 deps.publish_event(&event).await;

@@ -4,6 +4,7 @@ use crate::backoff::Backoff;
 fn cfg() -> PollConfig {
     let ms = Duration::from_millis;
     PollConfig {
+        schedule: crate::poll::schedule::Schedule::Exponential,
         backoff: Backoff {
             initial: ms(2000),
             max: ms(30000),
