@@ -426,7 +426,15 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
 
     // Canceled while we worked: stop before Perform.
     let de_key = destination.target.customer_key.clone();
-    if !store::record_prepared(&deps.db, msg.run_id, &qd_id, &qd_key, &de_key, Utc::now()).await? {
+    let now = Utc::now();
+    let prepared = write_surely(
+        deps,
+        msg.run_id,
+        || store::record_prepared(&deps.db, msg.run_id, &qd_id, &qd_key, &de_key, now),
+        |run| run.perform_requested_at.is_some() && run.query_definition_id.as_deref() == Some(qd_id.as_str()),
+    )
+    .await?;
+    if !prepared {
         tracing::info!("run no longer running before Perform; stopping");
         best_effort(session.delete_query_definition(&qd_id).await)?;
         return Ok(());
@@ -448,6 +456,47 @@ async fn execute(deps: &Deps, msg: &ExecuteMessage, created_qd: &mut Option<Stri
     started(deps, msg.run_id, task_id, &qd_id, &qd_key, &de_key).await
 }
 
+/// How long a delivery waits for the database to learn how a write it
+/// could not confirm ended.
+const DB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A write whose outcome a lost connection would leave unknown (the marker
+/// before Perform, the TaskID after it): on an error the row is read back
+/// until the database answers, and the write is tried again unless `landed`
+/// shows it committed. Gives up after [`DB_PATIENCE`] with a transient error.
+async fn write_surely<F, Fut>(
+    deps: &Deps,
+    run_id: Uuid,
+    mut write: F,
+    landed: impl Fn(&store::Run) -> bool,
+) -> Result<bool, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, sea_orm::DbErr>>,
+{
+    let deadline = std::time::Instant::now() + DB_PATIENCE;
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let error = match write().await {
+            Ok(changed) => return Ok(changed),
+            Err(e) => e,
+        };
+        tracing::warn!(error = %error, "a write could not be confirmed; reading the row back");
+        loop {
+            if std::time::Instant::now() >= deadline {
+                return Err(error.into());
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            match store::get_run(&deps.db, run_id).await {
+                Ok(Some(run)) if landed(&run) => return Ok(true),
+                Ok(_) => break,
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
 /// Records the started query and publishes its poll message.
 async fn started(
     deps: &Deps,
@@ -464,7 +513,15 @@ async fn started(
         target_de_customer_key: de_key.to_string(),
         poll_started_at: Utc::now(),
     };
-    if !store::record_started(&deps.db, run_id, &started).await? {
+    // The TaskID is in hand: it is not lost to a database that blinks.
+    let recorded = write_surely(
+        deps,
+        run_id,
+        || store::record_started(&deps.db, run_id, &started),
+        |run| run.task_id.as_deref() == Some(started.task_id.as_str()),
+    )
+    .await?;
+    if !recorded {
         tracing::info!("run left `running` during Perform; its poll will not start");
         return Ok(());
     }

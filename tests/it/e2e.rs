@@ -37,11 +37,7 @@ async fn a_query_runs_from_execute_to_ready() {
 
     // Exactly one Perform, and the run's QueryDefinition is gone again.
     assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 1);
-    assert!(
-        system.sim.query_definitions().is_empty(),
-        "{:?}",
-        system.sim.query_definitions()
-    );
+    system.wait_no_query_definitions().await;
     assert_eq!(system.sim.count("soap:Delete:QueryDefinition"), 1);
 
     // The poll message came back with growing delays until completion.
@@ -92,10 +88,7 @@ async fn a_query_mce_fails_ends_failed_with_mce_text() {
         .unwrap();
     assert_eq!(stored, mce_text);
     assert!(run.row_count.is_none());
-    assert!(
-        system.sim.query_definitions().is_empty(),
-        "the QueryDefinition is deleted"
-    );
+    system.wait_no_query_definitions().await;
     assert_eq!(system.sim.count("rest:rowset"), 0, "a failed query is never read");
 
     system.wait_event(run_id, "failed").await;

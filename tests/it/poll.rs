@@ -53,7 +53,7 @@ async fn fatal_error_without_a_message_fails_with_the_status() {
         system.error_message(id).await,
         "MCE Query Execution Error (status=FatalError)"
     );
-    assert!(system.sim.query_definitions().is_empty());
+    system.wait_no_query_definitions().await;
     assert_eq!(system.sim.count("rest:rowset"), 0);
     system.wait_event(id, "failed").await;
 }
@@ -148,10 +148,11 @@ async fn a_missing_or_refused_object_id_is_recovered_by_customer_key_and_persist
         "one lookup before create, one recovery"
     );
     assert!(calls(&system, "rest:isrunning", &object_id) >= 2);
-    assert!(
-        system.sim.query_definitions().iter().all(|q| q.object_id != object_id),
-        "cleanup used the recovered id"
-    );
+    // The clean-up follows the row's change to `ready`.
+    tests::wait_for("cleanup to use the recovered id", MINUTE, || async {
+        system.sim.query_definitions().iter().all(|q| q.object_id != object_id)
+    })
+    .await;
 
     // isRunning answered 400: the ObjectID is looked up by CustomerKey, then used.
     let refused = system.submit("SELECT Refused FROM [X]", None).await;
@@ -207,7 +208,7 @@ async fn a_rowset_never_queryable_fails_with_the_reference_message() {
         format!("Data Extension \"{key}\" not queryable after 3 attempts")
     );
     assert_eq!(calls(&system, "rest:rowset", &key), 3);
-    assert!(system.sim.query_definitions().is_empty());
+    system.wait_no_query_definitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +222,7 @@ async fn the_duration_budget_fails_the_run_and_deletes_its_query_definition() {
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "failed");
     assert_eq!(system.error_message(id).await, "Query timed out after 1 minute");
-    assert!(system.sim.query_definitions().is_empty());
+    system.wait_no_query_definitions().await;
     let checks = system.status_checks(&task);
     assert!(
         !checks.is_empty(),
@@ -268,10 +269,7 @@ async fn a_row_canceled_mid_poll_stops_polling_within_one_interval() {
     let run = system.run(id).await.unwrap();
     assert_eq!(run.status, "canceled");
     assert!(run.completed_at.is_some(), "the clean-up was claimed");
-    assert!(
-        system.sim.query_definitions().is_empty(),
-        "the QueryDefinition was deleted"
-    );
+    system.wait_no_query_definitions().await;
     let events = system.events(id).await;
     assert_eq!(statuses(&events).last(), Some(&"canceled"));
     assert_eq!(statuses(&events).iter().filter(|s| **s == "canceled").count(), 1);
@@ -304,7 +302,7 @@ async fn a_worker_killed_between_ticks_is_replaced_and_the_run_completes() {
         1,
         "the query was started once"
     );
-    assert!(system.sim.query_definitions().is_empty());
+    system.wait_no_query_definitions().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -401,4 +401,13 @@ impl System {
             .await;
         run_id
     }
+
+    /// Waits until no QueryDefinition is left in the simulator (the clean-up
+    /// follows the row's terminal state).
+    pub async fn wait_no_query_definitions(&self) {
+        wait_for("no QueryDefinition left", Duration::from_secs(30), || async {
+            self.sim.query_definitions().is_empty()
+        })
+        .await;
+    }
 }

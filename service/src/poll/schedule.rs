@@ -5,7 +5,7 @@
 //!   capped at `POLL_MAX_DELAY_MS`, jittered by `POLL_JITTER_RANGE`;
 //! - `reference`: the TypeScript reference's fixed 30 s ± 20 %;
 //! - `adaptive`: uses how long the same query took the last times this
-//!   tenant ran it. Until the earliest of those durations is near, it backs
+//!   tenant ran it. Until the shortest of those durations is near, it backs
 //!   off quickly (doubling, capped at a fifth of the expected duration, so
 //!   an early failure is still seen soon); across the window the recent
 //!   durations span, it looks often (every 5 % of the expected duration);
@@ -123,7 +123,8 @@ const REFERENCE: Backoff = Backoff {
 };
 
 /// The window of likely completion starts this much before the shortest
-/// recent duration and ends this much after the longest.
+/// recent duration (or one maximum delay before, if earlier) and ends this
+/// much after the longest.
 const WINDOW_BEFORE: f64 = 0.9;
 const WINDOW_AFTER: f64 = 1.1;
 /// Inside the window, one look per this share of the expected duration.
@@ -161,7 +162,12 @@ pub fn next_delay(
 
 fn adaptive(backoff: &Backoff, elapsed: Duration, h: &History) -> Duration {
     let floor = backoff.initial;
-    let opens = h.shortest.mul_f64(WINDOW_BEFORE);
+    // A recorded duration runs to the look that saw the end, up to one
+    // maximum delay late: the window opens early enough for that.
+    let opens = h
+        .shortest
+        .mul_f64(WINDOW_BEFORE)
+        .min(h.shortest.saturating_sub(backoff.max));
     let closes = h.longest.mul_f64(WINDOW_AFTER);
     if elapsed + floor < opens {
         // Before the window: double, capped; land on the window's start.
