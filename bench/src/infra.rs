@@ -124,8 +124,8 @@ impl Bench {
 
     pub async fn start_worker(&mut self, extra: &[(&str, String)]) {
         let mut env = self.env(extra);
-        // Benchmarks measure the worker, not its debug logging.
-        env.push(("RUST_LOG".into(), "warn".into()));
+        // The production default: info, not the tests' debug.
+        env.push(("RUST_LOG".into(), "info".into()));
         self.worker = Some(Worker::start(&env).await);
     }
 

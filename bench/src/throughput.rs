@@ -39,6 +39,11 @@ fn worker_settings(delay_ms: u64, jitter: f64) -> Vec<(&'static str, String)> {
 /// queries running in the simulator, and one poll message each.
 async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::Result<Vec<(Uuid, String)>> {
     let mut runs = Vec::with_capacity(n);
+    // A query of about 3 KB, stored encrypted as execute stores it.
+    let sql_text = service::crypto::Cipher::parse(tests::ENCRYPTION_KEY)?.encrypt(&format!(
+        "SELECT {} FROM [Subscribers]",
+        vec!["EmailAddress"; 250].join(", ")
+    ));
     for chunk in 0..n.div_ceil(1000) {
         let size = 1000.min(n - chunk * 1000);
         let mut values = Vec::with_capacity(size);
@@ -52,7 +57,8 @@ async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::
                 Scenario::completes_after(Duration::from_secs(6 * 3600), 1),
             );
             values.push(format!(
-                "('{id}', '{tenant}', '{user}', '{mid}', 'bench', 'running', '{task}', 'qd-{id}', '{qk}', '{de_key}', now(), now(), now())",
+                "('{id}', '{tenant}', '{user}', '{mid}', 'bench', '{sql}', 'running', '{task}', 'qd-{id}', '{qk}', '{de_key}', now(), now(), now())",
+                sql = sql_text,
                 tenant = bench.tenant_id,
                 user = bench.user_id,
                 mid = bench.mid,
@@ -61,7 +67,7 @@ async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::
             runs.push((id, task));
         }
         let sql = format!(
-            "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, status, task_id, query_definition_id, query_customer_key, target_de_customer_key, poll_started_at, created_at, started_at) VALUES {}",
+            "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status, task_id, query_definition_id, query_customer_key, target_de_customer_key, poll_started_at, created_at, started_at) VALUES {}",
             values.join(", ")
         );
         bench

@@ -150,6 +150,19 @@ pub async fn get_run(db: &DatabaseConnection, id: Uuid) -> Result<Option<Run>, D
     runs::Entity::find_by_id(id).one(db).await
 }
 
+/// The row as a poll tick needs it: everything but the SQL text (up to
+/// 256 KB encrypted), which a tick never reads.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_run_for_poll"))]
+pub async fn get_run_for_poll(db: &DatabaseConnection, id: Uuid) -> Result<Option<Run>, DbErr> {
+    use sea_orm::Iterable as _;
+    runs::Entity::find_by_id(id)
+        .select_only()
+        .columns(runs::Column::iter().filter(|c| !matches!(c, runs::Column::SqlTextEncrypted)))
+        .column_as(Expr::value(Option::<String>::None), "sql_text_encrypted")
+        .one(db)
+        .await
+}
+
 /// `queued → running`, setting `started_at`. False if the row was not queued.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "mark_running"))]
 pub async fn mark_running(db: &DatabaseConnection, id: Uuid, now: DateTime<Utc>) -> Result<bool, DbErr> {

@@ -306,9 +306,11 @@ impl Worker {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        if !env.iter().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info,service=debug");
+        }
         cmd.env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info,service=debug")
             .stdout(file.try_clone().expect("cloning the log handle"))
             .stderr(file);
         let child = cmd.spawn().expect("spawning shell-query-worker run");

@@ -69,7 +69,7 @@ fn refused(e: &MceError) -> Option<String> {
 }
 
 async fn tick(deps: &Deps, run_id: Uuid, delivery: &Delivery) -> Result<Disposition, sea_orm::DbErr> {
-    let Some(run) = store::get_run(&deps.db, run_id).await? else {
+    let Some(run) = store::get_run_for_poll(&deps.db, run_id).await? else {
         return Ok(Disposition::DeadLetter("poll message for an unknown run".into()));
     };
     let status = RunStatus::parse(&run.status).unwrap_or(RunStatus::Failed);
