@@ -57,10 +57,11 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         step: usize,
         /// Every run's fixed poll delay (no jitter), so lateness is measurable.
-        #[arg(long, default_value_t = 300_000)]
+        #[arg(long, default_value_t = 120_000)]
         delay_ms: u64,
-        /// Lateness is measured over this long after the last step.
-        #[arg(long, default_value_t = 120)]
+        /// Lateness is measured over this long after the last step; at
+        /// least two delays, so that every run is checked twice or more.
+        #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
     /// The delayed-reschedule mechanism alone: JetStream negative
@@ -131,7 +132,14 @@ async fn main() -> anyhow::Result<()> {
             step,
             delay_ms,
             seconds,
-        } => throughput::inflight(runs, step, delay_ms, seconds).await,
+        } => {
+            anyhow::ensure!(
+                seconds * 1000 >= 2 * delay_ms,
+                "--seconds must cover two delays (at least {} s) for every run to be checked twice",
+                (2 * delay_ms).div_ceil(1000)
+            );
+            throughput::inflight(runs, step, delay_ms, seconds).await
+        }
         Command::Bullmq {
             jobs,
             delay_ms,

@@ -113,15 +113,16 @@ pub async fn ticks(runs: usize, delay_ms: u64, seconds: u64) -> anyhow::Result<(
         "{runs} runs in flight, each due every {delay_ms} ms (±10 %): {demand:.0} ticks/s asked of one replica, measured over {seconds} s."
     );
     println!();
-    println!("| ticks/s | CPU per tick | worker CPU | worker memory (RSS) | MCE calls per tick |");
-    println!("|---|---|---|---|---|");
+    println!("| ticks/s | CPU per tick | worker CPU | worker RSS | nats-server RSS | MCE calls per tick |");
+    println!("|---|---|---|---|---|---|");
     let calls = bench.sim.calls().len() as f64;
     println!(
-        "| {:.0} | {:.0} µs | {:.0} % of one core | {:.0} MiB | {:.2} |",
+        "| {:.0} | {:.0} µs | {:.0} % of one core | {:.0} MiB | {:.0} MiB | {:.2} |",
         ticks / elapsed,
         1e6 * (c1 - c0) / ticks.max(1.0),
         100.0 * (c1 - c0) / elapsed,
         rss_mib(pid)?,
+        bench.nats.pid().map(rss_mib).transpose()?.unwrap_or(0.0),
         calls / t1.max(1) as f64,
     );
     Ok(())
@@ -185,7 +186,7 @@ pub async fn inflight(runs: usize, step: usize, delay_ms: u64, seconds: u64) -> 
     lateness.sort_by(f64::total_cmp);
     println!();
     println!(
-        "Over {seconds} s with {total} runs in flight: {:.0} status checks/s, worker CPU {:.0} % of one core; lateness of {} ticks:",
+        "Over {seconds} s with {total} runs in flight: {:.0} status checks/s on average (in bursts: each step's runs fall due together), worker CPU {:.0} % of one core; lateness of {} ticks:",
         checks as f64 / elapsed,
         100.0 * (c1 - c0) / elapsed,
         lateness.len()
