@@ -62,6 +62,17 @@ async fn exercise(url: &str) {
     };
     assert!(store::record_started(&db, run_id, &started).await.unwrap());
     let run = store::get_run(&db, run_id).await.unwrap().unwrap();
+    let for_poll = store::get_run_for_poll(&db, run_id).await.unwrap().unwrap();
+    assert_eq!(run.sql_text_encrypted.as_deref(), Some("enc"));
+    assert_eq!(for_poll.sql_text_encrypted, None, "a tick never loads the SQL text");
+    assert_eq!(
+        store::Run {
+            sql_text_encrypted: None,
+            ..run.clone()
+        },
+        for_poll,
+        "everything else is the row"
+    );
     let mut state = store::poll_state(&run, 3, now);
     assert_eq!(state.poll_count, 3);
     state.rowset_attempts = 2;
