@@ -130,8 +130,9 @@ impl From<NatsError> for Failure {
     }
 }
 
-/// The client-safe text of a run request that cannot start.
-const INTERRUPTED: &str =
+/// The client-safe text of a run whose worker died between recording the
+/// Perform request and learning its TaskID, when MCE shows no sign of it.
+pub const INTERRUPTED: &str =
     "The query was interrupted while starting and its start could not be confirmed. Please run it again.";
 
 pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {

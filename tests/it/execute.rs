@@ -331,6 +331,40 @@ async fn a_worker_dying_right_after_perform_never_performs_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_dying_before_mce_got_perform_fails_the_run_clearly_and_starts_nothing() {
+    let mut system = System::start_with(&[("EXECUTE_ACK_WAIT_MS", "3000")]).await;
+    system
+        .sim
+        .script("Lost", Scenario::completes_after(Duration::from_secs(2), 4));
+    // Perform is recorded, then held for 3 s and cut without being carried
+    // out: the worker dies while it waits, so nobody learns the outcome.
+    system
+        .sim
+        .inject(Fault::dropped("soap:Perform:QueryDefinition", 1).after(Duration::from_secs(3)));
+    let id = system.submit("SELECT Lost FROM X", None).await;
+    tests::wait_for("Perform to reach MCE", MINUTE, || async {
+        system.sim.count("soap:Perform:QueryDefinition") == 1
+    })
+    .await;
+    system.kill_worker();
+    system.start_worker().await;
+    let run = system.wait_terminal(id, Duration::from_secs(90)).await;
+    assert_eq!(run.status, "failed", "{}", system.log());
+    assert_eq!(system.error_message(id).await, service::execute::INTERRUPTED);
+    assert_eq!(
+        system.sim.performs_into(&service::execute::temp_de_key(id)),
+        0,
+        "MCE ran nothing"
+    );
+    assert_eq!(
+        system.sim.count("soap:Perform:QueryDefinition"),
+        1,
+        "Perform is not sent again when its fate is unknown"
+    );
+    system.wait_no_query_definitions().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_runs_of_one_user_keep_to_their_own_query_definitions() {
     let system = System::start().await;
     system
