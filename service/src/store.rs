@@ -3,6 +3,8 @@
 //! error.
 
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+
 use entities::{credentials, shell_query_runs as runs, tenant_settings, tenants};
 use migration::MigratorTrait;
 use sea_orm::sea_query::{Expr, OnConflict};
@@ -406,17 +408,42 @@ pub async fn stale_runs(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Resul
         .await
 }
 
-/// The QueryDefinition ObjectIDs of live runs: the sweeper leaves them alone.
+/// The QueryDefinitions live runs hold: their ObjectIDs where recorded, and
+/// their CustomerKeys, recorded or the one the run's start creates before it
+/// can record anything (a start waiting out a database outage holds a
+/// QueryDefinition the row does not name yet). The sweeper leaves them alone.
+#[derive(Debug, Default)]
+pub struct LiveQueryDefinitions {
+    pub object_ids: HashSet<String>,
+    pub keys: HashSet<String>,
+}
+
+impl LiveQueryDefinitions {
+    pub fn holds(&self, object_id: &str, key: &str) -> bool {
+        self.object_ids.contains(object_id) || self.keys.contains(key)
+    }
+}
+
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "live_query_definitions"))]
-pub async fn live_query_definitions(db: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
-    Ok(runs::Entity::find()
+pub async fn live_query_definitions(db: &DatabaseConnection) -> Result<LiveQueryDefinitions, DbErr> {
+    let rows: Vec<(Uuid, Option<String>, Option<String>)> = runs::Entity::find()
+        .select_only()
+        .columns([
+            runs::Column::Id,
+            runs::Column::QueryDefinitionId,
+            runs::Column::QueryCustomerKey,
+        ])
         .filter(runs::Column::Status.is_in(RunStatus::LIVE))
-        .filter(runs::Column::QueryDefinitionId.is_not_null())
+        .into_tuple()
         .all(db)
-        .await?
-        .into_iter()
-        .filter_map(|r| r.query_definition_id)
-        .collect())
+        .await?;
+    let mut live = LiveQueryDefinitions::default();
+    for (id, object_id, key) in rows {
+        live.object_ids.extend(object_id);
+        live.keys.extend(key);
+        live.keys.insert(crate::execute::query_key(id));
+    }
+    Ok(live)
 }
 
 /// Every (tenant, MID, folder) with a results folder.

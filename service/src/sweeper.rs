@@ -1,10 +1,11 @@
 //! The sweeper (DESIGN.md "Reconciler and sweeper"): every interval, on the
 //! one replica holding the lease, deletes the QueryDefinitions this service
 //! made (key `QPP_Q_…`) in each business unit's results folder that are
-//! older than `SWEEPER_MIN_AGE` and belong to no live run. A backstop for
-//! clean-ups that failed; one business unit's failure does not stop the rest.
+//! older than `SWEEPER_MIN_AGE` and belong to no live run (by ObjectID, or
+//! by the CustomerKey a live run's start creates before the row names it).
+//! A backstop for clean-ups that failed; one business unit's failure does
+//! not stop the rest.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,10 +26,7 @@ pub fn ours(customer_key: &str) -> bool {
 
 pub async fn sweep_once(deps: &Deps, min_age: Duration, now: DateTime<Utc>) -> Result<Report, sea_orm::DbErr> {
     let mut report = Report::default();
-    let live: HashSet<String> = crate::store::live_query_definitions(&deps.db)
-        .await?
-        .into_iter()
-        .collect();
+    let live = crate::store::live_query_definitions(&deps.db).await?;
     let before = now - chrono::Duration::from_std(min_age).unwrap_or_default();
     for (tenant_id, mid, folder) in crate::store::folders(&deps.db).await? {
         let Some(user) = crate::store::credential_user(&deps.db, tenant_id, &mid).await? else {
@@ -38,7 +36,7 @@ pub async fn sweep_once(deps: &Deps, min_age: Duration, now: DateTime<Utc>) -> R
             let session = deps.mce.session(tenant_id, Some(user), &mid).await?;
             let mut deleted = 0;
             for (object_id, key) in session.query_definitions_in_folder(folder, before).await? {
-                if !ours(&key) || live.contains(&object_id) {
+                if !ours(&key) || live.holds(&object_id, &key) {
                     continue;
                 }
                 match session.delete_query_definition(&object_id).await {

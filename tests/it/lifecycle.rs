@@ -207,11 +207,32 @@ async fn the_sweeper_deletes_old_leaked_query_definitions_across_pages() {
         .await
         .unwrap();
 
+    // A run whose start made its QueryDefinition but could not record it
+    // yet (the database was away): the key alone marks it as the run's.
+    let starting = Uuid::new_v4();
+    let unrecorded = system
+        .sim
+        .add_query_definition(&service::execute::query_key(starting), folder, two_days);
+    let sql = format!(
+        "INSERT INTO shell_query_runs (id, tenant_id, mid, sql_text_hash, status) VALUES ('{starting}', '{}', '{}', 'h', 'running')",
+        system.tenant_id, system.mid
+    );
+    system
+        .db
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap();
+
     tests::wait_for("the leaked QueryDefinitions to go", MINUTE, || async {
         leaked.iter().all(|id| !system.sim.has_query_definition(id))
     })
     .await;
-    for (what, id) in [("another's", &foreign), ("a young", &young), ("a live run's", &live)] {
+    for (what, id) in [
+        ("another's", &foreign),
+        ("a young", &young),
+        ("a live run's", &live),
+        ("a starting run's", &unrecorded),
+    ] {
         assert!(system.sim.has_query_definition(id), "{what} QueryDefinition was kept");
     }
     assert!(
