@@ -2,9 +2,9 @@
 //! compare-and-set in SQL: losing one is a normal outcome (`false`), not an
 //! error.
 
-use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 
+use chrono::{DateTime, Utc};
 use entities::{credentials, shell_query_runs as runs, tenant_settings, tenants};
 use migration::MigratorTrait;
 use sea_orm::sea_query::{Expr, OnConflict};
@@ -409,9 +409,10 @@ pub async fn stale_runs(db: &DatabaseConnection, cutoff: DateTime<Utc>) -> Resul
 }
 
 /// The QueryDefinitions live runs hold: their ObjectIDs where recorded, and
-/// their CustomerKeys, recorded or the one the run's start creates before it
-/// can record anything (a start waiting out a database outage holds a
-/// QueryDefinition the row does not name yet). The sweeper leaves them alone.
+/// their CustomerKeys (one per run, `execute::query_key`), which a run's
+/// start creates before it can record anything: a start waiting out a
+/// database outage holds a QueryDefinition its row does not name yet. The
+/// sweeper leaves them alone.
 #[derive(Debug, Default)]
 pub struct LiveQueryDefinitions {
     pub object_ids: HashSet<String>,
@@ -426,21 +427,16 @@ impl LiveQueryDefinitions {
 
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "live_query_definitions"))]
 pub async fn live_query_definitions(db: &DatabaseConnection) -> Result<LiveQueryDefinitions, DbErr> {
-    let rows: Vec<(Uuid, Option<String>, Option<String>)> = runs::Entity::find()
+    let rows: Vec<(Uuid, Option<String>)> = runs::Entity::find()
         .select_only()
-        .columns([
-            runs::Column::Id,
-            runs::Column::QueryDefinitionId,
-            runs::Column::QueryCustomerKey,
-        ])
+        .columns([runs::Column::Id, runs::Column::QueryDefinitionId])
         .filter(runs::Column::Status.is_in(RunStatus::LIVE))
         .into_tuple()
         .all(db)
         .await?;
     let mut live = LiveQueryDefinitions::default();
-    for (id, object_id, key) in rows {
+    for (id, object_id) in rows {
         live.object_ids.extend(object_id);
-        live.keys.extend(key);
         live.keys.insert(crate::execute::query_key(id));
     }
     Ok(live)
