@@ -8,7 +8,8 @@
 //!   tenant ran it. Until the shortest of those durations is near, it backs
 //!   off quickly (doubling, capped at a fifth of the expected duration, so
 //!   an early failure is still seen soon); across the window the recent
-//!   durations span, it looks often (every 5 % of the expected duration);
+//!   durations span (opened early enough for a duration measured one
+//!   jittered maximum delay late), it looks often (every 5 % of the expected duration);
 //!   past it, it backs off with the elapsed time. A query with no history
 //!   follows the exponential schedule.
 //!
@@ -123,8 +124,8 @@ const REFERENCE: Backoff = Backoff {
 };
 
 /// The window of likely completion starts this much before the shortest
-/// recent duration (or one maximum delay before, if earlier) and ends this
-/// much after the longest.
+/// recent duration (or earlier: see `adaptive`) and ends this much after
+/// the longest.
 const WINDOW_BEFORE: f64 = 0.9;
 const WINDOW_AFTER: f64 = 1.1;
 /// Inside the window, one look per this share of the expected duration.
@@ -162,12 +163,11 @@ pub fn next_delay(
 
 fn adaptive(backoff: &Backoff, elapsed: Duration, h: &History) -> Duration {
     let floor = backoff.initial;
-    // A recorded duration runs to the look that saw the end, up to one
-    // maximum delay late: the window opens early enough for that.
-    let opens = h
-        .shortest
-        .mul_f64(WINDOW_BEFORE)
-        .min(h.shortest.saturating_sub(backoff.max));
+    // A recorded duration runs to the look that saw the end: up to one
+    // jittered maximum delay late, plus the time the ticks themselves took.
+    // The window opens early enough for that, with one initial delay spare.
+    let late = backoff.max.mul_f64(1.0 + backoff.jitter_range / 2.0) + floor;
+    let opens = h.shortest.mul_f64(WINDOW_BEFORE).min(h.shortest.saturating_sub(late));
     let closes = h.longest.mul_f64(WINDOW_AFTER);
     if elapsed + floor < opens {
         // Before the window: double, capped; land on the window's start.
@@ -251,6 +251,19 @@ mod tests {
         assert_eq!(at(Schedule::Adaptive, 7, 400, Some(&h)), S(210));
         // Never past the window's start.
         assert_eq!(at(Schedule::Adaptive, 9, 850, Some(&h)), S(50));
+    }
+
+    #[test]
+    fn adaptive_window_opens_before_a_late_measurement_could_hide_the_end() {
+        // A recorded 60 s may be up to 36 s (30 s ± 20 %) late, plus the
+        // ticks' own time: the window opens at 60 - 36 - 2 = 22 s.
+        let h = history(&[60]);
+        assert_eq!(at(Schedule::Adaptive, 4, 16, Some(&h)), S(6));
+        assert_eq!(at(Schedule::Adaptive, 5, 22, Some(&h)), S(3));
+        // Short queries: the window is open from the start.
+        let quick = history(&[12]);
+        assert_eq!(at(Schedule::Adaptive, 0, 0, Some(&quick)), S(2));
+        assert_eq!(at(Schedule::Adaptive, 1, 2, Some(&quick)), S(2));
     }
 
     #[test]
