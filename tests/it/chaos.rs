@@ -294,22 +294,45 @@ async fn a_batch_survives_a_database_outage() {
     system.start_worker().await;
 
     let planned = submit_batch(&system, 14, 1).await;
-    wait_for("some runs to start in MCE", Duration::from_secs(60), || async {
-        system.sim.count("soap:Perform:QueryDefinition") >= 3
+    // Cut while the lengthy runs poll: they poll until canceled (after the
+    // outage), so ticks keep meeting it whatever the others do.
+    wait_for("the lengthy runs to poll", Duration::from_secs(60), || async {
+        let mut polling = 0;
+        for p in planned.iter().filter(|p| p.expect == Expect::Canceled) {
+            polling += usize::from(system.run(p.id).await.is_some_and(|r| r.task_id.is_some()));
+        }
+        polling == 2
     })
     .await;
+    let mut polling = 0;
+    for p in &planned {
+        polling += u64::from(
+            system
+                .run(p.id)
+                .await
+                .is_some_and(|r| r.task_id.is_some() && !matches!(r.status.as_str(), "ready" | "failed" | "canceled")),
+        );
+    }
 
     relay.cut();
     wait_for("/readyz to report the outage", Duration::from_secs(20), || async {
         !system.worker.as_ref().expect("a worker").ready().await
     })
     .await;
-    // The outage lasts until several poll ticks have met it.
+    // The outage lasts until the runs polling at the cut have met it twice
+    // each, on average. A tick meets it for up to 5 s (the pool's acquire
+    // timeout), then waits up to 3.6 s: 2 ticks take up to about 18 s.
     let ticks = poll_ticks(&system).await;
-    wait_for("poll ticks to meet the outage", Duration::from_secs(30), || async {
-        poll_ticks(&system).await > ticks + 5
-    })
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while poll_ticks(&system).await < ticks + 2 * polling {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: {} poll ticks of {polling} polling runs met the outage in 60 s:\n{}",
+            poll_ticks(&system).await - ticks,
+            system.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(!system.worker.as_ref().expect("a worker").ready().await);
     relay.restore();
     wait_for("/readyz to recover", Duration::from_secs(30), || async {
