@@ -10,8 +10,8 @@
 //!   an early failure is still seen soon); across the window the recent
 //!   durations span (opened early enough for a duration measured one
 //!   jittered maximum delay late), it looks often (every 5 % of the
-//!   expected duration); past it, it backs off with the elapsed time. A query with no history
-//!   follows the exponential schedule.
+//!   expected duration); past it, it backs off with the elapsed time. A
+//!   query with no history follows the exponential schedule.
 //!
 //! Pure: time, history and the jitter draw are parameters.
 
