@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use mce_sim::{Sim, SimConfig};
-use service::config::{Cli, Command, PollConfig};
+use service::app::config::{Cli, Command, PollConfig};
 use tests::{ENCRYPTION_KEY, NatsServer, Worker, fresh_database_url, run_command};
 use uuid::Uuid;
 
@@ -98,7 +98,8 @@ impl Bench {
             Some(REFRESH_TOKEN),
         );
         anyhow::ensure!(code == 0, "credentials upsert: {err}");
-        bench.db = service::store::connect(&bench.database_url, 4).await?;
+        // Raw statements (bulk inserts of runs) go straight to the database.
+        bench.db = sea_orm::Database::connect(&bench.database_url).await?;
         Ok(bench)
     }
 

@@ -14,7 +14,7 @@ mod schedules;
 mod throughput;
 
 use clap::{Parser, Subcommand};
-use service::poll::schedule::Schedule;
+use shell_query_core::poll::schedule::Schedule;
 
 #[derive(Parser)]
 #[command(name = "bench", about = "Benchmarks of shell-query-worker (docs/BENCHMARKS.md)")]

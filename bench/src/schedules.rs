@@ -14,11 +14,12 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use service::config::PollConfig;
-use service::poll::decide::{
-    Decision, IsRunningObservation, PollState, ProbeObservation, RowsetObservation, StatusObservation, Tick, decide,
+use shell_query_core::poll::PollConfig;
+use shell_query_core::poll::decide::{
+    Decision, IsRunningObservation, Outcome as TickOutcome, PollState, ProbeObservation, Question, RowsetObservation,
+    StatusObservation, Tick, decide,
 };
-use service::poll::schedule::{HISTORY_RUNS, History, Schedule};
+use shell_query_core::poll::schedule::{HISTORY_RUNS, History, Schedule};
 
 pub struct Outcome {
     pub schedule: Schedule,
@@ -46,7 +47,7 @@ fn simulate(
         tick.history = history;
         loop {
             match decide(&tick, cfg, now, rng.f64()) {
-                Decision::CheckStatus => {
+                Decision::Ask(Question::CheckStatus) => {
                     calls += 1;
                     tick.status = Some(StatusObservation::Read {
                         status: Some(if done { "Complete" } else { "Running" }.into()),
@@ -54,7 +55,7 @@ fn simulate(
                         completed_date: done.then(|| "2027-01-15T10:00:00".into()),
                     })
                 }
-                Decision::ProbeRows => {
+                Decision::Ask(Question::ProbeRows) => {
                     calls += 1;
                     tick.probe = Some(if done {
                         ProbeObservation::Rows { count: 5 }
@@ -62,7 +63,7 @@ fn simulate(
                         ProbeObservation::NoSignal
                     })
                 }
-                Decision::CheckIsRunning => {
+                Decision::Ask(Question::CheckIsRunning) => {
                     calls += 1;
                     tick.is_running = Some(if done {
                         IsRunningObservation::NotRunning
@@ -70,18 +71,18 @@ fn simulate(
                         IsRunningObservation::Running
                     })
                 }
-                Decision::RecoverObjectId => {
+                Decision::Ask(Question::RecoverObjectId) => {
                     calls += 1;
                     tick.recovery_tried = true;
                 }
-                Decision::CheckRowset { .. } => {
+                Decision::Ask(Question::CheckRowset { .. }) => {
                     calls += 1;
                     tick.rowset = Some(RowsetObservation::Queryable { count: 5 });
                 }
-                Decision::Ready { .. } => return (calls, at - duration),
-                Decision::Fail { message, .. } => panic!("a run of {duration:?} failed: {message}"),
-                Decision::Canceled => unreachable!("nothing cancels"),
-                Decision::Reschedule { delay, state: next, .. } => {
+                Decision::Done(TickOutcome::Ready { .. }) => return (calls, at - duration),
+                Decision::Done(TickOutcome::Fail { message, .. }) => panic!("a run of {duration:?} failed: {message}"),
+                Decision::Done(TickOutcome::Canceled) => unreachable!("nothing cancels"),
+                Decision::Done(TickOutcome::Reschedule { delay, state: next, .. }) => {
                     state = PollState {
                         poll_count: next.poll_count + 1,
                         ..next

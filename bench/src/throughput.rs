@@ -40,7 +40,7 @@ fn worker_settings(delay_ms: u64, jitter: f64) -> Vec<(&'static str, String)> {
 async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::Result<Vec<(Uuid, String)>> {
     let mut runs = Vec::with_capacity(n);
     // A query of about 3 KB, stored encrypted as execute stores it.
-    let sql_text = service::crypto::Cipher::parse(tests::ENCRYPTION_KEY)?.encrypt(&format!(
+    let sql_text = service::adapters::crypto::Cipher::parse(tests::ENCRYPTION_KEY)?.encrypt(&format!(
         "SELECT {} FROM [Subscribers]",
         vec!["EmailAddress"; 250].join(", ")
     ));
@@ -50,7 +50,7 @@ async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::
         for _ in 0..size {
             let id = Uuid::new_v4();
             let task = format!("bench-{}", id.simple());
-            let de_key = service::execute::temp_de_key(id);
+            let de_key = shell_query_core::naming::temp_de_key(id);
             bench.sim.seed_task(
                 &task,
                 &de_key,
@@ -62,7 +62,7 @@ async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::
                 tenant = bench.tenant_id,
                 user = bench.user_id,
                 mid = bench.mid,
-                qk = service::execute::query_key(id),
+                qk = shell_query_core::naming::query_key(id),
             ));
             runs.push((id, task));
         }

@@ -1,25 +1,16 @@
 //! shell-query-worker: runs SQL for Marketing Cloud Engagement users on NATS
 //! JetStream and PostgreSQL. See ARCHITECTURE.md for the map.
+//!
+//! The layers, lowest first; a module imports only from its own layer or
+//! lower ones (tests/it/layers.rs checks it):
+//! 1. `shell_query_core` (its own crate): the decisions, no I/O;
+//! 2. [`adapters`]: the database, MCE, NATS, crypto, metrics, telemetry;
+//! 3. [`lifecycle`]: the handles handlers share, and the one place a run ends;
+//! 4. [`handlers`] (one delivery or request each) and [`jobs`] (periodic);
+//! 5. [`app`]: the composition root, the consumer loop, commands, the demo.
 
-pub mod api;
+pub mod adapters;
 pub mod app;
-pub mod backoff;
-pub mod cancel;
-pub mod cli;
-pub mod config;
-pub mod consumer;
-pub mod crypto;
-pub mod demo;
-pub mod execute;
-pub mod http;
-pub mod jetstream;
-pub mod lease;
-pub mod mce;
-pub mod metrics;
-pub mod model;
-pub mod poll;
-pub mod reconciler;
-pub mod schema;
-pub mod store;
-pub mod sweeper;
-pub mod telemetry;
+pub mod handlers;
+pub mod jobs;
+pub mod lifecycle;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mce_sim::{Chaos, Scenario, SimConfig};
-use service::execute::temp_de_key;
+use shell_query_core::naming::temp_de_key;
 use tests::{Relay, wait_for};
 use uuid::Uuid;
 
@@ -158,7 +158,7 @@ async fn check_batch(system: &System, planned: &[Planned], seed: u64) {
         };
         // A kill between recording the Perform request and MCE getting it:
         // nothing ran, and the run says so (docs/DECISIONS.md).
-        let interrupted = run.status == "failed" && error == service::execute::INTERRUPTED && performs == 0;
+        let interrupted = run.status == "failed" && error == service::handlers::execute::INTERRUPTED && performs == 0;
         if interrupted && p.expect != Expect::Invalid {
             continue;
         }

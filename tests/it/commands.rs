@@ -69,7 +69,7 @@ fn credentials_come_from_stdin_only_and_are_stored_encrypted() {
         let rows = entities::credentials::Entity::find().all(&db).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_ne!(rows[0].refresh_token, "secret-refresh-token");
-        let cipher = service::crypto::Cipher::parse(ENCRYPTION_KEY).unwrap();
+        let cipher = service::adapters::crypto::Cipher::parse(ENCRYPTION_KEY).unwrap();
         assert_eq!(cipher.decrypt(&rows[0].refresh_token).unwrap(), "secret-refresh-token");
     });
     // Running it again updates the same row (one per user, tenant and MID).

@@ -27,11 +27,11 @@ async fn a_query_runs_from_execute_to_ready() {
     assert!(run.query_definition_id.is_some() && run.poll_started_at.is_some() && run.started_at.is_some());
     assert_eq!(
         run.target_de_customer_key.as_deref(),
-        Some(service::execute::temp_de_key(run_id).as_str())
+        Some(shell_query_core::naming::temp_de_key(run_id).as_str())
     );
     assert_eq!(
         run.query_customer_key.as_deref(),
-        Some(service::execute::query_key(run_id).as_str())
+        Some(shell_query_core::naming::query_key(run_id).as_str())
     );
     assert!(run.completed_at.is_some());
 

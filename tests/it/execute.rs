@@ -73,7 +73,7 @@ async fn select_star_expands_over_table_metadata() {
         .await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "ready", "{}", system.log());
-    let key = service::execute::query_key(id);
+    let key = shell_query_core::naming::query_key(id);
     let (text, update) = system.sim.created_query(&key).unwrap();
     assert_eq!(text, "SELECT OrderID, Email, Total FROM [Orders_DE] WHERE Total > 10");
     assert_eq!(update, "Overwrite");
@@ -110,7 +110,10 @@ async fn select_star_expands_over_mce_metadata_fetched_once_per_table() {
         .await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "ready", "{}", system.log());
-    let (text, _) = system.sim.created_query(&service::execute::query_key(id)).unwrap();
+    let (text, _) = system
+        .sim
+        .created_query(&shell_query_core::naming::query_key(id))
+        .unwrap();
     assert!(
         text.starts_with("SELECT c.Email, c.Age, c.Joined, j.JobID FROM Customers c"),
         "{text}"
@@ -199,7 +202,11 @@ async fn run_to_target_in_each_update_mode() {
         assert_eq!(run.status, "ready", "{mode}: {}", system.log());
         assert_eq!(run.target_de_customer_key.as_deref(), Some("target-key"));
         assert_eq!(
-            system.sim.created_query(&service::execute::query_key(id)).unwrap().1,
+            system
+                .sim
+                .created_query(&shell_query_core::naming::query_key(id))
+                .unwrap()
+                .1,
             mode
         );
         assert_eq!(system.sim.rows("target-key").len(), rows_after, "{mode}");
@@ -350,9 +357,9 @@ async fn a_worker_dying_before_mce_got_perform_fails_the_run_clearly_and_starts_
     system.start_worker().await;
     let run = system.wait_terminal(id, Duration::from_secs(90)).await;
     assert_eq!(run.status, "failed", "{}", system.log());
-    assert_eq!(system.error_message(id).await, service::execute::INTERRUPTED);
+    assert_eq!(system.error_message(id).await, service::handlers::execute::INTERRUPTED);
     assert_eq!(
-        system.sim.performs_into(&service::execute::temp_de_key(id)),
+        system.sim.performs_into(&shell_query_core::naming::temp_de_key(id)),
         0,
         "MCE ran nothing"
     );

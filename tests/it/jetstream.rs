@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream::DiscardPolicy, stream::RetentionPolicy};
-use service::jetstream::{PollPublished, Subjects, declare, publish_poll};
+use service::adapters::nats::{PollPublished, Subjects, declare, publish_poll};
 use tests::NatsServer;
 use uuid::Uuid;
 

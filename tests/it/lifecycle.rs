@@ -142,23 +142,23 @@ async fn a_queued_run_without_its_execute_message_is_submitted_again() {
 async fn two_replicas_never_hold_the_lease_in_the_same_interval() {
     let nats = tests::NatsServer::start().await;
     let js = async_nats::jetstream::new(nats.admin().await);
-    let store = service::lease::bucket(&js).await.unwrap();
+    let store = service::adapters::lease::bucket(&js).await.unwrap();
     let now = chrono::Utc::now();
     let hold = Duration::from_secs(2);
-    let attempts = (0..6).map(|_| service::lease::try_take(&store, "reconciler", hold, now));
+    let attempts = (0..6).map(|_| service::adapters::lease::try_take(&store, "reconciler", hold, now));
     let winners = futures::future::join_all(attempts)
         .await
         .into_iter()
         .filter(|w| *w)
         .count();
     assert_eq!(winners, 1, "exactly one of six concurrent replicas takes the lease");
-    assert!(!service::lease::try_take(&store, "reconciler", hold, now + chrono::Duration::seconds(1)).await);
+    assert!(!service::adapters::lease::try_take(&store, "reconciler", hold, now + chrono::Duration::seconds(1)).await);
     assert!(
-        service::lease::try_take(&store, "sweeper", hold, now).await,
+        service::adapters::lease::try_take(&store, "sweeper", hold, now).await,
         "leases are independent"
     );
     let later = now + chrono::Duration::seconds(3);
-    let attempts = (0..6).map(|_| service::lease::try_take(&store, "reconciler", hold, later));
+    let attempts = (0..6).map(|_| service::adapters::lease::try_take(&store, "reconciler", hold, later));
     let winners = futures::future::join_all(attempts)
         .await
         .into_iter()
@@ -212,7 +212,7 @@ async fn the_sweeper_deletes_old_leaked_query_definitions_across_pages() {
     let starting = Uuid::new_v4();
     let unrecorded = system
         .sim
-        .add_query_definition(&service::execute::query_key(starting), folder, two_days);
+        .add_query_definition(&shell_query_core::naming::query_key(starting), folder, two_days);
     let sql = format!(
         "INSERT INTO shell_query_runs (id, tenant_id, mid, sql_text_hash, status) VALUES ('{starting}', '{}', '{}', 'h', 'running')",
         system.tenant_id, system.mid

@@ -7,15 +7,19 @@ use std::time::Duration;
 use mce_sim::{Fault, Sim, SimConfig};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use secrecy::SecretString;
-use service::backoff::Backoff;
-use service::crypto::Cipher;
-use service::mce::{BaseUrls, Mce, MceError, RetryPolicy, Timeouts};
+use service::adapters::crypto::Cipher;
+use service::adapters::mce::{BaseUrls, Mce, MceError, RetryPolicy, Timeouts};
+use service::adapters::store::Store;
+use service::adapters::store::credentials::CredentialStore;
+use shell_query_core::backoff::Backoff;
 use tests::{ENCRYPTION_KEY, fresh_database_url};
 use uuid::Uuid;
 
 struct Fixture {
     sim: Sim,
-    db: DatabaseConnection,
+    db: Store,
+    /// For reading the credentials rows as they are stored.
+    raw: DatabaseConnection,
     mce: Mce,
     tenant: Uuid,
     user: Uuid,
@@ -27,14 +31,14 @@ async fn fixture(refresh_token: &str) -> Fixture {
     let sim = Sim::start(SimConfig::default()).await.unwrap();
     sim.add_refresh_token("valid-refresh");
     let url = fresh_database_url();
-    service::store::migrate(&url).await.unwrap();
-    let db = service::store::connect(&url, 4).await.unwrap();
+    service::adapters::store::migrate(&url).await.unwrap();
+    let db = service::adapters::store::connect(&url, 4).await.unwrap();
     let cipher = Cipher::parse(ENCRYPTION_KEY).unwrap();
     let (tenant, user) = (Uuid::new_v4(), Uuid::new_v4());
-    service::store::upsert_tenant(&db, tenant, &tenant.simple().to_string(), "mc-sim")
+    service::adapters::store::tenants::upsert_tenant(&db, tenant, &tenant.simple().to_string(), "mc-sim")
         .await
         .unwrap();
-    service::store::upsert_credentials(
+    service::adapters::store::credentials::upsert_credentials(
         &db,
         tenant,
         user,
@@ -45,9 +49,11 @@ async fn fixture(refresh_token: &str) -> Fixture {
     .await
     .unwrap();
     let mce = client(&sim, &db);
+    let raw = sea_orm::Database::connect(&url).await.unwrap();
     Fixture {
         sim,
         db,
+        raw,
         mce,
         tenant,
         user,
@@ -56,7 +62,7 @@ async fn fixture(refresh_token: &str) -> Fixture {
 
 /// A client of its own (another replica): its own token cache and single
 /// flight, the same database.
-fn client(sim: &Sim, db: &DatabaseConnection) -> Mce {
+fn client(sim: &Sim, db: &Store) -> Mce {
     let retry = RetryPolicy {
         max_retries: 3,
         backoff: Backoff {
@@ -73,7 +79,7 @@ fn client(sim: &Sim, db: &DatabaseConnection) -> Mce {
         rest: sim.url(),
     };
     Mce::new(
-        db.clone(),
+        CredentialStore::new(db.clone()),
         Cipher::parse(ENCRYPTION_KEY).unwrap(),
         "client".into(),
         SecretString::from("secret"),
@@ -87,7 +93,7 @@ fn client(sim: &Sim, db: &DatabaseConnection) -> Mce {
 }
 
 async fn stored_refresh_token(f: &Fixture) -> String {
-    let rows = entities::credentials::Entity::find().all(&f.db).await.unwrap();
+    let rows = entities::credentials::Entity::find().all(&f.raw).await.unwrap();
     Cipher::parse(ENCRYPTION_KEY)
         .unwrap()
         .decrypt(&rows[0].refresh_token)
@@ -346,7 +352,7 @@ async fn perform_is_resent_only_when_mce_surely_did_not_get_it() {
 
     // Nothing listening: surely not received.
     let nowhere = Mce::new(
-        f.db.clone(),
+        CredentialStore::new(f.db.clone()),
         Cipher::parse(ENCRYPTION_KEY).unwrap(),
         "client".into(),
         SecretString::from("secret"),

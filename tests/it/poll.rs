@@ -141,7 +141,7 @@ async fn a_missing_or_refused_object_id_is_recovered_by_customer_key_and_persist
         Some(object_id.as_str()),
         "the recovered ObjectID is persisted"
     );
-    let key = service::execute::query_key(missing);
+    let key = shell_query_core::naming::query_key(missing);
     assert_eq!(
         calls(&system, "soap:Retrieve:QueryDefinition", &key),
         2,
@@ -158,7 +158,7 @@ async fn a_missing_or_refused_object_id_is_recovered_by_customer_key_and_persist
     let refused = system.submit("SELECT Refused FROM [X]", None).await;
     let run = system.wait_terminal(refused, MINUTE).await;
     assert_eq!(run.status, "ready", "{}", system.log());
-    let key = service::execute::query_key(refused);
+    let key = shell_query_core::naming::query_key(refused);
     assert_eq!(calls(&system, "soap:Retrieve:QueryDefinition", &key), 2);
     assert!(calls(&system, "rest:isrunning", run.query_definition_id.as_deref().unwrap()) >= 3);
 }
@@ -179,7 +179,7 @@ async fn a_rowset_slow_to_become_queryable_is_retried_until_ready() {
     assert_eq!(run.status, "ready", "{}", system.log());
     assert_eq!(run.row_count, Some(3));
     assert!(run.poll_rowset_attempts >= 1, "the attempts were recorded in the row");
-    let key = service::execute::temp_de_key(id);
+    let key = shell_query_core::naming::temp_de_key(id);
     assert!(calls(&system, "rest:rowset", &key) >= 2);
     system.wait_event(id, "ready").await;
     let events = system.events(id).await;
@@ -202,7 +202,7 @@ async fn a_rowset_never_queryable_fails_with_the_reference_message() {
     let id = system.submit("SELECT Never FROM [X]", None).await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "failed", "{}", system.log());
-    let key = service::execute::temp_de_key(id);
+    let key = shell_query_core::naming::temp_de_key(id);
     assert_eq!(
         system.error_message(id).await,
         format!("Data Extension \"{key}\" not queryable after 3 attempts")

@@ -2,9 +2,9 @@
 //! service) and SQLite (the demo's embedded database).
 
 use chrono::Utc;
-use sea_orm::DatabaseConnection;
-use service::model::RunStatus;
-use service::store::{self, NewRun, Started, Terminal};
+use service::adapters::store::runs::{self, NewRun, Started, Terminal};
+use service::adapters::store::{self, Store, credentials, folders, tenants};
+use shell_query_core::run::{Run, RunStatus, StartPhase, Task};
 use tests::{TempDir, fresh_database_url};
 use uuid::Uuid;
 
@@ -24,35 +24,32 @@ fn new_run(id: Uuid, tenant: Uuid) -> NewRun {
 async fn exercise(url: &str) {
     store::migrate(url).await.unwrap();
     store::migrate(url).await.expect("migrating twice is a no-op");
-    let db: DatabaseConnection = store::connect(url, 2).await.unwrap();
+    let db: Store = store::connect(url, 2).await.unwrap();
     let (tenant, run_id, now) = (Uuid::new_v4(), Uuid::new_v4(), Utc::now());
 
-    store::upsert_tenant(&db, tenant, "5000001", "mc-one").await.unwrap();
-    store::upsert_tenant(&db, tenant, "5000001", "mc-two")
+    tenants::upsert_tenant(&db, tenant, "5000001", "mc-one").await.unwrap();
+    tenants::upsert_tenant(&db, tenant, "5000001", "mc-two")
         .await
         .expect("upsert updates");
     let user = Uuid::new_v4();
-    store::upsert_credentials(&db, tenant, user, "510000123", "rt1".into(), now)
+    credentials::upsert_credentials(&db, tenant, user, "510000123", "rt1".into(), now)
         .await
         .unwrap();
-    store::upsert_credentials(&db, tenant, user, "510000123", "rt2".into(), now)
+    credentials::upsert_credentials(&db, tenant, user, "510000123", "rt2".into(), now)
         .await
         .unwrap();
 
-    store::insert_run_if_absent(&db, new_run(run_id, tenant), now)
+    runs::insert_run_if_absent(&db, new_run(run_id, tenant), now)
         .await
         .unwrap();
-    store::insert_run_if_absent(&db, new_run(run_id, tenant), now)
+    runs::insert_run_if_absent(&db, new_run(run_id, tenant), now)
         .await
         .expect("a second insert is ignored");
-    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
-    assert_eq!(run.status, "queued");
+    let run = runs::get_run(&db, run_id).await.unwrap().unwrap();
+    assert_eq!((run.status, &run.start), (RunStatus::Queued, &StartPhase::NotRequested));
 
-    assert!(store::mark_running(&db, run_id, now).await.unwrap());
-    assert!(
-        !store::mark_running(&db, run_id, now).await.unwrap(),
-        "only from queued"
-    );
+    assert!(runs::mark_running(&db, run_id, now).await.unwrap());
+    assert!(!runs::mark_running(&db, run_id, now).await.unwrap(), "only from queued");
     let started = Started {
         task_id: "10684".into(),
         query_definition_id: "qd".into(),
@@ -60,55 +57,54 @@ async fn exercise(url: &str) {
         target_de_customer_key: "QPP_R_x".into(),
         poll_started_at: now,
     };
-    assert!(store::record_started(&db, run_id, &started).await.unwrap());
-    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
-    let for_poll = store::get_run_for_poll(&db, run_id).await.unwrap().unwrap();
+    assert!(runs::record_started(&db, run_id, &started).await.unwrap());
+    let run = runs::get_run(&db, run_id).await.unwrap().unwrap();
+    let for_poll = runs::get_run_for_poll(&db, run_id).await.unwrap().unwrap();
+    assert_eq!(run.start, StartPhase::Started(Task::Known("10684".into())));
     assert_eq!(run.sql_text_encrypted.as_deref(), Some("enc"));
     assert_eq!(for_poll.sql_text_encrypted, None, "a tick never loads the SQL text");
     assert_eq!(
-        store::Run {
+        Run {
             sql_text_encrypted: None,
             ..run.clone()
         },
         for_poll,
         "everything else is the row"
     );
-    let mut state = store::poll_state(&run, 3, now);
+    let mut state = run.poll_state(3, now);
     assert_eq!(state.poll_count, 3);
     state.rowset_attempts = 2;
     state.last_status = Some("queued".into());
-    assert!(store::save_poll_state(&db, run_id, &state).await.unwrap());
-    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
-    assert_eq!((run.poll_count, run.poll_rowset_attempts), (3, 2));
+    assert!(runs::save_poll_state(&db, run_id, &state).await.unwrap());
+    let run = runs::get_run(&db, run_id).await.unwrap().unwrap();
+    assert_eq!((run.poll.count, run.poll.rowset_attempts), (3, 2));
     assert_eq!(
-        store::poll_state(&run, 1, now).poll_count,
+        run.poll_state(1, now).poll_count,
         4,
         "the row's count wins over a reset delivery count"
     );
 
     assert!(
-        store::finish(&db, run_id, Terminal::Ready { row_count: 7 }, now)
+        runs::finish(&db, run_id, Terminal::Ready { row_count: 7 }, now)
             .await
             .unwrap()
     );
     assert!(
-        !store::finish(&db, run_id, Terminal::Canceled, now).await.unwrap(),
+        !runs::finish(&db, run_id, Terminal::Canceled, now).await.unwrap(),
         "a terminal row stays terminal"
     );
-    let run = store::get_run(&db, run_id).await.unwrap().unwrap();
-    assert_eq!(
-        (RunStatus::parse(&run.status), run.row_count),
-        (Some(RunStatus::Ready), Some(7))
-    );
-    assert!(!store::save_poll_state(&db, run_id, &state).await.unwrap());
+    let run = runs::get_run(&db, run_id).await.unwrap().unwrap();
+    assert_eq!((run.status, run.row_count), (RunStatus::Ready, Some(7)));
+    assert!(!runs::save_poll_state(&db, run_id, &state).await.unwrap());
 
-    assert_eq!(store::folder_id(&db, tenant, "510000123").await.unwrap(), None);
-    store::save_folder_id(&db, tenant, "510000123", 4242).await.unwrap();
-    store::save_folder_id(&db, tenant, "510000123", 4343).await.unwrap();
-    assert_eq!(store::folder_id(&db, tenant, "510000123").await.unwrap(), Some(4343));
+    assert_eq!(folders::folder_id(&db, tenant, "510000123").await.unwrap(), None);
+    folders::save_folder_id(&db, tenant, "510000123", 4242).await.unwrap();
+    folders::save_folder_id(&db, tenant, "510000123", 4343).await.unwrap();
+    assert_eq!(folders::folder_id(&db, tenant, "510000123").await.unwrap(), Some(4343));
 
     // The status CHECK constraint holds on both databases.
     use sea_orm::ConnectionTrait;
+    let db = sea_orm::Database::connect(url).await.unwrap();
     let bad = db
         .execute_unprepared(&format!(
             "UPDATE shell_query_runs SET status = 'done' WHERE id = '{run_id}'"

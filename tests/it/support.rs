@@ -7,8 +7,8 @@ use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use futures::StreamExt;
 use mce_sim::{Sim, SimConfig};
 use sea_orm::{Database, DatabaseConnection, EntityTrait};
-use service::crypto::Cipher;
-use service::model::StatusEvent;
+use service::adapters::crypto::Cipher;
+use shell_query_core::event::StatusEvent;
 use tests::{ENCRYPTION_KEY, NatsServer, Worker, fresh_database_url, run_command, wait_for};
 use uuid::Uuid;
 

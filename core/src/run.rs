@@ -1,0 +1,272 @@
+//! A run as the service knows it: its state machine, where its start
+//! stands, and how it can end. The store reads rows into [`Run`]; nothing
+//! above the store sees a raw status string or an empty-string marker.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::poll::decide::{FailReason, PollState, ReadyVia};
+
+/// The row's `status` column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Ready,
+    Failed,
+    Canceled,
+}
+
+impl RunStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Ready => "ready",
+            RunStatus::Failed => "failed",
+            RunStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => RunStatus::Queued,
+            "running" => RunStatus::Running,
+            "ready" => RunStatus::Ready,
+            "failed" => RunStatus::Failed,
+            "canceled" => RunStatus::Canceled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Ready | RunStatus::Failed | RunStatus::Canceled)
+    }
+
+    /// The states a terminal compare-and-set may start from.
+    pub const LIVE: [RunStatus; 2] = [RunStatus::Queued, RunStatus::Running];
+}
+
+/// Where the start of a run's query stands. Perform is sent at most once:
+/// once it may have been sent, only [`StartPhase::PerformRequested`] or
+/// [`StartPhase::Started`] can follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartPhase {
+    /// Perform was not requested.
+    NotRequested,
+    /// Perform was (or was about to be) sent at `at`; its TaskID is unknown:
+    /// an earlier delivery may have started the query.
+    PerformRequested { at: DateTime<Utc> },
+    /// MCE started the query.
+    Started(Task),
+}
+
+/// The started query's AsyncActivity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Task {
+    Known(String),
+    /// An interrupted start lost the TaskID: the run is polled by the
+    /// isRunning gate and the rowset only.
+    Lost,
+}
+
+impl Task {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Task::Known(id) => Some(id),
+            Task::Lost => None,
+        }
+    }
+}
+
+/// What earlier poll ticks left in the row (docs in ARCHITECTURE.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PollProgress {
+    pub count: u32,
+    pub not_running_count: u32,
+    pub not_running_first_at: Option<DateTime<Utc>>,
+    pub rowset_attempts: u32,
+    pub rowset_first_at: Option<DateTime<Utc>>,
+    pub probe_attempts: u32,
+    pub last_probe_at: Option<DateTime<Utc>>,
+    pub transient_errors: u32,
+    pub last_status: Option<String>,
+}
+
+/// One run, as its row holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub mid: String,
+    pub snippet_name: Option<String>,
+    pub sql_text_hash: String,
+    /// `None` when the caller did not ask for it (a poll tick never reads it).
+    pub sql_text_encrypted: Option<String>,
+    pub status: RunStatus,
+    pub start: StartPhase,
+    pub query_definition_id: Option<String>,
+    pub query_customer_key: Option<String>,
+    pub target_de_customer_key: Option<String>,
+    pub target_update_type: Option<String>,
+    pub poll_started_at: Option<DateTime<Utc>>,
+    /// Encrypted, client-safe.
+    pub error_message: Option<String>,
+    pub row_count: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub poll: PollProgress,
+}
+
+impl Run {
+    /// The recorded ObjectID of the run's QueryDefinition, if any.
+    pub fn query_definition(&self) -> Option<&str> {
+        self.query_definition_id.as_deref().filter(|id| !id.trim().is_empty())
+    }
+
+    /// The TaskID of the started query, when known.
+    pub fn start_task_id(&self) -> Option<&str> {
+        match &self.start {
+            StartPhase::Started(task) => task.id(),
+            _ => None,
+        }
+    }
+
+    /// The poll state a tick starts from; `delivered` is the poll message's
+    /// delivery count (the row's count wins if the consumer was ever reset).
+    pub fn poll_state(&self, delivered: u32, fallback_start: DateTime<Utc>) -> PollState {
+        let p = &self.poll;
+        PollState {
+            poll_count: delivered.max(p.count + 1),
+            started_at: self.poll_started_at.unwrap_or(fallback_start),
+            not_running_count: p.not_running_count,
+            not_running_first_at: p.not_running_first_at,
+            rowset_attempts: p.rowset_attempts,
+            rowset_first_at: p.rowset_first_at,
+            probe_attempts: p.probe_attempts,
+            last_probe_at: p.last_probe_at,
+            transient_errors: p.transient_errors,
+            last_status: p.last_status.clone(),
+        }
+    }
+}
+
+/// How a run ends. Every path that ends a run names one of these; the
+/// metric labels come from here and nowhere else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ending {
+    Ready {
+        row_count: i64,
+        via: ReadyVia,
+    },
+    /// `message` is client-safe (it is clipped and encrypted on the way in).
+    Failed {
+        message: String,
+        cause: FailCause,
+    },
+    Canceled(CancelSource),
+}
+
+/// Which step failed a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailCause {
+    /// A poll tick's decision.
+    Poll(FailReason),
+    /// The execute step (MCE refused, or the query cannot run).
+    Execute,
+    /// The execute message could not be read.
+    Malformed,
+    /// The reconciler found the run unable to move.
+    Reconciler,
+}
+
+/// Who asked for the cancel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelSource {
+    /// The API set the row to `canceled` itself.
+    Api,
+    /// A `P.cancel.<runId>` message.
+    CancelMessage,
+}
+
+impl Ending {
+    /// The terminal status the run moves into.
+    pub fn status(&self) -> RunStatus {
+        match self {
+            Ending::Ready { .. } => RunStatus::Ready,
+            Ending::Failed { .. } => RunStatus::Failed,
+            Ending::Canceled(_) => RunStatus::Canceled,
+        }
+    }
+
+    /// The `outcome` label of `shell_query_runs_total`.
+    pub fn outcome_label(&self) -> &'static str {
+        match self {
+            Ending::Ready { .. } => "ready",
+            Ending::Failed { .. } => "failed",
+            Ending::Canceled(_) => "canceled",
+        }
+    }
+
+    /// The `reason` label of `shell_query_runs_total`: a closed set.
+    pub fn reason_label(&self) -> &'static str {
+        match self {
+            Ending::Ready { via, .. } => match via {
+                ReadyVia::Complete => "complete",
+                ReadyVia::NotRunning => "not_running",
+                ReadyVia::Probe => "row_probe",
+            },
+            Ending::Failed { cause, .. } => match cause {
+                FailCause::Poll(reason) => reason.label(),
+                FailCause::Execute => "execute",
+                FailCause::Malformed => "malformed",
+                FailCause::Reconciler => "reconciler",
+            },
+            Ending::Canceled(CancelSource::Api) => "api",
+            Ending::Canceled(CancelSource::CancelMessage) => "cancel_message",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip() {
+        for s in [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Ready,
+            RunStatus::Failed,
+            RunStatus::Canceled,
+        ] {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(RunStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn every_ending_names_its_status_and_labels() {
+        let ready = Ending::Ready {
+            row_count: 3,
+            via: ReadyVia::Probe,
+        };
+        assert_eq!(
+            (ready.status(), ready.outcome_label(), ready.reason_label()),
+            (RunStatus::Ready, "ready", "row_probe")
+        );
+        let failed = Ending::Failed {
+            message: "x".into(),
+            cause: FailCause::Poll(FailReason::Timeout),
+        };
+        assert_eq!((failed.status(), failed.reason_label()), (RunStatus::Failed, "timeout"));
+        let canceled = Ending::Canceled(CancelSource::Api);
+        assert_eq!(
+            (canceled.status(), canceled.reason_label()),
+            (RunStatus::Canceled, "api")
+        );
+    }
+}

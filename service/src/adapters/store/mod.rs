@@ -1,0 +1,130 @@
+//! Every SQL statement of the service, behind one door per table:
+//! [`runs`], [`tenants`], [`credentials`] and [`folders`]. Rows come out as
+//! domain types; `sea_orm` types and errors never leave this module. State
+//! changes are compare-and-set in SQL: losing one is a normal outcome
+//! (`false`), not an error.
+
+pub mod credentials;
+pub mod folders;
+pub mod runs;
+pub mod tenants;
+
+use migration::MigratorTrait;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
+
+/// The database, as handlers and jobs hold it.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// A statement failed, or a row held what the schema forbids.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Database(#[from] DbErr),
+    #[error("a row could not be read: {0}")]
+    Corrupt(String),
+}
+
+impl Store {
+    /// True if the database answers a trivial query.
+    pub async fn ping(&self) -> bool {
+        self.db.ping().await.is_ok()
+    }
+
+    /// Whether this is the demo's embedded SQLite database.
+    pub fn is_sqlite(&self) -> bool {
+        self.db.get_database_backend() == DbBackend::Sqlite
+    }
+}
+
+/// An arbitrary, fixed key for the migration advisory lock.
+const MIGRATION_LOCK_KEY: i64 = 0x5348_454c_4c51; // "SHELLQ"
+
+/// Connects, creating the PostgreSQL database first when it is missing.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+    if url.starts_with("postgres") {
+        create_database_if_missing(url).await?;
+    }
+    let mut options = ConnectOptions::new(url.to_string());
+    // SQLite (the demo) has one writer: a single connection avoids the
+    // deadlock of two deferred transactions upgrading to write at once.
+    let max_connections = if url.starts_with("sqlite") { 1 } else { max_connections };
+    // During an outage a query fails in seconds (its delivery is retried)
+    // instead of waiting half a minute for a connection.
+    options
+        .max_connections(max_connections)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .sqlx_logging(false);
+    Ok(Store {
+        db: Database::connect(options).await?,
+    })
+}
+
+async fn create_database_if_missing(url: &str) -> Result<(), DbErr> {
+    let mut parsed = reqwest::Url::parse(url).map_err(|e| DbErr::Custom(format!("DATABASE_URL: {e}")))?;
+    let name = parsed.path().trim_start_matches('/').to_string();
+    if name.is_empty() || name == "postgres" {
+        return Ok(());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(DbErr::Custom(
+            "DATABASE_URL: the database name must be [A-Za-z0-9_-]".into(),
+        ));
+    }
+    parsed.set_path("/postgres");
+    let mut options = ConnectOptions::new(parsed.to_string());
+    options.max_connections(1).sqlx_logging(false);
+    let Ok(admin) = Database::connect(options).await else {
+        // No maintenance database to talk to: let the real connect report.
+        return Ok(());
+    };
+    let exists = |admin: DatabaseConnection| {
+        let name = name.clone();
+        async move {
+            let row = admin
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT 1 AS one FROM pg_database WHERE datname = $1",
+                    [name.into()],
+                ))
+                .await?;
+            Ok::<_, DbErr>((admin, row.is_some()))
+        }
+    };
+    let (admin, found) = exists(admin).await?;
+    if !found {
+        let created = admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await;
+        if let Err(e) = created {
+            // Another replica may have created it in the meantime.
+            let (_, found) = exists(admin.clone()).await?;
+            if !found {
+                return Err(e);
+            }
+        }
+    }
+    admin.close().await
+}
+
+/// Applies pending migrations; on PostgreSQL under an advisory lock, so many
+/// replicas starting at once migrate one after the other.
+pub async fn migrate(url: &str) -> Result<(), StoreError> {
+    let db = connect(url, 1).await?.db;
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
+    if postgres {
+        db.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+            .await?;
+    }
+    let result = migration::Migrator::up(&db, None).await;
+    if postgres {
+        db.execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+            .await?;
+    }
+    db.close().await?;
+    Ok(result?)
+}

@@ -1,0 +1,381 @@
+//! `shell_query_runs`: one row per run, read out as the domain [`Run`].
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use entities::shell_query_runs as runs;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use shell_query_core::poll::decide::PollState;
+use shell_query_core::run::{PollProgress, Run, RunStatus, StartPhase, Task};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+/// The live statuses as the column holds them.
+const LIVE: [&str; 2] = [RunStatus::LIVE[0].as_str(), RunStatus::LIVE[1].as_str()];
+
+/// The domain run of a row. A status outside the CHECK constraint is a
+/// corrupt row, reported, never guessed.
+fn to_run(m: runs::Model) -> Result<Run, StoreError> {
+    let status = RunStatus::parse(&m.status)
+        .ok_or_else(|| StoreError::Corrupt(format!("run {}: unknown status {:?}", m.id, m.status)))?;
+    let start = match (m.task_id, m.perform_requested_at) {
+        (Some(task), _) if task.is_empty() => StartPhase::Started(Task::Lost),
+        (Some(task), _) => StartPhase::Started(Task::Known(task)),
+        (None, Some(at)) => StartPhase::PerformRequested { at },
+        (None, None) => StartPhase::NotRequested,
+    };
+    let count = |v: i32| u32::try_from(v).unwrap_or(0);
+    Ok(Run {
+        id: m.id,
+        tenant_id: m.tenant_id,
+        user_id: m.user_id,
+        mid: m.mid,
+        snippet_name: m.snippet_name,
+        sql_text_hash: m.sql_text_hash,
+        sql_text_encrypted: m.sql_text_encrypted,
+        status,
+        start,
+        query_definition_id: m.query_definition_id,
+        query_customer_key: m.query_customer_key,
+        target_de_customer_key: m.target_de_customer_key,
+        target_update_type: m.target_update_type,
+        poll_started_at: m.poll_started_at,
+        error_message: m.error_message,
+        row_count: m.row_count.map(i64::from),
+        created_at: m.created_at,
+        started_at: m.started_at,
+        completed_at: m.completed_at,
+        poll: PollProgress {
+            count: count(m.poll_count),
+            not_running_count: count(m.poll_not_running_count),
+            not_running_first_at: m.poll_not_running_first_at,
+            rowset_attempts: count(m.poll_rowset_attempts),
+            rowset_first_at: m.poll_rowset_first_at,
+            probe_attempts: count(m.poll_probe_attempts),
+            last_probe_at: m.poll_last_probe_at,
+            transient_errors: count(m.poll_transient_errors),
+            last_status: m.poll_last_status,
+        },
+    })
+}
+
+/// A run as the execute message describes it.
+pub struct NewRun {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: Option<Uuid>,
+    pub mid: String,
+    pub snippet_name: Option<String>,
+    pub sql_text_hash: String,
+    pub sql_text_encrypted: Option<String>,
+    pub target_update_type: Option<String>,
+}
+
+/// Inserts the run as `queued` unless a row exists (the API may have made it).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_run_if_absent"))]
+pub async fn insert_run_if_absent(store: &Store, run: NewRun, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let row = runs::ActiveModel {
+        id: Set(run.id),
+        tenant_id: Set(run.tenant_id),
+        user_id: Set(run.user_id),
+        mid: Set(run.mid),
+        snippet_name: Set(run.snippet_name),
+        sql_text_hash: Set(run.sql_text_hash),
+        sql_text_encrypted: Set(run.sql_text_encrypted),
+        status: Set(RunStatus::Queued.as_str().into()),
+        target_update_type: Set(run.target_update_type),
+        created_at: Set(now),
+        poll_count: Set(0),
+        poll_not_running_count: Set(0),
+        poll_rowset_attempts: Set(0),
+        poll_probe_attempts: Set(0),
+        poll_transient_errors: Set(0),
+        ..Default::default()
+    };
+    runs::Entity::insert(row)
+        .on_conflict(OnConflict::column(runs::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(&store.db)
+        .await?;
+    Ok(())
+}
+
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_run"))]
+pub async fn get_run(store: &Store, id: Uuid) -> Result<Option<Run>, StoreError> {
+    runs::Entity::find_by_id(id)
+        .one(&store.db)
+        .await?
+        .map(to_run)
+        .transpose()
+}
+
+/// The row as a poll tick needs it: everything but the SQL text (up to
+/// 256 KB encrypted), which a tick never reads.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_run_for_poll"))]
+pub async fn get_run_for_poll(store: &Store, id: Uuid) -> Result<Option<Run>, StoreError> {
+    use sea_orm::Iterable as _;
+    runs::Entity::find_by_id(id)
+        .select_only()
+        .columns(runs::Column::iter().filter(|c| !matches!(c, runs::Column::SqlTextEncrypted)))
+        .column_as(Expr::value(Option::<String>::None), "sql_text_encrypted")
+        .one(&store.db)
+        .await?
+        .map(to_run)
+        .transpose()
+}
+
+/// `queued → running`, setting `started_at`. False if the row was not queued.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "mark_running"))]
+pub async fn mark_running(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(RunStatus::Running.as_str()))
+        .col_expr(runs::Column::StartedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Queued.as_str()))
+        .exec(&store.db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// The assets of a run about to be started, persisted with the marker
+/// `perform_requested_at` before Perform is sent. False if the row is no
+/// longer running (canceled meanwhile).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "record_prepared"))]
+pub async fn record_prepared(
+    store: &Store,
+    id: Uuid,
+    query_definition_id: &str,
+    query_customer_key: &str,
+    target_de_customer_key: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let result = runs::Entity::update_many()
+        .col_expr(
+            runs::Column::QueryDefinitionId,
+            Expr::value(query_definition_id.to_string()),
+        )
+        .col_expr(
+            runs::Column::QueryCustomerKey,
+            Expr::value(query_customer_key.to_string()),
+        )
+        .col_expr(
+            runs::Column::TargetDeCustomerKey,
+            Expr::value(target_de_customer_key.to_string()),
+        )
+        .col_expr(runs::Column::PerformRequestedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+        .filter(runs::Column::TaskId.is_null())
+        .exec(&store.db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Perform was surely not received by MCE (no connection, 429, token
+/// failure): the marker goes, so a later delivery may send it.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "clear_perform_requested"))]
+pub async fn clear_perform_requested(store: &Store, id: Uuid) -> Result<(), StoreError> {
+    runs::Entity::update_many()
+        .col_expr(
+            runs::Column::PerformRequestedAt,
+            Expr::value(Option::<DateTime<Utc>>::None),
+        )
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::TaskId.is_null())
+        .exec(&store.db)
+        .await?;
+    Ok(())
+}
+
+/// What Perform started, persisted in one update before the poll message.
+pub struct Started {
+    pub task_id: String,
+    pub query_definition_id: String,
+    pub query_customer_key: String,
+    pub target_de_customer_key: String,
+    pub poll_started_at: DateTime<Utc>,
+}
+
+/// Records the started query on a running row. False if the row is no longer running.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "record_started"))]
+pub async fn record_started(store: &Store, id: Uuid, s: &Started) -> Result<bool, StoreError> {
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::TaskId, Expr::value(s.task_id.clone()))
+        .col_expr(
+            runs::Column::QueryDefinitionId,
+            Expr::value(s.query_definition_id.clone()),
+        )
+        .col_expr(
+            runs::Column::QueryCustomerKey,
+            Expr::value(s.query_customer_key.clone()),
+        )
+        .col_expr(
+            runs::Column::TargetDeCustomerKey,
+            Expr::value(s.target_de_customer_key.clone()),
+        )
+        .col_expr(runs::Column::PollStartedAt, Expr::value(s.poll_started_at))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+        .exec(&store.db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// The terminal state a run moves into.
+pub enum Terminal {
+    Ready {
+        row_count: i64,
+    },
+    /// `error_message` is client-safe and already encrypted.
+    Failed {
+        error_message_encrypted: String,
+    },
+    Canceled,
+}
+
+/// Compare-and-set from a live state into a terminal one. Only the winner
+/// (true) publishes the event and cleans up.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "finish"))]
+pub async fn finish(store: &Store, id: Uuid, terminal: Terminal, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let mut update = runs::Entity::update_many().col_expr(runs::Column::CompletedAt, Expr::value(now));
+    update = match terminal {
+        Terminal::Ready { row_count } => update
+            .col_expr(runs::Column::Status, Expr::value(RunStatus::Ready.as_str()))
+            .col_expr(
+                runs::Column::RowCount,
+                Expr::value(i32::try_from(row_count).unwrap_or(i32::MAX)),
+            ),
+        Terminal::Failed {
+            error_message_encrypted,
+        } => update
+            .col_expr(runs::Column::Status, Expr::value(RunStatus::Failed.as_str()))
+            .col_expr(runs::Column::ErrorMessage, Expr::value(error_message_encrypted)),
+        Terminal::Canceled => update.col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled.as_str())),
+    };
+    let result = update
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.is_in(LIVE))
+        .exec(&store.db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Claims the cleanup of a run the API set to `canceled` (no `completed_at`
+/// yet). Only the winner publishes `canceled` and deletes MCE assets.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "claim_api_cancel"))]
+pub async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::CompletedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Canceled.as_str()))
+        .filter(runs::Column::CompletedAt.is_null())
+        .exec(&store.db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Saves a live run's poll state. False if the run is no longer running.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "save_poll_state"))]
+pub async fn save_poll_state(store: &Store, id: Uuid, s: &PollState) -> Result<bool, StoreError> {
+    let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::PollCount, Expr::value(int(s.poll_count)))
+        .col_expr(runs::Column::PollNotRunningCount, Expr::value(int(s.not_running_count)))
+        .col_expr(runs::Column::PollNotRunningFirstAt, Expr::value(s.not_running_first_at))
+        .col_expr(runs::Column::PollRowsetAttempts, Expr::value(int(s.rowset_attempts)))
+        .col_expr(runs::Column::PollRowsetFirstAt, Expr::value(s.rowset_first_at))
+        .col_expr(runs::Column::PollProbeAttempts, Expr::value(int(s.probe_attempts)))
+        .col_expr(runs::Column::PollLastProbeAt, Expr::value(s.last_probe_at))
+        .col_expr(runs::Column::PollTransientErrors, Expr::value(int(s.transient_errors)))
+        .col_expr(runs::Column::PollLastStatus, Expr::value(s.last_status.clone()))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+        .exec(&store.db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// Persists a QueryDefinition ObjectID recovered by CustomerKey.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "set_query_definition_id"))]
+pub async fn set_query_definition_id(store: &Store, id: Uuid, object_id: &str) -> Result<(), StoreError> {
+    runs::Entity::update_many()
+        .col_expr(runs::Column::QueryDefinitionId, Expr::value(object_id.to_string()))
+        .filter(runs::Column::Id.eq(id))
+        .exec(&store.db)
+        .await?;
+    Ok(())
+}
+
+/// Live runs created before `cutoff`, oldest first (at most 1000 a pass).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "stale_runs"))]
+pub async fn stale_runs(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+    runs::Entity::find()
+        .filter(runs::Column::Status.is_in(LIVE))
+        .filter(runs::Column::CreatedAt.lt(cutoff))
+        .order_by_asc(runs::Column::CreatedAt)
+        .limit(1000)
+        .all(&store.db)
+        .await?
+        .into_iter()
+        .map(to_run)
+        .collect()
+}
+
+/// The QueryDefinitions live runs hold: their ObjectIDs where recorded, and
+/// their CustomerKeys (one per run, `naming::query_key`), which a run's
+/// start creates before it can record anything: a start waiting out a
+/// database outage holds a QueryDefinition its row does not name yet. The
+/// sweeper leaves them alone.
+#[derive(Debug, Default)]
+pub struct LiveQueryDefinitions {
+    pub object_ids: HashSet<String>,
+    pub keys: HashSet<String>,
+}
+
+impl LiveQueryDefinitions {
+    pub fn holds(&self, object_id: &str, key: &str) -> bool {
+        self.object_ids.contains(object_id) || self.keys.contains(key)
+    }
+}
+
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "live_query_definitions"))]
+pub async fn live_query_definitions(store: &Store) -> Result<LiveQueryDefinitions, StoreError> {
+    let rows: Vec<(Uuid, Option<String>)> = runs::Entity::find()
+        .select_only()
+        .columns([runs::Column::Id, runs::Column::QueryDefinitionId])
+        .filter(runs::Column::Status.is_in(LIVE))
+        .into_tuple()
+        .all(&store.db)
+        .await?;
+    let mut live = LiveQueryDefinitions::default();
+    for (id, object_id) in rows {
+        live.object_ids.extend(object_id);
+        live.keys.insert(shell_query_core::naming::query_key(id));
+    }
+    Ok(live)
+}
+
+/// How long the tenant's last `limit` ready runs of the same query took,
+/// from the start of polling to completion, newest first.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "recent_durations"))]
+pub async fn recent_durations(
+    store: &Store,
+    tenant_id: Uuid,
+    sql_text_hash: &str,
+    limit: u64,
+) -> Result<Vec<std::time::Duration>, StoreError> {
+    Ok(runs::Entity::find()
+        .filter(runs::Column::TenantId.eq(tenant_id))
+        .filter(runs::Column::SqlTextHash.eq(sql_text_hash))
+        .filter(runs::Column::Status.eq(RunStatus::Ready.as_str()))
+        .filter(runs::Column::CompletedAt.is_not_null())
+        .filter(runs::Column::PollStartedAt.is_not_null())
+        .order_by_desc(runs::Column::CompletedAt)
+        .limit(limit)
+        .all(&store.db)
+        .await?
+        .into_iter()
+        .filter_map(|r| (r.completed_at? - r.poll_started_at?).to_std().ok())
+        .collect())
+}

@@ -1,0 +1,116 @@
+//! Runs a parsed command line; returns the process exit code.
+
+use secrecy::ExposeSecret;
+use std::io::Read as _;
+
+use chrono::Utc;
+
+use crate::app::config::{Cli, Command, CredentialsCommand, TenantCommand};
+
+/// 0 on a clean stop, 2 on bad configuration, 1 on any other failure.
+pub async fn main(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Run(args) => {
+            let settings = match crate::app::validate(&args) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            let telemetry = init_logging(args.log_format.as_deref());
+            let result = crate::app::run(*args, settings).await;
+            telemetry.shutdown();
+            result
+        }
+        Command::Demo(args) => {
+            let telemetry = init_logging_with(Some("pretty"), "warn");
+            let outcome = crate::app::demo::demo(args).await;
+            telemetry.shutdown();
+            return match outcome {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            };
+        }
+        Command::Migrate(db) => {
+            let _telemetry = init_logging(None);
+            crate::adapters::store::migrate(db.database_url.expose_secret())
+                .await
+                .map_err(Into::into)
+        }
+        Command::Tenant(TenantCommand::Upsert {
+            tenant_id,
+            eid,
+            tssd,
+            db,
+        }) => {
+            async {
+                let conn = crate::adapters::store::connect(db.database_url.expose_secret(), 1).await?;
+                crate::adapters::store::tenants::upsert_tenant(&conn, tenant_id, eid.trim(), &tssd).await?;
+                println!("tenant {tenant_id} stored");
+                Ok(())
+            }
+            .await
+        }
+        Command::Credentials(CredentialsCommand::Upsert {
+            tenant_id,
+            user_id,
+            mid,
+            db,
+            keys,
+            ..
+        }) => {
+            let cipher = match keys.cipher() {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let mut token = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut token) {
+                eprintln!("error: reading the refresh token from standard input: {e}");
+                return 1;
+            }
+            let token = token.trim();
+            if token.is_empty() {
+                eprintln!("error: --refresh-token-stdin: standard input held no token");
+                return 2;
+            }
+            async {
+                let conn = crate::adapters::store::connect(db.database_url.expose_secret(), 1).await?;
+                crate::adapters::store::credentials::upsert_credentials(
+                    &conn,
+                    tenant_id,
+                    user_id,
+                    &mid,
+                    cipher.encrypt(token),
+                    Utc::now(),
+                )
+                .await?;
+                println!("credentials for user {user_id} in business unit {mid} stored");
+                Ok(())
+            }
+            .await
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "failed");
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn config_error(e: crate::app::config::ConfigError) -> i32 {
+    eprintln!("error: {e}");
+    2
+}
+
+fn init_logging(format: Option<&str>) -> crate::adapters::telemetry::Telemetry {
+    init_logging_with(format, "info")
+}
+
+fn init_logging_with(format: Option<&str>, default_level: &str) -> crate::adapters::telemetry::Telemetry {
+    crate::adapters::telemetry::init(format, default_level)
+}

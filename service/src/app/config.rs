@@ -1,0 +1,557 @@
+//! Command line and configuration (CONTRACT.md sections 2 and 5). Every flag
+//! also reads its environment variable. Parsing is the only validation: a
+//! value that parses is in range, and a bad one names its setting.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+use crate::adapters::crypto::Cipher;
+use shell_query_core::backoff::Backoff;
+pub use shell_query_core::poll::PollConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shell-query-worker",
+    version,
+    about = "Runs SQL for Salesforce Marketing Cloud Engagement users"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service until SIGTERM/SIGINT.
+    Run(Box<RunArgs>),
+    /// Apply pending migrations and exit.
+    Migrate(DbArgs),
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage MCE credentials.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// The whole pipeline on one machine, with the MCE simulator.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Unset: an embedded SQLite database in a temporary folder.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// Unset: a private nats-server on a free port.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The nats-server to start when NATS_URL is unset.
+    #[arg(long, env = "NATS_SERVER_BIN", default_value = "nats-server")]
+    pub nats_server_bin: String,
+    /// With NATS_URL: the user (and NATS_PASSWORD) to connect as.
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<SecretString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create or update a tenant.
+    Upsert {
+        #[arg(long, env = "TENANT_ID")]
+        tenant_id: Uuid,
+        #[arg(long, env = "TENANT_EID")]
+        eid: String,
+        /// The tenant's subdomain: `[a-z0-9-]+`.
+        #[arg(long, env = "TENANT_TSSD", value_parser = parse_tssd)]
+        tssd: String,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Store a user's refresh token for a business unit, encrypted.
+    Upsert {
+        #[arg(long)]
+        tenant_id: Uuid,
+        #[arg(long)]
+        user_id: Uuid,
+        #[arg(long, value_parser = parse_mid)]
+        mid: String,
+        /// Read the refresh token from standard input (never from argv).
+        #[arg(long, required = true)]
+        refresh_token_stdin: bool,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/shell_query",
+        hide_env_values = true
+    )]
+    pub database_url: SecretString,
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<SecretString>,
+    /// Comma-separated; the first encrypts. Takes precedence over ENCRYPTION_KEY.
+    #[arg(long, env = "ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, env = "NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<SecretString>,
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<SecretString>,
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = "shell_query", value_parser = parse_prefix)]
+    pub subject_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MceArgs {
+    #[arg(long, env = "MCE_CLIENT_ID")]
+    pub mce_client_id: Option<String>,
+    #[arg(long, env = "MCE_CLIENT_SECRET", hide_env_values = true)]
+    pub mce_client_secret: Option<SecretString>,
+    #[arg(long, env = "MCE_AUTH_BASE_URL", default_value = "https://{tssd}.auth.marketingcloudapis.com", value_parser = parse_base_url)]
+    pub mce_auth_base_url: String,
+    #[arg(long, env = "MCE_SOAP_BASE_URL", default_value = "https://{tssd}.soap.marketingcloudapis.com", value_parser = parse_base_url)]
+    pub mce_soap_base_url: String,
+    #[arg(long, env = "MCE_REST_BASE_URL", default_value = "https://{tssd}.rest.marketingcloudapis.com", value_parser = parse_base_url)]
+    pub mce_rest_base_url: String,
+    /// Deadline of a SOAP or REST call other than the token and rowset calls.
+    #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = 30_000, value_parser = millis(100))]
+    pub mce_timeout_ms: u64,
+    #[arg(long, env = "MCE_TOKEN_TIMEOUT_MS", default_value_t = 15_000, value_parser = millis(100))]
+    pub mce_token_timeout_ms: u64,
+    #[arg(long, env = "MCE_ROWSET_TIMEOUT_MS", default_value_t = 120_000, value_parser = millis(100))]
+    pub mce_rowset_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PollArgs {
+    #[arg(long, env = "POLL_INITIAL_DELAY_MS", default_value_t = 2000, value_parser = millis(1))]
+    pub poll_initial_delay_ms: u64,
+    #[arg(long, env = "POLL_MAX_DELAY_MS", default_value_t = 30000, value_parser = millis(1))]
+    pub poll_max_delay_ms: u64,
+    #[arg(long, env = "POLL_BACKOFF_MULTIPLIER", default_value_t = 2.0, value_parser = parse_multiplier)]
+    pub poll_backoff_multiplier: f64,
+    #[arg(long, env = "POLL_JITTER_RANGE", default_value_t = 0.4, value_parser = parse_jitter)]
+    pub poll_jitter_range: f64,
+    #[arg(long, env = "POLL_MAX_COUNT", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    pub poll_max_count: u32,
+    #[arg(long, env = "POLL_MAX_DURATION_MS", default_value_t = 1_740_000, value_parser = millis(1))]
+    pub poll_max_duration_ms: u64,
+    #[arg(long, env = "POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS", default_value_t = 5000, value_parser = millis(0))]
+    pub poll_completed_date_trigger_min_runtime_ms: u64,
+    #[arg(long, env = "POLL_STUCK_THRESHOLD_MS", default_value_t = 180_000, value_parser = millis(0))]
+    pub poll_stuck_threshold_ms: u64,
+    #[arg(long, env = "POLL_NOT_RUNNING_CONFIRMATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub poll_not_running_confirmations: u32,
+    #[arg(long, env = "POLL_NOT_RUNNING_MIN_GAP_MS", default_value_t = 15000, value_parser = millis(0))]
+    pub poll_not_running_min_gap_ms: u64,
+    #[arg(long, env = "POLL_ROWSET_READY_MAX_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub poll_rowset_ready_max_attempts: u32,
+    #[arg(long, env = "POLL_ROWSET_READY_INITIAL_DELAY_MS", default_value_t = 1500, value_parser = millis(1))]
+    pub poll_rowset_ready_initial_delay_ms: u64,
+    #[arg(long, env = "POLL_ROWSET_READY_MAX_DELAY_MS", default_value_t = 8000, value_parser = millis(1))]
+    pub poll_rowset_ready_max_delay_ms: u64,
+    #[arg(long, env = "POLL_ROW_PROBE_MIN_RUNTIME_MS", default_value_t = 5000, value_parser = millis(0))]
+    pub poll_row_probe_min_runtime_ms: u64,
+    #[arg(long, env = "POLL_ROW_PROBE_MIN_INTERVAL_MS", default_value_t = 15000, value_parser = millis(0))]
+    pub poll_row_probe_min_interval_ms: u64,
+    /// When to look again at a pending run: `exponential` (the POLL_*_DELAY
+    /// settings), `reference` (30 s ± 20 %) or `adaptive` (from the query's
+    /// recent durations; see docs/BENCHMARKS.md).
+    #[arg(long, env = "POLL_SCHEDULE", default_value = "adaptive", value_parser = parse_schedule)]
+    pub poll_schedule: shell_query_core::poll::schedule::Schedule,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub mce: MceArgs,
+    #[command(flatten)]
+    pub poll: PollArgs,
+    #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub execute_concurrency: u32,
+    #[arg(long, env = "POLL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub poll_concurrency: u32,
+    #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub poll_max_ack_pending: i64,
+    /// How long an execute delivery may go silent before NATS redelivers it
+    /// (the handler sends "in progress" every third of it).
+    #[arg(long, env = "EXECUTE_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
+    pub execute_ack_wait_ms: u64,
+    /// How long a poll delivery may go silent before NATS redelivers it:
+    /// after a crash, a run whose tick was under way waits this long.
+    #[arg(long, env = "POLL_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
+    pub poll_ack_wait_ms: u64,
+    #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = 120_000, value_parser = millis(1000))]
+    pub reconciler_interval_ms: u64,
+    #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = 60_000, value_parser = millis(0))]
+    pub reconciler_grace_ms: u64,
+    #[arg(long, env = "SWEEPER_INTERVAL_MS", default_value_t = 3_600_000, value_parser = millis(1000))]
+    pub sweeper_interval_ms: u64,
+    #[arg(long, env = "SWEEPER_MIN_AGE_MS", default_value_t = 86_400_000, value_parser = millis(0))]
+    pub sweeper_min_age_ms: u64,
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    #[arg(long, env = "LOG_FORMAT", value_parser = ["json", "pretty"])]
+    pub log_format: Option<String>,
+}
+
+/// A setting that is missing or wrong; the message names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl KeyArgs {
+    pub fn cipher(&self) -> Result<Cipher, ConfigError> {
+        let (setting, value) = match (&self.encryption_keys, &self.encryption_key) {
+            (Some(keys), _) => ("ENCRYPTION_KEYS", keys),
+            (None, Some(key)) => ("ENCRYPTION_KEY", key),
+            (None, None) => {
+                return Err(ConfigError {
+                    setting: "ENCRYPTION_KEY",
+                    reason: "is required".into(),
+                });
+            }
+        };
+        Cipher::parse(value.expose_secret()).map_err(|e| ConfigError {
+            setting,
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl PollArgs {
+    pub fn to_config(&self) -> Result<PollConfig, ConfigError> {
+        if self.poll_max_delay_ms < self.poll_initial_delay_ms {
+            return Err(ConfigError {
+                setting: "POLL_MAX_DELAY_MS",
+                reason: "must not be below POLL_INITIAL_DELAY_MS".into(),
+            });
+        }
+        if self.poll_rowset_ready_max_delay_ms < self.poll_rowset_ready_initial_delay_ms {
+            return Err(ConfigError {
+                setting: "POLL_ROWSET_READY_MAX_DELAY_MS",
+                reason: "must not be below POLL_ROWSET_READY_INITIAL_DELAY_MS".into(),
+            });
+        }
+        let ms = Duration::from_millis;
+        Ok(PollConfig {
+            schedule: self.poll_schedule,
+            backoff: Backoff {
+                initial: ms(self.poll_initial_delay_ms),
+                max: ms(self.poll_max_delay_ms),
+                multiplier: self.poll_backoff_multiplier,
+                jitter_range: self.poll_jitter_range,
+            },
+            max_count: self.poll_max_count,
+            max_duration: ms(self.poll_max_duration_ms),
+            completed_date_trigger_min_runtime: ms(self.poll_completed_date_trigger_min_runtime_ms),
+            stuck_threshold: ms(self.poll_stuck_threshold_ms),
+            not_running_confirmations: self.poll_not_running_confirmations,
+            not_running_min_gap: ms(self.poll_not_running_min_gap_ms),
+            rowset_ready_max_attempts: self.poll_rowset_ready_max_attempts,
+            rowset_backoff: Backoff {
+                initial: ms(self.poll_rowset_ready_initial_delay_ms),
+                max: ms(self.poll_rowset_ready_max_delay_ms),
+                multiplier: 2.0,
+                jitter_range: self.poll_jitter_range,
+            },
+            row_probe_min_runtime: ms(self.poll_row_probe_min_runtime_ms),
+            row_probe_min_interval: ms(self.poll_row_probe_min_interval_ms),
+        })
+    }
+}
+
+impl MceArgs {
+    /// The client id and secret, which `run` requires.
+    pub fn client(&self) -> Result<(String, SecretString), ConfigError> {
+        let id = self.mce_client_id.clone().filter(|s| !s.trim().is_empty());
+        let secret = self
+            .mce_client_secret
+            .clone()
+            .filter(|s| !s.expose_secret().trim().is_empty());
+        match (id, secret) {
+            (Some(id), Some(secret)) => Ok((id, secret)),
+            (None, _) => Err(ConfigError {
+                setting: "MCE_CLIENT_ID",
+                reason: "is required".into(),
+            }),
+            (_, None) => Err(ConfigError {
+                setting: "MCE_CLIENT_SECRET",
+                reason: "is required".into(),
+            }),
+        }
+    }
+
+    pub fn timeouts(&self) -> crate::adapters::mce::Timeouts {
+        crate::adapters::mce::Timeouts {
+            token: Duration::from_millis(self.mce_token_timeout_ms),
+            rowset: Duration::from_millis(self.mce_rowset_timeout_ms),
+            call: Duration::from_millis(self.mce_timeout_ms),
+        }
+    }
+}
+
+fn millis(min: u64) -> impl clap::builder::TypedValueParser<Value = u64> {
+    clap::value_parser!(u64).range(min..=365 * 24 * 3_600_000)
+}
+
+fn parse_schedule(s: &str) -> Result<shell_query_core::poll::schedule::Schedule, String> {
+    shell_query_core::poll::schedule::Schedule::parse(s)
+        .ok_or_else(|| "must be exponential, reference or adaptive".into())
+}
+
+fn parse_multiplier(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=10.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 1 and 10".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_jitter(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be between 0 and 1".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A tenant subdomain: trimmed, lower-cased, `[a-z0-9-]+`.
+pub use shell_query_core::naming::parse_tssd;
+
+fn parse_mid(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(t.to_string())
+    } else {
+        Err("must be a numeric MID".into())
+    }
+}
+
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.split('.')
+            .all(|tok| !tok.is_empty() && tok.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("must be dot-separated tokens of [A-Za-z0-9_-]".into())
+    }
+}
+
+/// A base URL template: http(s), optionally with `{tssd}` in the host.
+fn parse_base_url(s: &str) -> Result<String, String> {
+    let t = s.trim().trim_end_matches('/');
+    let probe = t.replace("{tssd}", "tenant");
+    match reqwest::Url::parse(&probe) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(t.to_string()),
+        Ok(_) => Err("must be an http(s) URL with a host".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parses the command line; on an error prints one line naming the bad
+/// setting and exits 2 (help and version exit 0).
+pub fn parse_or_exit<I, T>(args: I) -> Cli
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            let _ = e.print();
+            std::process::exit(
+                if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    2
+                } else {
+                    0
+                },
+            );
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The first line of a clap error, which names the argument and its variable.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("error: bad arguments")
+        .trim()
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["shell-query-worker", "run"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+    }
+
+    fn error_line(extra: &[&str]) -> String {
+        one_line(&run_args(extra).unwrap_err().render().to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let Command::Run(run) = run_args(&[]).unwrap().command else {
+            panic!()
+        };
+        let poll = run.poll.to_config().unwrap();
+        assert_eq!(poll.backoff.initial, Duration::from_secs(2));
+        assert_eq!(poll.backoff.max, Duration::from_secs(30));
+        assert_eq!(poll.max_count, 120);
+        assert_eq!(poll.max_duration, Duration::from_secs(29 * 60));
+        assert_eq!(poll.rowset_ready_max_attempts, 6);
+        assert_eq!(run.poll_max_ack_pending, 1_000_000);
+        assert_eq!(run.execute_concurrency, 16);
+        assert_eq!(run.poll_concurrency, 64);
+        assert_eq!(run.nats.subject_prefix, "shell_query");
+        assert_eq!(run.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_setting_in_one_line() {
+        let line = error_line(&["--poll-max-count", "abc"]);
+        assert!(line.contains("--poll-max-count"), "{line}");
+        let line = error_line(&["--poll-jitter-range", "3"]);
+        assert!(
+            line.contains("--poll-jitter-range") && line.contains("between 0 and 1"),
+            "{line}"
+        );
+        let line = error_line(&["--mce-soap-base-url", "ftp://x"]);
+        assert!(line.contains("--mce-soap-base-url"), "{line}");
+        let line = error_line(&["--subject-prefix", "a..b"]);
+        assert!(line.contains("--subject-prefix"), "{line}");
+        let line = error_line(&["--poll-concurrency", "0"]);
+        assert!(line.contains("--poll-concurrency"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        let Command::Run(run) = run_args(&[]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(run.keys.cipher().unwrap_err().setting, "ENCRYPTION_KEY");
+        assert_eq!(run.mce.client().unwrap_err().setting, "MCE_CLIENT_ID");
+        let Command::Run(run) = run_args(&["--encryption-key", "12", "--mce-client-id", "x"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        let err = run.keys.cipher().unwrap_err();
+        assert_eq!(err.setting, "ENCRYPTION_KEY");
+        assert!(err.to_string().contains("64 hex"), "{err}");
+        assert_eq!(run.mce.client().unwrap_err().setting, "MCE_CLIENT_SECRET");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let secrets = [
+            "postgres://u:db-pass-9@h/d",
+            "nats-pass-9",
+            "nats-token-9",
+            "client-secret-9",
+            &"ab".repeat(32),
+        ];
+        let cli = run_args(&[
+            "--database-url",
+            secrets[0],
+            "--nats-user",
+            "svc",
+            "--nats-password",
+            secrets[1],
+            "--nats-token",
+            secrets[2],
+            "--mce-client-id",
+            "id",
+            "--mce-client-secret",
+            secrets[3],
+            "--encryption-key",
+            secrets[4],
+        ])
+        .unwrap();
+        let printed = format!("{cli:?} {:#?}", cli);
+        for secret in secrets {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+        let Command::Run(run) = cli.command else { panic!() };
+        assert_eq!(run.mce.client().unwrap().1.expose_secret(), secrets[3]);
+        assert_eq!(run.mce.timeouts(), crate::adapters::mce::Timeouts::default());
+    }
+
+    #[test]
+    fn inconsistent_delays_are_rejected() {
+        let Command::Run(run) = run_args(&["--poll-initial-delay-ms", "5000", "--poll-max-delay-ms", "1000"])
+            .unwrap()
+            .command
+        else {
+            panic!()
+        };
+        assert_eq!(run.poll.to_config().unwrap_err().setting, "POLL_MAX_DELAY_MS");
+    }
+
+    #[test]
+    fn tssd_is_normalised_and_checked() {
+        assert_eq!(parse_tssd(" MC123-abc ").unwrap(), "mc123-abc");
+        assert!(parse_tssd("evil.com/x").is_err());
+        assert!(parse_tssd("").is_err());
+    }
+}

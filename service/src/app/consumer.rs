@@ -1,0 +1,146 @@
+//! The consumer loop: fetch, run the handler under a concurrency limit, apply
+//! the disposition it returns. Handlers never touch acknowledgements; this is
+//! the one place that does (and that copies messages to the DLQ).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt;
+use tokio::sync::{Semaphore, watch};
+
+use shell_query_core::backoff;
+
+use crate::handlers::{Delivery, Disposition, Handler};
+use crate::lifecycle::Deps;
+
+async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>, msg: Message) {
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let delivery = Delivery {
+        subject: msg.subject.to_string(),
+        payload: msg.payload.clone(),
+        delivered,
+        headers: msg.headers.clone(),
+    };
+    let (msg, acker) = msg.split();
+    let acker = Arc::new(acker);
+
+    // Long handlers tell NATS they are alive, so it does not redeliver.
+    let progress = {
+        let acker = acker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(progress_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if acker.ack_with(AckKind::Progress).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let disposition = handler.handle(&deps, &delivery).await;
+    progress.abort();
+
+    let result = match &disposition {
+        Disposition::Ack => acker.ack().await,
+        Disposition::Retry(delay) => acker.ack_with(AckKind::Nak(Some(backoff::clamp(*delay)))).await,
+        Disposition::DeadLetter(reason) => {
+            deps.metrics
+                .inc(crate::adapters::metrics::DLQ_MESSAGES, &[("consumer", handler.name())]);
+            tracing::warn!(consumer = handler.name(), subject = %delivery.subject, reason = %reason, "message sent to the DLQ");
+            match crate::adapters::nats::publish_dlq(&deps.js, &deps.subjects, &delivery.subject, msg.payload, reason)
+                .await
+            {
+                Ok(()) => acker.ack_with(AckKind::Term).await,
+                // Not copied: keep the message and try again later.
+                Err(e) => {
+                    tracing::error!(error = %e, "could not copy a message to the DLQ");
+                    acker.ack_with(AckKind::Nak(Some(Duration::from_secs(10)))).await
+                }
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::warn!(consumer = handler.name(), error = %e, "acknowledgement failed; NATS will redeliver");
+    }
+}
+
+/// Runs a consumer until `shutdown` turns true, then waits for in-flight
+/// handlers to finish.
+/// `ack_wait` is the consumer's: "in progress" goes out every third of it.
+pub async fn run(
+    handler: Handler,
+    consumer: PullConsumer,
+    concurrency: usize,
+    ack_wait: Duration,
+    deps: Arc<Deps>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let progress_every = ack_wait / 3;
+    let handler = Arc::new(handler);
+    let permits = Arc::new(Semaphore::new(concurrency));
+    'outer: while !*shutdown.borrow() {
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(concurrency)
+            .expires(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(consumer = handler.name(), error = %e, "cannot pull; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.changed() => break,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+                _ = shutdown.changed() => break 'outer,
+            };
+            let next = tokio::select! {
+                m = messages.next() => m,
+                _ = shutdown.changed() => break 'outer,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let (deps, handler) = (deps.clone(), handler.clone());
+                    tokio::spawn(async move {
+                        handle_one(&handler, progress_every, deps, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                    // Only a consumer that is gone ends this stream; anything else
+                    // (missed heartbeats while disconnected, a failed pull) passes,
+                    // and dropping the stream would strand its buffered messages
+                    // until their ack wait runs out.
+                    if matches!(
+                        e.kind(),
+                        Kind::ConsumerDeleted | Kind::PushBasedConsumer | Kind::RequestLimitExceeded
+                    ) {
+                        tracing::warn!(consumer = handler.name(), error = %e, "pull stream ended");
+                        break;
+                    }
+                    tracing::debug!(consumer = handler.name(), error = %e, "pull stream hiccup");
+                }
+                None => break,
+            }
+        }
+        // The pull stream ended (consumer gone, connection trouble): start a
+        // new one shortly, without spinning.
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    // Drain: every permit back means every handler is done.
+    let _ = permits.acquire_many(concurrency as u32).await;
+}

@@ -1,0 +1,62 @@
+//! `/healthz` (alive) and `/readyz` (NATS connected, database reachable, not
+//! draining).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::adapters::store::Store;
+
+#[derive(Clone)]
+pub struct Health {
+    pub store: Store,
+    pub nats: async_nats::Client,
+    pub draining: Arc<AtomicBool>,
+    pub metrics: Arc<crate::adapters::metrics::Metrics>,
+}
+
+async fn metrics(State(h): State<Health>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        h.metrics.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
+    if h.draining.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+    }
+    if h.nats.connection_state() != async_nats::connection::State::Connected {
+        return (StatusCode::SERVICE_UNAVAILABLE, "nats disconnected");
+    }
+    // A database that does not answer is as unready as one that refuses.
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(2), h.store.ping()).await;
+    if !matches!(ping, Ok(true)) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable");
+    }
+    (StatusCode::OK, "ready")
+}
+
+/// Binds and serves in the background.
+pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    }))
+}

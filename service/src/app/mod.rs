@@ -1,0 +1,267 @@
+//! The composition root: the only module that knows every other one. It
+//! builds the handles once, starts the consumers, the jobs, the results
+//! service and the HTTP server, and shuts down on SIGTERM/SIGINT.
+
+pub mod cli;
+pub mod config;
+pub mod consumer;
+pub mod demo;
+pub mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use secrecy::{ExposeSecret, SecretString};
+use shell_query_core::poll::PollConfig;
+use tokio::sync::watch;
+
+use self::config::{ConfigError, RunArgs};
+use crate::adapters::crypto::Cipher;
+use crate::adapters::mce::{BaseUrls, Mce, RetryPolicy};
+use crate::adapters::metrics::Metrics;
+use crate::adapters::nats::Subjects;
+use crate::adapters::store::credentials::CredentialStore;
+use crate::handlers::{Handler, execute::Execute, poll::Poll};
+use crate::lifecycle::Deps;
+
+/// How long in-flight messages get to finish after SIGTERM.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(25);
+
+/// Settings `run` needs beyond what clap checks.
+pub struct Validated {
+    pub cipher: Cipher,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub poll: PollConfig,
+}
+
+pub fn validate(args: &RunArgs) -> Result<Validated, ConfigError> {
+    let cipher = args.keys.cipher()?;
+    let (client_id, client_secret) = args.mce.client()?;
+    let poll = args.poll.to_config()?;
+    Ok(Validated {
+        cipher,
+        client_id,
+        client_secret,
+        poll,
+    })
+}
+
+async fn connect_nats(args: &RunArgs) -> anyhow::Result<async_nats::Client> {
+    let n = &args.nats;
+    let mut options = async_nats::ConnectOptions::new()
+        .name("shell-query-worker")
+        .retry_on_initial_connect()
+        .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
+    if let Some(path) = &n.nats_creds_file {
+        options = async_nats::ConnectOptions::with_credentials_file(path.clone())
+            .await
+            .context("NATS_CREDS_FILE")?
+            .name("shell-query-worker")
+            .retry_on_initial_connect();
+    }
+    if let (Some(user), Some(password)) = (&n.nats_user, &n.nats_password) {
+        options = options.user_and_password(user.clone(), password.expose_secret().to_string());
+    }
+    if let Some(token) = &n.nats_token {
+        options = options.token(token.expose_secret().to_string());
+    }
+    let servers: Vec<async_nats::ServerAddr> = n
+        .nats_url
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("NATS_URL")?;
+    Ok(options.connect(servers).await?)
+}
+
+/// `shell-query-worker run`.
+pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
+    run_until(args, settings, shutdown_signal()).await
+}
+
+/// The service until `shutdown` completes (SIGTERM/SIGINT for `run`; the
+/// demo's own end for `demo`).
+pub async fn run_until(
+    args: RunArgs,
+    settings: Validated,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    crate::adapters::store::migrate(args.db.database_url.expose_secret())
+        .await
+        .context("migrating the database")?;
+    let store = crate::adapters::store::connect(args.db.database_url.expose_secret(), args.db.database_max_connections)
+        .await
+        .context("connecting to the database")?;
+    let client = connect_nats(&args).await.context("connecting to NATS")?;
+    let js = jetstream::new(client.clone());
+    let subjects = Subjects::new(&args.nats.subject_prefix);
+    let execute_ack_wait = Duration::from_millis(args.execute_ack_wait_ms);
+    let poll_ack_wait = Duration::from_millis(args.poll_ack_wait_ms);
+    let consumers = crate::adapters::nats::declare(
+        &js,
+        &subjects,
+        args.poll_max_ack_pending,
+        execute_ack_wait,
+        poll_ack_wait,
+    )
+    .await
+    .context("declaring streams and consumers")?;
+
+    let metrics = Arc::new(Metrics::default());
+    let mce = Mce::new(
+        CredentialStore::new(store.clone()),
+        settings.cipher.clone(),
+        settings.client_id,
+        settings.client_secret,
+        BaseUrls {
+            auth: args.mce.mce_auth_base_url.clone(),
+            soap: args.mce.mce_soap_base_url.clone(),
+            rest: args.mce.mce_rest_base_url.clone(),
+        },
+        RetryPolicy::default(),
+    )
+    .with_timeouts(args.mce.timeouts())
+    .with_metrics(metrics.clone());
+    let deps = Arc::new(Deps {
+        store: store.clone(),
+        js,
+        subjects,
+        mce,
+        cipher: settings.cipher,
+        metrics: metrics.clone(),
+        histories: Default::default(),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let http = self::http::serve(
+        args.http_addr,
+        self::http::Health {
+            store,
+            nats: client.clone(),
+            draining: draining.clone(),
+            metrics: metrics.clone(),
+        },
+    )
+    .await
+    .context("HTTP_ADDR")?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(sample_consumers(
+        vec![
+            ("execute", consumers.execute.clone()),
+            ("poll", consumers.poll.clone()),
+            ("cancel", consumers.cancel.clone()),
+        ],
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(consumer::run(
+        Handler::Execute(Execute::default()),
+        consumers.execute,
+        args.execute_concurrency as usize,
+        execute_ack_wait,
+        deps.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(consumer::run(
+        Handler::Poll(Poll { config: settings.poll }),
+        consumers.poll,
+        args.poll_concurrency as usize,
+        poll_ack_wait,
+        deps.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(consumer::run(
+        Handler::Cancel,
+        consumers.cancel,
+        8,
+        crate::adapters::nats::CANCEL_ACK_WAIT,
+        deps.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(crate::jobs::reconciler::run(
+        deps.clone(),
+        crate::jobs::reconciler::Config {
+            grace: Duration::from_millis(args.reconciler_grace_ms),
+            // Every execute delivery may take an ack wait, plus its backoff.
+            start_deadline: (execute_ack_wait + Duration::from_secs(60))
+                * crate::adapters::nats::EXECUTE_MAX_DELIVER as u32,
+        },
+        Duration::from_millis(args.reconciler_interval_ms),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(crate::jobs::sweeper::run(
+        deps.clone(),
+        Duration::from_millis(args.sweeper_min_age_ms),
+        Duration::from_millis(args.sweeper_interval_ms),
+        stop_rx.clone(),
+    ));
+    let api = crate::handlers::results::serve(deps.clone(), client.clone(), &args.nats.subject_prefix, stop_rx.clone())
+        .await
+        .context("starting the results service")?;
+    tracing::info!("shell-query-worker running");
+
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight messages");
+    draining.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("drain deadline reached; unfinished messages will be redelivered");
+    }
+    let _ = api.await;
+    let _ = client.flush().await;
+    http.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Publishes each consumer's pending and ack-pending counts as gauges.
+async fn sample_consumers(
+    mut consumers: Vec<(&'static str, async_nats::jetstream::consumer::PullConsumer)>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        for (name, consumer) in &mut consumers {
+            if let Ok(info) = consumer.info().await {
+                let (pending, ack_pending) = (info.num_pending as f64, info.num_ack_pending as f64);
+                metrics.set(
+                    crate::adapters::metrics::CONSUMER_PENDING,
+                    &[("consumer", name), ("kind", "pending")],
+                    pending,
+                );
+                metrics.set(
+                    crate::adapters::metrics::CONSUMER_PENDING,
+                    &[("consumer", name), ("kind", "ack_pending")],
+                    ack_pending,
+                );
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,80 @@
+//! One delivery of `P.cancel.<runId>` (DESIGN.md "Cancel"): compare-and-set
+//! the row to `canceled` (a run already ready or failed stays so), publish
+//! `canceled`, delete the run's QueryDefinition. An execute in progress
+//! stops before Perform (its own compare-and-set fails); the run's pending
+//! poll message acks without calling MCE when it next comes back.
+
+use chrono::Utc;
+use shell_query_core::message::{CancelMessage, decode_for_run};
+use shell_query_core::run::{CancelSource, Ending};
+use tracing::Instrument as _;
+
+use crate::adapters::store::StoreError;
+use crate::adapters::store::runs::{self, NewRun};
+use crate::handlers::{Delivery, Disposition};
+use crate::lifecycle::Deps;
+use crate::lifecycle::end::end_run;
+
+pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
+    let msg: CancelMessage =
+        match decode_for_run("cancel", &delivery.subject, &delivery.payload, |m: &CancelMessage| {
+            m.run_id
+        }) {
+            Ok(m) => m,
+            Err(reason) => return Disposition::DeadLetter(reason),
+        };
+    let span = tracing::info_span!(
+        "cancel",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        run_id = %msg.run_id,
+        tenant_id = %msg.tenant_id,
+        run.id = %msg.run_id,
+        tenant.id = %msg.tenant_id,
+        messaging.system = "nats",
+        messaging.destination.name = %delivery.subject,
+        messaging.operation.type = "process",
+    );
+    crate::adapters::telemetry::set_parent(&span, delivery.headers.as_ref());
+    crate::adapters::telemetry::record_ids(&span);
+    match cancel(deps, &msg).instrument(span).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "cancel failed transiently");
+            Disposition::Retry(std::time::Duration::from_secs(1))
+        }
+    }
+}
+
+async fn cancel(deps: &Deps, msg: &CancelMessage) -> Result<Disposition, StoreError> {
+    let now = Utc::now();
+    let run = match runs::get_run(&deps.store, msg.run_id).await? {
+        Some(run) => run,
+        None => {
+            // Canceled before its execute message was handled: the row is made
+            // canceled, so the execute step finds it finished.
+            let row = NewRun {
+                id: msg.run_id,
+                tenant_id: msg.tenant_id,
+                user_id: msg.user_id,
+                mid: String::new(),
+                snippet_name: None,
+                sql_text_hash: String::new(),
+                sql_text_encrypted: None,
+                target_update_type: None,
+            };
+            runs::insert_run_if_absent(&deps.store, row, now).await?;
+            runs::get_run(&deps.store, msg.run_id)
+                .await?
+                .expect("the row was just inserted")
+        }
+    };
+    if run.tenant_id != msg.tenant_id || run.user_id != msg.user_id {
+        return Ok(Disposition::DeadLetter(
+            "cancel for a run of another tenant or user".into(),
+        ));
+    }
+    let ending = Ending::Canceled(CancelSource::CancelMessage);
+    end_run(deps, &run, ending, run.query_definition(), now).await?;
+    Ok(Disposition::Ack)
+}

@@ -1,0 +1,118 @@
+//! Step 3: where the results go. Run-to-temp creates the run's own temp DE
+//! (replacing one an earlier delivery left) in the results folder;
+//! run-to-target finds the target DE and checks the query against its
+//! fields and the update type.
+
+use chrono::Utc;
+use shell_query_core::event::{EventStatus, StatusEvent};
+use shell_query_core::message::{ExecuteRequest, TargetRequest};
+use shell_query_core::naming::{temp_de_key, temp_de_name};
+use shell_query_core::schema::{self, Analysis};
+
+use super::folder::{Folder, with_folder};
+use super::{Failure, best_effort};
+use crate::adapters::mce::{DeTarget, Session};
+use crate::lifecycle::Deps;
+
+/// Where the results go and how.
+pub(super) struct Destination {
+    pub target: DeTarget,
+    pub update_type: &'static str,
+}
+
+pub(super) async fn choose(
+    deps: &Deps,
+    session: &Session<'_>,
+    req: &ExecuteRequest,
+    analysis: &Analysis,
+    folder: &mut Folder,
+) -> Result<Destination, Failure> {
+    match &req.target {
+        None => temp(deps, session, req, analysis, folder).await,
+        Some(target) => existing(deps, session, req, target, analysis).await,
+    }
+}
+
+async fn temp(
+    deps: &Deps,
+    session: &Session<'_>,
+    req: &ExecuteRequest,
+    analysis: &Analysis,
+    folder: &mut Folder,
+) -> Result<Destination, Failure> {
+    deps.publish_event(&StatusEvent::new(
+        req.run_id,
+        EventStatus::CreatingDataExtension,
+        Utc::now(),
+    ))
+    .await;
+    let de_key = temp_de_key(req.run_id);
+    let de_name = temp_de_name(req.run_id, req.snippet_name.as_deref());
+    // A DE left by an earlier delivery of this run is replaced.
+    best_effort(session.delete_data_extension_if_exists(&de_key).await)?;
+    let object_id = with_folder(deps, session, req, folder, |folder_id| {
+        session.create_data_extension(&de_name, &de_key, folder_id, &analysis.fields)
+    })
+    .await?;
+    Ok(Destination {
+        target: DeTarget {
+            object_id,
+            customer_key: de_key,
+            name: de_name,
+        },
+        update_type: "Overwrite",
+    })
+}
+
+async fn existing(
+    deps: &Deps,
+    session: &Session<'_>,
+    req: &ExecuteRequest,
+    requested: &TargetRequest,
+    analysis: &Analysis,
+) -> Result<Destination, Failure> {
+    deps.publish_event(&StatusEvent::new(
+        req.run_id,
+        EventStatus::TargetingDataExtension,
+        Utc::now(),
+    ))
+    .await;
+    let key = requested.customer_key.trim();
+    let mode = schema::TargetMode::parse(requested.update_type.as_deref())
+        .ok_or_else(|| Failure::Permanent("targetUpdateType must be Overwrite, Append or Update.".into()))?;
+    let target = session
+        .find_data_extension(key, true)
+        .await?
+        .ok_or_else(|| Failure::Permanent(format!("Target Data Extension \"{key}\" was not found.")))?;
+    let fields: Vec<schema::TargetField> = session
+        .data_extension_fields(&target.customer_key)
+        .await?
+        .iter()
+        .map(|f| schema::TargetField {
+            name: f.name.clone(),
+            field_type: schema::FieldType::from_mce(&f.field_type),
+            max_length: f.max_length,
+            is_primary_key: f.is_primary_key,
+            is_required: f.is_required,
+        })
+        .collect();
+    let problems = schema::check_target(
+        &analysis.sql,
+        &analysis.columns,
+        &target.name,
+        &target.customer_key,
+        &fields,
+        mode,
+    );
+    if !problems.is_empty() {
+        return Err(Failure::Permanent(problems.join("\n")));
+    }
+    Ok(Destination {
+        target: DeTarget {
+            object_id: target.object_id,
+            customer_key: target.customer_key,
+            name: target.name,
+        },
+        update_type: mode.as_mce(),
+    })
+}

@@ -1,0 +1,235 @@
+//! One delivery of `P.execute.<runId>` (DESIGN.md "Execute"), in its steps:
+//!
+//! 1. [`prepare`]: the row exists before anything can fail, the SQL is
+//!    read, and an earlier delivery's progress is honoured;
+//! 2. [`analyse`]: MCE validates the SQL, unknown tables are looked up, the
+//!    output columns are typed;
+//! 3. [`destination`]: a temp DE (run-to-temp) or the checked target DE;
+//! 4. [`query_definition`]: the run's QueryDefinition in the results folder
+//!    ([`folder`]);
+//! 5. [`perform`]: the marker, Perform, the TaskID, the poll message.
+//!
+//! Failures are [`Failure`]s: transient ones come back with a backoff until
+//! the last delivery; permanent ones end the run through `lifecycle::end`.
+
+mod analyse;
+mod destination;
+mod folder;
+mod perform;
+mod prepare;
+mod query_definition;
+
+use chrono::Utc;
+use shell_query_core::backoff::Backoff;
+use shell_query_core::event::{EventStatus, StatusEvent};
+use shell_query_core::message::{ExecuteRequest, Subjects};
+use shell_query_core::run::{Ending, FailCause};
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::adapters::mce::MceError;
+use crate::adapters::nats::{EXECUTE_MAX_DELIVER, NatsError};
+use crate::adapters::store::StoreError;
+use crate::adapters::store::runs::{self, NewRun};
+use crate::handlers::{Delivery, Disposition};
+use crate::lifecycle::Deps;
+use crate::lifecycle::end::end_run;
+
+pub use perform::INTERRUPTED;
+
+/// The execute handler and its settings.
+pub struct Execute {
+    /// Delays between deliveries of an execute message that failed transiently.
+    pub backoff: Backoff,
+}
+
+impl Default for Execute {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff {
+                initial: std::time::Duration::from_secs(5),
+                max: std::time::Duration::from_secs(60),
+                multiplier: 2.0,
+                jitter_range: 0.4,
+            },
+        }
+    }
+}
+
+/// Why this delivery could not finish.
+#[derive(Debug)]
+enum Failure {
+    /// Worth another delivery: MCE 5xx/429/timeout, database, NATS.
+    Transient(String),
+    /// The run cannot succeed; the client-safe reason.
+    Permanent(String),
+}
+
+impl From<MceError> for Failure {
+    fn from(e: MceError) -> Self {
+        if e.is_transient() {
+            Failure::Transient(e.to_string())
+        } else {
+            Failure::Permanent(e.client_message())
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Transient(format!("database: {e}"))
+    }
+}
+
+impl From<NatsError> for Failure {
+    fn from(e: NatsError) -> Self {
+        Failure::Transient(e.to_string())
+    }
+}
+
+impl Execute {
+    pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+        let req = match ExecuteRequest::decode(&delivery.subject, &delivery.payload) {
+            Ok(r) => r,
+            Err(reason) => return malformed(deps, delivery, reason).await,
+        };
+        let span = tracing::info_span!(
+            "execute",
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            run_id = %req.run_id,
+            tenant_id = %req.tenant_id,
+            run.id = %req.run_id,
+            tenant.id = %req.tenant_id,
+            messaging.system = "nats",
+            messaging.destination.name = %delivery.subject,
+            messaging.operation.type = "process",
+            messaging.message.delivery_count = delivery.delivered,
+            otel.status_code = tracing::field::Empty,
+        );
+        crate::adapters::telemetry::set_parent(&span, delivery.headers.as_ref());
+        crate::adapters::telemetry::record_ids(&span);
+        self.handle_decoded(deps, delivery, req).instrument(span).await
+    }
+
+    async fn handle_decoded(&self, deps: &Deps, delivery: &Delivery, req: ExecuteRequest) -> Disposition {
+        let mut created_qd: Option<String> = None;
+        match execute(deps, &req, &mut created_qd).await {
+            Ok(()) => Disposition::Ack,
+            Err(Failure::Transient(detail)) if delivery.delivered < EXECUTE_MAX_DELIVER => {
+                tracing::warn!(error = %detail, "execute failed transiently; will retry");
+                let n = u32::try_from(delivery.delivered - 1).unwrap_or(0);
+                Disposition::Retry(self.backoff.delay(n, fastrand::f64()))
+            }
+            Err(Failure::Transient(detail)) => {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                tracing::error!(error = %detail, "execute failed on its last delivery");
+                let reason = "Marketing Cloud is temporarily unavailable. Please try again.";
+                fail_run(deps, req.run_id, reason, created_qd.as_deref()).await
+            }
+            Err(Failure::Permanent(reason)) => {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                tracing::info!("run failed permanently");
+                fail_run(deps, req.run_id, &reason, created_qd.as_deref()).await
+            }
+        }
+    }
+}
+
+/// A message that does not decode: to the DLQ, and when its run id can be
+/// read, the run's row is made `failed` with the reason.
+async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposition {
+    let body: serde_json::Value = serde_json::from_slice(&delivery.payload).unwrap_or_default();
+    let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    let uuid = |name: &str| field(name).and_then(|v| Uuid::parse_str(&v).ok());
+    if let Some(run_id) = Subjects::run_id_of(&delivery.subject) {
+        let now = Utc::now();
+        let row = NewRun {
+            id: run_id,
+            tenant_id: uuid("tenantId").unwrap_or_default(),
+            user_id: uuid("userId"),
+            mid: field("mid").unwrap_or_default(),
+            snippet_name: field("snippetName"),
+            sql_text_hash: field("sqlText")
+                .map(|s| crate::adapters::crypto::sha256_hex(&s))
+                .unwrap_or_default(),
+            sql_text_encrypted: None,
+            target_update_type: None,
+        };
+        let ending = Ending::Failed {
+            message: format!("The run request is invalid: {reason}"),
+            cause: FailCause::Malformed,
+        };
+        let recorded = async {
+            runs::insert_run_if_absent(&deps.store, row, now).await?;
+            let run = runs::get_run(&deps.store, run_id)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("the run row vanished".into()))?;
+            end_run(deps, &run, ending, None, now).await
+        }
+        .await;
+        if let Err(e) = recorded {
+            tracing::warn!(run_id = %run_id, error = %e, "could not record the malformed run; will retry");
+            return Disposition::Retry(std::time::Duration::from_secs(5));
+        }
+    }
+    Disposition::DeadLetter(reason)
+}
+
+/// Ends the run `failed` and deletes the QueryDefinition this delivery
+/// created. A database error here leaves the message for another delivery.
+async fn fail_run(deps: &Deps, run_id: Uuid, reason: &str, created_qd: Option<&str>) -> Disposition {
+    let ending = Ending::Failed {
+        message: reason.to_string(),
+        cause: FailCause::Execute,
+    };
+    let ended = async {
+        let Some(run) = runs::get_run(&deps.store, run_id).await? else {
+            return Ok(false);
+        };
+        end_run(deps, &run, ending, created_qd, Utc::now()).await
+    }
+    .await;
+    match ended {
+        Ok(_) => Disposition::Ack,
+        Err(e) => {
+            tracing::error!(error = %e, "could not mark the run failed");
+            Disposition::Retry(std::time::Duration::from_secs(5))
+        }
+    }
+}
+
+/// The steps, in order; `created_qd` is the QueryDefinition this delivery
+/// made, for the clean-up of a failure.
+async fn execute(deps: &Deps, req: &ExecuteRequest, created_qd: &mut Option<String>) -> Result<(), Failure> {
+    let (sql, session) = match prepare::prepare(deps, req).await? {
+        prepare::Prepared::Fresh { sql, session } => (sql, session),
+        prepare::Prepared::Handled => return Ok(()),
+        prepare::Prepared::Interrupted { run, session } => {
+            *created_qd = run.query_definition_id.clone();
+            return perform::resume_interrupted(deps, &session, &run).await;
+        }
+    };
+    deps.publish_event(&StatusEvent::new(req.run_id, EventStatus::ValidatingQuery, Utc::now()))
+        .await;
+    let analysis = analyse::analyse(&session, req, &sql).await?;
+    let mut folder = folder::Folder::Unknown;
+    let destination = destination::choose(deps, &session, req, &analysis, &mut folder).await?;
+    let qd = query_definition::create(deps, &session, req, &analysis, &destination, &mut folder).await?;
+    *created_qd = Some(qd.object_id.clone());
+    perform::perform(deps, &session, req.run_id, &qd, &destination).await
+}
+
+/// Clean-up and lookup steps may fail without failing the run, unless MCE
+/// is briefly away (retry the delivery) or nothing can work (credentials
+/// gone, access denied).
+fn best_effort<T>(result: Result<T, MceError>) -> Result<Option<T>, Failure> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_unrecoverable() || e.is_transient() => Err(e.into()),
+        Err(e) => {
+            tracing::debug!(error = %e, "best-effort MCE step failed");
+            Ok(None)
+        }
+    }
+}

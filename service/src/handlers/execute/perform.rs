@@ -1,0 +1,172 @@
+//! Step 5: Perform, at most once per run. The marker `perform_requested_at`
+//! and the assets are recorded first (a cancel meanwhile stops here), then
+//! Perform, then the TaskID, then the poll message. A delivery that finds
+//! the marker without a TaskID never sends Perform again: it resumes
+//! ([`resume_interrupted`]). The two writes around Perform are made sure
+//! of ([`write_surely`]): a database blink never leaves them ambiguous.
+
+use chrono::Utc;
+use shell_query_core::event::{EventStatus, StatusEvent};
+use shell_query_core::naming::temp_de_key;
+use shell_query_core::run::{Run, StartPhase, Task};
+use uuid::Uuid;
+
+use super::destination::Destination;
+use super::query_definition::QueryDefinition;
+use super::{Failure, best_effort};
+use crate::adapters::mce::Session;
+use crate::adapters::store::StoreError;
+use crate::adapters::store::runs::{self, Started};
+use crate::lifecycle::Deps;
+
+/// The client-safe text of a run whose worker died between recording the
+/// Perform request and learning its TaskID, when MCE shows no sign of it.
+pub const INTERRUPTED: &str =
+    "The query was interrupted while starting and its start could not be confirmed. Please run it again.";
+
+pub(super) async fn perform(
+    deps: &Deps,
+    session: &Session<'_>,
+    run_id: Uuid,
+    qd: &QueryDefinition,
+    destination: &Destination,
+) -> Result<(), Failure> {
+    // Canceled while we worked: stop before Perform.
+    let de_key = destination.target.customer_key.clone();
+    let now = Utc::now();
+    let prepared = write_surely(
+        deps,
+        run_id,
+        || runs::record_prepared(&deps.store, run_id, &qd.object_id, &qd.key, &de_key, now),
+        |run| {
+            matches!(run.start, StartPhase::PerformRequested { .. })
+                && run.query_definition_id.as_deref() == Some(qd.object_id.as_str())
+        },
+    )
+    .await?;
+    if !prepared {
+        tracing::info!("run no longer running before Perform; stopping");
+        best_effort(session.delete_query_definition(&qd.object_id).await)?;
+        return Ok(());
+    }
+    deps.publish_event(&StatusEvent::new(run_id, EventStatus::ExecutingQuery, Utc::now()))
+        .await;
+    // From here a redelivery cannot know whether MCE received Perform: it goes
+    // through `resume_interrupted`, never through a second Perform.
+    let task_id = match session.perform_start(&qd.object_id).await {
+        Ok(task_id) => task_id,
+        Err(e) => {
+            if e.surely_not_received() {
+                // MCE did not get it: the next delivery may send Perform.
+                runs::clear_perform_requested(&deps.store, run_id).await?;
+            }
+            return Err(e.into());
+        }
+    };
+    started(deps, run_id, task_id, &qd.object_id, &qd.key, &de_key).await
+}
+
+/// How long a delivery waits for the database to learn how a write it
+/// could not confirm ended.
+const DB_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A write whose outcome a lost connection would leave unknown (the marker
+/// before Perform, the TaskID after it): on an error the row is read back
+/// until the database answers, and the write is tried again unless `landed`
+/// shows it committed. Gives up after [`DB_PATIENCE`] with a transient error.
+async fn write_surely<F, Fut>(
+    deps: &Deps,
+    run_id: Uuid,
+    mut write: F,
+    landed: impl Fn(&Run) -> bool,
+) -> Result<bool, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
+{
+    let deadline = std::time::Instant::now() + DB_PATIENCE;
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        let error = match write().await {
+            Ok(changed) => return Ok(changed),
+            Err(e) => e,
+        };
+        tracing::warn!(error = %error, "a write could not be confirmed; reading the row back");
+        loop {
+            if std::time::Instant::now() >= deadline {
+                return Err(error.into());
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            match runs::get_run(&deps.store, run_id).await {
+                Ok(Some(run)) if landed(&run) => return Ok(true),
+                Ok(_) => break,
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
+/// Records the started query and publishes its poll message.
+async fn started(
+    deps: &Deps,
+    run_id: Uuid,
+    task_id: String,
+    qd_id: &str,
+    qd_key: &str,
+    de_key: &str,
+) -> Result<(), Failure> {
+    let started = Started {
+        task_id,
+        query_definition_id: qd_id.to_string(),
+        query_customer_key: qd_key.to_string(),
+        target_de_customer_key: de_key.to_string(),
+        poll_started_at: Utc::now(),
+    };
+    // The TaskID is in hand: it is not lost to a database that blinks.
+    let recorded = write_surely(
+        deps,
+        run_id,
+        || runs::record_started(&deps.store, run_id, &started),
+        |run| match &run.start {
+            StartPhase::Started(Task::Known(id)) => *id == started.task_id,
+            StartPhase::Started(Task::Lost) => started.task_id.is_empty(),
+            _ => false,
+        },
+    )
+    .await?;
+    if !recorded {
+        tracing::info!("run left `running` during Perform; its poll will not start");
+        return Ok(());
+    }
+    tracing::info!(task_id = %started.task_id, "query started");
+    crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, run_id, &format!("poll:{run_id}")).await?;
+    Ok(())
+}
+
+/// An earlier delivery sent (or was about to send) Perform and stopped
+/// before recording the TaskID. Perform is never sent again: if MCE shows
+/// the query running or its rows present, the run is polled without a
+/// TaskID (by isRunning and the rowset); otherwise it fails, asking the
+/// user to run it again.
+pub(super) async fn resume_interrupted(deps: &Deps, session: &Session<'_>, run: &Run) -> Result<(), Failure> {
+    let (Some(qd_id), Some(qd_key), Some(de_key)) = (
+        run.query_definition_id.clone(),
+        run.query_customer_key.clone(),
+        run.target_de_customer_key.clone(),
+    ) else {
+        return Err(Failure::Permanent(INTERRUPTED.into()));
+    };
+    let running = match session.is_running(&qd_id).await {
+        Ok(r) => r,
+        Err(e) if e.is_transient() => return Err(e.into()),
+        Err(_) => false,
+    };
+    let has_rows =
+        !running && de_key == temp_de_key(run.id) && session.rowset(&de_key, 1, 1).await.is_ok_and(|r| r.count > 0);
+    if !running && !has_rows {
+        return Err(Failure::Permanent(INTERRUPTED.into()));
+    }
+    tracing::warn!("resuming a run whose TaskID was lost: polling by isRunning and rowset");
+    started(deps, run.id, String::new(), &qd_id, &qd_key, &de_key).await
+}

@@ -1,0 +1,267 @@
+//! One delivery of `P.poll.<runId>` (DESIGN.md "Poll"): load the row, ask
+//! MCE what the pure [`decide`] asks for, carry out its outcome. The
+//! decision lives in `shell_query_core::poll`; this module does the I/O.
+
+use chrono::Utc;
+use shell_query_core::event::{EventStatus, StatusEvent};
+use shell_query_core::message::{PollMessage, decode_for_run};
+use shell_query_core::naming;
+use shell_query_core::poll::PollConfig;
+use shell_query_core::poll::decide::{
+    Decision, IsRunningObservation, Outcome, ProbeObservation, Question, RowsetObservation, StatusObservation, Tick,
+    decide,
+};
+use shell_query_core::poll::schedule::Schedule;
+use shell_query_core::run::{CancelSource, Ending, FailCause, Run, RunStatus, StartPhase, Task};
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::adapters::mce::MceError;
+use crate::adapters::store::{StoreError, runs};
+use crate::handlers::{Delivery, Disposition};
+use crate::lifecycle::Deps;
+use crate::lifecycle::end::end_run;
+
+/// The poll handler and its settings.
+pub struct Poll {
+    pub config: PollConfig,
+}
+
+impl Poll {
+    pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+        handle(deps, &self.config, delivery).await
+    }
+}
+
+async fn handle(deps: &Deps, config: &PollConfig, delivery: &Delivery) -> Disposition {
+    let msg: PollMessage =
+        match decode_for_run("poll", &delivery.subject, &delivery.payload, |m: &PollMessage| m.run_id) {
+            Ok(m) => m,
+            Err(reason) => return Disposition::DeadLetter(reason),
+        };
+    deps.metrics.inc(crate::adapters::metrics::POLL_TICKS, &[]);
+    // Each tick is its own trace, linked to the run's execute span.
+    let span = tracing::info_span!(
+        "poll",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        run_id = %msg.run_id,
+        run.id = %msg.run_id,
+        tenant.id = tracing::field::Empty,
+        poll.count = delivery.delivered,
+        mce.status = tracing::field::Empty,
+        poll.decision = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.destination.name = %delivery.subject,
+        messaging.operation.type = "process",
+    );
+    crate::adapters::telemetry::link(&span, delivery.headers.as_ref());
+    crate::adapters::telemetry::record_ids(&span);
+    match tick(deps, config, msg.run_id, delivery).instrument(span).await {
+        Ok(d) => d,
+        Err(e) => {
+            // The database could not be read or written: come back later.
+            tracing::warn!(error = %e, "poll tick failed transiently");
+            let n = u32::try_from(delivery.delivered - 1).unwrap_or(0);
+            Disposition::Retry(config.backoff.delay(n, fastrand::f64()))
+        }
+    }
+}
+
+/// An error no retry fixes ends the run with its client-safe text; any
+/// other error is "no answer".
+fn refused(e: &MceError) -> Option<String> {
+    e.is_unrecoverable().then(|| e.client_message())
+}
+
+async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Delivery) -> Result<Disposition, StoreError> {
+    let Some(run) = runs::get_run_for_poll(&deps.store, run_id).await? else {
+        return Ok(Disposition::DeadLetter("poll message for an unknown run".into()));
+    };
+    let canceled = run.status == RunStatus::Canceled && run.completed_at.is_none();
+    if run.status.is_terminal() && !canceled {
+        return Ok(Disposition::Ack);
+    }
+    let (StartPhase::Started(task), Some(de_key)) = (&run.start, run.target_de_customer_key.clone()) else {
+        return Ok(Disposition::DeadLetter(
+            "poll message for a run that was never started".into(),
+        ));
+    };
+    tracing::Span::current().record("tenant.id", tracing::field::display(run.tenant_id));
+    let now = Utc::now();
+    let state = run.poll_state(u32::try_from(delivery.delivered).unwrap_or(u32::MAX), now);
+    let temp_de = de_key == naming::temp_de_key(run_id);
+    let mut object_id = run.query_definition().map(str::to_string);
+    let mut tick = Tick::new(state, &de_key, temp_de, object_id.is_some());
+    tick.canceled = canceled;
+    // An interrupted start may have lost the TaskID (see execute's resume).
+    tick.task_known = matches!(task, Task::Known(_));
+    let task_id = task.id().unwrap_or_default().to_string();
+    if config.schedule == Schedule::Adaptive && !canceled {
+        tick.history = deps
+            .histories
+            .get(&deps.store, run.tenant_id, &run.sql_text_hash)
+            .await?;
+    }
+
+    let session = if canceled {
+        None
+    } else {
+        match deps.mce.session(run.tenant_id, run.user_id, &run.mid).await {
+            Ok(s) => Some(s),
+            Err(e) => match refused(&e) {
+                Some(message) => {
+                    tick.refused = Some(message);
+                    None
+                }
+                None => {
+                    tracing::warn!(error = %e, "no MCE session this tick");
+                    return Ok(Disposition::Retry(
+                        config
+                            .backoff
+                            .delay(tick.state.poll_count.saturating_sub(1), fastrand::f64()),
+                    ));
+                }
+            },
+        }
+    };
+
+    loop {
+        let question = match decide(&tick, config, Utc::now(), fastrand::f64()) {
+            Decision::Ask(question) => question,
+            Decision::Done(outcome) => return conclude(deps, &run, object_id.as_deref(), outcome).await,
+        };
+        let Some(session) = session.as_ref() else {
+            unreachable!("decide asks no question of a tick without a session: {question:?}")
+        };
+        match question {
+            Question::CheckStatus => {
+                let answer = session.async_status(&task_id).await;
+                if let Ok(s) = &answer {
+                    tracing::Span::current().record("mce.status", s.status.as_deref().unwrap_or(""));
+                }
+                tick.status = Some(match answer {
+                    Ok(s) => StatusObservation::Read {
+                        status: s.status,
+                        error_msg: s.error_msg,
+                        completed_date: s.completed_date,
+                    },
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::warn!(error = %e, "status check failed");
+                        StatusObservation::Unavailable
+                    }
+                });
+            }
+            Question::ProbeRows => {
+                tick.probe = Some(match session.rowset(&de_key, 1, 1).await {
+                    Ok(r) if r.count > 0 || !r.items.is_empty() => ProbeObservation::Rows { count: r.count },
+                    Ok(_) => ProbeObservation::NoSignal,
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        ProbeObservation::NoSignal
+                    }
+                });
+            }
+            Question::CheckIsRunning => {
+                let id = object_id.as_deref().unwrap_or_default();
+                tick.is_running = Some(match session.is_running(id).await {
+                    Ok(true) => IsRunningObservation::Running,
+                    Ok(false) => IsRunningObservation::NotRunning,
+                    Err(MceError::BadRequest { .. }) => IsRunningObservation::BadId,
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::debug!(error = %e, "isRunning gave no answer");
+                        IsRunningObservation::Unavailable
+                    }
+                });
+                let answer = match tick.is_running {
+                    Some(IsRunningObservation::Running) => "running",
+                    Some(IsRunningObservation::NotRunning) => "not_running",
+                    Some(IsRunningObservation::BadId) => "bad_id",
+                    _ => "unavailable",
+                };
+                deps.metrics
+                    .inc(crate::adapters::metrics::IS_RUNNING_CHECKS, &[("answer", answer)]);
+                if answer == "not_running" {
+                    deps.metrics
+                        .inc(crate::adapters::metrics::NOT_RUNNING_CONFIRMATIONS, &[]);
+                }
+            }
+            Question::RecoverObjectId => {
+                tick.recovery_tried = true;
+                let key = run
+                    .query_customer_key
+                    .clone()
+                    .unwrap_or_else(|| naming::query_key(run_id));
+                match session.find_query_definition(&key).await {
+                    Ok(Some(found)) => {
+                        tracing::info!("QueryDefinition ObjectID recovered by CustomerKey");
+                        runs::set_query_definition_id(&deps.store, run_id, &found).await?;
+                        object_id = Some(found);
+                    }
+                    Ok(None) => tracing::warn!("no QueryDefinition with the run's CustomerKey"),
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::warn!(error = %e, "QueryDefinition lookup failed");
+                    }
+                }
+            }
+            Question::CheckRowset { first } => {
+                if first {
+                    deps.publish_event(&StatusEvent::new(run_id, EventStatus::FetchingResults, Utc::now()))
+                        .await;
+                }
+                tick.rowset = Some(match session.rowset(&de_key, 1, 1).await {
+                    Ok(r) => RowsetObservation::Queryable { count: r.count },
+                    Err(e) => {
+                        tick.refused = refused(&e);
+                        tracing::debug!(error = %e, "results not queryable yet");
+                        RowsetObservation::NotYet
+                    }
+                });
+                if tick.rowset == Some(RowsetObservation::NotYet) {
+                    deps.metrics
+                        .inc(crate::adapters::metrics::ROWSET_READINESS_RETRIES, &[]);
+                }
+            }
+        }
+    }
+}
+
+/// Carries out a tick's outcome.
+async fn conclude(
+    deps: &Deps,
+    run: &Run,
+    object_id: Option<&str>,
+    outcome: Outcome,
+) -> Result<Disposition, StoreError> {
+    let label = match &outcome {
+        Outcome::Ready { .. } => "ready",
+        Outcome::Fail { .. } => {
+            tracing::Span::current().record("otel.status_code", "ERROR");
+            "fail"
+        }
+        Outcome::Canceled => "canceled",
+        Outcome::Reschedule { .. } => "reschedule",
+    };
+    tracing::Span::current().record("poll.decision", label);
+    let ending = match outcome {
+        Outcome::Ready { row_count, via } => Ending::Ready { row_count, via },
+        Outcome::Fail { reason, message } => Ending::Failed {
+            message,
+            cause: FailCause::Poll(reason),
+        },
+        Outcome::Canceled => Ending::Canceled(CancelSource::Api),
+        Outcome::Reschedule { delay, state, write } => {
+            if write && !runs::save_poll_state(&deps.store, run.id, &state).await? {
+                // The run left `running` meanwhile (canceled): look again at once.
+                return Ok(Disposition::Retry(std::time::Duration::ZERO));
+            }
+            return Ok(Disposition::Retry(delay));
+        }
+    };
+    end_run(deps, run, ending, object_id, Utc::now()).await?;
+    Ok(Disposition::Ack)
+}

@@ -1,0 +1,299 @@
+//! The NATS micro service `shell-query`: `P.api.results` pages a ready run's
+//! results through MCE's rowset endpoint; `P.api.status` answers the run's
+//! row. A run of another tenant or user answers exactly like a missing one.
+
+use std::sync::Arc;
+
+use async_nats::service::{Request, ServiceExt, error::Error as ServiceError};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use shell_query_core::run::{Run, RunStatus};
+
+use crate::adapters::store::runs;
+use crate::lifecycle::Deps;
+
+/// MCE's rowset answers at most this many rows a page.
+pub const MAX_PAGE_SIZE: i64 = 2500;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResultsRequest {
+    run_id: Uuid,
+    tenant_id: Uuid,
+    #[serde(default)]
+    user_id: Option<Uuid>,
+    #[serde(default = "first_page")]
+    page: i64,
+    #[serde(default = "default_page_size")]
+    page_size: i64,
+}
+
+fn first_page() -> i64 {
+    1
+}
+
+fn default_page_size() -> i64 {
+    50
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusRequest {
+    run_id: Uuid,
+    tenant_id: Uuid,
+    #[serde(default)]
+    user_id: Option<Uuid>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultsReply {
+    pub run_id: Uuid,
+    pub status: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Map<String, Value>>,
+    pub total_rows: i64,
+    pub page: i64,
+    pub page_size: i64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusReply {
+    pub run_id: Uuid,
+    pub status: String,
+    pub error_message: Option<String>,
+    pub row_count: Option<i32>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+}
+
+/// An error reply: the text a user may see and a code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApiError {
+    BadRequest(String),
+    NotFound,
+    NotReady(String),
+    Failed(String),
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn into_service(self) -> ServiceError {
+        let (code, status) = match self {
+            ApiError::BadRequest(m) => (400, m),
+            ApiError::NotFound => (404, "Run not found.".to_string()),
+            ApiError::NotReady(m) => (409, m),
+            ApiError::Failed(m) => (422, m),
+            ApiError::Unavailable(m) => (503, m),
+        };
+        ServiceError { status, code }
+    }
+}
+
+/// The run, if it exists and belongs to this tenant and user.
+async fn owned_run(deps: &Deps, run_id: Uuid, tenant_id: Uuid, user_id: Option<Uuid>) -> Result<Run, ApiError> {
+    let run = runs::get_run(&deps.store, run_id)
+        .await
+        .map_err(|_| ApiError::Unavailable("The run store is unavailable. Please try again.".into()))?
+        .ok_or(ApiError::NotFound)?;
+    if run.tenant_id != tenant_id || run.user_id != user_id {
+        return Err(ApiError::NotFound);
+    }
+    Ok(run)
+}
+
+fn decrypted_error(deps: &Deps, run: &Run) -> Option<String> {
+    run.error_message
+        .as_deref()
+        .map(|e| deps.cipher.decrypt(e).unwrap_or_else(|_| "The run failed.".into()))
+}
+
+/// Checks the paging of a results request (pure).
+pub fn check_paging(page: i64, page_size: i64) -> Result<(u32, u32), ApiError> {
+    if page < 1 || !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(ApiError::BadRequest(format!(
+            "page must be 1 or more and pageSize between 1 and {MAX_PAGE_SIZE} (got page {page}, pageSize {page_size})."
+        )));
+    }
+    Ok((page as u32, page_size as u32))
+}
+
+/// Orders a row's values by the DE's columns, matching names without
+/// regard to case (MCE may lower-case them).
+pub fn order_row(columns: &[String], values: &Map<String, Value>) -> Map<String, Value> {
+    columns
+        .iter()
+        .map(|c| {
+            let v = values
+                .get(c)
+                .or_else(|| values.iter().find(|(k, _)| k.eq_ignore_ascii_case(c)).map(|(_, v)| v))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (c.clone(), v)
+        })
+        .collect()
+}
+
+async fn results(deps: &Deps, req: ResultsRequest) -> Result<ResultsReply, ApiError> {
+    let (page, page_size) = check_paging(req.page, req.page_size)?;
+    let run = owned_run(deps, req.run_id, req.tenant_id, req.user_id).await?;
+    match run.status {
+        RunStatus::Ready => {}
+        RunStatus::Failed => {
+            let reason = decrypted_error(deps, &run).unwrap_or_else(|| "unknown reason".into());
+            return Err(ApiError::Failed(format!("The run failed: {reason}")));
+        }
+        RunStatus::Canceled => return Err(ApiError::NotReady("The run was canceled.".into())),
+        _ => {
+            return Err(ApiError::NotReady(format!(
+                "The run is not ready yet (status: {}).",
+                run.status.as_str()
+            )));
+        }
+    }
+    let key = run.target_de_customer_key.clone().ok_or(ApiError::NotFound)?;
+    let mce_error = |e: crate::adapters::mce::MceError| ApiError::Unavailable(e.client_message());
+    let session = deps
+        .mce
+        .session(run.tenant_id, run.user_id, &run.mid)
+        .await
+        .map_err(mce_error)?;
+    let fields = session.data_extension_fields(&key).await.map_err(mce_error)?;
+    let rowset = session.rowset(&key, page, page_size).await.map_err(mce_error)?;
+    let mut columns: Vec<String> = fields
+        .into_iter()
+        .map(|f| f.name)
+        .filter(|n| !n.eq_ignore_ascii_case("_CustomObjectKey"))
+        .collect();
+    if columns.is_empty() {
+        columns = rowset
+            .items
+            .first()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+    }
+    let rows = rowset.items.iter().map(|values| order_row(&columns, values)).collect();
+    Ok(ResultsReply {
+        run_id: run.id,
+        status: run.status.as_str().to_string(),
+        columns,
+        rows,
+        total_rows: rowset.count,
+        page: i64::from(page),
+        page_size: i64::from(page_size),
+    })
+}
+
+async fn status(deps: &Deps, req: StatusRequest) -> Result<StatusReply, ApiError> {
+    let run = owned_run(deps, req.run_id, req.tenant_id, req.user_id).await?;
+    let ts = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    Ok(StatusReply {
+        run_id: run.id,
+        error_message: decrypted_error(deps, &run),
+        status: run.status.as_str().to_string(),
+        row_count: run.row_count.and_then(|n| i32::try_from(n).ok()),
+        created_at: ts(run.created_at),
+        started_at: run.started_at.map(ts),
+        completed_at: run.completed_at.map(ts),
+    })
+}
+
+async fn reply<T: Serialize>(request: Request, result: Result<T, ApiError>) {
+    let response = result
+        .map(|body| Bytes::from(serde_json::to_vec(&body).expect("replies serialise")))
+        .map_err(ApiError::into_service);
+    if let Err(e) = request.respond(response).await {
+        tracing::warn!(error = %e, "could not send a reply");
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, ApiError> {
+    serde_json::from_slice(&request.message.payload).map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))
+}
+
+/// Starts the service; it answers until `shutdown` turns true.
+pub async fn serve(
+    deps: Arc<Deps>,
+    client: async_nats::Client,
+    prefix: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let service = client
+        .service_builder()
+        .description("Results and status of shell-query runs")
+        .start("shell-query", env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the shell-query service: {e}"))?;
+    let group = service.group(format!("{prefix}.api"));
+    let mut results_ep = group
+        .endpoint("results")
+        .await
+        .map_err(|e| anyhow::anyhow!("results endpoint: {e}"))?;
+    let mut status_ep = group
+        .endpoint("status")
+        .await
+        .map_err(|e| anyhow::anyhow!("status endpoint: {e}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(request) = results_ep.next() => {
+                    let deps = deps.clone();
+                    tokio::spawn(async move {
+                        let result = match parse::<ResultsRequest>(&request) {
+                            Ok(req) => results(&deps, req).await,
+                            Err(e) => Err(e),
+                        };
+                        reply(request, result).await;
+                    });
+                }
+                Some(request) = status_ep.next() => {
+                    let deps = deps.clone();
+                    tokio::spawn(async move {
+                        let result = match parse::<StatusRequest>(&request) {
+                            Ok(req) => status(&deps, req).await,
+                            Err(e) => Err(e),
+                        };
+                        reply(request, result).await;
+                    });
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        let _ = service.stop().await;
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_is_checked() {
+        assert_eq!(check_paging(1, 50), Ok((1, 50)));
+        assert_eq!(check_paging(3, 2500), Ok((3, 2500)));
+        for (page, size) in [(0, 50), (1, 0), (1, 2501), (-1, 10)] {
+            assert!(
+                matches!(check_paging(page, size), Err(ApiError::BadRequest(_))),
+                "{page} {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn rows_follow_the_de_columns_whatever_the_case() {
+        let columns = vec!["Email".to_string(), "Age".to_string(), "Missing".to_string()];
+        let values: Map<String, Value> = serde_json::from_str(r#"{"age": "3", "email": "a@b.c"}"#).unwrap();
+        let row = order_row(&columns, &values);
+        assert_eq!(row.keys().cloned().collect::<Vec<_>>().len(), 3);
+        assert_eq!(row["Email"], "a@b.c");
+        assert_eq!(row["Age"], "3");
+        assert_eq!(row["Missing"], Value::Null);
+    }
+}

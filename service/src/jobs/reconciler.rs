@@ -1,0 +1,165 @@
+//! The reconciler (DESIGN.md "Reconciler and sweeper"): every interval, on
+//! the one replica holding the lease, finds runs that should be moving and
+//! are not, and moves them: a lost poll message is published again, a
+//! stale queued run is re-submitted or failed, a run stuck before Perform
+//! is failed.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use shell_query_core::message::ExecuteMessage;
+use shell_query_core::run::{Ending, FailCause, Run, RunStatus, StartPhase};
+
+use crate::adapters::nats::{JOBS_STREAM, NatsError, PollPublished};
+use crate::adapters::store::{StoreError, runs};
+use crate::lifecycle::Deps;
+use crate::lifecycle::end::end_run;
+
+/// What one pass did, for logs, metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub polls_republished: u32,
+    pub executes_republished: u32,
+    pub runs_failed: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Runs younger than this are left alone.
+    pub grace: Duration,
+    /// A run `running` without a TaskID for this long has no execute left.
+    pub start_deadline: Duration,
+}
+
+const NOT_STARTED: &str = "The run could not be started. Please run it again.";
+
+async fn pending(deps: &Deps, subject: String) -> bool {
+    match deps.js.get_stream_no_info(JOBS_STREAM).await {
+        Ok(stream) => stream.direct_get_last_for_subject(subject).await.is_ok(),
+        // Unknown: assume a message is there rather than duplicate work.
+        Err(_) => true,
+    }
+}
+
+async fn fail(deps: &Deps, run: &Run, message: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let ending = Ending::Failed {
+        message: message.to_string(),
+        cause: FailCause::Reconciler,
+    };
+    if !end_run(deps, run, ending, run.query_definition(), now).await? {
+        return Ok(false);
+    }
+    deps.metrics.inc(
+        crate::adapters::metrics::RECONCILER_ACTIONS,
+        &[("action", "run_failed")],
+    );
+    Ok(true)
+}
+
+/// One pass over the live runs.
+pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Result<Report, StoreError> {
+    let mut report = Report::default();
+    let grace = chrono::Duration::from_std(cfg.grace).unwrap_or_default();
+    let deadline = chrono::Duration::from_std(cfg.start_deadline).unwrap_or_default();
+    for run in runs::stale_runs(&deps.store, now - grace).await? {
+        match (run.status, &run.start) {
+            (RunStatus::Running, StartPhase::Started(_)) => {
+                if pending(deps, deps.subjects.poll(run.id)).await {
+                    continue;
+                }
+                // A fresh id: an id used within the duplicate window is dropped silently.
+                let msg_id = format!("poll:{}:{}", run.id, now.timestamp_millis());
+                match crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, run.id, &msg_id).await {
+                    Ok(PollPublished::New) => {
+                        tracing::warn!(run_id = %run.id, "reconciler: poll message was missing; published again");
+                        report.polls_republished += 1;
+                        deps.metrics.inc(
+                            crate::adapters::metrics::RECONCILER_ACTIONS,
+                            &[("action", "poll_republished")],
+                        );
+                    }
+                    Ok(PollPublished::AlreadyPending) => {}
+                    Err(e) => tracing::warn!(run_id = %run.id, error = %e, "reconciler: could not publish a poll"),
+                }
+            }
+            (RunStatus::Running, _) => {
+                let started = run.started_at.unwrap_or(run.created_at);
+                if started > now - deadline || pending(deps, deps.subjects.execute(run.id)).await {
+                    continue;
+                }
+                tracing::warn!(run_id = %run.id, "reconciler: run never got past its start; failing it");
+                if fail(deps, &run, NOT_STARTED, now).await? {
+                    report.runs_failed += 1;
+                }
+            }
+            (RunStatus::Queued, _) => {
+                if pending(deps, deps.subjects.execute(run.id)).await {
+                    continue;
+                }
+                match resubmit(deps, &run, now).await {
+                    Ok(true) => {
+                        tracing::warn!(run_id = %run.id, "reconciler: queued run had no execute message; submitted again");
+                        report.executes_republished += 1;
+                        deps.metrics.inc(
+                            crate::adapters::metrics::RECONCILER_ACTIONS,
+                            &[("action", "execute_republished")],
+                        );
+                    }
+                    Ok(false) => {
+                        tracing::warn!(run_id = %run.id, "reconciler: queued run cannot be submitted again; failing it");
+                        if fail(deps, &run, NOT_STARTED, now).await? {
+                            report.runs_failed += 1;
+                        }
+                    }
+                    Err(e) => tracing::warn!(run_id = %run.id, error = %e, "reconciler: could not submit again"),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(report)
+}
+
+/// Publishes the execute message again from the row, when the row holds all
+/// it needs (the encrypted SQL, and no target it cannot name).
+async fn resubmit(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, NatsError> {
+    let Some(sql) = run
+        .sql_text_encrypted
+        .clone()
+        .filter(|_| run.target_update_type.is_none() && !run.mid.is_empty())
+    else {
+        return Ok(false);
+    };
+    let msg = ExecuteMessage {
+        run_id: run.id,
+        tenant_id: run.tenant_id,
+        user_id: run.user_id,
+        mid: run.mid.clone(),
+        sql_text_encrypted: Some(sql),
+        snippet_name: run.snippet_name.clone(),
+        ..Default::default()
+    };
+    let msg_id = format!("execute:{}:{}", run.id, now.timestamp_millis());
+    crate::adapters::nats::publish_execute(&deps.js, &deps.subjects, &msg, &msg_id).await?;
+    Ok(true)
+}
+
+/// Runs passes every `interval` while this replica holds the lease.
+pub async fn run(
+    deps: std::sync::Arc<Deps>,
+    cfg: Config,
+    interval: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    crate::adapters::lease::periodically(&deps.js.clone(), "reconciler", interval, shutdown, |now| {
+        let deps = deps.clone();
+        async move {
+            match reconcile_once(&deps, cfg, now).await {
+                Ok(report) if report != Report::default() => tracing::info!(?report, "reconciler pass"),
+                Ok(_) => tracing::debug!("reconciler pass: nothing to do"),
+                Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
+            }
+        }
+    })
+    .await;
+}

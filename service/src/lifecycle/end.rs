@@ -1,0 +1,93 @@
+//! The one place a run ends. Every path that finishes a run (a poll tick,
+//! a cancel, the API's own cancel, the execute step, a malformed message,
+//! the reconciler) calls [`end_run`], which does, in this order:
+//!
+//! 1. the compare-and-set into the terminal state (losing it is normal:
+//!    another path ended the run, and nothing else happens here);
+//! 2. the outcome metrics;
+//! 3. the terminal status event;
+//! 4. the adaptive schedule's history reset (a ready run is a new duration);
+//! 5. the deletion of the run's QueryDefinition.
+
+use chrono::{DateTime, Utc};
+use shell_query_core::event::{EventStatus, StatusEvent, clip_error};
+use shell_query_core::poll::decide::{FailReason, ReadyVia};
+use shell_query_core::run::{CancelSource, Ending, FailCause, Run};
+
+use super::Deps;
+use crate::adapters::metrics::{FAST_PATH_COMPLETIONS, POLL_TIMEOUTS, RUN_DURATION, RUNS};
+use crate::adapters::store::StoreError;
+use crate::adapters::store::runs::{self, Terminal};
+
+/// Ends `run` as `ending` says. `query_definition` is the QueryDefinition to
+/// delete, if any (the run's recorded one, or the one an execute delivery
+/// made before it could record it). True if this call ended the run.
+pub async fn end_run(
+    deps: &Deps,
+    run: &Run,
+    ending: Ending,
+    query_definition: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let event = match &ending {
+        Ending::Ready { row_count, .. } => StatusEvent {
+            row_count: Some(*row_count),
+            ..StatusEvent::new(run.id, EventStatus::Ready, now)
+        },
+        Ending::Failed { message, .. } => StatusEvent::failed(run.id, &clip_error(message), now),
+        Ending::Canceled(_) => StatusEvent::new(run.id, EventStatus::Canceled, now),
+    };
+    let won = match &ending {
+        // The API set the row to `canceled` itself: one replica claims the clean-up.
+        Ending::Canceled(CancelSource::Api) => runs::claim_api_cancel(&deps.store, run.id, now).await?,
+        Ending::Ready { row_count, .. } => {
+            runs::finish(&deps.store, run.id, Terminal::Ready { row_count: *row_count }, now).await?
+        }
+        Ending::Failed { message, .. } => {
+            let terminal = Terminal::Failed {
+                error_message_encrypted: deps.cipher.encrypt(&clip_error(message)),
+            };
+            runs::finish(&deps.store, run.id, terminal, now).await?
+        }
+        Ending::Canceled(CancelSource::CancelMessage) => {
+            runs::finish(&deps.store, run.id, Terminal::Canceled, now).await?
+        }
+    };
+    if !won {
+        return Ok(false);
+    }
+    tracing::info!(
+        run_id = %run.id,
+        outcome = ending.outcome_label(),
+        reason = ending.reason_label(),
+        "run ended"
+    );
+    record_metrics(deps, &ending, run.created_at, now);
+    deps.publish_event(&event).await;
+    if matches!(ending, Ending::Ready { .. }) {
+        deps.histories.forget(run.tenant_id, &run.sql_text_hash);
+    }
+    if let Some(qd) = query_definition.filter(|q| !q.trim().is_empty()) {
+        deps.delete_query_definition(run.tenant_id, run.user_id, &run.mid, qd)
+            .await;
+    }
+    Ok(true)
+}
+
+fn record_metrics(deps: &Deps, ending: &Ending, created_at: DateTime<Utc>, now: DateTime<Utc>) {
+    let outcome = ending.outcome_label();
+    deps.metrics
+        .inc(RUNS, &[("outcome", outcome), ("reason", ending.reason_label())]);
+    let took = (now - created_at).to_std().unwrap_or_default();
+    deps.metrics.observe(RUN_DURATION, &[("outcome", outcome)], took);
+    match ending {
+        Ending::Ready {
+            via: ReadyVia::Probe, ..
+        } => deps.metrics.inc(FAST_PATH_COMPLETIONS, &[]),
+        Ending::Failed {
+            cause: FailCause::Poll(FailReason::Timeout),
+            ..
+        } => deps.metrics.inc(POLL_TIMEOUTS, &[]),
+        _ => {}
+    }
+}
