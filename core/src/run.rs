@@ -79,20 +79,6 @@ impl Task {
     }
 }
 
-/// What earlier poll ticks left in the row (docs in ARCHITECTURE.md).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PollProgress {
-    pub count: u32,
-    pub not_running_count: u32,
-    pub not_running_first_at: Option<DateTime<Utc>>,
-    pub rowset_attempts: u32,
-    pub rowset_first_at: Option<DateTime<Utc>>,
-    pub probe_attempts: u32,
-    pub last_probe_at: Option<DateTime<Utc>>,
-    pub transient_errors: u32,
-    pub last_status: Option<String>,
-}
-
 /// One run, as its row holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
@@ -117,7 +103,9 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
-    pub poll: PollProgress,
+    /// What earlier poll ticks left in the row (its `poll_count` is the
+    /// tick number at the last state-changing write).
+    pub poll: PollState,
 }
 
 impl Run {
@@ -137,18 +125,10 @@ impl Run {
     /// The poll state a tick starts from; `delivered` is the poll message's
     /// delivery count (the row's count wins if the consumer was ever reset).
     pub fn poll_state(&self, delivered: u32, fallback_start: DateTime<Utc>) -> PollState {
-        let p = &self.poll;
         PollState {
-            poll_count: delivered.max(p.count + 1),
+            poll_count: delivered.max(self.poll.poll_count + 1),
             started_at: self.poll_started_at.unwrap_or(fallback_start),
-            not_running_count: p.not_running_count,
-            not_running_first_at: p.not_running_first_at,
-            rowset_attempts: p.rowset_attempts,
-            rowset_first_at: p.rowset_first_at,
-            probe_attempts: p.probe_attempts,
-            last_probe_at: p.last_probe_at,
-            transient_errors: p.transient_errors,
-            last_status: p.last_status.clone(),
+            ..self.poll.clone()
         }
     }
 }

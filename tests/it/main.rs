@@ -8,6 +8,7 @@ mod e2e;
 mod execute;
 mod inputs;
 mod jetstream;
+mod layers;
 mod lifecycle;
 mod mce_client;
 mod operations;

@@ -77,7 +77,7 @@ async fn exercise(url: &str) {
     state.last_status = Some("queued".into());
     assert!(runs::save_poll_state(&db, run_id, &state).await.unwrap());
     let run = runs::get_run(&db, run_id).await.unwrap().unwrap();
-    assert_eq!((run.poll.count, run.poll.rowset_attempts), (3, 2));
+    assert_eq!((run.poll.poll_count, run.poll.rowset_attempts), (3, 2));
     assert_eq!(
         run.poll_state(1, now).poll_count,
         4,

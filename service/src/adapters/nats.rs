@@ -205,19 +205,18 @@ pub async fn publish_poll(
     }
 }
 
-/// Publishes an execute message (the reconciler's resubmission), under a
-/// fresh message id.
-pub async fn publish_execute(
+/// Publishes a JSON message under a message id, with the current trace
+/// context, and waits for the stream's acknowledgement.
+async fn publish_json<T: serde::Serialize>(
     js: &jetstream::Context,
-    subjects: &Subjects,
-    msg: &ExecuteMessage,
-    msg_id: &str,
+    subject: String,
+    body: &T,
+    msg_id: String,
 ) -> Result<(), NatsError> {
-    let subject = subjects.execute(msg.run_id);
-    let body = Bytes::from(serde_json::to_vec(msg).expect("an execute message serialises"));
+    let payload = Bytes::from(serde_json::to_vec(body).expect("the service's messages serialise"));
     let mut headers = HeaderMap::new();
     crate::adapters::telemetry::inject(&mut headers);
-    let publish = Publish::build().payload(body).message_id(msg_id).headers(headers);
+    let publish = Publish::build().payload(payload).message_id(msg_id).headers(headers);
     let err = |detail: String| NatsError::Publish {
         subject: subject.clone(),
         detail,
@@ -230,6 +229,17 @@ pub async fn publish_execute(
     Ok(())
 }
 
+/// Publishes an execute message (the reconciler's resubmission), under a
+/// fresh message id.
+pub async fn publish_execute(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    msg: &ExecuteMessage,
+    msg_id: &str,
+) -> Result<(), NatsError> {
+    publish_json(js, subjects.execute(msg.run_id), msg, msg_id.to_string()).await
+}
+
 /// Publishes a status event, deduplicated per (run, status) so a re-publish
 /// after a crash is harmless.
 pub async fn publish_status(
@@ -237,25 +247,8 @@ pub async fn publish_status(
     subjects: &Subjects,
     event: &StatusEvent,
 ) -> Result<(), NatsError> {
-    let subject = subjects.status(event.run_id);
-    let body = Bytes::from(serde_json::to_vec(event).expect("a status event serialises"));
-    let mut headers = HeaderMap::new();
-    crate::adapters::telemetry::inject(&mut headers);
-    let publish = Publish::build().payload(body).headers(headers).message_id(format!(
-        "status:{}:{}",
-        event.run_id,
-        event.status.as_str()
-    ));
-    let err = |detail: String| NatsError::Publish {
-        subject: subject.clone(),
-        detail,
-    };
-    js.send_publish(subject.clone(), publish)
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    Ok(())
+    let msg_id = format!("status:{}:{}", event.run_id, event.status.as_str());
+    publish_json(js, subjects.status(event.run_id), event, msg_id).await
 }
 
 /// Copies a message the service gave up on to the DLQ with the reason.

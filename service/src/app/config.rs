@@ -99,11 +99,11 @@ pub struct DbArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/shell_query",
+        default_value = defaults::DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: SecretString,
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = defaults::DATABASE_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 }
 
@@ -118,7 +118,7 @@ pub struct KeyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct NatsArgs {
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "NATS_URL", default_value = defaults::NATS_URL)]
     pub nats_url: String,
     #[arg(long, env = "NATS_CREDS_FILE")]
     pub nats_creds_file: Option<std::path::PathBuf>,
@@ -128,7 +128,7 @@ pub struct NatsArgs {
     pub nats_password: Option<SecretString>,
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<SecretString>,
-    #[arg(long, env = "SUBJECT_PREFIX", default_value = "shell_query", value_parser = parse_prefix)]
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = defaults::SUBJECT_PREFIX, value_parser = parse_prefix)]
     pub subject_prefix: String,
 }
 
@@ -138,57 +138,57 @@ pub struct MceArgs {
     pub mce_client_id: Option<String>,
     #[arg(long, env = "MCE_CLIENT_SECRET", hide_env_values = true)]
     pub mce_client_secret: Option<SecretString>,
-    #[arg(long, env = "MCE_AUTH_BASE_URL", default_value = "https://{tssd}.auth.marketingcloudapis.com", value_parser = parse_base_url)]
+    #[arg(long, env = "MCE_AUTH_BASE_URL", default_value = defaults::MCE_AUTH_BASE_URL, value_parser = parse_base_url)]
     pub mce_auth_base_url: String,
-    #[arg(long, env = "MCE_SOAP_BASE_URL", default_value = "https://{tssd}.soap.marketingcloudapis.com", value_parser = parse_base_url)]
+    #[arg(long, env = "MCE_SOAP_BASE_URL", default_value = defaults::MCE_SOAP_BASE_URL, value_parser = parse_base_url)]
     pub mce_soap_base_url: String,
-    #[arg(long, env = "MCE_REST_BASE_URL", default_value = "https://{tssd}.rest.marketingcloudapis.com", value_parser = parse_base_url)]
+    #[arg(long, env = "MCE_REST_BASE_URL", default_value = defaults::MCE_REST_BASE_URL, value_parser = parse_base_url)]
     pub mce_rest_base_url: String,
     /// Deadline of a SOAP or REST call other than the token and rowset calls.
-    #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = 30_000, value_parser = millis(100))]
+    #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = defaults::MCE_TIMEOUT_MS, value_parser = millis(100))]
     pub mce_timeout_ms: u64,
-    #[arg(long, env = "MCE_TOKEN_TIMEOUT_MS", default_value_t = 15_000, value_parser = millis(100))]
+    #[arg(long, env = "MCE_TOKEN_TIMEOUT_MS", default_value_t = defaults::MCE_TOKEN_TIMEOUT_MS, value_parser = millis(100))]
     pub mce_token_timeout_ms: u64,
-    #[arg(long, env = "MCE_ROWSET_TIMEOUT_MS", default_value_t = 120_000, value_parser = millis(100))]
+    #[arg(long, env = "MCE_ROWSET_TIMEOUT_MS", default_value_t = defaults::MCE_ROWSET_TIMEOUT_MS, value_parser = millis(100))]
     pub mce_rowset_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct PollArgs {
-    #[arg(long, env = "POLL_INITIAL_DELAY_MS", default_value_t = 2000, value_parser = millis(1))]
+    #[arg(long, env = "POLL_INITIAL_DELAY_MS", default_value_t = defaults::POLL_INITIAL_DELAY_MS, value_parser = millis(1))]
     pub poll_initial_delay_ms: u64,
-    #[arg(long, env = "POLL_MAX_DELAY_MS", default_value_t = 30000, value_parser = millis(1))]
+    #[arg(long, env = "POLL_MAX_DELAY_MS", default_value_t = defaults::POLL_MAX_DELAY_MS, value_parser = millis(1))]
     pub poll_max_delay_ms: u64,
-    #[arg(long, env = "POLL_BACKOFF_MULTIPLIER", default_value_t = 2.0, value_parser = parse_multiplier)]
+    #[arg(long, env = "POLL_BACKOFF_MULTIPLIER", default_value_t = defaults::POLL_BACKOFF_MULTIPLIER, value_parser = parse_multiplier)]
     pub poll_backoff_multiplier: f64,
-    #[arg(long, env = "POLL_JITTER_RANGE", default_value_t = 0.4, value_parser = parse_jitter)]
+    #[arg(long, env = "POLL_JITTER_RANGE", default_value_t = defaults::POLL_JITTER_RANGE, value_parser = parse_jitter)]
     pub poll_jitter_range: f64,
-    #[arg(long, env = "POLL_MAX_COUNT", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "POLL_MAX_COUNT", default_value_t = defaults::POLL_MAX_COUNT, value_parser = clap::value_parser!(u32).range(1..))]
     pub poll_max_count: u32,
-    #[arg(long, env = "POLL_MAX_DURATION_MS", default_value_t = 1_740_000, value_parser = millis(1))]
+    #[arg(long, env = "POLL_MAX_DURATION_MS", default_value_t = defaults::POLL_MAX_DURATION_MS, value_parser = millis(1))]
     pub poll_max_duration_ms: u64,
-    #[arg(long, env = "POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS", default_value_t = 5000, value_parser = millis(0))]
+    #[arg(long, env = "POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS", default_value_t = defaults::POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS, value_parser = millis(0))]
     pub poll_completed_date_trigger_min_runtime_ms: u64,
-    #[arg(long, env = "POLL_STUCK_THRESHOLD_MS", default_value_t = 180_000, value_parser = millis(0))]
+    #[arg(long, env = "POLL_STUCK_THRESHOLD_MS", default_value_t = defaults::POLL_STUCK_THRESHOLD_MS, value_parser = millis(0))]
     pub poll_stuck_threshold_ms: u64,
-    #[arg(long, env = "POLL_NOT_RUNNING_CONFIRMATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, env = "POLL_NOT_RUNNING_CONFIRMATIONS", default_value_t = defaults::POLL_NOT_RUNNING_CONFIRMATIONS, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub poll_not_running_confirmations: u32,
-    #[arg(long, env = "POLL_NOT_RUNNING_MIN_GAP_MS", default_value_t = 15000, value_parser = millis(0))]
+    #[arg(long, env = "POLL_NOT_RUNNING_MIN_GAP_MS", default_value_t = defaults::POLL_NOT_RUNNING_MIN_GAP_MS, value_parser = millis(0))]
     pub poll_not_running_min_gap_ms: u64,
-    #[arg(long, env = "POLL_ROWSET_READY_MAX_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "POLL_ROWSET_READY_MAX_ATTEMPTS", default_value_t = defaults::POLL_ROWSET_READY_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub poll_rowset_ready_max_attempts: u32,
-    #[arg(long, env = "POLL_ROWSET_READY_INITIAL_DELAY_MS", default_value_t = 1500, value_parser = millis(1))]
+    #[arg(long, env = "POLL_ROWSET_READY_INITIAL_DELAY_MS", default_value_t = defaults::POLL_ROWSET_READY_INITIAL_DELAY_MS, value_parser = millis(1))]
     pub poll_rowset_ready_initial_delay_ms: u64,
-    #[arg(long, env = "POLL_ROWSET_READY_MAX_DELAY_MS", default_value_t = 8000, value_parser = millis(1))]
+    #[arg(long, env = "POLL_ROWSET_READY_MAX_DELAY_MS", default_value_t = defaults::POLL_ROWSET_READY_MAX_DELAY_MS, value_parser = millis(1))]
     pub poll_rowset_ready_max_delay_ms: u64,
-    #[arg(long, env = "POLL_ROW_PROBE_MIN_RUNTIME_MS", default_value_t = 5000, value_parser = millis(0))]
+    #[arg(long, env = "POLL_ROW_PROBE_MIN_RUNTIME_MS", default_value_t = defaults::POLL_ROW_PROBE_MIN_RUNTIME_MS, value_parser = millis(0))]
     pub poll_row_probe_min_runtime_ms: u64,
-    #[arg(long, env = "POLL_ROW_PROBE_MIN_INTERVAL_MS", default_value_t = 15000, value_parser = millis(0))]
+    #[arg(long, env = "POLL_ROW_PROBE_MIN_INTERVAL_MS", default_value_t = defaults::POLL_ROW_PROBE_MIN_INTERVAL_MS, value_parser = millis(0))]
     pub poll_row_probe_min_interval_ms: u64,
     /// When to look again at a pending run: `exponential` (the POLL_*_DELAY
     /// settings), `reference` (30 s ± 20 %) or `adaptive` (from the query's
     /// recent durations; see docs/BENCHMARKS.md).
-    #[arg(long, env = "POLL_SCHEDULE", default_value = "adaptive", value_parser = parse_schedule)]
+    #[arg(long, env = "POLL_SCHEDULE", default_value = defaults::POLL_SCHEDULE, value_parser = parse_schedule)]
     pub poll_schedule: shell_query_core::poll::schedule::Schedule,
 }
 
@@ -204,32 +204,171 @@ pub struct RunArgs {
     pub mce: MceArgs,
     #[command(flatten)]
     pub poll: PollArgs,
-    #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = defaults::EXECUTE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub execute_concurrency: u32,
-    #[arg(long, env = "POLL_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "POLL_CONCURRENCY", default_value_t = defaults::POLL_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub poll_concurrency: u32,
-    #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = defaults::POLL_MAX_ACK_PENDING, value_parser = clap::value_parser!(i64).range(1..))]
     pub poll_max_ack_pending: i64,
     /// How long an execute delivery may go silent before NATS redelivers it
     /// (the handler sends "in progress" every third of it).
-    #[arg(long, env = "EXECUTE_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
+    #[arg(long, env = "EXECUTE_ACK_WAIT_MS", default_value_t = defaults::EXECUTE_ACK_WAIT_MS, value_parser = millis(3000))]
     pub execute_ack_wait_ms: u64,
     /// How long a poll delivery may go silent before NATS redelivers it:
     /// after a crash, a run whose tick was under way waits this long.
-    #[arg(long, env = "POLL_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
+    #[arg(long, env = "POLL_ACK_WAIT_MS", default_value_t = defaults::POLL_ACK_WAIT_MS, value_parser = millis(3000))]
     pub poll_ack_wait_ms: u64,
-    #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = 120_000, value_parser = millis(1000))]
+    #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = defaults::RECONCILER_INTERVAL_MS, value_parser = millis(1000))]
     pub reconciler_interval_ms: u64,
-    #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = 60_000, value_parser = millis(0))]
+    #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = defaults::RECONCILER_GRACE_MS, value_parser = millis(0))]
     pub reconciler_grace_ms: u64,
-    #[arg(long, env = "SWEEPER_INTERVAL_MS", default_value_t = 3_600_000, value_parser = millis(1000))]
+    #[arg(long, env = "SWEEPER_INTERVAL_MS", default_value_t = defaults::SWEEPER_INTERVAL_MS, value_parser = millis(1000))]
     pub sweeper_interval_ms: u64,
-    #[arg(long, env = "SWEEPER_MIN_AGE_MS", default_value_t = 86_400_000, value_parser = millis(0))]
+    #[arg(long, env = "SWEEPER_MIN_AGE_MS", default_value_t = defaults::SWEEPER_MIN_AGE_MS, value_parser = millis(0))]
     pub sweeper_min_age_ms: u64,
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "HTTP_ADDR", default_value = defaults::HTTP_ADDR)]
     pub http_addr: SocketAddr,
     #[arg(long, env = "LOG_FORMAT", value_parser = ["json", "pretty"])]
     pub log_format: Option<String>,
+}
+
+/// Every default of the command line, in one place: clap shows them and
+/// `Default` builds from them (the demo builds its settings from these).
+pub mod defaults {
+    pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shell_query";
+    pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
+    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+    pub const SUBJECT_PREFIX: &str = "shell_query";
+    pub const MCE_AUTH_BASE_URL: &str = "https://{tssd}.auth.marketingcloudapis.com";
+    pub const MCE_SOAP_BASE_URL: &str = "https://{tssd}.soap.marketingcloudapis.com";
+    pub const MCE_REST_BASE_URL: &str = "https://{tssd}.rest.marketingcloudapis.com";
+    pub const MCE_TIMEOUT_MS: u64 = 30_000;
+    pub const MCE_TOKEN_TIMEOUT_MS: u64 = 15_000;
+    pub const MCE_ROWSET_TIMEOUT_MS: u64 = 120_000;
+    pub const POLL_INITIAL_DELAY_MS: u64 = 2000;
+    pub const POLL_MAX_DELAY_MS: u64 = 30000;
+    pub const POLL_BACKOFF_MULTIPLIER: f64 = 2.0;
+    pub const POLL_JITTER_RANGE: f64 = 0.4;
+    pub const POLL_MAX_COUNT: u32 = 120;
+    pub const POLL_MAX_DURATION_MS: u64 = 1_740_000;
+    pub const POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS: u64 = 5000;
+    pub const POLL_STUCK_THRESHOLD_MS: u64 = 180_000;
+    pub const POLL_NOT_RUNNING_CONFIRMATIONS: u32 = 2;
+    pub const POLL_NOT_RUNNING_MIN_GAP_MS: u64 = 15000;
+    pub const POLL_ROWSET_READY_MAX_ATTEMPTS: u32 = 6;
+    pub const POLL_ROWSET_READY_INITIAL_DELAY_MS: u64 = 1500;
+    pub const POLL_ROWSET_READY_MAX_DELAY_MS: u64 = 8000;
+    pub const POLL_ROW_PROBE_MIN_RUNTIME_MS: u64 = 5000;
+    pub const POLL_ROW_PROBE_MIN_INTERVAL_MS: u64 = 15000;
+    pub const POLL_SCHEDULE: &str = "adaptive";
+    pub const EXECUTE_CONCURRENCY: u32 = 16;
+    pub const POLL_CONCURRENCY: u32 = 64;
+    pub const POLL_MAX_ACK_PENDING: i64 = 1_000_000;
+    pub const EXECUTE_ACK_WAIT_MS: u64 = 60_000;
+    pub const POLL_ACK_WAIT_MS: u64 = 60_000;
+    pub const RECONCILER_INTERVAL_MS: u64 = 120_000;
+    pub const RECONCILER_GRACE_MS: u64 = 60_000;
+    pub const SWEEPER_INTERVAL_MS: u64 = 3_600_000;
+    pub const SWEEPER_MIN_AGE_MS: u64 = 86_400_000;
+    pub const HTTP_ADDR: &str = "0.0.0.0:8080";
+}
+
+impl Default for DbArgs {
+    /// The defaults the command line has, without parsing one.
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from(defaults::DATABASE_URL),
+            database_max_connections: defaults::DATABASE_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl Default for KeyArgs {
+    /// The defaults the command line has, without parsing one.
+    fn default() -> Self {
+        Self {
+            encryption_key: None,
+            encryption_keys: None,
+        }
+    }
+}
+
+impl Default for NatsArgs {
+    /// The defaults the command line has, without parsing one.
+    fn default() -> Self {
+        Self {
+            nats_url: defaults::NATS_URL.to_string(),
+            nats_creds_file: None,
+            nats_user: None,
+            nats_password: None,
+            nats_token: None,
+            subject_prefix: defaults::SUBJECT_PREFIX.to_string(),
+        }
+    }
+}
+
+impl Default for MceArgs {
+    /// The defaults the command line has, without parsing one.
+    fn default() -> Self {
+        Self {
+            mce_client_id: None,
+            mce_client_secret: None,
+            mce_auth_base_url: defaults::MCE_AUTH_BASE_URL.to_string(),
+            mce_soap_base_url: defaults::MCE_SOAP_BASE_URL.to_string(),
+            mce_rest_base_url: defaults::MCE_REST_BASE_URL.to_string(),
+            mce_timeout_ms: defaults::MCE_TIMEOUT_MS,
+            mce_token_timeout_ms: defaults::MCE_TOKEN_TIMEOUT_MS,
+            mce_rowset_timeout_ms: defaults::MCE_ROWSET_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Default for PollArgs {
+    /// The defaults the command line has, without parsing one.
+    fn default() -> Self {
+        Self {
+            poll_initial_delay_ms: defaults::POLL_INITIAL_DELAY_MS,
+            poll_max_delay_ms: defaults::POLL_MAX_DELAY_MS,
+            poll_backoff_multiplier: defaults::POLL_BACKOFF_MULTIPLIER,
+            poll_jitter_range: defaults::POLL_JITTER_RANGE,
+            poll_max_count: defaults::POLL_MAX_COUNT,
+            poll_max_duration_ms: defaults::POLL_MAX_DURATION_MS,
+            poll_completed_date_trigger_min_runtime_ms: defaults::POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS,
+            poll_stuck_threshold_ms: defaults::POLL_STUCK_THRESHOLD_MS,
+            poll_not_running_confirmations: defaults::POLL_NOT_RUNNING_CONFIRMATIONS,
+            poll_not_running_min_gap_ms: defaults::POLL_NOT_RUNNING_MIN_GAP_MS,
+            poll_rowset_ready_max_attempts: defaults::POLL_ROWSET_READY_MAX_ATTEMPTS,
+            poll_rowset_ready_initial_delay_ms: defaults::POLL_ROWSET_READY_INITIAL_DELAY_MS,
+            poll_rowset_ready_max_delay_ms: defaults::POLL_ROWSET_READY_MAX_DELAY_MS,
+            poll_row_probe_min_runtime_ms: defaults::POLL_ROW_PROBE_MIN_RUNTIME_MS,
+            poll_row_probe_min_interval_ms: defaults::POLL_ROW_PROBE_MIN_INTERVAL_MS,
+            poll_schedule: parse_schedule(defaults::POLL_SCHEDULE).expect("the default schedule parses"),
+        }
+    }
+}
+
+impl Default for RunArgs {
+    /// The defaults the command line has, without parsing one.
+    fn default() -> Self {
+        Self {
+            db: DbArgs::default(),
+            keys: KeyArgs::default(),
+            nats: NatsArgs::default(),
+            mce: MceArgs::default(),
+            poll: PollArgs::default(),
+            execute_concurrency: defaults::EXECUTE_CONCURRENCY,
+            poll_concurrency: defaults::POLL_CONCURRENCY,
+            poll_max_ack_pending: defaults::POLL_MAX_ACK_PENDING,
+            execute_ack_wait_ms: defaults::EXECUTE_ACK_WAIT_MS,
+            poll_ack_wait_ms: defaults::POLL_ACK_WAIT_MS,
+            reconciler_interval_ms: defaults::RECONCILER_INTERVAL_MS,
+            reconciler_grace_ms: defaults::RECONCILER_GRACE_MS,
+            sweeper_interval_ms: defaults::SWEEPER_INTERVAL_MS,
+            sweeper_min_age_ms: defaults::SWEEPER_MIN_AGE_MS,
+            http_addr: defaults::HTTP_ADDR.parse().expect("the default address parses"),
+            log_format: None,
+        }
+    }
 }
 
 /// A setting that is missing or wrong; the message names it.
@@ -452,6 +591,11 @@ mod tests {
         let Command::Run(run) = run_args(&[]).unwrap().command else {
             panic!()
         };
+        assert_eq!(
+            format!("{run:?}"),
+            format!("{:?}", RunArgs::default()),
+            "`Default` builds what the command line's defaults say"
+        );
         let poll = run.poll.to_config().unwrap();
         assert_eq!(poll.backoff.initial, Duration::from_secs(2));
         assert_eq!(poll.backoff.max, Duration::from_secs(30));

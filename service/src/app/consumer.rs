@@ -12,7 +12,8 @@ use tokio::sync::{Semaphore, watch};
 
 use shell_query_core::backoff;
 
-use crate::handlers::{Delivery, Disposition, Handler};
+use crate::handlers::Handler;
+use crate::handlers::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
 
 async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>, msg: Message) {

@@ -16,9 +16,9 @@ use futures::StreamExt;
 use mce_sim::{Scenario, Sim, SimConfig, StatusStyle};
 use uuid::Uuid;
 
-use clap::Parser as _;
+use secrecy::SecretString;
 
-use crate::app::config::{Cli, Command as CliCommand, DemoArgs};
+use crate::app::config::{DbArgs, DemoArgs, KeyArgs, MceArgs, NatsArgs, PollArgs, RunArgs};
 
 const NATS_CONF: &str = include_str!("../../../nats.conf");
 const REFRESH_TOKEN: &str = "demo-refresh-token";
@@ -233,57 +233,47 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     .await?;
 
     let http = format!("127.0.0.1:{}", free_port()?);
-    let argv = [
-        "shell-query-worker",
-        "run",
-        "--database-url",
-        &database_url,
-        "--nats-url",
-        &nats_url,
-        "--encryption-key",
-        &key,
-        "--mce-client-id",
-        "demo-client",
-        "--mce-client-secret",
-        "demo-secret",
-        "--mce-auth-base-url",
-        &sim.url(),
-        "--mce-soap-base-url",
-        &sim.url(),
-        "--mce-rest-base-url",
-        &sim.url(),
-        "--http-addr",
-        &http,
-        "--poll-initial-delay-ms",
-        "1000",
-        "--poll-max-delay-ms",
-        "4000",
-        "--poll-completed-date-trigger-min-runtime-ms",
-        "2000",
-        "--poll-not-running-min-gap-ms",
-        "2000",
-        "--poll-rowset-ready-initial-delay-ms",
-        "1000",
-        "--poll-rowset-ready-max-delay-ms",
-        "3000",
-        "--poll-rowset-ready-max-attempts",
-        "10",
-    ];
-    let mut argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
-    if let Some((user, password)) = &login.service {
-        argv.extend([
-            "--nats-user".into(),
-            user.clone(),
-            "--nats-password".into(),
-            password.clone(),
-        ]);
-    }
-    let CliCommand::Run(run_args) = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{e}"))?.command else {
-        unreachable!("the argv names `run`")
+    // The service's settings, built directly: the defaults, with the
+    // simulator's addresses and delays short enough to watch.
+    let run_args = RunArgs {
+        db: DbArgs {
+            database_url: SecretString::from(database_url.clone()),
+            ..DbArgs::default()
+        },
+        keys: KeyArgs {
+            encryption_key: Some(SecretString::from(key.clone())),
+            encryption_keys: None,
+        },
+        nats: NatsArgs {
+            nats_url: nats_url.clone(),
+            nats_user: login.service.as_ref().map(|(user, _)| user.clone()),
+            nats_password: login.service.as_ref().map(|(_, p)| SecretString::from(p.clone())),
+            ..NatsArgs::default()
+        },
+        mce: MceArgs {
+            mce_client_id: Some("demo-client".into()),
+            mce_client_secret: Some(SecretString::from("demo-secret")),
+            mce_auth_base_url: sim.url(),
+            mce_soap_base_url: sim.url(),
+            mce_rest_base_url: sim.url(),
+            ..MceArgs::default()
+        },
+        poll: PollArgs {
+            poll_initial_delay_ms: 1000,
+            poll_max_delay_ms: 4000,
+            poll_completed_date_trigger_min_runtime_ms: 2000,
+            poll_not_running_min_gap_ms: 2000,
+            poll_rowset_ready_initial_delay_ms: 1000,
+            poll_rowset_ready_max_delay_ms: 3000,
+            poll_rowset_ready_max_attempts: 10,
+            ..PollArgs::default()
+        },
+        http_addr: http.parse()?,
+        ..RunArgs::default()
     };
     let settings = crate::app::validate(&run_args).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(crate::app::run_until(*run_args, settings, async {
+    let service = tokio::spawn(crate::app::run_until(run_args, settings, async {
         let _ = stop_rx.await;
     }));
 

@@ -11,7 +11,7 @@ use tracing::Instrument as _;
 
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::{Delivery, Disposition};
+use crate::handlers::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::end_run;
 

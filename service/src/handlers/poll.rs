@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::adapters::mce::MceError;
 use crate::adapters::store::{StoreError, runs};
-use crate::handlers::{Delivery, Disposition};
+use crate::handlers::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::end_run;
 

@@ -7,7 +7,7 @@ use entities::shell_query_runs as runs;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 use shell_query_core::poll::decide::PollState;
-use shell_query_core::run::{PollProgress, Run, RunStatus, StartPhase, Task};
+use shell_query_core::run::{Run, RunStatus, StartPhase, Task};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -47,8 +47,9 @@ fn to_run(m: runs::Model) -> Result<Run, StoreError> {
         created_at: m.created_at,
         started_at: m.started_at,
         completed_at: m.completed_at,
-        poll: PollProgress {
-            count: count(m.poll_count),
+        poll: PollState {
+            poll_count: count(m.poll_count),
+            started_at: m.poll_started_at.unwrap_or(m.created_at),
             not_running_count: count(m.poll_not_running_count),
             not_running_first_at: m.poll_not_running_first_at,
             rowset_attempts: count(m.poll_rowset_attempts),

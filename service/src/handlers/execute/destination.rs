@@ -27,9 +27,15 @@ pub(super) async fn choose(
     analysis: &Analysis,
     folder: &mut Folder,
 ) -> Result<Destination, Failure> {
+    let step = match req.target {
+        None => EventStatus::CreatingDataExtension,
+        Some(_) => EventStatus::TargetingDataExtension,
+    };
+    deps.publish_event(&StatusEvent::new(req.run_id, step, Utc::now()))
+        .await;
     match &req.target {
         None => temp(deps, session, req, analysis, folder).await,
-        Some(target) => existing(deps, session, req, target, analysis).await,
+        Some(target) => existing(session, target, analysis).await,
     }
 }
 
@@ -40,12 +46,6 @@ async fn temp(
     analysis: &Analysis,
     folder: &mut Folder,
 ) -> Result<Destination, Failure> {
-    deps.publish_event(&StatusEvent::new(
-        req.run_id,
-        EventStatus::CreatingDataExtension,
-        Utc::now(),
-    ))
-    .await;
     let de_key = temp_de_key(req.run_id);
     let de_name = temp_de_name(req.run_id, req.snippet_name.as_deref());
     // A DE left by an earlier delivery of this run is replaced.
@@ -65,18 +65,10 @@ async fn temp(
 }
 
 async fn existing(
-    deps: &Deps,
     session: &Session<'_>,
-    req: &ExecuteRequest,
     requested: &TargetRequest,
     analysis: &Analysis,
 ) -> Result<Destination, Failure> {
-    deps.publish_event(&StatusEvent::new(
-        req.run_id,
-        EventStatus::TargetingDataExtension,
-        Utc::now(),
-    ))
-    .await;
     let key = requested.customer_key.trim();
     let mode = schema::TargetMode::parse(requested.update_type.as_deref())
         .ok_or_else(|| Failure::Permanent("targetUpdateType must be Overwrite, Append or Update.".into()))?;

@@ -31,7 +31,7 @@ use crate::adapters::mce::MceError;
 use crate::adapters::nats::{EXECUTE_MAX_DELIVER, NatsError};
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::{Delivery, Disposition};
+use crate::handlers::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::end_run;
 
