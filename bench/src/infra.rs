@@ -99,7 +99,9 @@ impl Bench {
         );
         anyhow::ensure!(code == 0, "credentials upsert: {err}");
         // Raw statements (bulk inserts of runs) go straight to the database.
-        bench.db = sea_orm::Database::connect(&bench.database_url).await?;
+        let mut options = sea_orm::ConnectOptions::new(bench.database_url.clone());
+        options.max_connections(4).sqlx_logging(false);
+        bench.db = sea_orm::Database::connect(options).await?;
         Ok(bench)
     }
 

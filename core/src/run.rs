@@ -103,6 +103,9 @@ pub struct Run {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+    /// When the terminal event was confirmed published; `None` on a
+    /// terminal row means the event is still owed.
+    pub terminal_event_at: Option<DateTime<Utc>>,
     /// What earlier poll ticks left in the row (its `poll_count` is the
     /// tick number at the last state-changing write).
     pub poll: PollState,
@@ -112,6 +115,13 @@ impl Run {
     /// The recorded ObjectID of the run's QueryDefinition, if any.
     pub fn query_definition(&self) -> Option<&str> {
         self.query_definition_id.as_deref().filter(|id| !id.trim().is_empty())
+    }
+
+    /// A terminal run whose status event was never confirmed. (A row the
+    /// API canceled without `completed_at` is not ended yet: its clean-up
+    /// publishes the event.)
+    pub fn owes_terminal_event(&self) -> bool {
+        self.status.is_terminal() && self.completed_at.is_some() && self.terminal_event_at.is_none()
     }
 
     /// The TaskID of the started query, when known.

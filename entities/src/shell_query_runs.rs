@@ -50,6 +50,9 @@ pub struct Model {
     /// Set just before Perform is sent: with no `task_id`, an earlier
     /// delivery may have started the query.
     pub perform_requested_at: Option<DateTimeUtc>,
+    /// When the terminal status event was confirmed by the stream; a
+    /// terminal row without it still owes its event.
+    pub terminal_event_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

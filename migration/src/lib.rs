@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_tables;
 mod m20261128_000002_perform_requested_at;
 mod m20261128_000003_recent_runs_index;
+mod m20261130_000001_terminal_event_confirmed;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_tables::Migration),
             Box::new(m20261128_000002_perform_requested_at::Migration),
             Box::new(m20261128_000003_recent_runs_index::Migration),
+            Box::new(m20261130_000001_terminal_event_confirmed::Migration),
         ]
     }
 }

@@ -375,3 +375,68 @@ async fn two_replicas_take_turns_at_reconciling_and_sweeping() {
         }
     }
 }
+
+/// A worker killed between a run's ending and its terminal event leaves the
+/// row terminal with the event owed; the reconciler publishes it from the
+/// row, once, and records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_event_lost_after_the_ending_is_published_by_the_reconciler() {
+    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
+    // A run that ended normally confirms its event.
+    system
+        .sim
+        .script("Owed", Scenario::completes_after(Duration::from_secs(1), 3));
+    let normal = system.submit("SELECT Owed FROM X", None).await;
+    let run = system.wait_terminal(normal, MINUTE).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+    tests::wait_for("the normal run's event to be confirmed", MINUTE, || async {
+        system.run(normal).await.is_some_and(|r| r.terminal_event_at.is_some())
+    })
+    .await;
+
+    // Rows as a crash after the compare-and-set leaves them: terminal, no event.
+    let (ready, failed) = (Uuid::new_v4(), Uuid::new_v4());
+    let reason = system.cipher().encrypt("MCE said no");
+    for (id, status, extra_cols, extra_vals) in [
+        (ready, "ready", ", row_count", ", 7".to_string()),
+        (failed, "failed", ", error_message", format!(", '{reason}'")),
+    ] {
+        let sql = format!(
+            "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, status, created_at, completed_at{extra_cols}) VALUES ('{id}', '{}', '{}', '{}', 'h', '{status}', now(), now(){extra_vals})",
+            system.tenant_id, system.user_id, system.mid
+        );
+        system
+            .db
+            .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .unwrap();
+    }
+    system.wait_event(ready, "ready").await;
+    system.wait_event(failed, "failed").await;
+    tests::wait_for("both events to be confirmed", MINUTE, || async {
+        system.run(ready).await.is_some_and(|r| r.terminal_event_at.is_some())
+            && system.run(failed).await.is_some_and(|r| r.terminal_event_at.is_some())
+    })
+    .await;
+    let ready_events = system.events(ready).await;
+    assert_eq!(statuses(&ready_events), vec!["ready"], "exactly one event");
+    assert_eq!(ready_events[0].row_count, Some(7));
+    let failed_events = system.events(failed).await;
+    assert_eq!(statuses(&failed_events), vec!["failed"]);
+    assert_eq!(failed_events[0].error_message.as_deref(), Some("MCE said no"));
+    let owed = |id: Uuid| {
+        system
+            .log()
+            .lines()
+            .any(|l| l.contains("owed terminal event") && l.contains(&id.to_string()))
+    };
+    assert!(owed(ready) && owed(failed), "the reconciler published them");
+    assert!(!owed(normal), "a confirmed event is never published again");
+    assert_eq!(
+        statuses(&system.events(normal).await)
+            .iter()
+            .filter(|s| **s == "ready")
+            .count(),
+        1
+    );
+}

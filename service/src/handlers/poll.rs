@@ -20,7 +20,7 @@ use crate::adapters::mce::MceError;
 use crate::adapters::store::{StoreError, runs};
 use crate::handlers::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
-use crate::lifecycle::end::end_run;
+use crate::lifecycle::end::{end_run, publish_owed_event};
 
 /// The poll handler and its settings.
 pub struct Poll {
@@ -81,6 +81,11 @@ async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Deliver
     };
     let canceled = run.status == RunStatus::Canceled && run.completed_at.is_none();
     if run.status.is_terminal() && !canceled {
+        // Ended; its event may still be owed (a crash after the ending).
+        if run.owes_terminal_event() && !publish_owed_event(deps, &run, Utc::now()).await? {
+            let n = u32::try_from(delivery.delivered - 1).unwrap_or(0);
+            return Ok(Disposition::Retry(config.backoff.delay(n, fastrand::f64())));
+        }
         return Ok(Disposition::Ack);
     }
     let (StartPhase::Started(task), Some(de_key)) = (&run.start, run.target_de_customer_key.clone()) else {
@@ -133,7 +138,12 @@ async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Deliver
             Decision::Done(outcome) => return conclude(deps, &run, object_id.as_deref(), outcome).await,
         };
         let Some(session) = session.as_ref() else {
-            unreachable!("decide asks no question of a tick without a session: {question:?}")
+            // `decide` ends a canceled or refused tick before asking; should
+            // it ever ask anyway, the tick comes back later, the worker stays up.
+            tracing::error!(?question, "a question for MCE without a session; looking again later");
+            return Ok(Disposition::Retry(
+                config.backoff.delay(tick.state.poll_count, fastrand::f64()),
+            ));
         };
         match question {
             Question::CheckStatus => {

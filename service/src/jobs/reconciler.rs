@@ -13,7 +13,7 @@ use shell_query_core::run::{Ending, FailCause, Run, RunStatus, StartPhase};
 use crate::adapters::nats::{JOBS_STREAM, NatsError, PollPublished};
 use crate::adapters::store::{StoreError, runs};
 use crate::lifecycle::Deps;
-use crate::lifecycle::end::end_run;
+use crate::lifecycle::end::{end_run, publish_owed_event};
 
 /// What one pass did, for logs, metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,6 +21,8 @@ pub struct Report {
     pub polls_republished: u32,
     pub executes_republished: u32,
     pub runs_failed: u32,
+    /// Terminal events owed by runs that ended, published from their rows.
+    pub events_published: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +117,15 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
                 }
             }
             _ => {}
+        }
+    }
+    for run in runs::runs_owing_an_event(&deps.store, now - grace).await? {
+        if publish_owed_event(deps, &run, now).await? {
+            report.events_published += 1;
+            deps.metrics.inc(
+                crate::adapters::metrics::RECONCILER_ACTIONS,
+                &[("action", "event_published")],
+            );
         }
     }
     Ok(report)

@@ -5,14 +5,22 @@
 //! 1. the compare-and-set into the terminal state (losing it is normal:
 //!    another path ended the run, and nothing else happens here);
 //! 2. the outcome metrics;
-//! 3. the terminal status event;
+//! 3. the terminal status event, and, once the stream confirmed it, the
+//!    row's `terminal_event_at`;
 //! 4. the adaptive schedule's history reset (a ready run is a new duration);
 //! 5. the deletion of the run's QueryDefinition.
+//!
+//! The event is owed until confirmed: a crash or a NATS error between the
+//! compare-and-set and the confirmation leaves `terminal_event_at` empty,
+//! and [`publish_owed_event`] (the run's next poll delivery, or the
+//! reconciler) publishes it from the row. Events carry the message id
+//! `status:<runId>:<status>`, so a second publish of one that did reach the
+//! stream is dropped there.
 
 use chrono::{DateTime, Utc};
 use shell_query_core::event::{EventStatus, StatusEvent, clip_error};
 use shell_query_core::poll::decide::{FailReason, ReadyVia};
-use shell_query_core::run::{CancelSource, Ending, FailCause, Run};
+use shell_query_core::run::{CancelSource, Ending, FailCause, Run, RunStatus};
 
 use super::Deps;
 use crate::adapters::metrics::{FAST_PATH_COMPLETIONS, POLL_TIMEOUTS, RUN_DURATION, RUNS};
@@ -63,7 +71,7 @@ pub async fn end_run(
         "run ended"
     );
     record_metrics(deps, &ending, run.created_at, now);
-    deps.publish_event(&event).await;
+    publish_terminal(deps, &event, now).await?;
     if matches!(ending, Ending::Ready { .. }) {
         deps.histories.forget(run.tenant_id, &run.sql_text_hash);
     }
@@ -72,6 +80,45 @@ pub async fn end_run(
             .await;
     }
     Ok(true)
+}
+
+/// Publishes a terminal event and records its confirmation. A publish that
+/// fails is logged and left owed.
+async fn publish_terminal(deps: &Deps, event: &StatusEvent, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    match crate::adapters::nats::publish_status(&deps.js, &deps.subjects, event).await {
+        Ok(()) => {
+            runs::confirm_terminal_event(&deps.store, event.run_id, now).await?;
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(run_id = %event.run_id, status = event.status.as_str(), error = %e, "terminal event not published; it stays owed");
+            Ok(false)
+        }
+    }
+}
+
+/// Publishes the terminal event a run still owes, rebuilt from its row.
+/// True once the stream confirmed it.
+pub async fn publish_owed_event(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let at = run.completed_at.unwrap_or(now);
+    let event = match run.status {
+        RunStatus::Ready => StatusEvent {
+            row_count: run.row_count,
+            ..StatusEvent::new(run.id, EventStatus::Ready, at)
+        },
+        RunStatus::Failed => {
+            let message = run
+                .error_message
+                .as_deref()
+                .and_then(|e| deps.cipher.decrypt(e).ok())
+                .unwrap_or_else(|| "The run failed.".into());
+            StatusEvent::failed(run.id, &message, at)
+        }
+        RunStatus::Canceled => StatusEvent::new(run.id, EventStatus::Canceled, at),
+        RunStatus::Queued | RunStatus::Running => return Ok(false),
+    };
+    tracing::info!(run_id = %run.id, status = event.status.as_str(), "publishing an owed terminal event");
+    publish_terminal(deps, &event, now).await
 }
 
 fn record_metrics(deps: &Deps, ending: &Ending, created_at: DateTime<Utc>, now: DateTime<Utc>) {

@@ -47,6 +47,7 @@ fn to_run(m: runs::Model) -> Result<Run, StoreError> {
         created_at: m.created_at,
         started_at: m.started_at,
         completed_at: m.completed_at,
+        terminal_event_at: m.terminal_event_at,
         poll: PollState {
             poll_count: count(m.poll_count),
             started_at: m.poll_started_at.unwrap_or(m.created_at),
@@ -308,13 +309,48 @@ pub async fn set_query_definition_id(store: &Store, id: Uuid, object_id: &str) -
     Ok(())
 }
 
+/// Records that the run's terminal event was confirmed by the stream.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "confirm_terminal_event"))]
+pub async fn confirm_terminal_event(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+    runs::Entity::update_many()
+        .col_expr(runs::Column::TerminalEventAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::TerminalEventAt.is_null())
+        .exec(&store.db)
+        .await?;
+    Ok(())
+}
+
+/// Terminal runs that ended before `cutoff` and still owe their terminal
+/// event, oldest first (at most 1000 a pass).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "runs_owing_an_event"))]
+pub async fn runs_owing_an_event(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+    let query = runs::Entity::find()
+        .filter(runs::Column::Status.is_in([
+            RunStatus::Ready.as_str(),
+            RunStatus::Failed.as_str(),
+            RunStatus::Canceled.as_str(),
+        ]))
+        .filter(runs::Column::TerminalEventAt.is_null())
+        .filter(runs::Column::CompletedAt.is_not_null())
+        .filter(runs::Column::CompletedAt.lt(cutoff))
+        .order_by_asc(runs::Column::CompletedAt);
+    first_thousand(store, query).await
+}
+
 /// Live runs created before `cutoff`, oldest first (at most 1000 a pass).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "stale_runs"))]
 pub async fn stale_runs(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
-    runs::Entity::find()
+    let query = runs::Entity::find()
         .filter(runs::Column::Status.is_in(LIVE))
         .filter(runs::Column::CreatedAt.lt(cutoff))
-        .order_by_asc(runs::Column::CreatedAt)
+        .order_by_asc(runs::Column::CreatedAt);
+    first_thousand(store, query).await
+}
+
+/// The first 1000 rows a query selects, as runs (a pass's batch).
+async fn first_thousand(store: &Store, query: sea_orm::Select<runs::Entity>) -> Result<Vec<Run>, StoreError> {
+    query
         .limit(1000)
         .all(&store.db)
         .await?
