@@ -52,11 +52,10 @@ impl Subjects {
     }
 }
 
-/// The body of `P.execute.<runId>` as it travels. Unknown fields are
-/// refused: a field the service would ignore is a request it would not
-/// carry out.
+/// The body of `P.execute.<runId>` as it travels (what the reconciler
+/// publishes; [`ExecuteRequest::decode`] reads it field by field).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ExecuteMessage {
     pub run_id: Uuid,
     pub tenant_id: Uuid,
@@ -124,33 +123,128 @@ pub struct ExecuteRequest {
     pub target: Option<TargetRequest>,
 }
 
+/// The fields of an execute message; any other is ignored (the API may
+/// add fields without a lockstep deploy).
+const EXECUTE_FIELDS: [&str; 11] = [
+    "runId",
+    "tenantId",
+    "userId",
+    "mid",
+    "eid",
+    "sqlText",
+    "sqlTextEncrypted",
+    "snippetName",
+    "tableMetadata",
+    "targetDeCustomerKey",
+    "targetUpdateType",
+];
+
+const CANCEL_FIELDS: [&str; 3] = ["runId", "tenantId", "userId"];
+
+/// A message decoded, with the names of the fields it carried that the
+/// service does not know (ignored; the caller may log their names).
+#[derive(Clone, Debug)]
+pub struct Decoded<T> {
+    pub message: T,
+    pub ignored_fields: Vec<String>,
+}
+
+/// The body as a JSON object. Errors name what is wrong, never a value.
+fn object(kind: &str, payload: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    match serde_json::from_slice(payload) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(format!("invalid {kind} message: the body must be a JSON object")),
+        // Syntax errors say where, not what: no value is echoed.
+        Err(e) => Err(format!("invalid {kind} message: not JSON ({e})")),
+    }
+}
+
+/// Field names the service does not know, at most 16, each at most 64
+/// characters (a hostile body cannot make them large).
+fn unknown_fields(map: &serde_json::Map<String, serde_json::Value>, known: &[&str]) -> Vec<String> {
+    map.keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .take(16)
+        .map(|k| k.chars().take(64).collect())
+        .collect()
+}
+
+/// A required field: present, not null, and of the type `what` names.
+fn required<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    what: &str,
+) -> Result<T, String> {
+    optional(kind, map, name, what)?.ok_or_else(|| format!("invalid {kind} message: missing field `{name}`"))
+}
+
+/// An optional field: absent or null is `None`; otherwise of the type `what` names.
+fn optional<T: serde::de::DeserializeOwned>(
+    kind: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, String> {
+    match map.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(v) => T::deserialize(v)
+            .map(Some)
+            .map_err(|_| format!("invalid {kind} message: field `{name}` must be {what}")),
+    }
+}
+
+/// The run id a subject names must be the body's.
+fn same_run(subject: &str, run_id: Uuid) -> Result<(), String> {
+    match Subjects::run_id_of(subject) == Some(run_id) {
+        true => Ok(()),
+        false => Err("the subject's run id differs from the body's runId".into()),
+    }
+}
+
 impl ExecuteRequest {
-    /// Decodes and checks a message on `subject`; the error is the DLQ reason.
-    pub fn decode(subject: &str, payload: &[u8]) -> Result<ExecuteRequest, String> {
-        let msg: ExecuteMessage =
-            serde_json::from_slice(payload).map_err(|e| format!("invalid execute message: {e}"))?;
-        if Subjects::run_id_of(subject) != Some(msg.run_id) {
-            return Err("the subject's run id differs from the body's runId".into());
-        }
-        let sql = match (msg.sql_text, msg.sql_text_encrypted) {
+    /// Decodes and checks a message on `subject`; the error is the DLQ
+    /// reason. Unknown fields are ignored and named in the result.
+    pub fn decode(subject: &str, payload: &[u8]) -> Result<Decoded<ExecuteRequest>, String> {
+        const K: &str = "execute";
+        let map = object(K, payload)?;
+        let text = "a string";
+        let run_id: Uuid = required(K, &map, "runId", "a UUID")?;
+        same_run(subject, run_id)?;
+        let sql_text: Option<String> = optional(K, &map, "sqlText", text)?;
+        let sql_text_encrypted: Option<String> = optional(K, &map, "sqlTextEncrypted", text)?;
+        let sql = match (sql_text, sql_text_encrypted) {
             (Some(_), Some(_)) => return Err("both sqlText and sqlTextEncrypted are present".into()),
             (None, None) => return Err("neither sqlText nor sqlTextEncrypted is present".into()),
             (Some(plain), None) => SqlSource::Plain(plain),
             (None, Some(encrypted)) => SqlSource::Encrypted(encrypted),
         };
-        let mid = Mid::parse(&msg.mid).ok_or("mid must be a numeric MID")?;
-        Ok(ExecuteRequest {
-            run_id: msg.run_id,
-            tenant_id: msg.tenant_id,
-            user_id: msg.user_id,
+        let mid: String = required(K, &map, "mid", text)?;
+        let mid = Mid::parse(&mid).ok_or("mid must be a numeric MID")?;
+        let _eid: Option<String> = optional(K, &map, "eid", text)?;
+        let target_update_type = optional(K, &map, "targetUpdateType", text)?;
+        let request = ExecuteRequest {
+            run_id,
+            tenant_id: required(K, &map, "tenantId", "a UUID")?,
+            user_id: optional(K, &map, "userId", "a UUID")?,
             mid,
             sql,
-            snippet_name: msg.snippet_name,
-            table_metadata: msg.table_metadata.unwrap_or_default(),
-            target: msg.target_de_customer_key.map(|customer_key| TargetRequest {
+            snippet_name: optional(K, &map, "snippetName", text)?,
+            table_metadata: optional(
+                K,
+                &map,
+                "tableMetadata",
+                "an object of tables, each a list of fields with a Name",
+            )?
+            .unwrap_or_default(),
+            target: optional::<String>(K, &map, "targetDeCustomerKey", text)?.map(|customer_key| TargetRequest {
                 customer_key,
-                update_type: msg.target_update_type,
+                update_type: target_update_type,
             }),
+        };
+        Ok(Decoded {
+            message: request,
+            ignored_fields: unknown_fields(&map, &EXECUTE_FIELDS),
         })
     }
 }
@@ -163,13 +257,33 @@ pub struct PollMessage {
 }
 
 /// The body of `P.cancel.<runId>`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelMessage {
     pub run_id: Uuid,
     pub tenant_id: Uuid,
     #[serde(default)]
     pub user_id: Option<Uuid>,
+}
+
+impl CancelMessage {
+    /// Decodes and checks a message on `subject`; the error is the DLQ
+    /// reason. Unknown fields are ignored and named in the result.
+    pub fn decode(subject: &str, payload: &[u8]) -> Result<Decoded<CancelMessage>, String> {
+        const K: &str = "cancel";
+        let map = object(K, payload)?;
+        let run_id: Uuid = required(K, &map, "runId", "a UUID")?;
+        same_run(subject, run_id)?;
+        let message = CancelMessage {
+            run_id,
+            tenant_id: required(K, &map, "tenantId", "a UUID")?,
+            user_id: optional(K, &map, "userId", "a UUID")?,
+        };
+        Ok(Decoded {
+            message,
+            ignored_fields: unknown_fields(&map, &CANCEL_FIELDS),
+        })
+    }
 }
 
 /// Decodes a poll or cancel message and checks that its subject names the
@@ -202,7 +316,7 @@ mod tests {
     #[test]
     fn decode_checks_the_message() {
         let subject = format!("shell_query.execute.{RUN}");
-        let ok = ExecuteRequest::decode(&subject, body("").as_bytes()).unwrap();
+        let ok = ExecuteRequest::decode(&subject, body("").as_bytes()).unwrap().message;
         assert_eq!(ok.sql, SqlSource::Plain("SELECT 1".into()));
         assert_eq!(ok.mid.as_str(), "510000123");
         assert!(ok.target.is_none());
@@ -228,7 +342,8 @@ mod tests {
             &subject,
             body(r#","targetDeCustomerKey":"T","targetUpdateType":"Append""#).as_bytes(),
         )
-        .unwrap();
+        .unwrap()
+        .message;
         assert_eq!(
             target.target,
             Some(TargetRequest {
@@ -236,6 +351,37 @@ mod tests {
                 update_type: Some("Append".into())
             })
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_named_and_errors_never_echo_values() {
+        let subject = format!("shell_query.execute.{RUN}");
+        let extra = ExecuteRequest::decode(&subject, body(r#","priority":5,"trace":{"a":1}"#).as_bytes()).unwrap();
+        assert_eq!(extra.ignored_fields, vec!["priority".to_string(), "trace".to_string()]);
+        assert_eq!(extra.message.sql, SqlSource::Plain("SELECT 1".into()));
+        // A hostile body: a secret where a UUID or a number belongs.
+        let secret = "SELECT secret_column FROM Secret";
+        for bad in [
+            body("").replace(&format!(r#""tenantId":"{RUN}""#), &format!(r#""tenantId":"{secret}""#)),
+            body("").replace(r#""sqlText":"SELECT 1""#, &format!(r#""sqlText":["{secret}"]"#)),
+            body(&format!(r#","tableMetadata":"{secret}""#)),
+            format!(r#"{{"runId":"{RUN}","mid":"{secret}"#),
+        ] {
+            let error = ExecuteRequest::decode(&subject, bad.as_bytes()).unwrap_err();
+            assert!(!error.contains("secret"), "{error}");
+            assert!(
+                error.starts_with("invalid execute message") || error.contains("mid"),
+                "{error}"
+            );
+        }
+        let named = body("").replace(&format!(r#""tenantId":"{RUN}""#), r#""tenantId":7"#);
+        assert_eq!(
+            ExecuteRequest::decode(&subject, named.as_bytes()).unwrap_err(),
+            "invalid execute message: field `tenantId` must be a UUID"
+        );
+        let cancel = format!(r#"{{"runId":"{RUN}","tenantId":"{RUN}","reason":"user"}}"#);
+        let decoded = CancelMessage::decode(&format!("shell_query.cancel.{RUN}"), cancel.as_bytes()).unwrap();
+        assert_eq!(decoded.ignored_fields, vec!["reason".to_string()]);
     }
 
     #[test]

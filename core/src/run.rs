@@ -106,6 +106,10 @@ pub struct Run {
     /// When the terminal event was confirmed published; `None` on a
     /// terminal row means the event is still owed.
     pub terminal_event_at: Option<DateTime<Utc>>,
+    /// When the service handled a cancel. The API cancels by setting
+    /// `status` (and `completed_at`) itself; only this marker says the
+    /// service has done its part.
+    pub cancel_handled_at: Option<DateTime<Utc>>,
     /// What earlier poll ticks left in the row (its `poll_count` is the
     /// tick number at the last state-changing write).
     pub poll: PollState,
@@ -118,10 +122,19 @@ impl Run {
     }
 
     /// A terminal run whose status event was never confirmed. (A row the
-    /// API canceled without `completed_at` is not ended yet: its clean-up
-    /// publishes the event.)
+    /// API canceled is not ended yet until its cancel is handled: the
+    /// handling publishes the event.)
     pub fn owes_terminal_event(&self) -> bool {
-        self.status.is_terminal() && self.completed_at.is_some() && self.terminal_event_at.is_none()
+        self.status.is_terminal()
+            && self.completed_at.is_some()
+            && self.terminal_event_at.is_none()
+            && !self.cancel_pending()
+    }
+
+    /// The API canceled the run and the service has not handled it yet: its
+    /// `canceled` event and clean-up are still to come (through `end_run`).
+    pub fn cancel_pending(&self) -> bool {
+        self.status == RunStatus::Canceled && self.cancel_handled_at.is_none()
     }
 
     /// The TaskID of the started query, when known.

@@ -53,6 +53,9 @@ pub struct Model {
     /// When the terminal status event was confirmed by the stream; a
     /// terminal row without it still owes its event.
     pub terminal_event_at: Option<DateTimeUtc>,
+    /// When the service handled a cancel; a `canceled` row without it (the
+    /// API canceled it) still needs its clean-up and `canceled` event.
+    pub cancel_handled_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

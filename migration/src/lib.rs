@@ -7,6 +7,7 @@ mod m20261128_000001_create_tables;
 mod m20261128_000002_perform_requested_at;
 mod m20261128_000003_recent_runs_index;
 mod m20261130_000001_terminal_event_confirmed;
+mod m20261130_000002_cancel_handled;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_perform_requested_at::Migration),
             Box::new(m20261128_000003_recent_runs_index::Migration),
             Box::new(m20261130_000001_terminal_event_confirmed::Migration),
+            Box::new(m20261130_000002_cancel_handled::Migration),
         ]
     }
 }

@@ -440,3 +440,130 @@ async fn a_terminal_event_lost_after_the_ending_is_published_by_the_reconciler()
         1
     );
 }
+
+/// The API's own cancel statement (it also sets `completed_at`).
+fn api_cancel(id: Uuid) -> String {
+    format!(
+        "UPDATE shell_query_runs SET status = 'canceled', completed_at = now() WHERE id = '{id}' AND status IN ('queued','running')"
+    )
+}
+
+async fn execute_sql(system: &System, sql: String) {
+    system
+        .db
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .expect("a test statement");
+}
+
+/// Waits for the run's one `canceled` event and the service's own marker.
+async fn wait_cancel_handled(system: &System, id: Uuid) {
+    system.wait_event(id, "canceled").await;
+    tests::wait_for("the cancel to be marked handled", MINUTE, || async {
+        system.run(id).await.is_some_and(|r| r.cancel_handled_at.is_some())
+    })
+    .await;
+    let events = system.events(id).await;
+    assert_eq!(
+        statuses(&events).iter().filter(|s| **s == "canceled").count(),
+        1,
+        "{:?}",
+        statuses(&events)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_s_cancel_of_a_queued_run_is_handled_without_perform() {
+    let system = System::start().await;
+    // The API inserted the row, canceled it, and its execute message arrives after.
+    let id = Uuid::new_v4();
+    let enc = system.cipher().encrypt("SELECT Email FROM X");
+    execute_sql(
+        &system,
+        format!(
+            "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued')",
+            system.tenant_id, system.user_id, system.mid
+        ),
+    )
+    .await;
+    execute_sql(&system, api_cancel(id)).await;
+    let body = serde_json::json!({
+        "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "mid": system.mid,
+        "sqlTextEncrypted": enc,
+    });
+    system
+        .publish_raw(format!("{PREFIX}.execute.{id}"), body.to_string())
+        .await;
+    wait_cancel_handled(&system, id).await;
+    tests::wait_for("the execute message to finish", MINUTE, || async {
+        !system.pending_on(format!("{PREFIX}.execute.{id}")).await
+    })
+    .await;
+    assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 0);
+    assert_eq!(
+        system.sim.count("soap:Create:QueryDefinition"),
+        0,
+        "nothing was made in MCE"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_s_cancel_during_execute_stops_before_perform_and_deletes_the_query_definition() {
+    let system = System::start().await;
+    system.sim.inject(Fault::slow_answer(
+        "soap:Create:QueryDefinition",
+        Duration::from_secs(2),
+        1,
+    ));
+    let id = system.submit("SELECT Email FROM X", None).await;
+    tests::wait_for("the QueryDefinition create", MINUTE, || async {
+        system.sim.count("soap:Create:QueryDefinition") == 1
+    })
+    .await;
+    execute_sql(&system, api_cancel(id)).await;
+    wait_cancel_handled(&system, id).await;
+    system.wait_no_query_definitions().await;
+    tests::wait_for("the execute message to finish", MINUTE, || async {
+        !system.pending_on(format!("{PREFIX}.execute.{id}")).await
+    })
+    .await;
+    assert_eq!(
+        system.sim.count("soap:Perform:QueryDefinition"),
+        0,
+        "no Perform after a cancel"
+    );
+    assert!(!statuses(&system.events(id).await).contains(&"executing_query"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_s_cancel_mid_poll_is_handled_within_one_interval() {
+    let system = System::start().await;
+    system
+        .sim
+        .script("ApiCancel", Scenario::completes_after(Duration::from_secs(600), 1));
+    let id = system.submit("SELECT ApiCancel FROM X", None).await;
+    tests::wait_for("polling", MINUTE, || async {
+        system.sim.count("soap:Retrieve:AsyncActivityStatus") >= 2
+    })
+    .await;
+    let canceled_at = std::time::Instant::now();
+    execute_sql(&system, api_cancel(id)).await;
+    wait_cancel_handled(&system, id).await;
+    // POLL_MAX_DELAY_MS is 2 s in the tests, jittered by ±20 %.
+    assert!(
+        canceled_at.elapsed() < Duration::from_millis(2400 + 1500),
+        "handled after {:?}",
+        canceled_at.elapsed()
+    );
+    let checks = system.sim.count("soap:Retrieve:AsyncActivityStatus");
+    tests::wait_for("the poll message to go", MINUTE, || async {
+        !system.poll_pending(id).await
+    })
+    .await;
+    assert_eq!(
+        system.sim.count("soap:Retrieve:AsyncActivityStatus"),
+        checks,
+        "no status check after the cancel was handled"
+    );
+    system.wait_no_query_definitions().await;
+}

@@ -15,6 +15,15 @@ use uuid::Uuid;
 pub const PREFIX: &str = "shell_query";
 
 /// The statuses of a run's events, in order.
+/// One message of the DLQ stream.
+pub struct DlqCopy {
+    pub subject: String,
+    pub reason: String,
+    /// How the copy was redacted, if it was.
+    pub redacted: Option<String>,
+    pub payload: String,
+}
+
 pub fn statuses(events: &[StatusEvent]) -> Vec<&'static str> {
     events.iter().map(|e| e.status.as_str()).collect()
 }
@@ -343,6 +352,15 @@ impl System {
 
     /// `(subject, reason)` of every DLQ message so far.
     pub async fn dlq(&self) -> Vec<(String, String)> {
+        self.dlq_copies()
+            .await
+            .into_iter()
+            .map(|c| (c.subject, c.reason))
+            .collect()
+    }
+
+    /// Every DLQ copy so far, whole.
+    pub async fn dlq_copies(&self) -> Vec<DlqCopy> {
         let stream = self.js.get_stream("SHELL_QUERY_DLQ").await.expect("the DLQ stream");
         let consumer: jetstream::consumer::PullConsumer = stream
             .create_consumer(pull::Config {
@@ -359,12 +377,18 @@ impl System {
             .expect("fetching the DLQ");
         let mut out = Vec::new();
         while let Some(Ok(m)) = batch.next().await {
-            let reason = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Shell-Query-Error"))
-                .map(|v| v.as_str().to_string());
-            out.push((m.subject.to_string(), reason.unwrap_or_default()));
+            let header = |name: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_string())
+            };
+            out.push(DlqCopy {
+                subject: m.subject.to_string(),
+                reason: header("Shell-Query-Error").unwrap_or_default(),
+                redacted: header("Shell-Query-Redacted"),
+                payload: String::from_utf8_lossy(&m.payload).to_string(),
+            });
         }
         out
     }

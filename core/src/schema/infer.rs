@@ -387,7 +387,7 @@ impl<'a> Walker<'a> {
             other => out.push(Source {
                 key: String::new(),
                 qualifier: String::new(),
-                table: other.to_string(),
+                table: describe(other),
                 columns: None,
             }),
         }
@@ -460,7 +460,7 @@ impl<'a> Walker<'a> {
                 }
                 SelectItem::QualifiedWildcard(kind, _) => {
                     let SelectItemQualifiedWildcardKind::ObjectName(name) = kind else {
-                        return Err(SchemaError::StarExpansion(kind.to_string()));
+                        return Err(SchemaError::StarExpansion("an expression".into()));
                     };
                     let written = name.to_string();
                     let wanted = written
@@ -691,6 +691,19 @@ impl<'a> Walker<'a> {
             "TRY_CAST" | "TRY_CONVERT" | "CAST" | "CONVERT" => text_default(),
             _ => guess(FieldType::Text, Some(FUNCTION_TEXT)),
         }
+    }
+}
+
+/// What to call a FROM source that is neither a table nor a subquery, in a
+/// message, without printing it: printing recurses through its expressions,
+/// a stack's worth deeper per level than any walk here.
+fn describe(factor: &TableFactor) -> String {
+    match factor {
+        TableFactor::Function { name, .. } => name.to_string(),
+        TableFactor::OpenJsonTable { .. } => "OPENJSON".into(),
+        TableFactor::Pivot { .. } => "a PIVOT".into(),
+        TableFactor::Unpivot { .. } | TableFactor::UnpivotExpr { .. } => "an UNPIVOT".into(),
+        _ => "a table expression".into(),
     }
 }
 

@@ -18,6 +18,7 @@
 //! Pure: no I/O. The caller gathers the catalog first (`referenced_tables`
 //! tells which tables to look up).
 
+mod depth;
 mod infer;
 mod target;
 mod views;
@@ -26,9 +27,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{Statement, Visit, Visitor};
-use sqlparser::dialect::MsSqlDialect;
-use sqlparser::parser::Parser;
 
+pub use depth::MAX_DEPTH;
 pub use target::{TargetField, TargetMode, check_target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,10 +249,16 @@ pub enum SchemaError {
     DuplicateColumn(String),
     #[error("The column name \"{0}…\" is longer than 128 characters. Give it a shorter alias.")]
     NameTooLong(String),
+    #[error(
+        "The query is nested too deeply to analyse (more than {0} levels of expressions or subqueries). Please simplify it."
+    )]
+    TooDeep(usize),
 }
 
+/// The one query in `sql`; every walk over user SQL starts here, so the
+/// depth bounds (`depth.rs`) hold for all of them.
 fn parse_one(sql: &str) -> Result<Statement, SchemaError> {
-    let mut statements = Parser::parse_sql(&MsSqlDialect {}, sql).map_err(|e| SchemaError::Parse(e.to_string()))?;
+    let mut statements = depth::parse(sql)?;
     if statements.len() != 1 {
         return Err(SchemaError::NotSelect);
     }
@@ -265,6 +271,11 @@ fn parse_one(sql: &str) -> Result<Statement, SchemaError> {
 /// Every table the query reads, at any depth (CTEs, UNION branches,
 /// subqueries), as written but without brackets; CTE names are not tables.
 pub fn referenced_tables(sql: &str) -> Result<Vec<String>, SchemaError> {
+    depth::on_own_stack(|| tables_here(sql))
+}
+
+/// `referenced_tables` on the caller's stack.
+fn tables_here(sql: &str) -> Result<Vec<String>, SchemaError> {
     struct Relations {
         names: Vec<String>,
         ctes: Vec<String>,
@@ -317,6 +328,11 @@ pub struct Analysis {
 
 /// Expands stars and infers the output columns.
 pub fn analyse(sql: &str, catalog: &Catalog) -> Result<Analysis, SchemaError> {
+    depth::on_own_stack(|| analyse_here(sql, catalog))
+}
+
+/// `analyse` on the caller's stack.
+fn analyse_here(sql: &str, catalog: &Catalog) -> Result<Analysis, SchemaError> {
     let Statement::Query(query) = parse_one(sql)? else {
         return Err(SchemaError::NotSelect);
     };

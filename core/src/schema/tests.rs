@@ -1,5 +1,7 @@
 //! Data-driven tests of the analysis: one `check` per rule.
 
+mod depth;
+
 use super::*;
 
 fn catalog() -> Catalog {

@@ -28,6 +28,8 @@ pub const CANCEL_CONSUMER: &str = "shell-query-cancel";
 
 pub const HEADER_ERROR: &str = "Shell-Query-Error";
 pub const HEADER_ORIGINAL_SUBJECT: &str = "Shell-Query-Original-Subject";
+/// How a DLQ copy was redacted (no SQL text leaves in plain text).
+pub const HEADER_REDACTED: &str = "Shell-Query-Redacted";
 
 /// Deliveries of one execute message before the run is given up.
 pub const EXECUTE_MAX_DELIVER: i64 = 5;
@@ -257,10 +259,14 @@ pub async fn publish_dlq(
     subjects: &Subjects,
     original_subject: &str,
     payload: Bytes,
+    redaction: Option<&str>,
     reason: &str,
 ) -> Result<(), NatsError> {
     let subject = subjects.dlq(original_subject);
     let mut headers = HeaderMap::new();
+    if let Some(how) = redaction {
+        headers.insert(HEADER_REDACTED, how);
+    }
     // Header values are one line.
     let one_line: String = reason
         .chars()

@@ -30,12 +30,25 @@ impl Telemetry {
     }
 }
 
+/// The NATS client logs whole message payloads (execute messages carry
+/// SQL) at trace level: it is capped at debug unless `RUST_LOG` names
+/// `async_nats` itself.
+fn capped(rust_log: Option<&str>, filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    if rust_log.is_some_and(|l| l.contains("async_nats")) {
+        return filter;
+    }
+    filter.add_directive("async_nats=debug".parse().expect("a static directive parses"))
+}
+
 /// Installs the subscriber: `format` is `json`, `pretty` or unset (JSON
 /// unless stdout is a terminal); `default_level` applies without `RUST_LOG`.
 pub fn init(format: Option<&str>, default_level: &str) -> Telemetry {
     use std::io::IsTerminal as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter = capped(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+    );
     let json = match format {
         Some(f) => f == "json",
         None => !std::io::stdout().is_terminal(),
@@ -141,5 +154,18 @@ pub fn record_ids(span: &tracing::Span) {
     if sc.is_valid() {
         span.record("trace_id", sc.trace_id().to_string());
         span.record("span_id", sc.span_id().to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nats_client_s_payload_logging_is_capped_unless_asked_for() {
+        let f = |rust_log: &str| capped(Some(rust_log), tracing_subscriber::EnvFilter::new(rust_log)).to_string();
+        assert!(f("trace").contains("async_nats=debug"), "{}", f("trace"));
+        assert!(f("info").contains("async_nats=debug"));
+        assert!(!f("trace,async_nats=trace").contains("async_nats=debug"));
     }
 }

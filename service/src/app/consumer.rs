@@ -51,8 +51,16 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
             deps.metrics
                 .inc(crate::adapters::metrics::DLQ_MESSAGES, &[("consumer", handler.name())]);
             tracing::warn!(consumer = handler.name(), subject = %delivery.subject, reason = %reason, "message sent to the DLQ");
-            match crate::adapters::nats::publish_dlq(&deps.js, &deps.subjects, &delivery.subject, msg.payload, reason)
-                .await
+            let (copy, redaction) = crate::lifecycle::dlq::redacted(&deps.cipher, &msg.payload);
+            match crate::adapters::nats::publish_dlq(
+                &deps.js,
+                &deps.subjects,
+                &delivery.subject,
+                copy,
+                redaction,
+                reason,
+            )
+            .await
             {
                 Ok(()) => acker.ack_with(AckKind::Term).await,
                 // Not copied: keep the message and try again later.

@@ -5,24 +5,24 @@
 //! poll message acks without calling MCE when it next comes back.
 
 use chrono::Utc;
-use shell_query_core::message::{CancelMessage, decode_for_run};
+use shell_query_core::message::CancelMessage;
 use shell_query_core::run::{CancelSource, Ending};
 use tracing::Instrument as _;
 
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::delivery::{Delivery, Disposition};
+use crate::handlers::delivery::{Delivery, Disposition, note_ignored_fields};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::end_run;
 
 pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
-    let msg: CancelMessage =
-        match decode_for_run("cancel", &delivery.subject, &delivery.payload, |m: &CancelMessage| {
-            m.run_id
-        }) {
-            Ok(m) => m,
-            Err(reason) => return Disposition::DeadLetter(reason),
-        };
+    let msg = match CancelMessage::decode(&delivery.subject, &delivery.payload) {
+        Ok(decoded) => {
+            note_ignored_fields("cancel", &decoded.ignored_fields);
+            decoded.message
+        }
+        Err(reason) => return Disposition::DeadLetter(reason),
+    };
     let span = tracing::info_span!(
         "cancel",
         trace_id = tracing::field::Empty,
@@ -74,7 +74,12 @@ async fn cancel(deps: &Deps, msg: &CancelMessage) -> Result<Disposition, StoreEr
             "cancel for a run of another tenant or user".into(),
         ));
     }
-    let ending = Ending::Canceled(CancelSource::CancelMessage);
+    // The API may have set the row to `canceled` itself already: then this
+    // message is how its cancel gets handled.
+    let ending = Ending::Canceled(match run.cancel_pending() {
+        true => CancelSource::Api,
+        false => CancelSource::CancelMessage,
+    });
     end_run(deps, &run, ending, run.query_definition(), now).await?;
     Ok(Disposition::Ack)
 }

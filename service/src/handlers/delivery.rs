@@ -24,3 +24,17 @@ pub struct Delivery {
     /// Carries the publisher's `traceparent`.
     pub headers: Option<async_nats::HeaderMap>,
 }
+
+/// Logs at debug, once per process and field name, a field a message
+/// carried that the service ignores (the API may add fields before the
+/// service knows them). Bounded: at most 256 names are remembered.
+pub fn note_ignored_fields(kind: &'static str, names: &[String]) {
+    static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut seen = SEEN.lock().expect("ignored-field log lock");
+    for name in names {
+        if seen.len() < 256 && seen.insert(format!("{kind}.{name}")) {
+            tracing::debug!(message_kind = kind, field = %name, "ignoring a field the service does not know");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use shell_query_core::poll::decide::{
     decide,
 };
 use shell_query_core::poll::schedule::Schedule;
-use shell_query_core::run::{CancelSource, Ending, FailCause, Run, RunStatus, StartPhase, Task};
+use shell_query_core::run::{CancelSource, Ending, FailCause, Run, StartPhase, Task};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -79,7 +79,7 @@ async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Deliver
     let Some(run) = runs::get_run_for_poll(&deps.store, run_id).await? else {
         return Ok(Disposition::DeadLetter("poll message for an unknown run".into()));
     };
-    let canceled = run.status == RunStatus::Canceled && run.completed_at.is_none();
+    let canceled = run.cancel_pending();
     if run.status.is_terminal() && !canceled {
         // Ended; its event may still be owed (a crash after the ending).
         if run.owes_terminal_event() && !publish_owed_event(deps, &run, Utc::now()).await? {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shell_query_core::message::ExecuteMessage;
-use shell_query_core::run::{Ending, FailCause, Run, RunStatus, StartPhase};
+use shell_query_core::run::{CancelSource, Ending, FailCause, Run, RunStatus, StartPhase};
 
 use crate::adapters::nats::{JOBS_STREAM, NatsError, PollPublished};
 use crate::adapters::store::{StoreError, runs};
@@ -23,6 +23,9 @@ pub struct Report {
     pub runs_failed: u32,
     /// Terminal events owed by runs that ended, published from their rows.
     pub events_published: u32,
+    /// Cancels the API made that nothing else handled (no message left to
+    /// bring the run back to a handler).
+    pub cancels_handled: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -117,6 +120,16 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
                 }
             }
             _ => {}
+        }
+    }
+    for run in runs::pending_cancels(&deps.store, now - grace).await? {
+        let ending = Ending::Canceled(CancelSource::Api);
+        if end_run(deps, &run, ending, run.query_definition(), now).await? {
+            report.cancels_handled += 1;
+            deps.metrics.inc(
+                crate::adapters::metrics::RECONCILER_ACTIONS,
+                &[("action", "cancel_handled")],
+            );
         }
     }
     for run in runs::runs_owing_an_event(&deps.store, now - grace).await? {

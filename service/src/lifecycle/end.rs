@@ -37,16 +37,9 @@ pub async fn end_run(
     query_definition: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<bool, StoreError> {
-    let event = match &ending {
-        Ending::Ready { row_count, .. } => StatusEvent {
-            row_count: Some(*row_count),
-            ..StatusEvent::new(run.id, EventStatus::Ready, now)
-        },
-        Ending::Failed { message, .. } => StatusEvent::failed(run.id, &clip_error(message), now),
-        Ending::Canceled(_) => StatusEvent::new(run.id, EventStatus::Canceled, now),
-    };
     let won = match &ending {
-        // The API set the row to `canceled` itself: one replica claims the clean-up.
+        // The API set the row to `canceled` itself: one replica claims the
+        // handling (the service's own marker, never `completed_at`).
         Ending::Canceled(CancelSource::Api) => runs::claim_api_cancel(&deps.store, run.id, now).await?,
         Ending::Ready { row_count, .. } => {
             runs::finish(&deps.store, run.id, Terminal::Ready { row_count: *row_count }, now).await?
@@ -64,6 +57,29 @@ pub async fn end_run(
     if !won {
         return Ok(false);
     }
+    announce_ending(deps, run, ending, query_definition, now).await?;
+    Ok(true)
+}
+
+/// Steps 2 to 5 for a run this call ended: metrics, the terminal event, the
+/// history reset, the QueryDefinition's deletion. [`end_run`] calls it after
+/// winning the compare-and-set; a row made terminal by its own insert (a
+/// broken request) calls it directly.
+pub async fn announce_ending(
+    deps: &Deps,
+    run: &Run,
+    ending: Ending,
+    query_definition: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let event = match &ending {
+        Ending::Ready { row_count, .. } => StatusEvent {
+            row_count: Some(*row_count),
+            ..StatusEvent::new(run.id, EventStatus::Ready, now)
+        },
+        Ending::Failed { message, .. } => StatusEvent::failed(run.id, &clip_error(message), now),
+        Ending::Canceled(_) => StatusEvent::new(run.id, EventStatus::Canceled, now),
+    };
     tracing::info!(
         run_id = %run.id,
         outcome = ending.outcome_label(),
@@ -79,7 +95,7 @@ pub async fn end_run(
         deps.delete_query_definition(run.tenant_id, run.user_id, &run.mid, qd)
             .await;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Publishes a terminal event and records its confirmation. A publish that

@@ -1,6 +1,7 @@
 //! What handlers and jobs share: the handles ([`Deps`]), and [`end`], the
 //! one place a run ends.
 
+pub mod dlq;
 pub mod end;
 
 use std::sync::Arc;

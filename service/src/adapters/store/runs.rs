@@ -48,6 +48,7 @@ fn to_run(m: runs::Model) -> Result<Run, StoreError> {
         started_at: m.started_at,
         completed_at: m.completed_at,
         terminal_event_at: m.terminal_event_at,
+        cancel_handled_at: m.cancel_handled_at,
         poll: PollState {
             poll_count: count(m.poll_count),
             started_at: m.poll_started_at.unwrap_or(m.created_at),
@@ -78,7 +79,16 @@ pub struct NewRun {
 /// Inserts the run as `queued` unless a row exists (the API may have made it).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_run_if_absent"))]
 pub async fn insert_run_if_absent(store: &Store, run: NewRun, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let row = runs::ActiveModel {
+    runs::Entity::insert(new_row(run, now))
+        .on_conflict(OnConflict::column(runs::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(&store.db)
+        .await?;
+    Ok(())
+}
+
+/// A new row, `queued`, as the execute message describes it.
+fn new_row(run: NewRun, now: DateTime<Utc>) -> runs::ActiveModel {
+    runs::ActiveModel {
         id: Set(run.id),
         tenant_id: Set(run.tenant_id),
         user_id: Set(run.user_id),
@@ -95,12 +105,7 @@ pub async fn insert_run_if_absent(store: &Store, run: NewRun, now: DateTime<Utc>
         poll_probe_attempts: Set(0),
         poll_transient_errors: Set(0),
         ..Default::default()
-    };
-    runs::Entity::insert(row)
-        .on_conflict(OnConflict::column(runs::Column::Id).do_nothing().to_owned())
-        .exec_without_returning(&store.db)
-        .await?;
-    Ok(())
+    }
 }
 
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_run"))]
@@ -253,7 +258,9 @@ pub async fn finish(store: &Store, id: Uuid, terminal: Terminal, now: DateTime<U
         } => update
             .col_expr(runs::Column::Status, Expr::value(RunStatus::Failed.as_str()))
             .col_expr(runs::Column::ErrorMessage, Expr::value(error_message_encrypted)),
-        Terminal::Canceled => update.col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled.as_str())),
+        Terminal::Canceled => update
+            .col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled.as_str()))
+            .col_expr(runs::Column::CancelHandledAt, Expr::value(now)),
     };
     let result = update
         .filter(runs::Column::Id.eq(id))
@@ -263,18 +270,55 @@ pub async fn finish(store: &Store, id: Uuid, terminal: Terminal, now: DateTime<U
     Ok(result.rows_affected == 1)
 }
 
-/// Claims the cleanup of a run the API set to `canceled` (no `completed_at`
-/// yet). Only the winner publishes `canceled` and deletes MCE assets.
+/// Claims the handling of a cancel the API made itself (`status =
+/// 'canceled'`, with or without `completed_at`): sets the service's marker
+/// `cancel_handled_at`, and `completed_at` if the API left it empty. Only
+/// the winner publishes `canceled` and deletes MCE assets.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "claim_api_cancel"))]
 pub async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let completed = sea_orm::sea_query::Func::coalesce([Expr::col(runs::Column::CompletedAt), Expr::value(now)]);
     let result = runs::Entity::update_many()
-        .col_expr(runs::Column::CompletedAt, Expr::value(now))
+        .col_expr(runs::Column::CancelHandledAt, Expr::value(now))
+        .col_expr(runs::Column::CompletedAt, completed.into())
         .filter(runs::Column::Id.eq(id))
         .filter(runs::Column::Status.eq(RunStatus::Canceled.as_str()))
-        .filter(runs::Column::CompletedAt.is_null())
+        .filter(runs::Column::CancelHandledAt.is_null())
         .exec(&store.db)
         .await?;
     Ok(result.rows_affected == 1)
+}
+
+/// Runs the API canceled before `cutoff` whose cancel the service has not
+/// handled (at most 1000 a pass).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "pending_cancels"))]
+pub async fn pending_cancels(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+    let query = runs::Entity::find()
+        .filter(runs::Column::Status.eq(RunStatus::Canceled.as_str()))
+        .filter(runs::Column::CancelHandledAt.is_null())
+        .filter(runs::Column::CreatedAt.lt(cutoff))
+        .order_by_asc(runs::Column::CreatedAt);
+    first_thousand(store, query).await
+}
+
+/// Inserts a run that is `failed` from the start (a request too broken to
+/// run), unless a row with its id exists. True if this call made the row:
+/// a broken message never finishes a run it did not create.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_failed_if_absent"))]
+pub async fn insert_failed_if_absent(
+    store: &Store,
+    run: NewRun,
+    error_message_encrypted: String,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let mut row = new_row(run, now);
+    row.status = Set(RunStatus::Failed.as_str().into());
+    row.error_message = Set(Some(error_message_encrypted));
+    row.completed_at = Set(Some(now));
+    let inserted = runs::Entity::insert(row)
+        .on_conflict(OnConflict::column(runs::Column::Id).do_nothing().to_owned())
+        .exec_without_returning(&store.db)
+        .await?;
+    Ok(inserted == 1)
 }
 
 /// Saves a live run's poll state. False if the run is no longer running.

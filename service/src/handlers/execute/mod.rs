@@ -21,9 +21,9 @@ mod query_definition;
 
 use chrono::Utc;
 use shell_query_core::backoff::Backoff;
-use shell_query_core::event::{EventStatus, StatusEvent};
+use shell_query_core::event::{EventStatus, StatusEvent, clip_error};
 use shell_query_core::message::{ExecuteRequest, Subjects};
-use shell_query_core::run::{Ending, FailCause};
+use shell_query_core::run::{CancelSource, Ending, FailCause};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -31,9 +31,9 @@ use crate::adapters::mce::MceError;
 use crate::adapters::nats::{EXECUTE_MAX_DELIVER, NatsError};
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::delivery::{Delivery, Disposition};
+use crate::handlers::delivery::{Delivery, Disposition, note_ignored_fields};
 use crate::lifecycle::Deps;
-use crate::lifecycle::end::end_run;
+use crate::lifecycle::end::{announce_ending, end_run, publish_owed_event};
 
 pub use perform::INTERRUPTED;
 
@@ -90,7 +90,10 @@ impl From<NatsError> for Failure {
 impl Execute {
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
         let req = match ExecuteRequest::decode(&delivery.subject, &delivery.payload) {
-            Ok(r) => r,
+            Ok(decoded) => {
+                note_ignored_fields("execute", &decoded.ignored_fields);
+                decoded.message
+            }
             Err(reason) => return malformed(deps, delivery, reason).await,
         };
         let span = tracing::info_span!(
@@ -136,8 +139,10 @@ impl Execute {
     }
 }
 
-/// A message that does not decode: to the DLQ, and when its run id can be
-/// read, the run's row is made `failed` with the reason.
+/// A message that does not decode: to the DLQ, and when its subject names a
+/// run that has no row yet, that run is recorded `failed` with the reason.
+/// A broken message never finishes a run it did not create: a live run's
+/// own request cannot be taken over by garbage on its subject.
 async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposition {
     let body: serde_json::Value = serde_json::from_slice(&delivery.payload).unwrap_or_default();
     let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
@@ -156,16 +161,20 @@ async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposit
             sql_text_encrypted: None,
             target_update_type: None,
         };
+        let message = clip_error(&format!("The run request is invalid: {reason}"));
         let ending = Ending::Failed {
-            message: format!("The run request is invalid: {reason}"),
+            message: message.clone(),
             cause: FailCause::Malformed,
         };
         let recorded = async {
-            runs::insert_run_if_absent(&deps.store, row, now).await?;
+            if !runs::insert_failed_if_absent(&deps.store, row, deps.cipher.encrypt(&message), now).await? {
+                tracing::info!(run_id = %run_id, "a malformed message for an existing run: the run is left as it is");
+                return Ok(());
+            }
             let run = runs::get_run(&deps.store, run_id)
                 .await?
                 .ok_or_else(|| StoreError::Corrupt("the run row vanished".into()))?;
-            end_run(deps, &run, ending, None, now).await
+            announce_ending(deps, &run, ending, None, now).await
         }
         .await;
         if let Err(e) = recorded {
@@ -205,6 +214,7 @@ async fn execute(deps: &Deps, req: &ExecuteRequest, created_qd: &mut Option<Stri
     let (sql, session) = match prepare::prepare(deps, req).await? {
         prepare::Prepared::Fresh { sql, session } => (sql, session),
         prepare::Prepared::Handled => return Ok(()),
+        prepare::Prepared::Ended => return stop_for_cancel(deps, req.run_id, None).await,
         prepare::Prepared::Interrupted { run, session } => {
             *created_qd = run.query_definition_id.clone();
             return perform::resume_interrupted(deps, &session, &run).await;
@@ -218,6 +228,29 @@ async fn execute(deps: &Deps, req: &ExecuteRequest, created_qd: &mut Option<Stri
     let qd = query_definition::create(deps, &session, req, &analysis, &destination, &mut folder).await?;
     *created_qd = Some(qd.object_id.clone());
     perform::perform(deps, &session, req.run_id, &qd, &destination).await
+}
+
+/// The run left `running` while this delivery worked on it (a cancel):
+/// stop, never Perform. A cancel the API made is handled here (its event,
+/// the QueryDefinition's deletion); after any other ending, the
+/// QueryDefinition this delivery made and could not record is deleted.
+async fn stop_for_cancel(deps: &Deps, run_id: Uuid, made_here: Option<&str>) -> Result<(), Failure> {
+    let Some(run) = runs::get_run(&deps.store, run_id).await? else {
+        return Ok(());
+    };
+    if run.cancel_pending() {
+        let qd = made_here.or(run.query_definition());
+        end_run(deps, &run, Ending::Canceled(CancelSource::Api), qd, Utc::now()).await?;
+        return Ok(());
+    }
+    if run.owes_terminal_event() {
+        publish_owed_event(deps, &run, Utc::now()).await?;
+    }
+    if let Some(qd) = made_here.filter(|qd| Some(*qd) != run.query_definition()) {
+        deps.delete_query_definition(run.tenant_id, run.user_id, &run.mid, qd)
+            .await;
+    }
+    Ok(())
 }
 
 /// Clean-up and lookup steps may fail without failing the run, unless MCE

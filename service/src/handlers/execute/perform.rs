@@ -11,9 +11,9 @@ use shell_query_core::naming::temp_de_key;
 use shell_query_core::run::{Run, StartPhase, Task};
 use uuid::Uuid;
 
+use super::Failure;
 use super::destination::Destination;
 use super::query_definition::QueryDefinition;
-use super::{Failure, best_effort};
 use crate::adapters::mce::Session;
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, Started};
@@ -46,8 +46,7 @@ pub(super) async fn perform(
     .await?;
     if !prepared {
         tracing::info!("run no longer running before Perform; stopping");
-        best_effort(session.delete_query_definition(&qd.object_id).await)?;
-        return Ok(());
+        return super::stop_for_cancel(deps, run_id, Some(&qd.object_id)).await;
     }
     deps.publish_event(&StatusEvent::new(run_id, EventStatus::ExecutingQuery, Utc::now()))
         .await;
@@ -137,7 +136,7 @@ async fn started(
     .await?;
     if !recorded {
         tracing::info!("run left `running` during Perform; its poll will not start");
-        return Ok(());
+        return super::stop_for_cancel(deps, run_id, Some(qd_id)).await;
     }
     tracing::info!(task_id = %started.task_id, "query started");
     crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, run_id, &format!("poll:{run_id}")).await?;

@@ -20,6 +20,9 @@ pub(super) enum Prepared<'a> {
     Fresh { sql: String, session: Session<'a> },
     /// Nothing more to do for this delivery.
     Handled,
+    /// The run left the live states before it started (canceled): its
+    /// ending is finished here.
+    Ended,
     /// An earlier delivery sent (or was about to send) Perform.
     Interrupted { run: Box<Run>, session: Session<'a> },
 }
@@ -70,7 +73,11 @@ pub(super) async fn prepare<'a>(deps: &'a Deps, req: &ExecuteRequest) -> Result<
         .ok_or_else(|| Failure::Transient("the run row vanished".into()))?;
     if run.status.is_terminal() {
         tracing::info!(status = run.status.as_str(), "run already finished; nothing to do");
-        return Ok(Prepared::Handled);
+        return Ok(if run.cancel_pending() || run.owes_terminal_event() {
+            Prepared::Ended
+        } else {
+            Prepared::Handled
+        });
     }
     if let StartPhase::Started(_) = run.start {
         // Started by an earlier delivery: only make sure its poll exists.
@@ -85,7 +92,11 @@ pub(super) async fn prepare<'a>(deps: &'a Deps, req: &ExecuteRequest) -> Result<
             session,
         });
     }
-    if run.status == RunStatus::Queued && runs::mark_running(&deps.store, req.run_id, now).await? {
+    if run.status == RunStatus::Queued {
+        if !runs::mark_running(&deps.store, req.run_id, now).await? {
+            // Canceled (or ended) while queued: never started.
+            return Ok(Prepared::Ended);
+        }
         deps.publish_event(&StatusEvent::new(req.run_id, EventStatus::Running, now))
             .await;
     }
