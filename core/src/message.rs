@@ -11,6 +11,14 @@ use crate::schema::TableMetadata;
 /// The longest query text accepted.
 pub const MAX_SQL_BYTES: usize = 256 * 1024;
 
+/// The largest execute message read: the longest SQL, escaped (even as
+/// `\uXXXX`, six bytes a character) or encrypted, with room for
+/// `tableMetadata` and the other fields. A larger one is
+/// refused before it is decoded, encrypted or stored. (nats.conf's
+/// `max_payload` is 2 MB, so NATS refuses anything past that to the
+/// publisher itself.)
+pub const MAX_EXECUTE_BYTES: usize = 1536 * 1024;
+
 /// The subjects under `SUBJECT_PREFIX`.
 #[derive(Clone, Debug)]
 pub struct Subjects {
@@ -46,6 +54,13 @@ impl Subjects {
     pub fn all(&self, kind: &str) -> String {
         format!("{}.{kind}.*", self.prefix)
     }
+    /// Whether a subject is an execute message's (`P.execute.<runId>`).
+    pub fn is_execute(&self, subject: &str) -> bool {
+        subject
+            .strip_prefix(&self.prefix)
+            .is_some_and(|rest| rest.starts_with(".execute."))
+    }
+
     /// The run id a subject ends with, if it is one.
     pub fn run_id_of(subject: &str) -> Option<Uuid> {
         subject.rsplit('.').next().and_then(|t| Uuid::parse_str(t).ok())

@@ -297,6 +297,8 @@ pub struct Chaos {
     pub rate: f64,
     /// Delay of a slow answer; set it above the client's timeout.
     pub slow: Duration,
+    /// Only these kinds are drawn (where the call can get them); empty: all.
+    pub kinds: Vec<ChaosKind>,
 }
 
 /// What a chaos draw did to a call, counted for the test's report.
@@ -463,7 +465,6 @@ impl State {
         use ChaosKind::*;
         let kinds: &[ChaosKind] = match action {
             "token" => &[ServerError, RateLimitedSeconds, Dropped],
-            "soap:Perform:QueryDefinition" => &[RateLimitedSeconds, RateLimitedDate, Slow, ExpiredTokens, LoginFailed],
             a if a.starts_with("soap:") => &[
                 ServerError,
                 RateLimitedSeconds,
@@ -482,7 +483,15 @@ impl State {
                 ExpiredTokens,
             ],
         };
-        let kind = kinds[rng.usize(..kinds.len())];
+        let allowed: Vec<ChaosKind> = kinds
+            .iter()
+            .copied()
+            .filter(|k| chaos.kinds.is_empty() || chaos.kinds.contains(k))
+            .collect();
+        if allowed.is_empty() {
+            return None;
+        }
+        let kind = allowed[rng.usize(..allowed.len())];
         let slow = chaos.slow;
         let server_error = [500, 502, 503][rng.usize(..3)];
         *self.chaos_counts.entry(kind).or_default() += 1;

@@ -2,8 +2,11 @@ use sea_orm_migration::prelude::*;
 
 /// When the run's terminal status event was confirmed by the status stream.
 /// A terminal row without it has an event still owed: the next poll
-/// delivery or the reconciler publishes it (deduplicated by its message id).
-/// Rows that ended before this column existed had their events published.
+/// delivery or the reconciler publishes it (deduplicated by its message id),
+/// for runs that ended within the status stream's 24 hours. Rows that ended
+/// in the 24 hours before this migration had their events published the
+/// old way and are marked; older ones are outside every window, so the
+/// backfill stays small (one short update, no rewrite of the table).
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -11,7 +14,6 @@ pub struct Migration;
 enum ShellQueryRuns {
     Table,
     TerminalEventAt,
-    CompletedAt,
 }
 
 #[async_trait::async_trait]
@@ -27,16 +29,19 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Only PostgreSQL holds rows from before: the demo's SQLite database
+        // is new each time.
+        if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
         manager
-            .exec_stmt(
-                Query::update()
-                    .table(ShellQueryRuns::Table)
-                    .value(ShellQueryRuns::TerminalEventAt, Expr::col(ShellQueryRuns::CompletedAt))
-                    .and_where(Expr::col(ShellQueryRuns::CompletedAt).is_not_null())
-                    .and_where(Expr::col(ShellQueryRuns::TerminalEventAt).is_null())
-                    .to_owned(),
+            .get_connection()
+            .execute_unprepared(
+                "UPDATE shell_query_runs SET terminal_event_at = completed_at \
+                 WHERE completed_at > now() - interval '24 hours' AND terminal_event_at IS NULL",
             )
             .await
+            .map(|_| ())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -3,8 +3,9 @@ use sea_orm_migration::prelude::*;
 /// When the service handled a cancel (its event published or owed, the
 /// QueryDefinition deleted): the service's own marker, never inferred from
 /// `completed_at`, which the API sets when it cancels a row itself. Rows
-/// canceled before this column existed were handled when `completed_at`
-/// was set.
+/// canceled in the 24 hours before this migration with `completed_at` set
+/// were handled the old way and are marked; older cancels are outside the
+/// window the service looks at (the backfill stays small).
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -12,8 +13,6 @@ pub struct Migration;
 enum ShellQueryRuns {
     Table,
     CancelHandledAt,
-    CompletedAt,
-    Status,
 }
 
 #[async_trait::async_trait]
@@ -29,16 +28,19 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // Only PostgreSQL holds rows from before: the demo's SQLite database
+        // is new each time.
+        if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Postgres {
+            return Ok(());
+        }
         manager
-            .exec_stmt(
-                Query::update()
-                    .table(ShellQueryRuns::Table)
-                    .value(ShellQueryRuns::CancelHandledAt, Expr::col(ShellQueryRuns::CompletedAt))
-                    .and_where(Expr::col(ShellQueryRuns::Status).eq("canceled"))
-                    .and_where(Expr::col(ShellQueryRuns::CompletedAt).is_not_null())
-                    .to_owned(),
+            .get_connection()
+            .execute_unprepared(
+                "UPDATE shell_query_runs SET cancel_handled_at = completed_at \
+                 WHERE completed_at > now() - interval '24 hours' AND cancel_handled_at IS NULL AND status = 'canceled'",
             )
             .await
+            .map(|_| ())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

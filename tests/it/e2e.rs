@@ -163,7 +163,10 @@ async fn an_undecodable_execute_message_goes_to_the_dlq_and_the_consumer_goes_on
         headers.get("Shell-Query-Redacted").map(|v| v.as_str().to_string()),
         Some("body encrypted".to_string())
     );
-    let copy = system.cipher().decrypt(std::str::from_utf8(&msg.payload).unwrap()).unwrap();
+    let copy = system
+        .cipher()
+        .decrypt(std::str::from_utf8(&msg.payload).unwrap())
+        .unwrap();
     assert_eq!(copy, "{not json");
     // Its run id can be read from the subject: the run is failed with the reason.
     let row = system.run(bad_id).await.expect("a row for the malformed run");

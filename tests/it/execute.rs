@@ -337,8 +337,12 @@ async fn a_worker_dying_right_after_perform_never_performs_twice() {
     assert!(killed.elapsed() > Duration::from_secs(3));
 }
 
+/// The worker dies while MCE holds Perform, which MCE then never carries
+/// out. Its fate is unknown; MCE says the query is not running, and the
+/// run's own temp DE makes a second Perform harmless: it is sent, and the
+/// run ends ready with MCE having run the query once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_dying_before_mce_got_perform_fails_the_run_clearly_and_starts_nothing() {
+async fn a_worker_dying_before_mce_got_perform_is_performed_again_where_harmless() {
     let mut system = System::start_with(&[("EXECUTE_ACK_WAIT_MS", "3000")]).await;
     system
         .sim
@@ -356,18 +360,49 @@ async fn a_worker_dying_before_mce_got_perform_fails_the_run_clearly_and_starts_
     system.kill_worker();
     system.start_worker().await;
     let run = system.wait_terminal(id, Duration::from_secs(90)).await;
-    assert_eq!(run.status, "failed", "{}", system.log());
-    assert_eq!(system.error_message(id).await, service::handlers::execute::INTERRUPTED);
+    assert_eq!(run.status, "ready", "{}", system.log());
+    assert_eq!(run.row_count, Some(4));
     assert_eq!(
         system.sim.performs_into(&shell_query_core::naming::temp_de_key(id)),
-        0,
-        "MCE ran nothing"
-    );
-    assert_eq!(
-        system.sim.count("soap:Perform:QueryDefinition"),
         1,
-        "Perform is not sent again when its fate is unknown"
+        "MCE ran the query once"
     );
+    assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 2, "sent again once");
+    system.wait_no_query_definitions().await;
+}
+
+/// The same unknown fate for a run that appends to its target: a second
+/// Perform could add its rows twice, so it is never sent; the run fails
+/// saying exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_run_whose_perform_was_not_confirmed_is_never_performed_twice() {
+    let system = System::start_with(&[("EXECUTE_ACK_WAIT_MS", "3000")]).await;
+    seed_source(&system);
+    let target = [
+        SeedField::new("Email", "EmailAddress").primary_key(),
+        SeedField::new("Age", "Number"),
+    ];
+    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
+    system.sim.script(
+        "FROM Customers",
+        Scenario::completes_after(Duration::from_millis(500), 3),
+    );
+    // MCE fails Perform with a 500 without carrying it out: its fate is unknown to us.
+    system.sim.inject(Fault::new("soap:Perform:QueryDefinition", 500, 1));
+    let id = submit_with(
+        &system,
+        "SELECT Email, Age FROM Customers",
+        serde_json::json!({ "targetDeCustomerKey": "target-key", "targetUpdateType": "Append" }),
+    )
+    .await;
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "failed", "{}", system.log());
+    assert_eq!(
+        system.error_message(id).await,
+        service::handlers::execute::APPEND_UNCONFIRMED
+    );
+    assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 1, "never sent twice");
+    assert_eq!(system.sim.rows("target-key").len(), 2, "nothing appended");
     system.wait_no_query_definitions().await;
 }
 
@@ -493,4 +528,169 @@ async fn runs_starting_together_on_two_replicas_make_one_results_folder() {
     }
     assert_eq!(system.sim.count("soap:Create:DataFolder"), 1);
     assert_eq!(system.sim.folders_named("QueryPlusPlus Results").len(), 1);
+}
+
+/// A run-to-target row whose execute message was lost is submitted again
+/// with its target and update type: it writes into the target, never into
+/// a temp DE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_run_to_target_is_submitted_again_to_its_own_target() {
+    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
+    seed_source(&system);
+    let target = [
+        SeedField::new("Email", "EmailAddress").primary_key(),
+        SeedField::new("Age", "Number"),
+    ];
+    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
+    system.sim.script(
+        "FROM Customers",
+        Scenario::completes_after(Duration::from_millis(500), 3),
+    );
+    // The API inserted the row; its execute message never arrived.
+    let id = Uuid::new_v4();
+    let enc = system.cipher().encrypt("SELECT Email, Age FROM Customers");
+    let sql = format!(
+        "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status, target_de_customer_key, target_update_type) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued', 'target-key', 'Append')",
+        system.tenant_id, system.user_id, system.mid
+    );
+    system
+        .db
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap();
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+    assert_eq!(run.target_de_customer_key.as_deref(), Some("target-key"));
+    assert_eq!(
+        system
+            .sim
+            .created_query(&shell_query_core::naming::query_key(id))
+            .unwrap()
+            .1,
+        "Append"
+    );
+    assert_eq!(system.sim.rows("target-key").len(), 5, "appended to the target");
+    assert_eq!(system.sim.count("soap:Create:DataExtension"), 0, "no temp DE");
+}
+
+/// An update type without its target cannot be rebuilt: the run fails
+/// clearly instead of staying queued or running into a temp DE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_run_the_row_cannot_rebuild_fails_clearly() {
+    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
+    let id = Uuid::new_v4();
+    let enc = system.cipher().encrypt("SELECT Email FROM X");
+    let sql = format!(
+        "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status, target_update_type) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued', 'Append')",
+        system.tenant_id, system.user_id, system.mid
+    );
+    system
+        .db
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .unwrap();
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "failed");
+    assert!(system.error_message(id).await.contains("could not be rebuilt"));
+    assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 0);
+    system.wait_event(id, "failed").await;
+}
+
+/// SQL this service's parser cannot read (a T-SQL query hint) but MCE
+/// accepts: a run-to-target with Append or Update runs it as written, MCE's
+/// validation the judge; Overwrite, which must prove the query does not
+/// read its own target, and a temp run, which needs the columns, refuse it
+/// clearly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_to_target_lets_mce_judge_sql_the_parser_cannot_read() {
+    let system = System::start().await;
+    seed_source(&system);
+    let target = [
+        SeedField::new("Email", "EmailAddress").primary_key(),
+        SeedField::new("Age", "Number"),
+    ];
+    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
+    system.sim.script(
+        "FROM Customers",
+        Scenario::completes_after(Duration::from_millis(500), 3),
+    );
+    let sql = "SELECT Email, Age FROM Customers OPTION (MAXDOP 1)";
+    assert!(
+        shell_query_core::schema::referenced_tables(sql).is_err(),
+        "the parser refuses it"
+    );
+
+    let append = submit_with(
+        &system,
+        sql,
+        serde_json::json!({ "targetDeCustomerKey": "target-key", "targetUpdateType": "Append" }),
+    )
+    .await;
+    let run = system.wait_terminal(append, MINUTE).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+    let (text, mode) = system
+        .sim
+        .created_query(&shell_query_core::naming::query_key(append))
+        .unwrap();
+    assert_eq!((text.as_str(), mode.as_str()), (sql, "Append"), "runs as written");
+    assert_eq!(system.sim.rows("target-key").len(), 5);
+
+    let overwrite = submit_with(
+        &system,
+        sql,
+        serde_json::json!({ "targetDeCustomerKey": "target-key", "targetUpdateType": "Overwrite" }),
+    )
+    .await;
+    assert_eq!(system.wait_terminal(overwrite, MINUTE).await.status, "failed");
+    assert!(
+        system
+            .error_message(overwrite)
+            .await
+            .contains("Cannot safely verify overwrite")
+    );
+
+    let temp = system.submit(sql, None).await;
+    assert_eq!(system.wait_terminal(temp, MINUTE).await.status, "failed");
+    assert!(system.error_message(temp).await.contains("could not be parsed"));
+}
+
+/// A message whose handling stops the worker every time (here the worker
+/// is killed during each delivery) reaches the execute consumer's
+/// `max_deliver`: its run fails with a clear message, the message goes to
+/// the DLQ (its SQL encrypted) and leaves the jobs stream, instead of
+/// staying there undelivered with its run stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_stops_the_worker_every_time_fails_its_run_and_goes_to_the_dlq() {
+    let mut system = System::start_with(&[("EXECUTE_ACK_WAIT_MS", "3000")]).await;
+    // Validation hangs, so every delivery is still at work when the worker dies.
+    system
+        .sim
+        .inject(Fault::slow_answer("rest:validate", Duration::from_secs(120), 10));
+    let id = system.submit("SELECT Email FROM X", None).await;
+    for n in 1..=service::adapters::nats::EXECUTE_MAX_DELIVER as usize {
+        tests::wait_for(&format!("delivery {n} at work"), MINUTE, || async {
+            system.sim.count("rest:validate") >= n
+        })
+        .await;
+        system.kill_worker();
+        system.start_worker().await;
+    }
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "failed", "{}", system.log());
+    assert_eq!(
+        system.error_message(id).await,
+        service::handlers::undeliverable::UNPROCESSABLE
+    );
+    system.wait_event(id, "failed").await;
+    tests::wait_for("the DLQ copy", MINUTE, || async { !system.dlq().await.is_empty() }).await;
+    let copy = system.dlq_copies().await.remove(0);
+    assert_eq!(copy.subject, format!("{PREFIX}.dlq.execute.{id}"));
+    assert!(copy.reason.starts_with("delivered 5 times"), "{}", copy.reason);
+    assert_eq!(copy.redacted.as_deref(), Some("body encrypted"));
+    assert!(!copy.payload.contains("Email FROM"));
+    tests::wait_for("the message to leave the jobs stream", MINUTE, || async {
+        !system.pending_on(format!("{PREFIX}.execute.{id}")).await
+    })
+    .await;
+    assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 0);
 }

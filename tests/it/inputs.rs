@@ -135,7 +135,7 @@ async fn runs_that_cannot_start_fail_with_a_clear_message() {
         )
         .await;
     let huge = Uuid::new_v4();
-    let big_sql = format!("SELECT Email FROM X WHERE Note = '{}'", "x".repeat(1024 * 1024));
+    let big_sql = format!("SELECT Email FROM X WHERE Note = '{}'", "x".repeat(300 * 1024));
     system
         .publish_raw(
             format!("{PREFIX}.execute.{huge}"),
@@ -243,10 +243,11 @@ async fn dlq_copies_and_errors_never_carry_sql_in_plain_text() {
             .unwrap_or_else(|| panic!("a copy for {id}"))
     };
     let cipher = system.cipher();
+    // An execute message may hold SQL under any name: the copy is all encrypted.
     let copy = of(bad_mid);
-    assert_eq!(copy.redacted.as_deref(), Some("sqlText encrypted"));
-    let v: serde_json::Value = serde_json::from_str(&copy.payload).unwrap();
-    assert_eq!(cipher.decrypt(v["sqlTextEncrypted"].as_str().unwrap()).unwrap(), secret);
+    assert_eq!(copy.redacted.as_deref(), Some("body encrypted"));
+    let v: serde_json::Value = serde_json::from_str(&cipher.decrypt(&copy.payload).unwrap()).unwrap();
+    assert_eq!(v["sqlText"], secret);
     let copy = of(garbage);
     assert_eq!(copy.redacted.as_deref(), Some("body encrypted"));
     assert!(cipher.decrypt(&copy.payload).unwrap().contains(secret));
@@ -259,4 +260,63 @@ async fn dlq_copies_and_errors_never_carry_sql_in_plain_text() {
         assert!(!system.error_message(id).await.contains("Secret"));
     }
     assert!(!system.log().contains("Secret"), "the logs never carry SQL");
+}
+
+/// Size is checked before work: an execute message over 1.5 MB fails its run
+/// clearly without being decoded, encrypted or stored, and its DLQ copy is
+/// a summary; one over nats.conf's 2 MB never reaches the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_execute_messages_are_refused_before_any_work() {
+    let system = System::start().await;
+    let id = Uuid::new_v4();
+    let sql = format!("SELECT Email FROM X WHERE Email = '{}'", "x".repeat(1536 * 1024));
+    let text = body(&system, id, serde_json::json!({ "sqlText": sql })).to_string();
+    system.publish_raw(format!("{PREFIX}.execute.{id}"), text).await;
+    let error = error_of(&system, id).await;
+    assert!(
+        error.starts_with("The run request is invalid: the execute message is 15")
+            && error.contains("the most accepted is 1536 KB"),
+        "{error}"
+    );
+    let row = system.run(id).await.unwrap();
+    assert_eq!(row.sql_text_encrypted, None, "nothing of it was stored");
+    tests::wait_for("the DLQ copy", MINUTE, || async { !system.dlq().await.is_empty() }).await;
+    let copy = system.dlq_copies().await.remove(0);
+    assert_eq!(copy.redacted.as_deref(), Some("summary"));
+    assert!(copy.payload.len() < 200, "{}", copy.payload);
+
+    let huge = "x".repeat(3 * 1024 * 1024);
+    let refused = system
+        .js
+        .publish(format!("{PREFIX}.execute.{}", Uuid::new_v4()), huge.into())
+        .await;
+    assert!(refused.is_err(), "nats-server refuses a message over max_payload");
+}
+
+/// Poison SQL: a 6,000-term sum (12 KB) used to overflow the stack in type
+/// inference and abort the worker, so four of them crash-looped it. Now each
+/// run fails with a clear message and the worker stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_sql_fails_its_run_and_never_crashes_the_worker() {
+    let mut system = System::start().await;
+    let sum = format!("SELECT {} AS x FROM X", vec!["1"; 6000].join("+"));
+    let nested = format!("SELECT {}1{} AS x FROM X", "(".repeat(5000), ")".repeat(5000));
+    let mut ids = Vec::new();
+    for sql in [&sum, &sum, &nested, &sum] {
+        ids.push(system.submit(sql, None).await);
+    }
+    for id in ids {
+        let error = error_of(&system, id).await;
+        assert!(
+            error.starts_with("The query is nested too deeply to analyse"),
+            "{error}"
+        );
+    }
+    let good = system.submit("SELECT Email FROM X", None).await;
+    assert_eq!(system.wait_terminal(good, MINUTE).await.status, "ready");
+    assert_eq!(
+        system.worker().wait_exit(Duration::ZERO).await,
+        None,
+        "the same worker is still up"
+    );
 }

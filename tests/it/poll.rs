@@ -416,3 +416,36 @@ async fn the_adaptive_schedule_looks_often_when_the_same_query_usually_ends() {
         "{gap:?} after a first run of {measured:?}"
     );
 }
+
+/// The row probe sees the rows of a query whose status never says
+/// `Complete`: the run is ready, and like every other path it announces
+/// `fetching_results` before `ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_row_probe_fast_path_announces_fetching_results() {
+    let system = System::start_with(&[
+        ("POLL_ROW_PROBE_MIN_RUNTIME_MS", "500"),
+        ("POLL_ROW_PROBE_MIN_INTERVAL_MS", "500"),
+    ])
+    .await;
+    system.sim.script(
+        "Probed",
+        Scenario {
+            status_style: StatusStyle::QueuedForever,
+            ..Scenario::completes_after(Duration::from_secs(1), 3)
+        },
+    );
+    let id = system.submit("SELECT Probed FROM [X]", None).await;
+    let run = system.wait_terminal(id, MINUTE).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+    assert_eq!(run.row_count, Some(3));
+    system.wait_event(id, "ready").await;
+    let events = statuses(&system.events(id).await);
+    let fetching = events.iter().position(|s| *s == "fetching_results");
+    let ready = events.iter().position(|s| *s == "ready");
+    assert!(fetching.is_some() && fetching < ready, "{events:?}");
+    assert!(
+        system.log().contains("row_probe"),
+        "the probe found it, not the status: {}",
+        system.log()
+    );
+}

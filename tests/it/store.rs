@@ -17,6 +17,7 @@ fn new_run(id: Uuid, tenant: Uuid) -> NewRun {
         snippet_name: None,
         sql_text_hash: "ab".repeat(32),
         sql_text_encrypted: Some("enc".into()),
+        target_de_customer_key: None,
         target_update_type: None,
     }
 }

@@ -155,3 +155,68 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
         assert!(!exported.contains(&secret), "spans carry no token or secret");
     }
 }
+
+/// With no trace exporter configured, the publisher's W3C context still
+/// travels: the events of the execute step carry its trace, and every
+/// status event carries a valid `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_travels_without_an_exporter() {
+    let system = System::start().await;
+    let id = Uuid::new_v4();
+    let body = serde_json::json!({
+        "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "mid": system.mid, "sqlText": "SELECT Email FROM X",
+    });
+    let mut headers = HeaderMap::new();
+    headers.insert("traceparent", format!("00-{TRACE_ID}-{PARENT_SPAN}-01").as_str());
+    let publish = PublishMessage::build()
+        .payload(body.to_string().into())
+        .message_id(format!("execute:{id}"))
+        .headers(headers);
+    system
+        .js
+        .send_publish(format!("{PREFIX}.execute.{id}"), publish)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+    system.wait_event(id, "ready").await;
+
+    let stream = system.js.get_stream("SHELL_QUERY_STATUS").await.unwrap();
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: format!("{PREFIX}.status.{id}"),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(100).messages().await.unwrap();
+    let mut seen = Vec::new();
+    while let Some(Ok(msg)) = futures::StreamExt::next(&mut batch).await {
+        let event: Value = serde_json::from_slice(&msg.payload).unwrap();
+        let traceparent = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(|| panic!("{} carries no traceparent", event["status"]));
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_ne!(parts[1], "0".repeat(32), "{traceparent}");
+        seen.push((event["status"].as_str().unwrap().to_string(), parts[1].to_string()));
+    }
+    let in_execute = [
+        "running",
+        "validating_query",
+        "creating_data_extension",
+        "executing_query",
+    ];
+    for (status, trace) in &seen {
+        if in_execute.contains(&status.as_str()) {
+            assert_eq!(trace, TRACE_ID, "{status} continues the publisher's trace");
+        }
+    }
+    assert!(seen.iter().any(|(s, _)| s == "executing_query"), "{seen:?}");
+    assert!(seen.iter().any(|(s, _)| s == "ready"), "{seen:?}");
+}

@@ -1,32 +1,39 @@
-//! How deeply a query may nest: every walk over a parsed query recurses
-//! (ours in `infer.rs`, sqlparser's `Visit`, `Display` and even dropping the
-//! tree), and a stack overflow is not a panic: it aborts the whole process.
-//! So a query is refused with `SchemaError::TooDeep` before any of that
-//! can run out of stack. Three bounds, each checked while walking:
+//! How deeply a query may nest. Every walk over a parsed query recurses
+//! (sqlparser's parser, `Visit`, `Display` and even dropping the tree, and
+//! ours in `infer.rs`), and a stack overflow is not a panic: it aborts the
+//! whole process. So the parse and every walk run on a thread of their own
+//! with a known stack ([`STACK_BYTES`]), and a query that nests deeper than
+//! these bounds is refused with `SchemaError::TooDeep`, found while walking
+//! the tokens or the tree, before anything can recurse further:
 //!
-//! 1. Before parsing, over the tokens: sqlparser bounds its own recursion
-//!    (bound 2), but builds operator chains (`1+1+…`, `a AND b AND …`,
+//! 1. Before parsing, over the tokens. sqlparser bounds its own recursion
+//!    (bound 2) but builds operator chains (`1+1+…`, `a AND b AND …`,
 //!    `x IS NULL IS NULL…`), `UNION` chains and `PIVOT` chains in a loop, as
-//!    a tree one level deeper per operator. Such a tree can be too deep even
-//!    to drop, and the parser drops what it built when it then meets an
-//!    error, so it must not be built at all. A loop-built chain cannot cross
-//!    a comma, a bracket or a `CASE` branch at its own level, so the tokens
-//!    since the last of those, summed over the open brackets and `CASE`s,
-//!    bound how deep the tree can be ([`MAX_RUN_TOKENS`]).
-//! 2. While parsing: sqlparser's recursion limit ([`PARSER_DEPTH`]), which
-//!    bounds brackets, function calls, `CASE`, subqueries and CTEs.
-//! 3. After parsing, over the tree: the nesting of expressions, queries,
-//!    set operations and table factors ([`MAX_DEPTH`]), which bounds every
-//!    later walk.
+//!    a tree one level deeper per operator: 256 KB of `+1` is 130,000
+//!    levels, too deep even to drop, and the parser drops what it built when
+//!    it then meets an error. So such a tree must not be built. A loop-built
+//!    chain cannot cross a comma, a bracket or a `CASE` branch at its own
+//!    level, so the tokens since the last of those, summed over the open
+//!    brackets and `CASE`s, bound how deep it can get ([`MAX_RUN_TOKENS`]).
+//!    Brackets, `CASE`s and prefix operators, each a level of the parser's
+//!    recursion, nest at most [`MAX_NESTING`] deep.
+//! 2. While parsing: sqlparser's recursion limit ([`PARSER_DEPTH`]), a
+//!    safety net that bound 1 keeps out of reach.
+//! 3. After parsing, over the tree ([`MAX_DEPTH`]): the nesting of
+//!    expressions, queries, set operations and table factors, counted while
+//!    walking and stopped at the limit. Every later walk follows that nesting
+//!    (printing it is avoided: `Display` takes about 10 KB a level).
 //!
-//! The numbers: in a debug build one level of an operator chain costs about
-//! 2.2 KB of stack to `Visit`, a few KB to `infer.rs`, 0.1 KB to drop; a
-//! release build a tenth of that. Stacks are 2 MiB (tokio workers, test
-//! threads). [`MAX_DEPTH`] = 256 keeps the deepest accepted query well inside
-//! half of that in a debug build (a test runs them on 1 MiB), and is far
-//! beyond hand-written SQL; [`MAX_RUN_TOKENS`] = 4096 keeps a refused tree
-//! cheap to drop (overflow starts at about 20,000 levels) while no sane
-//! query has that many tokens without a comma or bracket.
+//! Measured stack use, debug build (release needs four to ten times less):
+//! the parser takes 30 KB per nested prefix operator and 40-210 KB per
+//! nested bracket, `CASE` or subquery; a level of an operator chain costs
+//! about 2 KB to parse, check, analyse and drop. The deepest accepted
+//! queries (50 nested derived tables with 50 prefix operators inside) need
+//! about 11 MB, 2.5 MB in release: more than the 2 MiB of a tokio worker or
+//! a test thread, hence the own stack, which leaves five times that (a test
+//! runs them on a quarter of it). The limits are far beyond hand-written
+//! SQL, and [`MAX_NESTING`] is what sqlparser allowed before (its default
+//! recursion limit, 50, stopped at 20 to 50 levels, depending on the kind).
 
 use std::ops::ControlFlow;
 
@@ -39,38 +46,44 @@ use sqlparser::tokenizer::{Token, Tokenizer};
 use super::SchemaError;
 
 /// The most levels of expressions, subqueries, set operations and table
-/// factors a query may nest.
-pub const MAX_DEPTH: usize = 256;
+/// factors a query may nest (bound 3).
+pub const MAX_DEPTH: usize = 1000;
 
-/// sqlparser's recursion limit (its default, set here so it stays known).
-pub const PARSER_DEPTH: usize = 50;
+/// The most brackets and `CASE`s a query may nest, and the most prefix
+/// operators on the way (bound 1).
+pub const MAX_NESTING: usize = 50;
+
+/// sqlparser's recursion limit (bound 2). The parser takes one to four
+/// levels per bracket and one per prefix operator, so bound 1 lets nothing
+/// through that reaches it: it is a safety net (and sqlparser may report
+/// reaching it as a syntax error: a `CASE` it cannot parse is tried again
+/// as a column named `case`).
+pub const PARSER_DEPTH: usize = 300;
 
 /// The most tokens between two commas, brackets or `CASE` branches, summed
-/// over the enclosing ones.
-const MAX_RUN_TOKENS: usize = 4096;
+/// over the enclosing ones (bound 1): well above what [`MAX_DEPTH`] lets
+/// through (a chain takes two to four tokens a level), and a refused tree
+/// this deep takes 2 MB to drop in a debug build.
+const MAX_RUN_TOKENS: usize = 16_384;
 
-/// The stack every parse and walk runs on (see the module notes).
-pub const STACK_BYTES: usize = 32 << 20;
+/// The stack every parse and walk runs on (see the module notes). It is
+/// reserved address space: only what is used is ever touched.
+pub const STACK_BYTES: usize = 64 << 20;
 
 /// Runs `work` on a thread of its own with a [`STACK_BYTES`] stack, so that
-/// what it may use does not depend on the caller's thread; on the caller's
-/// thread if no thread can be started.
+/// what it may use does not depend on the caller's thread. If no thread can
+/// be started it panics, as `std::thread::spawn` does (a handler's panic is
+/// caught and its message comes back later): running on the caller's stack
+/// instead could overflow it.
 pub(super) fn on_own_stack<T: Send>(work: impl FnOnce() -> T + Send) -> T {
-    let work = std::sync::Mutex::new(Some(work));
-    let take = || work.lock().unwrap_or_else(|e| e.into_inner()).take();
     std::thread::scope(|scope| {
-        let spawned = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("sql-analysis".into())
             .stack_size(STACK_BYTES)
-            .spawn_scoped(scope, || take().map(|work| work()));
-        let done = match spawned {
-            Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            Err(_) => None,
-        };
-        match done {
-            Some(out) => out,
-            None => take().expect("the work ran or is still here")(),
-        }
+            .spawn_scoped(scope, work)
+            .expect("no thread could be started for the SQL analysis")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
@@ -98,12 +111,15 @@ enum Opened {
     Case,
 }
 
-/// Tokens since the last comma (or branch) at one bracket or `CASE` level.
+/// What has been seen at one bracket or `CASE` level.
 struct Level {
     opened: Opened,
+    /// Tokens since the last comma or `CASE` branch.
     run: usize,
     /// `UNION`s and the like: a comma does not end their chain.
     sets: usize,
+    /// Prefix operators in a row just before (`- - -`, `NOT NOT`).
+    prefix: usize,
 }
 
 impl Level {
@@ -112,6 +128,7 @@ impl Level {
             opened,
             run: 0,
             sets: 0,
+            prefix: 0,
         }
     }
 
@@ -120,38 +137,65 @@ impl Level {
     }
 }
 
-/// Bound 1 (see the module notes). Only ever over-counts: anything it is
-/// unsure of counts as one more level.
+/// The operators the parser nests one level deeper for each, with no
+/// bracket: `- - - 1`, `NOT NOT x`.
+fn prefix_operator(token: &Token) -> bool {
+    match token {
+        Token::Minus | Token::Plus | Token::Tilde | Token::ExclamationMark => true,
+        Token::Word(w) => matches!(
+            w.keyword,
+            Keyword::NOT | Keyword::INTERVAL | Keyword::PRIOR | Keyword::CONNECT_BY_ROOT
+        ),
+        _ => false,
+    }
+}
+
+/// Bound 1 (see the module notes): brackets and `CASE`s nest at most
+/// [`MAX_NESTING`] deep, with at most as many prefix operators on the way;
+/// and the tokens since the last comma or `CASE` branch, summed over the
+/// open brackets and `CASE`s, stay under [`MAX_RUN_TOKENS`]. Only ever
+/// over-counts: a closing bracket that does not match is one more token.
 fn check_tokens(dialect: &MsSqlDialect, sql: &str) -> Result<(), SchemaError> {
     // A text that does not tokenize does not parse either; the parser says why.
     let Ok(tokens) = Tokenizer::new(dialect, sql).tokenize() else {
         return Ok(());
     };
     let mut levels = vec![Level::new(Opened::Bracket)];
-    // The weight of every level but the innermost.
-    let mut below = 0;
+    // Sums over every level but the innermost.
+    let (mut run_below, mut prefix_below) = (0, 0);
     for token in &tokens {
+        if matches!(token, Token::Whitespace(_) | Token::EOF) {
+            continue;
+        }
         let outermost = levels.len() == 1;
         let top = levels.last_mut().expect("the outermost level stays");
         let opens = match token {
-            Token::Whitespace(_) | Token::EOF => continue,
             Token::LParen | Token::LBracket | Token::LBrace => Some(Opened::Bracket),
             Token::Word(w) if w.keyword == Keyword::CASE => Some(Opened::Case),
             _ => None,
         };
-        let closes = match token {
-            Token::RParen | Token::RBracket | Token::RBrace => top.opened == Opened::Bracket,
-            Token::Word(w) if w.keyword == Keyword::END => top.opened == Opened::Case,
-            _ => false,
-        };
+        let closes = !outermost
+            && match token {
+                Token::RParen | Token::RBracket | Token::RBrace => top.opened == Opened::Bracket,
+                Token::Word(w) if w.keyword == Keyword::END => top.opened == Opened::Case,
+                _ => false,
+            };
         if let Some(opened) = opens {
             top.run += 1;
-            below += top.weight();
+            run_below += top.weight();
+            prefix_below += top.prefix;
             levels.push(Level::new(opened));
-        } else if closes && !outermost {
+            if levels.len() > MAX_NESTING + 1 {
+                return Err(SchemaError::TooDeep(MAX_NESTING));
+            }
+        } else if closes {
             levels.pop();
-            below -= levels.last().map_or(0, Level::weight);
+            let top = levels.last_mut().expect("the outermost level stays");
+            run_below -= top.weight();
+            prefix_below -= top.prefix;
+            top.prefix = 0;
         } else {
+            top.prefix = if prefix_operator(token) { top.prefix + 1 } else { 0 };
             match token {
                 Token::Comma => top.run = 0,
                 Token::SemiColon if outermost => *top = Level::new(Opened::Bracket),
@@ -172,7 +216,11 @@ fn check_tokens(dialect: &MsSqlDialect, sql: &str) -> Result<(), SchemaError> {
                 _ => top.run += 1,
             }
         }
-        if below + levels.last().map_or(0, Level::weight) > MAX_RUN_TOKENS {
+        let top = levels.last().expect("the outermost level stays");
+        if prefix_below + top.prefix > MAX_NESTING {
+            return Err(SchemaError::TooDeep(MAX_NESTING));
+        }
+        if run_below + top.weight() > MAX_RUN_TOKENS {
             return Err(SchemaError::TooDeep(MAX_DEPTH));
         }
     }

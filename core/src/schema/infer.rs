@@ -281,20 +281,23 @@ impl<'a> Walker<'a> {
         outer: &Ctes,
         expand: bool,
     ) -> Result<Vec<SourceField>, SchemaError> {
+        // Copied only when this query adds CTEs: a copy per query would be
+        // quadratic in a long CTE chain.
+        let Some(with) = &query.with else {
+            return self.set_columns(&query.body, outer, expand);
+        };
         let mut ctes = outer.clone();
-        if let Some(with) = &query.with {
-            for cte in &with.cte_tables {
-                let mut cols = self.query_columns(&cte.query, &ctes, expand)?;
-                rename(
-                    &mut cols,
-                    &cte.alias
-                        .columns
-                        .iter()
-                        .map(|c| c.name.value.clone())
-                        .collect::<Vec<_>>(),
-                );
-                ctes.insert(cte.alias.name.value.to_ascii_lowercase(), cols);
-            }
+        for cte in &with.cte_tables {
+            let mut cols = self.query_columns(&cte.query, &ctes, expand)?;
+            rename(
+                &mut cols,
+                &cte.alias
+                    .columns
+                    .iter()
+                    .map(|c| c.name.value.clone())
+                    .collect::<Vec<_>>(),
+            );
+            ctes.insert(cte.alias.name.value.to_ascii_lowercase(), cols);
         }
         self.set_columns(&query.body, &ctes, expand)
     }

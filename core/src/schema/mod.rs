@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use sqlparser::ast::{Statement, Visit, Visitor};
 
-pub use depth::MAX_DEPTH;
+pub use depth::{MAX_DEPTH, MAX_NESTING};
 pub use target::{TargetField, TargetMode, check_target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

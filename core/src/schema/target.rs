@@ -1,7 +1,7 @@
 //! Checks of a run into an existing Data Extension (run-to-target), before
 //! anything is written in MCE.
 
-use super::{FieldType, SchemaError, SourceField, normalize_table, referenced_tables};
+use super::{FieldType, SourceField, normalize_table, referenced_tables};
 
 /// How a query writes into its target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +84,6 @@ pub fn check_target(
 ) -> Vec<String> {
     if mode == TargetMode::Overwrite {
         match referenced_tables(sql) {
-            Err(e @ SchemaError::TooDeep(_)) => return vec![e.to_string()],
             Err(_) => return vec![
                 "Cannot safely verify overwrite behavior because the query could not be parsed. Use \"Append\" or \"Update\" data action, or simplify the query.".to_string(),
             ],

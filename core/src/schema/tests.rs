@@ -1,6 +1,6 @@
 //! Data-driven tests of the analysis: one `check` per rule.
 
-mod depth;
+mod nesting;
 
 use super::*;
 

@@ -25,6 +25,11 @@ pub const DLQ_STREAM: &str = "SHELL_QUERY_DLQ";
 pub const EXECUTE_CONSUMER: &str = "shell-query-execute";
 pub const POLL_CONSUMER: &str = "shell-query-poll";
 pub const CANCEL_CONSUMER: &str = "shell-query-cancel";
+/// Keeps the server's max-deliveries advisories of the jobs stream: a
+/// message no delivery could finish (it crashed or stalled the worker each
+/// time) is announced here even while every replica is down.
+pub const ADVISORY_STREAM: &str = "SHELL_QUERY_ADVISORIES";
+pub const UNDELIVERABLE_CONSUMER: &str = "shell-query-undeliverable";
 
 pub const HEADER_ERROR: &str = "Shell-Query-Error";
 pub const HEADER_ORIGINAL_SUBJECT: &str = "Shell-Query-Original-Subject";
@@ -48,9 +53,16 @@ pub struct Consumers {
     pub execute: PullConsumer,
     pub poll: PullConsumer,
     pub cancel: PullConsumer,
+    pub undeliverable: PullConsumer,
 }
 
-/// Declares the three streams and three consumers, updating any whose
+/// The subject of the server's advisories for jobs-stream messages that
+/// reached their consumer's `max_deliver`.
+pub fn max_deliveries_subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.*")
+}
+
+/// Declares the four streams and four consumers, updating any whose
 /// configuration differs. Safe to run on every start of every replica.
 pub async fn declare(
     js: &jetstream::Context,
@@ -82,6 +94,14 @@ pub async fn declare(
             max_messages_per_subject: 100,
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: ADVISORY_STREAM.into(),
+            subjects: vec![max_deliveries_subject()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(14 * 24 * 3600),
             ..Default::default()
         },
         stream::Config {
@@ -158,7 +178,64 @@ pub async fn declare(
             10_000,
         ))
         .await?,
+        undeliverable: js
+            .get_stream_no_info(ADVISORY_STREAM)
+            .await
+            .map_err(|e| NatsError::Declare {
+                what: "stream",
+                detail: e.to_string(),
+            })?
+            .create_consumer(consumer(
+                UNDELIVERABLE_CONSUMER,
+                max_deliveries_subject(),
+                CANCEL_ACK_WAIT,
+                -1,
+                1_000,
+            ))
+            .await
+            .map_err(|e| NatsError::Declare {
+                what: "consumer",
+                detail: format!("{UNDELIVERABLE_CONSUMER}: {e}"),
+            })?,
     })
+}
+
+/// A message of the jobs stream by its sequence: its subject and body;
+/// `None` when it is gone.
+pub async fn job_message(js: &jetstream::Context, seq: u64) -> Result<Option<(String, Bytes)>, NatsError> {
+    let err = |detail: String| NatsError::Declare {
+        what: "jobs message",
+        detail,
+    };
+    let stream = js
+        .get_stream_no_info(JOBS_STREAM)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    match stream.direct_get(seq).await {
+        Ok(msg) => Ok(Some((msg.subject.to_string(), msg.payload))),
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Removes a message from the jobs stream (one that no delivery can finish).
+pub async fn delete_job_message(js: &jetstream::Context, seq: u64) -> Result<(), NatsError> {
+    let err = |detail: String| NatsError::Declare {
+        what: "jobs message",
+        detail,
+    };
+    let stream = js
+        .get_stream_no_info(JOBS_STREAM)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    match stream.delete_message(seq).await {
+        Ok(_) => Ok(()),
+        Err(e) => match stream.direct_get(seq).await {
+            // Already gone: what was asked for holds.
+            Err(g) if g.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(()),
+            _ => Err(err(e.to_string())),
+        },
+    }
 }
 
 /// What publishing a poll message found.

@@ -16,15 +16,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// Keeps the trace exporter alive; `shutdown` flushes it.
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    provider: SdkTracerProvider,
 }
 
 impl Telemetry {
     /// Exports every span still buffered.
     pub fn shutdown(self) {
-        if let Some(provider) = self.provider
-            && let Err(e) = provider.shutdown()
-        {
+        if let Err(e) = self.provider.shutdown() {
             eprintln!("trace export shutdown: {e}");
         }
     }
@@ -74,9 +72,19 @@ pub fn init(format: Option<&str>, default_level: &str) -> Telemetry {
                 }
             },
         );
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("shell-query-worker")));
+    // Without an exporter, spans still get W3C contexts (and are dropped
+    // when they end): the incoming `traceparent` travels on every message
+    // the service publishes whether or not traces are exported.
+    let provider = provider.unwrap_or_else(|| {
+        SdkTracerProvider::builder()
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("shell-query-worker")
+                    .build(),
+            )
+            .build()
+    });
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("shell-query-worker"));
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {
@@ -147,7 +155,7 @@ pub fn link(span: &tracing::Span, headers: Option<&HeaderMap>) {
 }
 
 /// Writes the span's trace and span ids into its `trace_id` and `span_id`
-/// fields, so log lines carry them (only when traces are exported).
+/// fields, so log lines carry them.
 pub fn record_ids(span: &tracing::Span) {
     let cx = span.context();
     let sc = cx.span().span_context().clone();

@@ -41,7 +41,17 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
             }
         })
     };
-    let disposition = handler.handle(&deps, &delivery).await;
+    // A handler that panics must not leave its message "in progress"
+    // forever: the panic is caught, the message comes back later, and after
+    // `max_deliver` the advisory handler settles it (handlers/undeliverable.rs).
+    let handled = std::panic::AssertUnwindSafe(handler.handle(&deps, &delivery));
+    let disposition = match futures::FutureExt::catch_unwind(handled).await {
+        Ok(disposition) => disposition,
+        Err(_) => {
+            tracing::error!(consumer = handler.name(), subject = %delivery.subject, "the handler panicked; the message comes back later");
+            Disposition::Retry(Duration::from_secs(30))
+        }
+    };
     progress.abort();
 
     let result = match &disposition {
@@ -51,7 +61,8 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
             deps.metrics
                 .inc(crate::adapters::metrics::DLQ_MESSAGES, &[("consumer", handler.name())]);
             tracing::warn!(consumer = handler.name(), subject = %delivery.subject, reason = %reason, "message sent to the DLQ");
-            let (copy, redaction) = crate::lifecycle::dlq::redacted(&deps.cipher, &msg.payload);
+            let carries_sql = deps.subjects.is_execute(&delivery.subject);
+            let (copy, redaction) = crate::lifecycle::dlq::redacted(&deps.cipher, carries_sql, &msg.payload);
             match crate::adapters::nats::publish_dlq(
                 &deps.js,
                 &deps.subjects,

@@ -177,6 +177,14 @@ pub async fn run_until(
         stop_rx.clone(),
     ));
     tasks.spawn(consumer::run(
+        Handler::Undeliverable,
+        consumers.undeliverable,
+        4,
+        crate::adapters::nats::CANCEL_ACK_WAIT,
+        deps.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(consumer::run(
         Handler::Cancel,
         consumers.cancel,
         8,

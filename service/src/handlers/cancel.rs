@@ -61,12 +61,15 @@ async fn cancel(deps: &Deps, msg: &CancelMessage) -> Result<Disposition, StoreEr
                 snippet_name: None,
                 sql_text_hash: String::new(),
                 sql_text_encrypted: None,
+                target_de_customer_key: None,
                 target_update_type: None,
             };
             runs::insert_run_if_absent(&deps.store, row, now).await?;
-            runs::get_run(&deps.store, msg.run_id)
-                .await?
-                .expect("the row was just inserted")
+            match runs::get_run(&deps.store, msg.run_id).await? {
+                Some(run) => run,
+                // Deleted in between (an operator): nothing left to cancel.
+                None => return Ok(Disposition::Ack),
+            }
         }
     };
     if run.tenant_id != msg.tenant_id || run.user_id != msg.user_id {

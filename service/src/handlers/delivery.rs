@@ -31,7 +31,7 @@ pub struct Delivery {
 pub fn note_ignored_fields(kind: &'static str, names: &[String]) {
     static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut seen = SEEN.lock().expect("ignored-field log lock");
+    let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     for name in names {
         if seen.len() < 256 && seen.insert(format!("{kind}.{name}")) {
             tracing::debug!(message_kind = kind, field = %name, "ignoring a field the service does not know");

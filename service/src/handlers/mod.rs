@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod execute;
 pub mod poll;
 pub mod results;
+pub mod undeliverable;
 
 pub use self::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
@@ -18,6 +19,8 @@ pub enum Handler {
     Execute(execute::Execute),
     Poll(poll::Poll),
     Cancel,
+    /// Max-deliveries advisories of the jobs stream.
+    Undeliverable,
 }
 
 impl Handler {
@@ -26,6 +29,7 @@ impl Handler {
             Handler::Execute(_) => "execute",
             Handler::Poll(_) => "poll",
             Handler::Cancel => "cancel",
+            Handler::Undeliverable => "undeliverable",
         }
     }
 
@@ -34,6 +38,7 @@ impl Handler {
             Handler::Execute(h) => h.handle(deps, delivery).await,
             Handler::Poll(h) => h.handle(deps, delivery).await,
             Handler::Cancel => cancel::handle(deps, delivery).await,
+            Handler::Undeliverable => undeliverable::handle(deps, delivery).await,
         }
     }
 }

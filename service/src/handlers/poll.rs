@@ -8,8 +8,8 @@ use shell_query_core::message::{PollMessage, decode_for_run};
 use shell_query_core::naming;
 use shell_query_core::poll::PollConfig;
 use shell_query_core::poll::decide::{
-    Decision, IsRunningObservation, Outcome, ProbeObservation, Question, RowsetObservation, StatusObservation, Tick,
-    decide,
+    Decision, IsRunningObservation, Outcome, ProbeObservation, Question, ReadyVia, RowsetObservation,
+    StatusObservation, Tick, decide,
 };
 use shell_query_core::poll::schedule::Schedule;
 use shell_query_core::run::{CancelSource, Ending, FailCause, Run, StartPhase, Task};
@@ -258,7 +258,14 @@ async fn conclude(
     };
     tracing::Span::current().record("poll.decision", label);
     let ending = match outcome {
-        Outcome::Ready { row_count, via } => Ending::Ready { row_count, via },
+        Outcome::Ready { row_count, via } => {
+            if via == ReadyVia::Probe {
+                // The other paths announce it when they first ask the rowset.
+                deps.publish_event(&StatusEvent::new(run.id, EventStatus::FetchingResults, Utc::now()))
+                    .await;
+            }
+            Ending::Ready { row_count, via }
+        }
         Outcome::Fail { reason, message } => Ending::Failed {
             message,
             cause: FailCause::Poll(reason),

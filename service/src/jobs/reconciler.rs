@@ -37,6 +37,7 @@ pub struct Config {
 }
 
 const NOT_STARTED: &str = "The run could not be started. Please run it again.";
+const CANNOT_REBUILD: &str = "The run's request could not be rebuilt to start it again (its query text, business unit or target is missing). Please run it again.";
 
 async fn pending(deps: &Deps, subject: String) -> bool {
     match deps.js.get_stream_no_info(JOBS_STREAM).await {
@@ -112,7 +113,7 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
                     }
                     Ok(false) => {
                         tracing::warn!(run_id = %run.id, "reconciler: queued run cannot be submitted again; failing it");
-                        if fail(deps, &run, NOT_STARTED, now).await? {
+                        if fail(deps, &run, CANNOT_REBUILD, now).await? {
                             report.runs_failed += 1;
                         }
                     }
@@ -144,16 +145,19 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
     Ok(report)
 }
 
-/// Publishes the execute message again from the row, when the row holds all
-/// it needs (the encrypted SQL, and no target it cannot name).
+/// Publishes the execute message again from the row: every field the row
+/// holds, the destination included (a run-to-target never turns into a
+/// temp run). The row does not hold `tableMetadata`; the execute step reads
+/// the fields of every table a message does not describe from MCE. False
+/// when the row cannot rebuild the request (no SQL, no MID, or an update
+/// type without its target): the run is then failed, never left queued.
 async fn resubmit(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, NatsError> {
-    let Some(sql) = run
-        .sql_text_encrypted
-        .clone()
-        .filter(|_| run.target_update_type.is_none() && !run.mid.is_empty())
-    else {
+    let (Some(sql), false) = (run.sql_text_encrypted.clone(), run.mid.is_empty()) else {
         return Ok(false);
     };
+    if run.target_de_customer_key.is_none() && run.target_update_type.is_some() {
+        return Ok(false);
+    }
     let msg = ExecuteMessage {
         run_id: run.id,
         tenant_id: run.tenant_id,
@@ -161,6 +165,8 @@ async fn resubmit(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, Na
         mid: run.mid.clone(),
         sql_text_encrypted: Some(sql),
         snippet_name: run.snippet_name.clone(),
+        target_de_customer_key: run.target_de_customer_key.clone(),
+        target_update_type: run.target_update_type.clone(),
         ..Default::default()
     };
     let msg_id = format!("execute:{}:{}", run.id, now.timestamp_millis());

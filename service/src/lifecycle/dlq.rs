@@ -14,17 +14,28 @@ use bytes::Bytes;
 
 use crate::adapters::crypto::{Cipher, sha256_hex};
 
-/// The largest body copied (redacted) to the DLQ.
-pub const MAX_COPY_BYTES: usize = 1024 * 1024;
+/// The largest body copied (redacted) to the DLQ: the largest execute
+/// message the service reads.
+pub const MAX_COPY_BYTES: usize = shell_query_core::message::MAX_EXECUTE_BYTES;
 
 /// The body of a DLQ copy, and how it was redacted (`None`: as it came).
-pub fn redacted(cipher: &Cipher, payload: &[u8]) -> (Bytes, Option<&'static str>) {
+/// `carries_sql`: the message is an execute message.
+pub fn redacted(cipher: &Cipher, carries_sql: bool, payload: &[u8]) -> (Bytes, Option<&'static str>) {
     if payload.len() > MAX_COPY_BYTES {
         let summary = serde_json::json!({
             "size": payload.len(),
             "sha256": sha256_hex(&String::from_utf8_lossy(payload)),
         });
         return (Bytes::from(summary.to_string()), Some("summary"));
+    }
+    let encrypted_whole = || {
+        (
+            Bytes::from(cipher.encrypt(&String::from_utf8_lossy(payload))),
+            Some("body encrypted"),
+        )
+    };
+    if carries_sql {
+        return encrypted_whole();
     }
     match serde_json::from_slice::<serde_json::Value>(payload) {
         Ok(serde_json::Value::Object(mut map)) => {
@@ -39,10 +50,7 @@ pub fn redacted(cipher: &Cipher, payload: &[u8]) -> (Bytes, Option<&'static str>
             let body = serde_json::Value::Object(map).to_string();
             (Bytes::from(body), Some("sqlText encrypted"))
         }
-        _ => (
-            Bytes::from(cipher.encrypt(&String::from_utf8_lossy(payload))),
-            Some("body encrypted"),
-        ),
+        _ => encrypted_whole(),
     }
 }
 
@@ -57,7 +65,11 @@ mod tests {
     #[test]
     fn sql_never_reaches_a_copy_in_plain_text() {
         let c = cipher();
-        let (body, how) = redacted(&c, br#"{"runId":"r","sqlText":"SELECT secret FROM T","extra":1}"#);
+        let (body, how) = redacted(
+            &c,
+            false,
+            br#"{"runId":"r","sqlText":"SELECT secret FROM T","extra":1}"#,
+        );
         assert_eq!(how, Some("sqlText encrypted"));
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(v.get("sqlText").is_none());
@@ -65,7 +77,7 @@ mod tests {
         let enc = v["sqlTextEncrypted"].as_str().unwrap();
         assert_eq!(c.decrypt(enc).unwrap(), "SELECT secret FROM T");
 
-        let (body, how) = redacted(&c, b"SELECT secret FROM T; oops");
+        let (body, how) = redacted(&c, false, b"SELECT secret FROM T; oops");
         assert_eq!(how, Some("body encrypted"));
         assert!(!String::from_utf8_lossy(&body).contains("secret"));
         assert_eq!(
@@ -73,12 +85,18 @@ mod tests {
             "SELECT secret FROM T; oops"
         );
 
-        let (body, how) = redacted(&c, br#"{"runId":"r"}"#);
+        let (body, how) = redacted(&c, false, br#"{"runId":"r"}"#);
         assert_eq!((how, &body[..]), (None, &br#"{"runId":"r"}"#[..]));
 
         let huge = format!(r#"{{"sqlText":"SELECT secret {}"}}"#, "x".repeat(MAX_COPY_BYTES));
-        let (body, how) = redacted(&c, huge.as_bytes());
+        let (body, how) = redacted(&c, true, huge.as_bytes());
         assert_eq!(how, Some("summary"));
         assert!(!String::from_utf8_lossy(&body).contains("secret"));
+
+        // An execute message may hold SQL under any name: all of it is encrypted.
+        let body_in = br#"{"runId":"r","query":"SELECT secret FROM T"}"#;
+        let (body, how) = redacted(&c, true, body_in);
+        assert_eq!(how, Some("body encrypted"));
+        assert_eq!(c.decrypt(&String::from_utf8_lossy(&body)).unwrap().as_bytes(), body_in);
     }
 }

@@ -102,10 +102,15 @@ pub async fn announce_ending(
 /// fails is logged and left owed.
 async fn publish_terminal(deps: &Deps, event: &StatusEvent, now: DateTime<Utc>) -> Result<bool, StoreError> {
     match crate::adapters::nats::publish_status(&deps.js, &deps.subjects, event).await {
-        Ok(()) => {
-            runs::confirm_terminal_event(&deps.store, event.run_id, now).await?;
-            Ok(true)
-        }
+        Ok(()) => match runs::confirm_terminal_event(&deps.store, event.run_id, now).await {
+            Ok(()) => Ok(true),
+            // Published but not recorded: it stays owed, and a second
+            // publish is dropped by its message id. The clean-up goes on.
+            Err(e) => {
+                tracing::warn!(run_id = %event.run_id, error = %e, "terminal event published; its confirmation not recorded");
+                Ok(false)
+            }
+        },
         Err(e) => {
             tracing::warn!(run_id = %event.run_id, status = event.status.as_str(), error = %e, "terminal event not published; it stays owed");
             Ok(false)

@@ -73,6 +73,8 @@ pub struct NewRun {
     pub snippet_name: Option<String>,
     pub sql_text_hash: String,
     pub sql_text_encrypted: Option<String>,
+    /// Run-to-target: the DE the request names, so the row can rebuild it.
+    pub target_de_customer_key: Option<String>,
     pub target_update_type: Option<String>,
 }
 
@@ -97,6 +99,7 @@ fn new_row(run: NewRun, now: DateTime<Utc>) -> runs::ActiveModel {
         sql_text_hash: Set(run.sql_text_hash),
         sql_text_encrypted: Set(run.sql_text_encrypted),
         status: Set(RunStatus::Queued.as_str().into()),
+        target_de_customer_key: Set(run.target_de_customer_key),
         target_update_type: Set(run.target_update_type),
         created_at: Set(now),
         poll_count: Set(0),
@@ -288,14 +291,23 @@ pub async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>) -> Re
     Ok(result.rows_affected == 1)
 }
 
-/// Runs the API canceled before `cutoff` whose cancel the service has not
-/// handled (at most 1000 a pass).
+/// Runs the API canceled before `cutoff` (by their `completed_at`, which the
+/// API's cancel sets, else their creation), within [`SETTLE_WINDOW`], whose
+/// cancel the service has not handled (at most 1000 a pass). A handler
+/// meets a fresh cancel first; these are the ones no message brings back.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "pending_cancels"))]
 pub async fn pending_cancels(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+    use sea_orm::Condition;
+    let canceled_before = Condition::any().add(runs::Column::CompletedAt.lt(cutoff)).add(
+        Condition::all()
+            .add(runs::Column::CompletedAt.is_null())
+            .add(runs::Column::CreatedAt.lt(cutoff)),
+    );
     let query = runs::Entity::find()
         .filter(runs::Column::Status.eq(RunStatus::Canceled.as_str()))
         .filter(runs::Column::CancelHandledAt.is_null())
-        .filter(runs::Column::CreatedAt.lt(cutoff))
+        .filter(canceled_before)
+        .filter(runs::Column::CreatedAt.gt(cutoff - SETTLE_WINDOW))
         .order_by_asc(runs::Column::CreatedAt);
     first_thousand(store, query).await
 }
@@ -365,11 +377,17 @@ pub async fn confirm_terminal_event(store: &Store, id: Uuid, now: DateTime<Utc>)
     Ok(())
 }
 
-/// Terminal runs that ended before `cutoff` and still owe their terminal
-/// event, oldest first (at most 1000 a pass).
+/// How far back the service settles what a run still owes (an event, a
+/// cancel): the status stream keeps events for 24 hours, and no run lives
+/// that long.
+pub const SETTLE_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+
+/// Terminal runs that ended before `cutoff` (and within [`SETTLE_WINDOW`])
+/// and still owe their terminal event, oldest first (at most 1000 a pass).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "runs_owing_an_event"))]
 pub async fn runs_owing_an_event(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
     let query = runs::Entity::find()
+        .filter(runs::Column::CompletedAt.gt(cutoff - SETTLE_WINDOW))
         .filter(runs::Column::Status.is_in([
             RunStatus::Ready.as_str(),
             RunStatus::Failed.as_str(),

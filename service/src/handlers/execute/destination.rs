@@ -7,8 +7,9 @@ use chrono::Utc;
 use shell_query_core::event::{EventStatus, StatusEvent};
 use shell_query_core::message::{ExecuteRequest, TargetRequest};
 use shell_query_core::naming::{temp_de_key, temp_de_name};
-use shell_query_core::schema::{self, Analysis};
+use shell_query_core::schema;
 
+use super::analyse::Analysed;
 use super::folder::{Folder, with_folder};
 use super::{Failure, best_effort};
 use crate::adapters::mce::{DeTarget, Session};
@@ -24,7 +25,7 @@ pub(super) async fn choose(
     deps: &Deps,
     session: &Session<'_>,
     req: &ExecuteRequest,
-    analysis: &Analysis,
+    analysis: &Analysed,
     folder: &mut Folder,
 ) -> Result<Destination, Failure> {
     let step = match req.target {
@@ -43,9 +44,15 @@ async fn temp(
     deps: &Deps,
     session: &Session<'_>,
     req: &ExecuteRequest,
-    analysis: &Analysis,
+    analysis: &Analysed,
     folder: &mut Folder,
 ) -> Result<Destination, Failure> {
+    // Unparsed SQL is kept for run-to-target only: a temp DE needs its columns.
+    let Analysed::Parsed(analysis) = analysis else {
+        return Err(Failure::Permanent(
+            "The query could not be parsed. Please check its syntax.".into(),
+        ));
+    };
     let de_key = temp_de_key(req.run_id);
     let de_name = temp_de_name(req.run_id, req.snippet_name.as_deref());
     // A DE left by an earlier delivery of this run is replaced.
@@ -67,7 +74,7 @@ async fn temp(
 async fn existing(
     session: &Session<'_>,
     requested: &TargetRequest,
-    analysis: &Analysis,
+    analysis: &Analysed,
 ) -> Result<Destination, Failure> {
     let key = requested.customer_key.trim();
     let mode = schema::TargetMode::parse(requested.update_type.as_deref())
@@ -88,14 +95,22 @@ async fn existing(
             is_required: f.is_required,
         })
         .collect();
-    let problems = schema::check_target(
-        &analysis.sql,
-        &analysis.columns,
-        &target.name,
-        &target.customer_key,
-        &fields,
-        mode,
-    );
+    let problems = match analysis {
+        Analysed::Parsed(analysis) => schema::check_target(
+            &analysis.sql,
+            &analysis.columns,
+            &target.name,
+            &target.customer_key,
+            &fields,
+            mode,
+        ),
+        // Overwrite must know the query does not read its own target; the
+        // other modes are MCE's to judge.
+        Analysed::Unparsed { sql } if mode == schema::TargetMode::Overwrite => {
+            schema::check_target(sql.as_str(), &[], &target.name, &target.customer_key, &fields, mode)
+        }
+        Analysed::Unparsed { .. } => Vec::new(),
+    };
     if !problems.is_empty() {
         return Err(Failure::Permanent(problems.join("\n")));
     }

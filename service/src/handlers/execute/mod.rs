@@ -22,7 +22,7 @@ mod query_definition;
 use chrono::Utc;
 use shell_query_core::backoff::Backoff;
 use shell_query_core::event::{EventStatus, StatusEvent, clip_error};
-use shell_query_core::message::{ExecuteRequest, Subjects};
+use shell_query_core::message::{ExecuteRequest, MAX_EXECUTE_BYTES, Subjects};
 use shell_query_core::run::{CancelSource, Ending, FailCause};
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -35,7 +35,7 @@ use crate::handlers::delivery::{Delivery, Disposition, note_ignored_fields};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::{announce_ending, end_run, publish_owed_event};
 
-pub use perform::INTERRUPTED;
+pub use perform::{APPEND_UNCONFIRMED, INTERRUPTED};
 
 /// The execute handler and its settings.
 pub struct Execute {
@@ -89,6 +89,14 @@ impl From<NatsError> for Failure {
 
 impl Execute {
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+        if delivery.payload.len() > MAX_EXECUTE_BYTES {
+            let reason = format!(
+                "the execute message is {} KB; the most accepted is {} KB",
+                delivery.payload.len() / 1024,
+                MAX_EXECUTE_BYTES / 1024
+            );
+            return malformed(deps, delivery, reason).await;
+        }
         let req = match ExecuteRequest::decode(&delivery.subject, &delivery.payload) {
             Ok(decoded) => {
                 note_ignored_fields("execute", &decoded.ignored_fields);
@@ -144,7 +152,11 @@ impl Execute {
 /// A broken message never finishes a run it did not create: a live run's
 /// own request cannot be taken over by garbage on its subject.
 async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposition {
-    let body: serde_json::Value = serde_json::from_slice(&delivery.payload).unwrap_or_default();
+    // An oversized body is not read at all.
+    let body: serde_json::Value = match delivery.payload.len() <= MAX_EXECUTE_BYTES {
+        true => serde_json::from_slice(&delivery.payload).unwrap_or_default(),
+        false => serde_json::Value::Null,
+    };
     let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
     let uuid = |name: &str| field(name).and_then(|v| Uuid::parse_str(&v).ok());
     if let Some(run_id) = Subjects::run_id_of(&delivery.subject) {
@@ -159,6 +171,7 @@ async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposit
                 .map(|s| crate::adapters::crypto::sha256_hex(&s))
                 .unwrap_or_default(),
             sql_text_encrypted: None,
+            target_de_customer_key: None,
             target_update_type: None,
         };
         let message = clip_error(&format!("The run request is invalid: {reason}"));
@@ -196,7 +209,14 @@ async fn fail_run(deps: &Deps, run_id: Uuid, reason: &str, created_qd: Option<&s
         let Some(run) = runs::get_run(&deps.store, run_id).await? else {
             return Ok(false);
         };
-        end_run(deps, &run, ending, created_qd, Utc::now()).await
+        let ended = end_run(deps, &run, ending, created_qd, Utc::now()).await?;
+        // Another path ended the run first: the QueryDefinition this
+        // delivery made, which the row may not name, is still ours to delete.
+        if !ended && let Some(qd) = created_qd.filter(|qd| Some(*qd) != run.query_definition()) {
+            deps.delete_query_definition(run.tenant_id, run.user_id, &run.mid, qd)
+                .await;
+        }
+        Ok::<bool, StoreError>(ended)
     }
     .await;
     match ended {

@@ -8,7 +8,8 @@
 use chrono::Utc;
 use shell_query_core::event::{EventStatus, StatusEvent};
 use shell_query_core::naming::temp_de_key;
-use shell_query_core::run::{Run, StartPhase, Task};
+use shell_query_core::run::{Run, RunStatus, StartPhase, Task};
+use shell_query_core::schema::TargetMode;
 use uuid::Uuid;
 
 use super::Failure;
@@ -19,10 +20,15 @@ use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, Started};
 use crate::lifecycle::Deps;
 
-/// The client-safe text of a run whose worker died between recording the
-/// Perform request and learning its TaskID, when MCE shows no sign of it.
+/// The client-safe text of a run whose start left nothing to resume from
+/// (its row does not name its QueryDefinition and destination).
 pub const INTERRUPTED: &str =
     "The query was interrupted while starting and its start could not be confirmed. Please run it again.";
+
+/// The client-safe text of an Append run whose Perform MCE did not confirm
+/// and which is not running: it may or may not have added its rows, and it
+/// is never performed twice.
+pub const APPEND_UNCONFIRMED: &str = "Marketing Cloud did not confirm that the query started, and it is not running now. An Append run is never started twice, so its rows may or may not have been added to the target Data Extension. Please check the target before running it again.";
 
 pub(super) async fn perform(
     deps: &Deps,
@@ -143,11 +149,18 @@ async fn started(
     Ok(())
 }
 
-/// An earlier delivery sent (or was about to send) Perform and stopped
-/// before recording the TaskID. Perform is never sent again: if MCE shows
-/// the query running or its rows present, the run is polled without a
-/// TaskID (by isRunning and the rowset); otherwise it fails, asking the
-/// user to run it again.
+/// An earlier delivery sent (or was about to send) Perform and did not
+/// learn its TaskID: MCE failed to answer (5xx, timeout, a cut connection)
+/// or the worker died. MCE is asked what happened:
+///
+/// - the query is running (REST isRunning on the QueryDefinition), or the
+///   run's own temp DE already holds rows: it started; the run is polled
+///   without a TaskID (by isRunning and the rowset);
+/// - it is not running and the destination makes a second Perform harmless
+///   (the run's own temp DE, a target with `Overwrite` or `Update`): Perform
+///   is sent again;
+/// - a target with `Append` is never performed twice: the run fails with a
+///   message that says its rows may or may not have been added.
 pub(super) async fn resume_interrupted(deps: &Deps, session: &Session<'_>, run: &Run) -> Result<(), Failure> {
     let (Some(qd_id), Some(qd_key), Some(de_key)) = (
         run.query_definition_id.clone(),
@@ -161,11 +174,30 @@ pub(super) async fn resume_interrupted(deps: &Deps, session: &Session<'_>, run: 
         Err(e) if e.is_transient() => return Err(e.into()),
         Err(_) => false,
     };
-    let has_rows =
-        !running && de_key == temp_de_key(run.id) && session.rowset(&de_key, 1, 1).await.is_ok_and(|r| r.count > 0);
-    if !running && !has_rows {
-        return Err(Failure::Permanent(INTERRUPTED.into()));
+    let temp = de_key == temp_de_key(run.id);
+    let has_rows = !running && temp && session.rowset(&de_key, 1, 1).await.is_ok_and(|r| r.count > 0);
+    if running || has_rows {
+        tracing::warn!("resuming a run whose TaskID was lost: polling by isRunning and rowset");
+        return started(deps, run.id, String::new(), &qd_id, &qd_key, &de_key).await;
     }
-    tracing::warn!("resuming a run whose TaskID was lost: polling by isRunning and rowset");
-    started(deps, run.id, String::new(), &qd_id, &qd_key, &de_key).await
+    let repeatable = temp
+        || matches!(
+            TargetMode::parse(run.target_update_type.as_deref()),
+            Some(TargetMode::Overwrite | TargetMode::Update)
+        );
+    if !repeatable {
+        return Err(Failure::Permanent(APPEND_UNCONFIRMED.into()));
+    }
+    // Canceled since this delivery read the row: no second Perform.
+    let still_running = runs::get_run(&deps.store, run.id)
+        .await?
+        .is_some_and(|r| r.status == RunStatus::Running);
+    if !still_running {
+        return super::stop_for_cancel(deps, run.id, None).await;
+    }
+    tracing::warn!(
+        "Perform was not confirmed and the query is not running; a second Perform is harmless here: sending it"
+    );
+    let task_id = session.perform_start(&qd_id).await?;
+    started(deps, run.id, task_id, &qd_id, &qd_key, &de_key).await
 }

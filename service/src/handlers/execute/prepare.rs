@@ -52,6 +52,7 @@ pub(super) async fn prepare<'a>(deps: &'a Deps, req: &ExecuteRequest) -> Result<
                 (SqlSource::Plain(_), Ok(plain)) => Some(deps.cipher.encrypt(plain)),
                 (SqlSource::Plain(_), Err(_)) => None,
             },
+            target_de_customer_key: req.target.as_ref().map(|t| t.customer_key.clone()),
             target_update_type: req.target.as_ref().and_then(|t| t.update_type.clone()),
         },
         now,

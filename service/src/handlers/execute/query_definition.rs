@@ -4,8 +4,8 @@
 
 use shell_query_core::message::ExecuteRequest;
 use shell_query_core::naming::query_key;
-use shell_query_core::schema::Analysis;
 
+use super::analyse::Analysed;
 use super::destination::Destination;
 use super::folder::{Folder, with_folder};
 use super::{Failure, best_effort};
@@ -22,7 +22,7 @@ pub(super) async fn create(
     deps: &Deps,
     session: &Session<'_>,
     req: &ExecuteRequest,
-    analysis: &Analysis,
+    analysis: &Analysed,
     destination: &Destination,
     folder: &mut Folder,
 ) -> Result<QueryDefinition, Failure> {
@@ -33,7 +33,7 @@ pub(super) async fn create(
     let object_id = with_folder(deps, session, req, folder, |folder_id| {
         session.create_query_definition(
             &key,
-            &analysis.sql,
+            analysis.sql(),
             &destination.target,
             destination.update_type,
             Some(folder_id),
