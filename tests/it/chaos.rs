@@ -31,6 +31,16 @@ const SETTINGS: &[(&str, &str)] = &[
     ("SWEEPER_MIN_AGE_MS", "4000"),
 ];
 
+/// The batch settings with MCE deadlines short enough for slow answers to
+/// time out.
+fn fault_settings() -> Vec<(&'static str, &'static str)> {
+    SETTINGS
+        .iter()
+        .copied()
+        .chain([("MCE_TIMEOUT_MS", "800"), ("MCE_ROWSET_TIMEOUT_MS", "800")])
+        .collect()
+}
+
 fn seed() -> u64 {
     std::env::var("CHAOS_SEED")
         .ok()
@@ -383,11 +393,7 @@ async fn a_batch_survives_a_database_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_survives_mce_faults_at_a_rate() {
     let seed = seed();
-    let settings: Vec<(&str, &str)> = SETTINGS
-        .iter()
-        .copied()
-        .chain([("MCE_TIMEOUT_MS", "800"), ("MCE_ROWSET_TIMEOUT_MS", "800")])
-        .collect();
+    let settings = fault_settings();
     let system = System::start_with_sim(SimConfig::default(), &settings).await;
     system.sim.chaos(Some(Chaos {
         seed,
@@ -446,11 +452,7 @@ async fn a_revoked_refresh_token_fails_the_run_once_and_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_ends_as_planned_under_each_kind_of_mce_fault_perform_included() {
     let seed = seed();
-    let settings: Vec<(&str, &str)> = SETTINGS
-        .iter()
-        .copied()
-        .chain([("MCE_TIMEOUT_MS", "800"), ("MCE_ROWSET_TIMEOUT_MS", "800")])
-        .collect();
+    let settings = fault_settings();
     for (kind, rate) in [
         (ChaosKind::ServerError, 0.20),
         (ChaosKind::RateLimitedSeconds, 0.15),

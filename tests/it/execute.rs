@@ -48,6 +48,22 @@ async fn publish_execute(system: &System, run_id: Uuid, body: &serde_json::Value
         .unwrap();
 }
 
+/// The source DE `Customers` (3 rows), the target DE `target-key` (2
+/// rows, `Email` its primary key), and queries from `Customers` that end
+/// after half a second with 3 rows.
+fn seed_target(system: &System) {
+    seed_source(system);
+    let target = [
+        SeedField::new("Email", "EmailAddress").primary_key(),
+        SeedField::new("Age", "Number"),
+    ];
+    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
+    system.sim.script(
+        "FROM Customers",
+        Scenario::completes_after(Duration::from_millis(500), 3),
+    );
+}
+
 fn seed_source(system: &System) {
     system.sim.add_data_extension(
         "Customers",
@@ -179,16 +195,7 @@ async fn a_validation_endpoint_that_is_down_does_not_stop_the_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_to_target_in_each_update_mode() {
     let system = System::start().await;
-    seed_source(&system);
-    let target = [
-        SeedField::new("Email", "EmailAddress").primary_key(),
-        SeedField::new("Age", "Number"),
-    ];
-    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
-    system.sim.script(
-        "FROM Customers",
-        Scenario::completes_after(Duration::from_millis(500), 3),
-    );
+    seed_target(&system);
 
     let cases = [("Append", 5), ("Update", 5), ("Overwrite", 3)];
     for (mode, rows_after) in cases {
@@ -377,16 +384,7 @@ async fn a_worker_dying_before_mce_got_perform_is_performed_again_where_harmless
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_run_whose_perform_was_not_confirmed_is_never_performed_twice() {
     let system = System::start_with(&[("EXECUTE_ACK_WAIT_MS", "3000")]).await;
-    seed_source(&system);
-    let target = [
-        SeedField::new("Email", "EmailAddress").primary_key(),
-        SeedField::new("Age", "Number"),
-    ];
-    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
-    system.sim.script(
-        "FROM Customers",
-        Scenario::completes_after(Duration::from_millis(500), 3),
-    );
+    seed_target(&system);
     // MCE fails Perform with a 500 without carrying it out: its fate is unknown to us.
     system.sim.inject(Fault::new("soap:Perform:QueryDefinition", 500, 1));
     let id = submit_with(
@@ -536,28 +534,17 @@ async fn runs_starting_together_on_two_replicas_make_one_results_folder() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_run_to_target_is_submitted_again_to_its_own_target() {
     let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
-    seed_source(&system);
-    let target = [
-        SeedField::new("Email", "EmailAddress").primary_key(),
-        SeedField::new("Age", "Number"),
-    ];
-    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
-    system.sim.script(
-        "FROM Customers",
-        Scenario::completes_after(Duration::from_millis(500), 3),
-    );
+    seed_target(&system);
     // The API inserted the row; its execute message never arrived.
-    let id = Uuid::new_v4();
-    let enc = system.cipher().encrypt("SELECT Email, Age FROM Customers");
-    let sql = format!(
-        "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status, target_de_customer_key, target_update_type) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued', 'target-key', 'Append')",
-        system.tenant_id, system.user_id, system.mid
-    );
-    system
-        .db
-        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await
-        .unwrap();
+    let id = system
+        .insert_queued_run(
+            "SELECT Email, Age FROM Customers",
+            &[
+                ("target_de_customer_key", "'target-key'"),
+                ("target_update_type", "'Append'"),
+            ],
+        )
+        .await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "ready", "{}", system.log());
     assert_eq!(run.target_de_customer_key.as_deref(), Some("target-key"));
@@ -578,17 +565,9 @@ async fn a_lost_run_to_target_is_submitted_again_to_its_own_target() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_run_the_row_cannot_rebuild_fails_clearly() {
     let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
-    let id = Uuid::new_v4();
-    let enc = system.cipher().encrypt("SELECT Email FROM X");
-    let sql = format!(
-        "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status, target_update_type) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued', 'Append')",
-        system.tenant_id, system.user_id, system.mid
-    );
-    system
-        .db
-        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await
-        .unwrap();
+    let id = system
+        .insert_queued_run("SELECT Email FROM X", &[("target_update_type", "'Append'")])
+        .await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "failed");
     assert!(system.error_message(id).await.contains("could not be rebuilt"));
@@ -604,16 +583,7 @@ async fn a_lost_run_the_row_cannot_rebuild_fails_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_to_target_lets_mce_judge_sql_the_parser_cannot_read() {
     let system = System::start().await;
-    seed_source(&system);
-    let target = [
-        SeedField::new("Email", "EmailAddress").primary_key(),
-        SeedField::new("Age", "Number"),
-    ];
-    system.sim.add_data_extension("Target DE", "target-key", &target, 2);
-    system.sim.script(
-        "FROM Customers",
-        Scenario::completes_after(Duration::from_millis(500), 3),
-    );
+    seed_target(&system);
     let sql = "SELECT Email, Age FROM Customers OPTION (MAXDOP 1)";
     assert!(
         shell_query_core::schema::referenced_tables(sql).is_err(),

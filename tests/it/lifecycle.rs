@@ -123,17 +123,7 @@ async fn a_lost_poll_message_is_published_again_by_the_reconciler() {
 async fn a_queued_run_without_its_execute_message_is_submitted_again() {
     let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("RECONCILER_GRACE_MS", "0")]).await;
     // The API inserted the row but its publish was lost.
-    let id = Uuid::new_v4();
-    let enc = system.cipher().encrypt("SELECT Email FROM X");
-    let sql = format!(
-        "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued')",
-        system.tenant_id, system.user_id, system.mid
-    );
-    system
-        .db
-        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await
-        .unwrap();
+    let id = system.insert_queued_run("SELECT Email FROM X", &[]).await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "ready", "{}", system.log());
 }
@@ -448,14 +438,6 @@ fn api_cancel(id: Uuid) -> String {
     )
 }
 
-async fn execute_sql(system: &System, sql: String) {
-    system
-        .db
-        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
-        .await
-        .expect("a test statement");
-}
-
 /// Waits for the run's one `canceled` event and the service's own marker.
 async fn wait_cancel_handled(system: &System, id: Uuid) {
     system.wait_event(id, "canceled").await;
@@ -476,17 +458,9 @@ async fn wait_cancel_handled(system: &System, id: Uuid) {
 async fn the_api_s_cancel_of_a_queued_run_is_handled_without_perform() {
     let system = System::start().await;
     // The API inserted the row, canceled it, and its execute message arrives after.
-    let id = Uuid::new_v4();
-    let enc = system.cipher().encrypt("SELECT Email FROM X");
-    execute_sql(
-        &system,
-        format!(
-            "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued')",
-            system.tenant_id, system.user_id, system.mid
-        ),
-    )
-    .await;
-    execute_sql(&system, api_cancel(id)).await;
+    let id = system.insert_queued_run("SELECT Email FROM X", &[]).await;
+    system.execute_sql(api_cancel(id)).await;
+    let enc = system.run(id).await.unwrap().sql_text_encrypted.unwrap();
     let body = serde_json::json!({
         "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "mid": system.mid,
         "sqlTextEncrypted": enc,
@@ -520,7 +494,7 @@ async fn the_api_s_cancel_during_execute_stops_before_perform_and_deletes_the_qu
         system.sim.count("soap:Create:QueryDefinition") == 1
     })
     .await;
-    execute_sql(&system, api_cancel(id)).await;
+    system.execute_sql(api_cancel(id)).await;
     wait_cancel_handled(&system, id).await;
     system.wait_no_query_definitions().await;
     tests::wait_for("the execute message to finish", MINUTE, || async {
@@ -547,7 +521,7 @@ async fn the_api_s_cancel_mid_poll_is_handled_within_one_interval() {
     })
     .await;
     let canceled_at = std::time::Instant::now();
-    execute_sql(&system, api_cancel(id)).await;
+    system.execute_sql(api_cancel(id)).await;
     wait_cancel_handled(&system, id).await;
     // POLL_MAX_DELAY_MS is 2 s in the tests, jittered by ±20 %.
     assert!(

@@ -359,6 +359,31 @@ impl System {
             .collect()
     }
 
+    /// Runs one SQL statement on the service's database (as the API or an
+    /// operator would).
+    pub async fn execute_sql(&self, sql: String) {
+        use sea_orm::ConnectionTrait;
+        self.db
+            .execute_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql))
+            .await
+            .expect("a test statement");
+    }
+
+    /// Inserts a `queued` row as the API does, its SQL encrypted, plus the
+    /// given `(column, SQL literal)` pairs; no execute message is published.
+    pub async fn insert_queued_run(&self, sql: &str, extra: &[(&str, &str)]) -> Uuid {
+        let id = Uuid::new_v4();
+        let enc = self.cipher().encrypt(sql);
+        let columns: String = extra.iter().map(|(c, _)| format!(", {c}")).collect();
+        let values: String = extra.iter().map(|(_, v)| format!(", {v}")).collect();
+        self.execute_sql(format!(
+            "INSERT INTO shell_query_runs (id, tenant_id, user_id, mid, sql_text_hash, sql_text_encrypted, status{columns}) VALUES ('{id}', '{}', '{}', '{}', 'h', '{enc}', 'queued'{values})",
+            self.tenant_id, self.user_id, self.mid
+        ))
+        .await;
+        id
+    }
+
     /// Every DLQ copy so far, whole.
     pub async fn dlq_copies(&self) -> Vec<DlqCopy> {
         let stream = self.js.get_stream("SHELL_QUERY_DLQ").await.expect("the DLQ stream");

@@ -65,15 +65,8 @@ fn attr(span: &Value, key: &str) -> Option<String> {
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
-    let (url, bodies) = receiver().await;
-    let mut system = System::start_with(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
-    ])
-    .await;
+/// Publishes an execute message that carries the publisher's `traceparent`.
+async fn publish_traced_execute(system: &System) -> Uuid {
     let id = Uuid::new_v4();
     let body = serde_json::json!({
         "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "mid": system.mid, "sqlText": "SELECT Email FROM X",
@@ -91,6 +84,19 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
         .unwrap()
         .await
         .unwrap();
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
+    let (url, bodies) = receiver().await;
+    let mut system = System::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ])
+    .await;
+    let id = publish_traced_execute(&system).await;
     assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
     // A clean stop flushes every buffered span.
     system.worker().terminate();
@@ -162,23 +168,7 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_context_travels_without_an_exporter() {
     let system = System::start().await;
-    let id = Uuid::new_v4();
-    let body = serde_json::json!({
-        "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "mid": system.mid, "sqlText": "SELECT Email FROM X",
-    });
-    let mut headers = HeaderMap::new();
-    headers.insert("traceparent", format!("00-{TRACE_ID}-{PARENT_SPAN}-01").as_str());
-    let publish = PublishMessage::build()
-        .payload(body.to_string().into())
-        .message_id(format!("execute:{id}"))
-        .headers(headers);
-    system
-        .js
-        .send_publish(format!("{PREFIX}.execute.{id}"), publish)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let id = publish_traced_execute(&system).await;
     assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
     system.wait_event(id, "ready").await;
 

@@ -200,40 +200,42 @@ pub async fn declare(
     })
 }
 
+fn jobs_error(detail: String) -> NatsError {
+    NatsError::Declare {
+        what: "jobs message",
+        detail,
+    }
+}
+
+async fn jobs_stream(js: &jetstream::Context) -> Result<jetstream::stream::Stream<()>, NatsError> {
+    js.get_stream_no_info(JOBS_STREAM)
+        .await
+        .map_err(|e| jobs_error(e.to_string()))
+}
+
+fn not_found(e: &async_nats::jetstream::stream::DirectGetError) -> bool {
+    e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound
+}
+
 /// A message of the jobs stream by its sequence: its subject and body;
 /// `None` when it is gone.
 pub async fn job_message(js: &jetstream::Context, seq: u64) -> Result<Option<(String, Bytes)>, NatsError> {
-    let err = |detail: String| NatsError::Declare {
-        what: "jobs message",
-        detail,
-    };
-    let stream = js
-        .get_stream_no_info(JOBS_STREAM)
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    match stream.direct_get(seq).await {
+    match jobs_stream(js).await?.direct_get(seq).await {
         Ok(msg) => Ok(Some((msg.subject.to_string(), msg.payload))),
-        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err(e.to_string())),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(jobs_error(e.to_string())),
     }
 }
 
 /// Removes a message from the jobs stream (one that no delivery can finish).
 pub async fn delete_job_message(js: &jetstream::Context, seq: u64) -> Result<(), NatsError> {
-    let err = |detail: String| NatsError::Declare {
-        what: "jobs message",
-        detail,
-    };
-    let stream = js
-        .get_stream_no_info(JOBS_STREAM)
-        .await
-        .map_err(|e| err(e.to_string()))?;
+    let stream = jobs_stream(js).await?;
     match stream.delete_message(seq).await {
         Ok(_) => Ok(()),
         Err(e) => match stream.direct_get(seq).await {
             // Already gone: what was asked for holds.
-            Err(g) if g.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(()),
-            _ => Err(err(e.to_string())),
+            Err(g) if not_found(&g) => Ok(()),
+            _ => Err(jobs_error(e.to_string())),
         },
     }
 }
