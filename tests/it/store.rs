@@ -130,3 +130,46 @@ async fn store_on_sqlite() {
     let dir = TempDir::new("sqlite");
     exercise(&format!("sqlite://{}?mode=rwc", dir.0.join("demo.db").display())).await;
 }
+
+/// A reconciler pass walks every stale live run, page by page, however many
+/// are in flight (two runs may share a creation time).
+#[tokio::test]
+async fn stale_runs_page_through_every_live_run() {
+    let url = fresh_database_url();
+    store::migrate(&url).await.unwrap();
+    let db = store::connect(&url, 2).await.unwrap();
+    let tenant = Uuid::new_v4();
+    let start = Utc::now() - chrono::Duration::hours(1);
+    let mut ids = Vec::new();
+    for i in 0..(runs::PAGE + 5) {
+        let id = Uuid::new_v4();
+        // Pairs of runs share a creation time.
+        let created = start + chrono::Duration::milliseconds((i / 2) as i64);
+        runs::insert_run_if_absent(&db, new_run(id, tenant), created)
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let ended = ids[3];
+    assert!(runs::finish(&db, ended, Terminal::Canceled, Utc::now()).await.unwrap());
+
+    let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let page = runs::stale_runs(&db, Utc::now(), after).await.unwrap();
+        pages += 1;
+        after = page.last().map(|r| (r.created_at, r.id));
+        let full = page.len() == runs::PAGE;
+        seen.extend(page.into_iter().map(|r| r.id));
+        if !full {
+            break;
+        }
+    }
+    assert_eq!(pages, 2);
+    let mut want: Vec<Uuid> = ids.into_iter().filter(|id| *id != ended).collect();
+    want.sort();
+    let mut got = seen.clone();
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), seen.len(), "no run twice");
+    assert_eq!(got, want, "every live run, the ended one left out");
+}

@@ -33,10 +33,13 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(progress_every);
             tick.tick().await;
+            // A failed "in progress" (NATS briefly away) is tried again at
+            // the next tick: giving up would let NATS hand the message to a
+            // second worker while this one still works on it.
             loop {
                 tick.tick().await;
-                if acker.ack_with(AckKind::Progress).await.is_err() {
-                    break;
+                if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "an in-progress acknowledgement failed; trying again");
                 }
             }
         })

@@ -67,60 +67,16 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
     let mut report = Report::default();
     let grace = chrono::Duration::from_std(cfg.grace).unwrap_or_default();
     let deadline = chrono::Duration::from_std(cfg.start_deadline).unwrap_or_default();
-    for run in runs::stale_runs(&deps.store, now - grace).await? {
-        match (run.status, &run.start) {
-            (RunStatus::Running, StartPhase::Started(_)) => {
-                if pending(deps, deps.subjects.poll(run.id)).await {
-                    continue;
-                }
-                // A fresh id: an id used within the duplicate window is dropped silently.
-                let msg_id = format!("poll:{}:{}", run.id, now.timestamp_millis());
-                match crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, run.id, &msg_id).await {
-                    Ok(PollPublished::New) => {
-                        tracing::warn!(run_id = %run.id, "reconciler: poll message was missing; published again");
-                        report.polls_republished += 1;
-                        deps.metrics.inc(
-                            crate::adapters::metrics::RECONCILER_ACTIONS,
-                            &[("action", "poll_republished")],
-                        );
-                    }
-                    Ok(PollPublished::AlreadyPending) => {}
-                    Err(e) => tracing::warn!(run_id = %run.id, error = %e, "reconciler: could not publish a poll"),
-                }
-            }
-            (RunStatus::Running, _) => {
-                let started = run.started_at.unwrap_or(run.created_at);
-                if started > now - deadline || pending(deps, deps.subjects.execute(run.id)).await {
-                    continue;
-                }
-                tracing::warn!(run_id = %run.id, "reconciler: run never got past its start; failing it");
-                if fail(deps, &run, NOT_STARTED, now).await? {
-                    report.runs_failed += 1;
-                }
-            }
-            (RunStatus::Queued, _) => {
-                if pending(deps, deps.subjects.execute(run.id)).await {
-                    continue;
-                }
-                match resubmit(deps, &run, now).await {
-                    Ok(true) => {
-                        tracing::warn!(run_id = %run.id, "reconciler: queued run had no execute message; submitted again");
-                        report.executes_republished += 1;
-                        deps.metrics.inc(
-                            crate::adapters::metrics::RECONCILER_ACTIONS,
-                            &[("action", "execute_republished")],
-                        );
-                    }
-                    Ok(false) => {
-                        tracing::warn!(run_id = %run.id, "reconciler: queued run cannot be submitted again; failing it");
-                        if fail(deps, &run, CANNOT_REBUILD, now).await? {
-                            report.runs_failed += 1;
-                        }
-                    }
-                    Err(e) => tracing::warn!(run_id = %run.id, error = %e, "reconciler: could not submit again"),
-                }
-            }
-            _ => {}
+    let mut after = None;
+    loop {
+        let page = runs::stale_runs(&deps.store, now - grace, after).await?;
+        after = page.last().map(|r| (r.created_at, r.id));
+        let full = page.len() == runs::PAGE;
+        for run in page {
+            reconcile_run(deps, run, deadline, now, &mut report).await?;
+        }
+        if !full {
+            break;
         }
     }
     for run in runs::pending_cancels(&deps.store, now - grace).await? {
@@ -143,6 +99,71 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
         }
     }
     Ok(report)
+}
+
+/// What one stale live run needs, if anything.
+async fn reconcile_run(
+    deps: &Deps,
+    run: Run,
+    deadline: chrono::Duration,
+    now: DateTime<Utc>,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    match (run.status, &run.start) {
+        (RunStatus::Running, StartPhase::Started(_)) => {
+            if pending(deps, deps.subjects.poll(run.id)).await {
+                return Ok(());
+            }
+            // A fresh id: an id used within the duplicate window is dropped silently.
+            let msg_id = format!("poll:{}:{}", run.id, now.timestamp_millis());
+            match crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, run.id, &msg_id).await {
+                Ok(PollPublished::New) => {
+                    tracing::warn!(run_id = %run.id, "reconciler: poll message was missing; published again");
+                    report.polls_republished += 1;
+                    deps.metrics.inc(
+                        crate::adapters::metrics::RECONCILER_ACTIONS,
+                        &[("action", "poll_republished")],
+                    );
+                }
+                Ok(PollPublished::AlreadyPending) => {}
+                Err(e) => tracing::warn!(run_id = %run.id, error = %e, "reconciler: could not publish a poll"),
+            }
+        }
+        (RunStatus::Running, _) => {
+            let started = run.started_at.unwrap_or(run.created_at);
+            if started > now - deadline || pending(deps, deps.subjects.execute(run.id)).await {
+                return Ok(());
+            }
+            tracing::warn!(run_id = %run.id, "reconciler: run never got past its start; failing it");
+            if fail(deps, &run, NOT_STARTED, now).await? {
+                report.runs_failed += 1;
+            }
+        }
+        (RunStatus::Queued, _) => {
+            if pending(deps, deps.subjects.execute(run.id)).await {
+                return Ok(());
+            }
+            match resubmit(deps, &run, now).await {
+                Ok(true) => {
+                    tracing::warn!(run_id = %run.id, "reconciler: queued run had no execute message; submitted again");
+                    report.executes_republished += 1;
+                    deps.metrics.inc(
+                        crate::adapters::metrics::RECONCILER_ACTIONS,
+                        &[("action", "execute_republished")],
+                    );
+                }
+                Ok(false) => {
+                    tracing::warn!(run_id = %run.id, "reconciler: queued run cannot be submitted again; failing it");
+                    if fail(deps, &run, CANNOT_REBUILD, now).await? {
+                        report.runs_failed += 1;
+                    }
+                }
+                Err(e) => tracing::warn!(run_id = %run.id, error = %e, "reconciler: could not submit again"),
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Publishes the execute message again from the row: every field the row

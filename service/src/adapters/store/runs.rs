@@ -400,20 +400,40 @@ pub async fn runs_owing_an_event(store: &Store, cutoff: DateTime<Utc>) -> Result
     first_thousand(store, query).await
 }
 
-/// Live runs created before `cutoff`, oldest first (at most 1000 a pass).
+/// Live runs created before `cutoff`, oldest first, a page of at most 1000
+/// after the run `after` (the last of the previous page): a pass walks them
+/// all, however many are in flight.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "stale_runs"))]
-pub async fn stale_runs(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
-    let query = runs::Entity::find()
+pub async fn stale_runs(
+    store: &Store,
+    cutoff: DateTime<Utc>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Vec<Run>, StoreError> {
+    use sea_orm::Condition;
+    let mut query = runs::Entity::find()
         .filter(runs::Column::Status.is_in(LIVE))
         .filter(runs::Column::CreatedAt.lt(cutoff))
-        .order_by_asc(runs::Column::CreatedAt);
+        .order_by_asc(runs::Column::CreatedAt)
+        .order_by_asc(runs::Column::Id);
+    if let Some((created_at, id)) = after {
+        query = query.filter(
+            Condition::any().add(runs::Column::CreatedAt.gt(created_at)).add(
+                Condition::all()
+                    .add(runs::Column::CreatedAt.eq(created_at))
+                    .add(runs::Column::Id.gt(id)),
+            ),
+        );
+    }
     first_thousand(store, query).await
 }
+
+/// How many runs a page of [`stale_runs`] holds at most.
+pub const PAGE: usize = 1000;
 
 /// The first 1000 rows a query selects, as runs (a pass's batch).
 async fn first_thousand(store: &Store, query: sea_orm::Select<runs::Entity>) -> Result<Vec<Run>, StoreError> {
     query
-        .limit(1000)
+        .limit(PAGE as u64)
         .all(&store.db)
         .await?
         .into_iter()
