@@ -12,46 +12,17 @@ pub struct Migration;
 
 #[derive(DeriveIden)]
 enum ShellQueryRuns {
-    Table,
     TerminalEventAt,
 }
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(ShellQueryRuns::Table)
-                    .add_column_if_not_exists(
-                        ColumnDef::new(ShellQueryRuns::TerminalEventAt).timestamp_with_time_zone(),
-                    )
-                    .to_owned(),
-            )
-            .await?;
-        // Only PostgreSQL holds rows from before: the demo's SQLite database
-        // is new each time.
-        if manager.get_database_backend() != sea_orm_migration::sea_orm::DbBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "UPDATE shell_query_runs SET terminal_event_at = completed_at \
-                 WHERE completed_at > now() - interval '24 hours' AND terminal_event_at IS NULL",
-            )
-            .await
-            .map(|_| ())
+        crate::add_run_timestamp(manager, ShellQueryRuns::TerminalEventAt).await?;
+        crate::mark_recent_runs(manager, "terminal_event_at", "").await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(ShellQueryRuns::Table)
-                    .drop_column(ShellQueryRuns::TerminalEventAt)
-                    .to_owned(),
-            )
-            .await
+        crate::drop_run_column(manager, ShellQueryRuns::TerminalEventAt).await
     }
 }

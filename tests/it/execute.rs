@@ -64,6 +64,12 @@ fn seed_target(system: &System) {
     );
 }
 
+/// The update type the run's QueryDefinition was created with.
+fn created_mode(system: &System, id: Uuid) -> String {
+    let key = shell_query_core::naming::query_key(id);
+    system.sim.created_query(&key).expect("the run's QueryDefinition").1
+}
+
 fn seed_source(system: &System) {
     system.sim.add_data_extension(
         "Customers",
@@ -208,14 +214,7 @@ async fn run_to_target_in_each_update_mode() {
         let run = system.wait_terminal(id, MINUTE).await;
         assert_eq!(run.status, "ready", "{mode}: {}", system.log());
         assert_eq!(run.target_de_customer_key.as_deref(), Some("target-key"));
-        assert_eq!(
-            system
-                .sim
-                .created_query(&shell_query_core::naming::query_key(id))
-                .unwrap()
-                .1,
-            mode
-        );
+        assert_eq!(created_mode(&system, id), mode);
         assert_eq!(system.sim.rows("target-key").len(), rows_after, "{mode}");
         assert_eq!(run.row_count, Some(rows_after as i32));
         system.wait_event(id, "ready").await;
@@ -548,14 +547,7 @@ async fn a_lost_run_to_target_is_submitted_again_to_its_own_target() {
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "ready", "{}", system.log());
     assert_eq!(run.target_de_customer_key.as_deref(), Some("target-key"));
-    assert_eq!(
-        system
-            .sim
-            .created_query(&shell_query_core::naming::query_key(id))
-            .unwrap()
-            .1,
-        "Append"
-    );
+    assert_eq!(created_mode(&system, id), "Append");
     assert_eq!(system.sim.rows("target-key").len(), 5, "appended to the target");
     assert_eq!(system.sim.count("soap:Create:DataExtension"), 0, "no temp DE");
 }

@@ -18,10 +18,9 @@ async fn wait_status(system: &System, id: Uuid, status: &str) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_while_executing_stops_before_perform() {
-    let system = System::start().await;
-    // The QueryDefinition is created, then its answer takes 2 s: time to cancel.
+/// Submits a run whose QueryDefinition is created but answered only 2 s
+/// later (time to cancel while execute works); returns once MCE has it.
+async fn submit_held_at_query_definition(system: &System) -> Uuid {
     system.sim.inject(Fault::slow_answer(
         "soap:Create:QueryDefinition",
         Duration::from_secs(2),
@@ -32,6 +31,13 @@ async fn cancel_while_executing_stops_before_perform() {
         system.sim.count("soap:Create:QueryDefinition") == 1
     })
     .await;
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_executing_stops_before_perform() {
+    let system = System::start().await;
+    let id = submit_held_at_query_definition(&system).await;
     system.cancel(id).await;
     wait_status(&system, id, "canceled").await;
     tests::wait_for("the execute message to finish", MINUTE, || async {
@@ -484,16 +490,7 @@ async fn the_api_s_cancel_of_a_queued_run_is_handled_without_perform() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_s_cancel_during_execute_stops_before_perform_and_deletes_the_query_definition() {
     let system = System::start().await;
-    system.sim.inject(Fault::slow_answer(
-        "soap:Create:QueryDefinition",
-        Duration::from_secs(2),
-        1,
-    ));
-    let id = system.submit("SELECT Email FROM X", None).await;
-    tests::wait_for("the QueryDefinition create", MINUTE, || async {
-        system.sim.count("soap:Create:QueryDefinition") == 1
-    })
-    .await;
+    let id = submit_held_at_query_definition(&system).await;
     system.execute_sql(api_cancel(id)).await;
     wait_cancel_handled(&system, id).await;
     system.wait_no_query_definitions().await;

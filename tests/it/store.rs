@@ -173,3 +173,54 @@ async fn stale_runs_page_through_every_live_run() {
     assert_eq!(got.len(), seen.len(), "no run twice");
     assert_eq!(got, want, "every live run, the ended one left out");
 }
+
+/// On a database with history, the migrations that add the service's
+/// markers mark only what ended in the last 24 hours (their events went
+/// out the old way); the service settles nothing older.
+#[tokio::test]
+async fn the_marker_migrations_mark_only_recent_history() {
+    use migration::MigratorTrait;
+    use sea_orm::ConnectionTrait;
+    let url = fresh_database_url();
+    store::connect(&url, 1).await.unwrap(); // creates the database
+    let raw = sea_orm::Database::connect(&url).await.unwrap();
+    // Every migration before the two markers.
+    let before = migration::Migrator::migrations().len() - 2;
+    migration::Migrator::up(&raw, Some(before as u32)).await.unwrap();
+    let tenant = Uuid::new_v4();
+    let rows = [
+        ("recent_ready", "ready", "now() - interval '1 hour'"),
+        ("old_ready", "ready", "now() - interval '3 days'"),
+        ("recent_cancel", "canceled", "now() - interval '1 hour'"),
+        ("live", "running", "NULL"),
+    ];
+    let mut ids = std::collections::HashMap::new();
+    for (name, status, completed) in rows {
+        let id = Uuid::new_v4();
+        raw.execute_unprepared(&format!(
+            "INSERT INTO shell_query_runs (id, tenant_id, mid, sql_text_hash, status, completed_at) VALUES ('{id}', '{tenant}', '1', 'h', '{status}', {completed})"
+        ))
+        .await
+        .unwrap();
+        ids.insert(name, id);
+    }
+    store::migrate(&url).await.unwrap();
+    let db = store::connect(&url, 1).await.unwrap();
+    let run = |name: &'static str| {
+        let (db, id) = (db.clone(), ids[name]);
+        async move { runs::get_run(&db, id).await.unwrap().unwrap() }
+    };
+    assert!(run("recent_ready").await.terminal_event_at.is_some());
+    assert!(
+        run("old_ready").await.terminal_event_at.is_none(),
+        "outside the window: left alone"
+    );
+    let cancel = run("recent_cancel").await;
+    assert!(cancel.cancel_handled_at.is_some() && cancel.terminal_event_at.is_some());
+    let live = run("live").await;
+    assert!(live.terminal_event_at.is_none() && live.cancel_handled_at.is_none());
+    assert!(
+        runs::runs_owing_an_event(&db, Utc::now()).await.unwrap().is_empty(),
+        "nothing of the history is owed"
+    );
+}
