@@ -47,7 +47,10 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
     // A handler that panics must not leave its message "in progress"
     // forever: the panic is caught, the message comes back later, and after
     // `max_deliver` the advisory handler settles it (handlers/undeliverable.rs).
-    let handled = std::panic::AssertUnwindSafe(handler.handle(&deps, &delivery));
+    let handled = std::panic::AssertUnwindSafe(crate::adapters::telemetry::with_incoming(
+        delivery.headers.as_ref(),
+        handler.handle(&deps, &delivery),
+    ));
     let disposition = match futures::FutureExt::catch_unwind(handled).await {
         Ok(disposition) => disposition,
         Err(_) => {
