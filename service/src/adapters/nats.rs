@@ -332,6 +332,30 @@ pub async fn publish_status(
     publish_json(js, subjects.status(event.run_id), event, msg_id).await
 }
 
+/// The status of the last event on a run's status subject, if any (the
+/// stream keeps them for 24 hours).
+pub async fn last_status(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    run: Uuid,
+) -> Result<Option<shell_query_core::event::EventStatus>, NatsError> {
+    let err = |detail: String| NatsError::Declare {
+        what: "status event",
+        detail,
+    };
+    let stream = js
+        .get_stream_no_info(STATUS_STREAM)
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    match stream.direct_get_last_for_subject(subjects.status(run)).await {
+        Ok(msg) => Ok(serde_json::from_slice::<StatusEvent>(&msg.payload)
+            .ok()
+            .map(|e| e.status)),
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
 /// Copies a message the service gave up on to the DLQ with the reason.
 pub async fn publish_dlq(
     js: &jetstream::Context,

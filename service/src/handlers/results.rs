@@ -82,6 +82,8 @@ pub enum ApiError {
     NotReady(String),
     Failed(String),
     Unavailable(String),
+    /// The reply would exceed the server's `max_payload`.
+    TooLarge(String),
 }
 
 impl ApiError {
@@ -92,6 +94,7 @@ impl ApiError {
             ApiError::NotReady(m) => (409, m),
             ApiError::Failed(m) => (422, m),
             ApiError::Unavailable(m) => (503, m),
+            ApiError::TooLarge(m) => (413, m),
         };
         ServiceError { status, code }
     }
@@ -205,9 +208,22 @@ async fn status(deps: &Deps, req: StatusRequest) -> Result<StatusReply, ApiError
     })
 }
 
-async fn reply<T: Serialize>(request: Request, result: Result<T, ApiError>) {
+/// The reply's body, unless it is larger than the server carries: then a
+/// clear error instead of a reply that could not be sent at all.
+pub fn fitting(body: Vec<u8>, max_payload: usize) -> Result<Bytes, ApiError> {
+    if body.len() <= max_payload {
+        return Ok(Bytes::from(body));
+    }
+    Err(ApiError::TooLarge(format!(
+        "The page is {} KB, more than the {} KB a reply can carry. Ask for fewer rows with a smaller pageSize.",
+        body.len().div_ceil(1024),
+        max_payload / 1024
+    )))
+}
+
+async fn reply<T: Serialize>(request: Request, result: Result<T, ApiError>, max_payload: usize) {
     let response = result
-        .map(|body| Bytes::from(serde_json::to_vec(&body).expect("replies serialise")))
+        .and_then(|body| fitting(serde_json::to_vec(&body).expect("replies serialise"), max_payload))
         .map_err(ApiError::into_service);
     if let Err(e) = request.respond(response).await {
         tracing::warn!(error = %e, "could not send a reply");
@@ -231,6 +247,8 @@ pub async fn serve(
         .start("shell-query", env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("starting the shell-query service: {e}"))?;
+    // What one reply may carry, with room for the protocol's headers.
+    let max_payload = client.server_info().max_payload.saturating_sub(4096);
     let group = service.group(format!("{prefix}.api"));
     let mut results_ep = group
         .endpoint("results")
@@ -250,7 +268,7 @@ pub async fn serve(
                             Ok(req) => results(&deps, req).await,
                             Err(e) => Err(e),
                         };
-                        reply(request, result).await;
+                        reply(request, result, max_payload).await;
                     });
                 }
                 Some(request) = status_ep.next() => {
@@ -260,7 +278,7 @@ pub async fn serve(
                             Ok(req) => status(&deps, req).await,
                             Err(e) => Err(e),
                         };
-                        reply(request, result).await;
+                        reply(request, result, max_payload).await;
                     });
                 }
                 _ = shutdown.changed() => break,
@@ -273,6 +291,20 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_larger_than_a_reply_can_carry_is_a_clear_413() {
+        assert_eq!(fitting(vec![b'x'; 10], 10).unwrap().len(), 10);
+        let too_large = fitting(vec![b'x'; 3 * 1024 * 1024], 2 * 1024 * 1024).unwrap_err();
+        assert_eq!(
+            too_large,
+            ApiError::TooLarge(
+                "The page is 3072 KB, more than the 2048 KB a reply can carry. Ask for fewer rows with a smaller pageSize."
+                    .into()
+            )
+        );
+        assert_eq!(too_large.into_service().code, 413);
+    }
 
     #[test]
     fn paging_is_checked() {

@@ -138,6 +138,15 @@ pub async fn publish_owed_event(deps: &Deps, run: &Run, now: DateTime<Utc>) -> R
         RunStatus::Canceled => StatusEvent::new(run.id, EventStatus::Canceled, at),
         RunStatus::Queued | RunStatus::Running => return Ok(false),
     };
+    // The first try may have landed without its acknowledgement (NATS went
+    // away meanwhile, and a restarted server may not remember the message
+    // id): an event already on the stream is only recorded.
+    if let Ok(Some(last)) = crate::adapters::nats::last_status(&deps.js, &deps.subjects, run.id).await
+        && last == event.status
+    {
+        runs::confirm_terminal_event(&deps.store, run.id, now).await?;
+        return Ok(true);
+    }
     tracing::info!(run_id = %run.id, status = event.status.as_str(), "publishing an owed terminal event");
     publish_terminal(deps, &event, now).await
 }

@@ -60,13 +60,21 @@ pub(super) async fn perform(
     // through `resume_interrupted`, never through a second Perform.
     let task_id = match session.perform_start(&qd.object_id).await {
         Ok(task_id) => task_id,
-        Err(e) => {
-            if e.surely_not_received() {
-                // MCE did not get it: the next delivery may send Perform.
-                runs::clear_perform_requested(&deps.store, run_id).await?;
-            }
+        Err(e) if e.surely_not_received() => {
+            // MCE did not get it: the next delivery may send Perform.
+            runs::clear_perform_requested(&deps.store, run_id).await?;
             return Err(e.into());
         }
+        Err(e) if e.is_transient() => {
+            // MCE may have acted (5xx, timeout, a cut connection): ask it at
+            // once, while a query it started is surely still running.
+            tracing::warn!(error = %e, "Perform was not confirmed; asking MCE what happened");
+            let Some(run) = runs::get_run(&deps.store, run_id).await? else {
+                return Err(e.into());
+            };
+            return resume_interrupted(deps, session, &run).await;
+        }
+        Err(e) => return Err(e.into()),
     };
     started(deps, run_id, task_id, &qd.object_id, &qd.key, &de_key).await
 }
