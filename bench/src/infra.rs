@@ -117,6 +117,7 @@ impl Bench {
             ("MCE_AUTH_BASE_URL", self.sim.url()),
             ("MCE_SOAP_BASE_URL", self.sim.url()),
             ("MCE_REST_BASE_URL", self.sim.url()),
+            ("MCE_ALLOW_HTTP", "true".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -138,6 +138,7 @@ async fn a_queued_run_without_its_execute_message_is_submitted_again() {
 async fn two_replicas_never_hold_the_lease_in_the_same_interval() {
     let nats = tests::NatsServer::start().await;
     let js = async_nats::jetstream::new(nats.admin().await);
+    crate::jetstream::declare_defaults(&js, "sq").await;
     let store = service::adapters::lease::bucket(&js).await.unwrap();
     let now = chrono::Utc::now();
     let hold = Duration::from_secs(2);

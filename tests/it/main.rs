@@ -12,6 +12,7 @@ mod layers;
 mod lifecycle;
 mod mce_client;
 mod operations;
+mod permissions;
 mod poll;
 mod store;
 mod support;

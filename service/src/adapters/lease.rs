@@ -11,25 +11,9 @@ use chrono::{DateTime, Utc};
 
 pub const BUCKET: &str = "SHELL_QUERY_LEASES";
 
-pub async fn bucket(js: &jetstream::Context) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(BUCKET).await {
-        return Ok(store);
-    }
-    match js
-        .create_key_value(kv::Config {
-            bucket: BUCKET.into(),
-            history: 1,
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(store) => Ok(store),
-        // Another replica created it meanwhile.
-        Err(_) => js
-            .get_key_value(BUCKET)
-            .await
-            .map_err(|e| anyhow::anyhow!("lease bucket: {e}")),
-    }
+/// The bucket, declared at start with the streams (adapters/nats.rs).
+pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, async_nats::jetstream::context::KeyValueError> {
+    js.get_key_value(BUCKET).await
 }
 
 /// Whether a stored lease (its expiry) is still held at `now`. Pure.
@@ -67,21 +51,27 @@ pub async fn periodically<F, Fut>(
     F: FnMut(DateTime<Utc>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let store = match bucket(js).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(job = name, error = %e, "disabled: no lease bucket");
-            return;
-        }
-    };
+    let mut store = None;
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        // NATS away at start or the bucket deleted: the job waits for it
+        // (the consumer watch re-declares it), it is never disabled.
+        if store.is_none() {
+            match bucket(js).await {
+                Ok(s) => store = Some(s),
+                Err(e) => {
+                    tracing::warn!(job = name, error = %e, "no lease bucket yet; trying again next interval");
+                    continue;
+                }
+            }
+        }
+        let Some(store) = &store else { continue };
         let now = Utc::now();
-        if try_take(&store, name, interval, now).await {
+        if try_take(store, name, interval, now).await {
             pass(now).await;
         }
     }

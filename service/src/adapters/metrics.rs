@@ -20,6 +20,7 @@ pub const SWEEPER_DELETIONS: &str = "shell_query_sweeper_deletions_total";
 pub const MCE_CALLS: &str = "shell_query_mce_calls_total";
 pub const TOKEN_REFRESHES: &str = "shell_query_token_refreshes_total";
 pub const DLQ_MESSAGES: &str = "shell_query_dlq_messages_total";
+pub const CONSUMER_REDECLARED: &str = "shell_query_consumer_redeclared_total";
 /// Histogram name.
 pub const RUN_DURATION: &str = "shell_query_run_duration_seconds";
 /// Gauge name.
@@ -44,6 +45,10 @@ const HELP: &[(&str, &str)] = &[
     (MCE_CALLS, "MCE calls (after retries), by operation and result."),
     (TOKEN_REFRESHES, "Refresh-token grants, by result."),
     (DLQ_MESSAGES, "Messages copied to the DLQ, by consumer."),
+    (
+        CONSUMER_REDECLARED,
+        "Consumers found deleted or changed and declared again, by consumer.",
+    ),
     (RUN_DURATION, "Seconds from a run's creation to its terminal state."),
     (
         CONSUMER_PENDING,

@@ -9,6 +9,8 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, ErrorCode};
@@ -47,6 +49,8 @@ pub enum NatsError {
     Declare { what: &'static str, detail: String },
     #[error("publish to {subject}: {detail}")]
     Publish { subject: String, detail: String },
+    #[error("stream {0} not found")]
+    StreamMissing(&'static str),
 }
 
 pub struct Consumers {
@@ -62,75 +66,53 @@ pub fn max_deliveries_subject() -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.*")
 }
 
-/// Declares the four streams and four consumers, updating any whose
-/// configuration differs. Safe to run on every start of every replica.
-pub async fn declare(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    poll_max_ack_pending: i64,
-    execute_ack_wait: Duration,
-    poll_ack_wait: Duration,
-) -> Result<Consumers, NatsError> {
-    let streams = [
-        stream::Config {
-            name: JOBS_STREAM.into(),
-            subjects: vec![subjects.all("execute"), subjects.all("poll"), subjects.all("cancel")],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            discard: DiscardPolicy::New,
-            // One message per subject: a run never has two pending polls.
-            discard_new_per_subject: true,
-            max_messages_per_subject: 1,
-            duplicate_window: Duration::from_secs(120),
-            allow_direct: true,
-            ..Default::default()
-        },
-        stream::Config {
-            name: STATUS_STREAM.into(),
-            subjects: vec![subjects.all("status")],
-            retention: RetentionPolicy::Limits,
-            storage: StorageType::File,
-            max_age: Duration::from_secs(24 * 3600),
-            max_messages_per_subject: 100,
-            duplicate_window: Duration::from_secs(120),
-            allow_direct: true,
-            ..Default::default()
-        },
-        stream::Config {
-            name: ADVISORY_STREAM.into(),
-            subjects: vec![max_deliveries_subject()],
-            retention: RetentionPolicy::WorkQueue,
-            storage: StorageType::File,
-            max_age: Duration::from_secs(14 * 24 * 3600),
-            ..Default::default()
-        },
-        stream::Config {
-            name: DLQ_STREAM.into(),
-            subjects: vec![format!("{}.dlq.>", subjects.prefix())],
-            retention: RetentionPolicy::Limits,
-            storage: StorageType::File,
-            max_age: Duration::from_secs(14 * 24 * 3600),
-            ..Default::default()
-        },
-    ];
-    for config in streams {
-        let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| NatsError::Declare {
-                what: "stream",
-                detail: format!("{name}: {e}"),
-            })?;
+/// Replicas and sizes of the streams (settings `STREAM_REPLICAS`,
+/// `*_MAX_BYTES`, `DLQ_MAX_AGE_MS`). Every stream is bounded so that junk
+/// cannot fill the server's store and stop every publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub replicas: usize,
+    pub jobs_max_bytes: i64,
+    pub status_max_bytes: i64,
+    pub dlq_max_bytes: i64,
+    pub dlq_max_age: Duration,
+    pub advisories_max_bytes: i64,
+}
+
+/// The lease bucket holds two small keys.
+pub const LEASES_MAX_BYTES: i64 = 1024 * 1024;
+
+/// How the service's durable consumers are set up.
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub poll_max_ack_pending: i64,
+    pub execute_ack_wait: Duration,
+    pub poll_ack_wait: Duration,
+}
+
+/// One durable pull consumer of the service: the stream it reads and its
+/// configuration.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    /// The role: `execute`, `poll`, `cancel` or `undeliverable`.
+    pub role: &'static str,
+    pub stream: &'static str,
+    pub config: pull::Config,
+}
+
+impl ConsumerSpec {
+    pub fn name(&self) -> &str {
+        self.config.durable_name.as_deref().unwrap_or_default()
     }
-    let jobs = js
-        .get_stream_no_info(JOBS_STREAM)
-        .await
-        .map_err(|e| NatsError::Declare {
-            what: "stream",
-            detail: e.to_string(),
-        })?;
-    let consumer = |name: &str, filter: String, ack_wait: Duration, max_deliver: i64, max_ack_pending: i64| {
-        pull::Config {
+}
+
+/// The four consumers, in the order `execute`, `poll`, `cancel`,
+/// `undeliverable`.
+pub fn consumer_specs(subjects: &Subjects, settings: &ConsumerSettings) -> [ConsumerSpec; 4] {
+    let spec = |role, stream, name: &str, filter: String, ack_wait, max_deliver, max_ack_pending| ConsumerSpec {
+        role,
+        stream,
+        config: pull::Config {
             durable_name: Some(name.to_string()),
             filter_subject: filter,
             ack_policy: AckPolicy::Explicit,
@@ -140,64 +122,330 @@ pub async fn declare(
             max_ack_pending,
             // No `backoff` (it distorts nak delays) and no `inactive_threshold`.
             ..Default::default()
-        }
+        },
     };
-    let create = |config: pull::Config| {
-        let jobs = &jobs;
-        async move {
-            let name = config.durable_name.clone().unwrap_or_default();
-            jobs.create_consumer(config).await.map_err(|e| NatsError::Declare {
-                what: "consumer",
-                detail: format!("{name}: {e}"),
-            })
-        }
-    };
-    Ok(Consumers {
-        execute: create(consumer(
+    [
+        spec(
+            "execute",
+            JOBS_STREAM,
             EXECUTE_CONSUMER,
             subjects.all("execute"),
-            execute_ack_wait,
+            settings.execute_ack_wait,
             EXECUTE_MAX_DELIVER,
             10_000,
-        ))
-        .await?,
+        ),
         // Every delayed nak is a delivery and every waiting run holds an ack slot.
-        poll: create(consumer(
+        spec(
+            "poll",
+            JOBS_STREAM,
             POLL_CONSUMER,
             subjects.all("poll"),
-            poll_ack_wait,
+            settings.poll_ack_wait,
             -1,
-            poll_max_ack_pending,
-        ))
-        .await?,
-        cancel: create(consumer(
+            settings.poll_max_ack_pending,
+        ),
+        spec(
+            "cancel",
+            JOBS_STREAM,
             CANCEL_CONSUMER,
             subjects.all("cancel"),
             CANCEL_ACK_WAIT,
             CANCEL_MAX_DELIVER,
             10_000,
-        ))
-        .await?,
-        undeliverable: js
-            .get_stream_no_info(ADVISORY_STREAM)
-            .await
-            .map_err(|e| NatsError::Declare {
-                what: "stream",
-                detail: e.to_string(),
-            })?
-            .create_consumer(consumer(
-                UNDELIVERABLE_CONSUMER,
-                max_deliveries_subject(),
-                CANCEL_ACK_WAIT,
-                -1,
-                1_000,
-            ))
-            .await
-            .map_err(|e| NatsError::Declare {
-                what: "consumer",
-                detail: format!("{UNDELIVERABLE_CONSUMER}: {e}"),
-            })?,
+        ),
+        spec(
+            "undeliverable",
+            ADVISORY_STREAM,
+            UNDELIVERABLE_CONSUMER,
+            max_deliveries_subject(),
+            CANCEL_ACK_WAIT,
+            -1,
+            1_000,
+        ),
+    ]
+}
+
+fn stream_configs(subjects: &Subjects, limits: &StreamLimits) -> [stream::Config; 4] {
+    [
+        stream::Config {
+            name: JOBS_STREAM.into(),
+            subjects: vec![subjects.all("execute"), subjects.all("poll"), subjects.all("cancel")],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            // Full: new work is refused to its publisher, nothing queued is dropped.
+            discard: DiscardPolicy::New,
+            // One message per subject: a run never has two pending polls.
+            discard_new_per_subject: true,
+            max_messages_per_subject: 1,
+            max_bytes: limits.jobs_max_bytes,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: STATUS_STREAM.into(),
+            subjects: vec![subjects.all("status")],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(24 * 3600),
+            max_messages_per_subject: 100,
+            max_bytes: limits.status_max_bytes,
+            duplicate_window: Duration::from_secs(120),
+            allow_direct: true,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: ADVISORY_STREAM.into(),
+            subjects: vec![max_deliveries_subject()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            max_age: Duration::from_secs(14 * 24 * 3600),
+            max_bytes: limits.advisories_max_bytes,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: DLQ_STREAM.into(),
+            subjects: vec![format!("{}.dlq.>", subjects.prefix())],
+            retention: RetentionPolicy::Limits,
+            storage: StorageType::File,
+            // Full or old: the oldest copies go first.
+            discard: DiscardPolicy::Old,
+            max_age: limits.dlq_max_age,
+            max_bytes: limits.dlq_max_bytes,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        },
+    ]
+}
+
+/// A byte or message limit, where zero or less means none.
+fn larger_count(a: i64, b: i64) -> bool {
+    match (a <= 0, b <= 0) {
+        (true, true) | (false, true) => false,
+        (true, false) => true,
+        (false, false) => a > b,
+    }
+}
+
+/// An age limit, where zero means none.
+fn larger_age(a: Duration, b: Duration) -> bool {
+    match (a.is_zero(), b.is_zero()) {
+        (true, true) | (false, true) => false,
+        (true, false) => true,
+        (false, false) => a > b,
+    }
+}
+
+fn show_count(v: i64) -> String {
+    if v <= 0 { "unlimited".into() } else { v.to_string() }
+}
+
+fn show_age(v: Duration) -> String {
+    if v.is_zero() {
+        "unlimited".into()
+    } else {
+        format!("{}s", v.as_secs())
+    }
+}
+
+/// The configuration to declare over an existing stream: the service's,
+/// except that a limit the existing stream has higher (replicas, bytes,
+/// messages, age: an operator raised it) is kept, never lowered. Also
+/// returns each difference, for one log line. Pure.
+pub fn keep_raised(mut wanted: stream::Config, existing: &stream::Config) -> (stream::Config, Vec<String>) {
+    let mut differences = Vec::new();
+    if existing.num_replicas != wanted.num_replicas.max(1) {
+        differences.push(format!(
+            "num_replicas {} (settings {})",
+            existing.num_replicas, wanted.num_replicas
+        ));
+        wanted.num_replicas = wanted.num_replicas.max(existing.num_replicas);
+    }
+    for (what, have, want) in [
+        ("max_bytes", existing.max_bytes, &mut wanted.max_bytes),
+        ("max_messages", existing.max_messages, &mut wanted.max_messages),
+    ] {
+        if (have <= 0) != (*want <= 0) || (have > 0 && have != *want) {
+            differences.push(format!("{what} {} (settings {})", show_count(have), show_count(*want)));
+            if larger_count(have, *want) {
+                *want = have;
+            }
+        }
+    }
+    if existing.max_age != wanted.max_age {
+        differences.push(format!(
+            "max_age {} (settings {})",
+            show_age(existing.max_age),
+            show_age(wanted.max_age)
+        ));
+        if larger_age(existing.max_age, wanted.max_age) {
+            wanted.max_age = existing.max_age;
+        }
+    }
+    (wanted, differences)
+}
+
+fn declare_error(what: &'static str, name: &str, e: impl std::fmt::Display) -> NatsError {
+    NatsError::Declare {
+        what,
+        detail: format!("{name}: {e}"),
+    }
+}
+
+/// Creates a stream, or updates it keeping any limit an operator raised.
+async fn declare_stream(js: &jetstream::Context, wanted: stream::Config) -> Result<(), NatsError> {
+    let name = wanted.name.clone();
+    match js.get_stream(&name).await {
+        Ok(stream) => {
+            let existing = stream.cached_info().config.clone();
+            let (config, differences) = keep_raised(wanted, &existing);
+            if !differences.is_empty() {
+                tracing::warn!(
+                    stream = %name,
+                    differences = %differences.join(", "),
+                    "the stream differs from the settings: the larger of each limit is kept"
+                );
+            }
+            js.update_stream(config)
+                .await
+                .map_err(|e| declare_error("stream", &name, e))?;
+        }
+        Err(e) if matches!(e.kind(), GetStreamErrorKind::JetStream(j) if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            // Another replica may create it at the same moment: same config.
+            js.create_or_update_stream(wanted)
+                .await
+                .map_err(|e| declare_error("stream", &name, e))?;
+        }
+        Err(e) => return Err(declare_error("stream", &name, e)),
+    }
+    Ok(())
+}
+
+/// The lease bucket (adapters/lease.rs), at the streams' replicas.
+async fn declare_leases(js: &jetstream::Context, limits: &StreamLimits) -> Result<(), NatsError> {
+    let bucket = crate::adapters::lease::BUCKET;
+    if let Ok(existing) = js.get_stream(format!("KV_{bucket}")).await {
+        let mut wanted = existing.cached_info().config.clone();
+        wanted.num_replicas = limits.replicas;
+        wanted.max_bytes = LEASES_MAX_BYTES;
+        return declare_stream(js, wanted).await;
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.into(),
+            history: 1,
+            max_bytes: LEASES_MAX_BYTES,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        // Another replica may have created it meanwhile.
+        Err(e) => match js.get_key_value(bucket).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(declare_error("key-value bucket", bucket, e)),
+        },
+    }
+}
+
+/// What making sure of a consumer found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    /// It exists as the service declares it.
+    Confirmed,
+    /// It was missing (deleted) and is created again.
+    Recreated,
+    /// It existed with another configuration and is updated.
+    Updated,
+}
+
+/// Whether an existing consumer is the one the service declares (the
+/// fields that decide how its messages are delivered).
+fn same_consumer(have: &async_nats::jetstream::consumer::Config, want: &pull::Config) -> bool {
+    have.deliver_subject.is_none()
+        && have.filter_subject == want.filter_subject
+        && have.ack_policy == want.ack_policy
+        && have.ack_wait == want.ack_wait
+        && have.max_deliver == want.max_deliver
+        && have.max_ack_pending == want.max_ack_pending
+        && have.backoff.is_empty()
+        && have.inactive_threshold.is_zero()
+}
+
+/// Makes sure a consumer exists as the service declares it: creates it if
+/// it is missing, updates it in place if it differs; returns what it found
+/// and the consumer's state. A consumer is never deleted (that would lose
+/// every pending delay).
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> Result<(Ensured, async_nats::jetstream::consumer::Info), NatsError> {
+    let stream = js
+        .get_stream_no_info(spec.stream)
+        .await
+        .map_err(|e| declare_error("stream", spec.stream, e))?;
+    let ensured = match stream.consumer_info(spec.name()).await {
+        Ok(info) if same_consumer(&info.config, &spec.config) => return Ok((Ensured::Confirmed, info)),
+        Ok(_) => Ensured::Updated,
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ensured::Recreated,
+        Err(e) if e.kind() == ConsumerInfoErrorKind::StreamNotFound => {
+            return Err(NatsError::StreamMissing(spec.stream));
+        }
+        Err(e) => return Err(declare_error("consumer", spec.name(), e)),
+    };
+    let consumer: PullConsumer = stream
+        .create_consumer(spec.config.clone())
+        .await
+        .map_err(|e| declare_error("consumer", spec.name(), e))?;
+    Ok((ensured, consumer.cached_info().clone()))
+}
+
+/// Declares the streams, the lease bucket and the four consumers. Safe to
+/// run on every start of every replica: a stream's limits an operator
+/// raised are kept, and consumers are updated in place.
+pub async fn declare(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    limits: &StreamLimits,
+    specs: &[ConsumerSpec; 4],
+) -> Result<Consumers, NatsError> {
+    declare_streams(js, subjects, limits).await?;
+    let made = |spec: &ConsumerSpec| {
+        let spec = spec.clone();
+        async move {
+            js.get_stream_no_info(spec.stream)
+                .await
+                .map_err(|e| declare_error("stream", spec.stream, e))?
+                .create_consumer(spec.config.clone())
+                .await
+                .map_err(|e| declare_error("consumer", spec.name(), e))
+        }
+    };
+    let [execute, poll, cancel, undeliverable] = specs;
+    Ok(Consumers {
+        execute: made(execute).await?,
+        poll: made(poll).await?,
+        cancel: made(cancel).await?,
+        undeliverable: made(undeliverable).await?,
     })
+}
+
+/// Declares the streams and the lease bucket (at start, and again when a
+/// stream was deleted).
+pub async fn declare_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    limits: &StreamLimits,
+) -> Result<(), NatsError> {
+    for config in stream_configs(subjects, limits) {
+        declare_stream(js, config).await?;
+    }
+    declare_leases(js, limits).await
 }
 
 fn jobs_error(detail: String) -> NatsError {
@@ -248,10 +496,17 @@ pub enum PollPublished {
     AlreadyPending,
 }
 
-fn js_error_code(e: &(dyn std::error::Error + 'static)) -> Option<ErrorCode> {
+/// Whether a refused publish means "this subject already holds its one
+/// message". The server answers error code 10077 for that and for a full
+/// stream alike ("maximum bytes exceeded", "maximum messages exceeded"):
+/// only the description tells them apart, and a full stream must surface
+/// as an error, not as a poll already pending.
+fn subject_already_holds_one(e: &(dyn std::error::Error + 'static)) -> bool {
     e.source()
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
-        .map(|j| j.error_code())
+        .is_some_and(|j| {
+            j.error_code() == ErrorCode::STREAM_STORE_FAILED && j.to_string().contains("maximum messages per subject")
+        })
 }
 
 /// Publishes `P.poll.<runId>` with a message id. A duplicate id or the
@@ -279,7 +534,7 @@ pub async fn publish_poll(
     match ack {
         Ok(ack) if ack.duplicate => Ok(PollPublished::AlreadyPending),
         Ok(_) => Ok(PollPublished::New),
-        Err(e) if e.kind() == PublishErrorKind::Other && js_error_code(&e) == Some(ErrorCode::STREAM_STORE_FAILED) => {
+        Err(e) if e.kind() == PublishErrorKind::Other && subject_already_holds_one(&e) => {
             Ok(PollPublished::AlreadyPending)
         }
         Err(e) => Err(err(e.to_string())),

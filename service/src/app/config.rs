@@ -130,6 +130,58 @@ pub struct NatsArgs {
     pub nats_token: Option<SecretString>,
     #[arg(long, env = "SUBJECT_PREFIX", default_value = defaults::SUBJECT_PREFIX, value_parser = parse_prefix)]
     pub subject_prefix: String,
+    /// The subject prefix of this client's reply inboxes: nats.conf lets
+    /// each user receive replies only under `_INBOX.<user>`.
+    #[arg(long, env = "NATS_INBOX_PREFIX", default_value = defaults::NATS_INBOX_PREFIX, value_parser = parse_prefix)]
+    pub nats_inbox_prefix: String,
+    /// PEM file of the certificate authorities that sign the servers'
+    /// certificates; setting it (or a `tls://` URL) requires TLS.
+    #[arg(long, env = "NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that verify clients (with NATS_TLS_KEY).
+    #[arg(long, env = "NATS_TLS_CERT", requires = "nats_tls_key")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of NATS_TLS_CERT.
+    #[arg(long, env = "NATS_TLS_KEY", requires = "nats_tls_cert")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+}
+
+/// Replicas and sizes of the JetStream streams, applied when a stream is
+/// created and raised (never lowered) on start.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Streams")]
+pub struct StreamArgs {
+    /// Replicas of every stream and of the lease bucket: 1, or 3 on a cluster.
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = defaults::STREAM_REPLICAS, value_parser = parse_replicas)]
+    pub stream_replicas: usize,
+    /// Size limit of SHELL_QUERY_JOBS; when full, new work is refused to its publisher.
+    #[arg(long, env = "JOBS_STREAM_MAX_BYTES", default_value = defaults::JOBS_STREAM_MAX_BYTES, value_parser = parse_bytes)]
+    pub jobs_stream_max_bytes: i64,
+    /// Size limit of SHELL_QUERY_STATUS; when full, the oldest events go.
+    #[arg(long, env = "STATUS_STREAM_MAX_BYTES", default_value = defaults::STATUS_STREAM_MAX_BYTES, value_parser = parse_bytes)]
+    pub status_stream_max_bytes: i64,
+    /// Size limit of SHELL_QUERY_DLQ; when full, the oldest copies go.
+    #[arg(long, env = "DLQ_MAX_BYTES", default_value = defaults::DLQ_MAX_BYTES, value_parser = parse_bytes)]
+    pub dlq_max_bytes: i64,
+    /// How long a DLQ copy is kept.
+    #[arg(long, env = "DLQ_MAX_AGE_MS", default_value_t = defaults::DLQ_MAX_AGE_MS, value_parser = millis(60_000))]
+    pub dlq_max_age_ms: u64,
+    /// Size limit of SHELL_QUERY_ADVISORIES.
+    #[arg(long, env = "ADVISORIES_STREAM_MAX_BYTES", default_value = defaults::ADVISORIES_STREAM_MAX_BYTES, value_parser = parse_bytes)]
+    pub advisories_stream_max_bytes: i64,
+}
+
+impl StreamArgs {
+    pub fn limits(&self) -> crate::adapters::nats::StreamLimits {
+        crate::adapters::nats::StreamLimits {
+            replicas: self.stream_replicas,
+            jobs_max_bytes: self.jobs_stream_max_bytes,
+            status_max_bytes: self.status_stream_max_bytes,
+            dlq_max_bytes: self.dlq_max_bytes,
+            dlq_max_age: Duration::from_millis(self.dlq_max_age_ms),
+            advisories_max_bytes: self.advisories_stream_max_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -144,6 +196,10 @@ pub struct MceArgs {
     pub mce_soap_base_url: String,
     #[arg(long, env = "MCE_REST_BASE_URL", default_value = defaults::MCE_REST_BASE_URL, value_parser = parse_base_url)]
     pub mce_rest_base_url: String,
+    /// Accept `http://` MCE base URLs (the simulator, the demo, tests);
+    /// otherwise they must be `https://`.
+    #[arg(long, env = "MCE_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mce_allow_http: bool,
     /// Deadline of a SOAP or REST call other than the token and rowset calls.
     #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = defaults::MCE_TIMEOUT_MS, value_parser = millis(100))]
     pub mce_timeout_ms: u64,
@@ -204,6 +260,12 @@ pub struct RunArgs {
     pub mce: MceArgs,
     #[command(flatten)]
     pub poll: PollArgs,
+    #[command(flatten)]
+    pub streams: StreamArgs,
+    /// How often each consumer is checked (and re-created if deleted);
+    /// /readyz fails once one has gone unconfirmed for three checks.
+    #[arg(long, env = "CONSUMER_CHECK_INTERVAL_MS", default_value_t = defaults::CONSUMER_CHECK_INTERVAL_MS, value_parser = millis(100))]
+    pub consumer_check_interval_ms: u64,
     #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = defaults::EXECUTE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub execute_concurrency: u32,
     #[arg(long, env = "POLL_CONCURRENCY", default_value_t = defaults::POLL_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -239,6 +301,14 @@ pub mod defaults {
     pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
     pub const NATS_URL: &str = "nats://127.0.0.1:4222";
     pub const SUBJECT_PREFIX: &str = "shell_query";
+    pub const NATS_INBOX_PREFIX: &str = "_INBOX.shell_query_service";
+    pub const STREAM_REPLICAS: usize = 1;
+    pub const JOBS_STREAM_MAX_BYTES: &str = "1GiB";
+    pub const STATUS_STREAM_MAX_BYTES: &str = "1GiB";
+    pub const DLQ_MAX_BYTES: &str = "512MiB";
+    pub const DLQ_MAX_AGE_MS: u64 = 14 * 24 * 3_600_000;
+    pub const ADVISORIES_STREAM_MAX_BYTES: &str = "64MiB";
+    pub const CONSUMER_CHECK_INTERVAL_MS: u64 = 10_000;
     pub const MCE_AUTH_BASE_URL: &str = "https://{tssd}.auth.marketingcloudapis.com";
     pub const MCE_SOAP_BASE_URL: &str = "https://{tssd}.soap.marketingcloudapis.com";
     pub const MCE_REST_BASE_URL: &str = "https://{tssd}.rest.marketingcloudapis.com";
@@ -303,6 +373,10 @@ impl Default for NatsArgs {
             nats_password: None,
             nats_token: None,
             subject_prefix: defaults::SUBJECT_PREFIX.to_string(),
+            nats_inbox_prefix: defaults::NATS_INBOX_PREFIX.to_string(),
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
         }
     }
 }
@@ -316,6 +390,7 @@ impl Default for MceArgs {
             mce_auth_base_url: defaults::MCE_AUTH_BASE_URL.to_string(),
             mce_soap_base_url: defaults::MCE_SOAP_BASE_URL.to_string(),
             mce_rest_base_url: defaults::MCE_REST_BASE_URL.to_string(),
+            mce_allow_http: false,
             mce_timeout_ms: defaults::MCE_TIMEOUT_MS,
             mce_token_timeout_ms: defaults::MCE_TOKEN_TIMEOUT_MS,
             mce_rowset_timeout_ms: defaults::MCE_ROWSET_TIMEOUT_MS,
@@ -347,6 +422,21 @@ impl Default for PollArgs {
     }
 }
 
+impl Default for StreamArgs {
+    /// The defaults the command line has, without parsing one.
+    fn default() -> Self {
+        let bytes = |v| parse_bytes(v).expect("the default sizes parse");
+        Self {
+            stream_replicas: defaults::STREAM_REPLICAS,
+            jobs_stream_max_bytes: bytes(defaults::JOBS_STREAM_MAX_BYTES),
+            status_stream_max_bytes: bytes(defaults::STATUS_STREAM_MAX_BYTES),
+            dlq_max_bytes: bytes(defaults::DLQ_MAX_BYTES),
+            dlq_max_age_ms: defaults::DLQ_MAX_AGE_MS,
+            advisories_stream_max_bytes: bytes(defaults::ADVISORIES_STREAM_MAX_BYTES),
+        }
+    }
+}
+
 impl Default for RunArgs {
     /// The defaults the command line has, without parsing one.
     fn default() -> Self {
@@ -356,6 +446,8 @@ impl Default for RunArgs {
             nats: NatsArgs::default(),
             mce: MceArgs::default(),
             poll: PollArgs::default(),
+            streams: StreamArgs::default(),
+            consumer_check_interval_ms: defaults::CONSUMER_CHECK_INTERVAL_MS,
             execute_concurrency: defaults::EXECUTE_CONCURRENCY,
             poll_concurrency: defaults::POLL_CONCURRENCY,
             poll_max_ack_pending: defaults::POLL_MAX_ACK_PENDING,
@@ -461,6 +553,28 @@ impl MceArgs {
         }
     }
 
+    /// The base URLs, each `https://` unless MCE_ALLOW_HTTP: a token and
+    /// refresh tokens never travel in clear text by accident.
+    pub fn checked_base_urls(&self) -> Result<crate::adapters::mce::BaseUrls, ConfigError> {
+        for (setting, url) in [
+            ("MCE_AUTH_BASE_URL", &self.mce_auth_base_url),
+            ("MCE_SOAP_BASE_URL", &self.mce_soap_base_url),
+            ("MCE_REST_BASE_URL", &self.mce_rest_base_url),
+        ] {
+            if !self.mce_allow_http && !url.starts_with("https://") {
+                return Err(ConfigError {
+                    setting,
+                    reason: "must be an https:// URL (MCE_ALLOW_HTTP=true allows http:// for a simulator)".into(),
+                });
+            }
+        }
+        Ok(crate::adapters::mce::BaseUrls {
+            auth: self.mce_auth_base_url.clone(),
+            soap: self.mce_soap_base_url.clone(),
+            rest: self.mce_rest_base_url.clone(),
+        })
+    }
+
     pub fn timeouts(&self) -> crate::adapters::mce::Timeouts {
         crate::adapters::mce::Timeouts {
             token: Duration::from_millis(self.mce_token_timeout_ms),
@@ -472,6 +586,37 @@ impl MceArgs {
 
 fn millis(min: u64) -> impl clap::builder::TypedValueParser<Value = u64> {
     clap::value_parser!(u64).range(min..=365 * 24 * 3_600_000)
+}
+
+fn parse_replicas(s: &str) -> Result<usize, String> {
+    match s.trim() {
+        "1" => Ok(1),
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err("must be 1, 3 or 5".into()),
+    }
+}
+
+/// A size in bytes: a number, optionally with KiB, MiB or GiB (or KB, MB,
+/// GB, the same powers of 1024), at least 1 KiB and at most 1 TiB.
+fn parse_bytes(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| "must be a number of bytes, optionally with KiB, MiB or GiB".to_string())?;
+    let scale: i64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err("unit must be KiB, MiB or GiB".into()),
+    };
+    match n.checked_mul(scale) {
+        Some(v) if (1 << 10..=1 << 40).contains(&v) => Ok(v),
+        _ => Err("must be between 1KiB and 1024GiB".into()),
+    }
 }
 
 fn parse_schedule(s: &str) -> Result<shell_query_core::poll::schedule::Schedule, String> {

@@ -126,6 +126,8 @@ async fn connect(url: &str, login: &Option<(String, String)>) -> Result<async_na
     match login {
         Some((user, password)) => {
             async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+                // nats.conf lets each user receive replies only under its own prefix.
+                .custom_inbox_prefix(format!("_INBOX.{user}"))
                 .connect(url)
                 .await
         }
@@ -143,6 +145,7 @@ async fn start_nats(bin: &str, dir: &std::path::Path) -> anyhow::Result<(String,
         .env("SHELL_QUERY_SERVICE_PASSWORD", &service)
         .env("SHELL_QUERY_API_PASSWORD", password())
         .env("SHELL_QUERY_ADMIN_PASSWORD", &admin)
+        .env("SHELL_QUERY_SYS_PASSWORD", password())
         .arg("-c")
         .arg(&conf)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
@@ -248,6 +251,10 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             nats_url: nats_url.clone(),
             nats_user: login.service.as_ref().map(|(user, _)| user.clone()),
             nats_password: login.service.as_ref().map(|(_, p)| SecretString::from(p.clone())),
+            nats_inbox_prefix: login
+                .service
+                .as_ref()
+                .map_or_else(|| "_INBOX".to_string(), |(user, _)| format!("_INBOX.{user}")),
             ..NatsArgs::default()
         },
         mce: MceArgs {
@@ -256,6 +263,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             mce_auth_base_url: sim.url(),
             mce_soap_base_url: sim.url(),
             mce_rest_base_url: sim.url(),
+            mce_allow_http: true,
             ..MceArgs::default()
         },
         poll: PollArgs {

@@ -1,5 +1,5 @@
-//! `/healthz` (alive) and `/readyz` (NATS connected, database reachable, not
-//! draining).
+//! `/healthz` (alive: every consumer loop running) and `/readyz` (NATS
+//! connected, every consumer confirmed, database reachable, not draining).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ pub struct Health {
     pub nats: async_nats::Client,
     pub draining: Arc<AtomicBool>,
     pub metrics: Arc<crate::adapters::metrics::Metrics>,
+    pub consumers: Arc<super::consumer_watch::Watch>,
 }
 
 async fn metrics(State(h): State<Health>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
@@ -27,23 +28,30 @@ async fn metrics(State(h): State<Health>) -> ([(axum::http::header::HeaderName, 
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(h): State<Health>) -> (StatusCode, String) {
+    match h.consumers.dead_loop() {
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+        None => (StatusCode::OK, "ok".into()),
+    }
 }
 
-async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {
+async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
+    let unavailable = |why: &str| (StatusCode::SERVICE_UNAVAILABLE, why.to_string());
     if h.draining.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining");
+        return unavailable("draining");
     }
     if h.nats.connection_state() != async_nats::connection::State::Connected {
-        return (StatusCode::SERVICE_UNAVAILABLE, "nats disconnected");
+        return unavailable("nats disconnected");
+    }
+    if let Some(why) = h.consumers.unready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
     // A database that does not answer is as unready as one that refuses.
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), h.store.ping()).await;
     if !matches!(ping, Ok(true)) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "database unreachable");
+        return unavailable("database unreachable");
     }
-    (StatusCode::OK, "ready")
+    (StatusCode::OK, "ready".into())
 }
 
 /// Binds and serves in the background.

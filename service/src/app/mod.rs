@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod consumer;
+pub mod consumer_watch;
 pub mod demo;
 pub mod http;
 
@@ -23,6 +24,7 @@ use crate::adapters::crypto::Cipher;
 use crate::adapters::mce::{BaseUrls, Mce, RetryPolicy};
 use crate::adapters::metrics::Metrics;
 use crate::adapters::nats::Subjects;
+use crate::adapters::nats::{ConsumerSettings, consumer_specs};
 use crate::adapters::store::credentials::CredentialStore;
 use crate::handlers::{Handler, execute::Execute, poll::Poll};
 use crate::lifecycle::Deps;
@@ -36,45 +38,74 @@ pub struct Validated {
     pub client_id: String,
     pub client_secret: SecretString,
     pub poll: PollConfig,
+    pub base_urls: BaseUrls,
 }
 
 pub fn validate(args: &RunArgs) -> Result<Validated, ConfigError> {
     let cipher = args.keys.cipher()?;
     let (client_id, client_secret) = args.mce.client()?;
     let poll = args.poll.to_config()?;
+    let base_urls = args.mce.checked_base_urls()?;
     Ok(Validated {
         cipher,
         client_id,
         client_secret,
         poll,
+        base_urls,
     })
+}
+
+/// The servers of NATS_URL (comma-separated: every server of a cluster, or
+/// some of them; the others are learnt from the cluster).
+fn nats_servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("NATS_URL: {s:?} is not a server address"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .and_then(|servers| {
+            anyhow::ensure!(!servers.is_empty(), "NATS_URL: no server given");
+            Ok(servers)
+        })
 }
 
 async fn connect_nats(args: &RunArgs) -> anyhow::Result<async_nats::Client> {
     let n = &args.nats;
-    let mut options = async_nats::ConnectOptions::new()
+    let servers = nats_servers(&n.nats_url)?;
+    let mut options = match &n.nats_creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
+            .await
+            .context("NATS_CREDS_FILE")?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    options = options
         .name("shell-query-worker")
         .retry_on_initial_connect()
+        // Replies only under this client's own prefix (nats.conf lets each
+        // user subscribe to `_INBOX.<user>.>` and nothing wider).
+        .custom_inbox_prefix(&n.nats_inbox_prefix)
         .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
-    if let Some(path) = &n.nats_creds_file {
-        options = async_nats::ConnectOptions::with_credentials_file(path.clone())
-            .await
-            .context("NATS_CREDS_FILE")?
-            .name("shell-query-worker")
-            .retry_on_initial_connect();
-    }
     if let (Some(user), Some(password)) = (&n.nats_user, &n.nats_password) {
         options = options.user_and_password(user.clone(), password.expose_secret().to_string());
     }
     if let Some(token) = &n.nats_token {
         options = options.token(token.expose_secret().to_string());
     }
-    let servers: Vec<async_nats::ServerAddr> = n
-        .nats_url
-        .split(',')
-        .map(|s| s.trim().parse())
-        .collect::<Result<_, _>>()
-        .context("NATS_URL")?;
+    if let Some(ca) = &n.nats_tls_ca {
+        anyhow::ensure!(ca.is_file(), "NATS_TLS_CA: {} is not a readable file", ca.display());
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&n.nats_tls_cert, &n.nats_tls_key) {
+        for (setting, path) in [("NATS_TLS_CERT", cert), ("NATS_TLS_KEY", key)] {
+            anyhow::ensure!(path.is_file(), "{setting}: {} is not a readable file", path.display());
+        }
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
     Ok(options.connect(servers).await?)
 }
 
@@ -101,15 +132,20 @@ pub async fn run_until(
     let subjects = Subjects::new(&args.nats.subject_prefix);
     let execute_ack_wait = Duration::from_millis(args.execute_ack_wait_ms);
     let poll_ack_wait = Duration::from_millis(args.poll_ack_wait_ms);
-    let consumers = crate::adapters::nats::declare(
-        &js,
+    let limits = args.streams.limits();
+    let specs = consumer_specs(
         &subjects,
-        args.poll_max_ack_pending,
-        execute_ack_wait,
-        poll_ack_wait,
-    )
-    .await
-    .context("declaring streams and consumers")?;
+        &ConsumerSettings {
+            poll_max_ack_pending: args.poll_max_ack_pending,
+            execute_ack_wait,
+            poll_ack_wait,
+        },
+    );
+    let consumers = crate::adapters::nats::declare(&js, &subjects, &limits, &specs)
+        .await
+        .context("declaring streams and consumers")?;
+    let consumer_watch =
+        self::consumer_watch::Watch::new(&specs, Duration::from_millis(args.consumer_check_interval_ms));
 
     let metrics = Arc::new(Metrics::default());
     let mce = Mce::new(
@@ -117,11 +153,7 @@ pub async fn run_until(
         settings.cipher.clone(),
         settings.client_id,
         settings.client_secret,
-        BaseUrls {
-            auth: args.mce.mce_auth_base_url.clone(),
-            soap: args.mce.mce_soap_base_url.clone(),
-            rest: args.mce.mce_rest_base_url.clone(),
-        },
+        settings.base_urls,
         RetryPolicy::default(),
     )
     .with_timeouts(args.mce.timeouts())
@@ -145,53 +177,56 @@ pub async fn run_until(
             nats: client.clone(),
             draining: draining.clone(),
             metrics: metrics.clone(),
+            consumers: consumer_watch.clone(),
         },
     )
     .await
     .context("HTTP_ADDR")?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(sample_consumers(
-        vec![
-            ("execute", consumers.execute.clone()),
-            ("poll", consumers.poll.clone()),
-            ("cancel", consumers.cancel.clone()),
-        ],
+    tasks.spawn(self::consumer_watch::run(
+        consumer_watch.clone(),
+        deps.js.clone(),
+        deps.subjects.clone(),
+        limits,
+        specs.to_vec(),
         metrics.clone(),
         stop_rx.clone(),
     ));
-    tasks.spawn(consumer::run(
-        Handler::Execute(Execute::default()),
-        consumers.execute,
-        args.execute_concurrency as usize,
-        execute_ack_wait,
-        deps.clone(),
-        stop_rx.clone(),
-    ));
-    tasks.spawn(consumer::run(
-        Handler::Poll(Poll { config: settings.poll }),
-        consumers.poll,
-        args.poll_concurrency as usize,
-        poll_ack_wait,
-        deps.clone(),
-        stop_rx.clone(),
-    ));
-    tasks.spawn(consumer::run(
-        Handler::Undeliverable,
-        consumers.undeliverable,
-        4,
-        crate::adapters::nats::CANCEL_ACK_WAIT,
-        deps.clone(),
-        stop_rx.clone(),
-    ));
-    tasks.spawn(consumer::run(
-        Handler::Cancel,
-        consumers.cancel,
-        8,
-        crate::adapters::nats::CANCEL_ACK_WAIT,
-        deps.clone(),
-        stop_rx.clone(),
-    ));
+    let loops = [
+        (
+            Handler::Execute(Execute::default()),
+            consumers.execute,
+            args.execute_concurrency as usize,
+            execute_ack_wait,
+        ),
+        (
+            Handler::Poll(Poll { config: settings.poll }),
+            consumers.poll,
+            args.poll_concurrency as usize,
+            poll_ack_wait,
+        ),
+        (
+            Handler::Undeliverable,
+            consumers.undeliverable,
+            4,
+            crate::adapters::nats::CANCEL_ACK_WAIT,
+        ),
+        (
+            Handler::Cancel,
+            consumers.cancel,
+            8,
+            crate::adapters::nats::CANCEL_ACK_WAIT,
+        ),
+    ];
+    for (handler, consumer, concurrency, ack_wait) in loops {
+        let guard = consumer_watch.loop_guard(handler.name(), stop_rx.clone());
+        let (deps, stop_rx) = (deps.clone(), stop_rx.clone());
+        tasks.spawn(async move {
+            let _guard = guard;
+            consumer::run(handler, consumer, concurrency, ack_wait, deps, stop_rx).await;
+        });
+    }
     tasks.spawn(crate::jobs::reconciler::run(
         deps.clone(),
         crate::jobs::reconciler::Config {
@@ -227,36 +262,6 @@ pub async fn run_until(
     http.abort();
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Publishes each consumer's pending and ack-pending counts as gauges.
-async fn sample_consumers(
-    mut consumers: Vec<(&'static str, async_nats::jetstream::consumer::PullConsumer)>,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(15));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        for (name, consumer) in &mut consumers {
-            if let Ok(info) = consumer.info().await {
-                let (pending, ack_pending) = (info.num_pending as f64, info.num_ack_pending as f64);
-                metrics.set(
-                    crate::adapters::metrics::CONSUMER_PENDING,
-                    &[("consumer", name), ("kind", "pending")],
-                    pending,
-                );
-                metrics.set(
-                    crate::adapters::metrics::CONSUMER_PENDING,
-                    &[("consumer", name), ("kind", "ack_pending")],
-                    ack_pending,
-                );
-            }
-        }
-    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,426 @@
+//! nats.conf's least privilege, action by action: each user connects and
+//! tries every action of a matrix. An action counts as denied only when the
+//! server says "Permissions Violation" for its subject, and every action is
+//! also done by the admin user, so a denied one is a real action refused,
+//! not one that fails anyway.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures::StreamExt;
+use tests::{ADMIN_USER, API_USER, NatsServer, SERVICE_USER, SYS_USER, wait_for};
+
+const RUN: &str = "0b5f3c1e-8a2d-4f6b-9c3e-1a0000000001";
+
+/// A client that records the server's permission violations.
+struct Client {
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+async fn connect(server: &NatsServer, user: &str) -> Client {
+    let violations = Arc::new(Mutex::new(Vec::new()));
+    let seen = violations.clone();
+    let options = server.options_for(user).event_callback(move |event| {
+        let seen = seen.clone();
+        async move {
+            if let async_nats::Event::ServerError(e) = event {
+                seen.lock().unwrap().push(e.to_string());
+            }
+        }
+    });
+    let nats = server.connect_with(&server.url(), options).await.expect("connecting");
+    // Denied JetStream requests get no answer: do not wait long for one.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_millis(700))
+        .build(nats.clone());
+    Client { nats, js, violations }
+}
+
+/// The actions of the matrix. Each returns whether it worked.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    PublishExecute,
+    PublishCancel,
+    PublishPoll,
+    PublishStatus,
+    RequestResults,
+    StatusDirectGet,
+    StatusOwnConsumer,
+    StatusSubscribe,
+    CreateStream,
+    UpdateJobsStream,
+    PurgeStatusStream,
+    DeleteDlqStream,
+    DeletePollConsumer,
+    CreateJobsConsumer,
+    JobsDirectGet,
+    PullExecuteConsumer,
+    DlqRead,
+    LeaseRead,
+    SubscribeAllInboxes,
+    SubscribeServiceInbox,
+    SubscribeApiInbox,
+    ServerReport,
+}
+
+/// The subject a denial of the action names.
+fn subject(action: Action) -> String {
+    match action {
+        // A fresh run id follows (the jobs stream holds one message per subject).
+        Action::PublishExecute => "shell_query.execute.".into(),
+        Action::PublishCancel => "shell_query.cancel.".into(),
+        Action::PublishPoll => "shell_query.poll.".into(),
+        Action::PublishStatus => "shell_query.status.".into(),
+        Action::RequestResults => "shell_query.api.results".into(),
+        Action::StatusDirectGet => format!("$JS.API.DIRECT.GET.SHELL_QUERY_STATUS.shell_query.status.{RUN}"),
+        Action::StatusOwnConsumer => "$JS.API.CONSUMER.CREATE.SHELL_QUERY_STATUS".into(),
+        Action::StatusSubscribe => "shell_query.status.*".into(),
+        Action::CreateStream => "$JS.API.STREAM.CREATE.OTHER".into(),
+        Action::UpdateJobsStream => "$JS.API.STREAM.UPDATE.SHELL_QUERY_JOBS".into(),
+        Action::PurgeStatusStream => "$JS.API.STREAM.PURGE.SHELL_QUERY_STATUS".into(),
+        Action::DeleteDlqStream => "$JS.API.STREAM.DELETE.SHELL_QUERY_DLQ".into(),
+        Action::DeletePollConsumer => "$JS.API.CONSUMER.DELETE.SHELL_QUERY_JOBS.shell-query-poll".into(),
+        Action::CreateJobsConsumer => "$JS.API.CONSUMER.CREATE.SHELL_QUERY_JOBS".into(),
+        Action::JobsDirectGet => "$JS.API.DIRECT.GET.SHELL_QUERY_JOBS".into(),
+        Action::PullExecuteConsumer => "$JS.API.CONSUMER.MSG.NEXT.SHELL_QUERY_JOBS.shell-query-execute".into(),
+        Action::DlqRead => "$JS.API.STREAM.MSG.GET.SHELL_QUERY_DLQ".into(),
+        Action::LeaseRead => "$JS.API.STREAM.INFO.KV_SHELL_QUERY_LEASES".into(),
+        Action::SubscribeAllInboxes => "_INBOX.>".into(),
+        Action::SubscribeServiceInbox => "_INBOX.shell_query_service.>".into(),
+        Action::SubscribeApiInbox => "_INBOX.shell_query_api.>".into(),
+        Action::ServerReport => "$SYS.REQ.SERVER.PING.JSZ".into(),
+    }
+}
+
+/// Whether a core subscription receives a message the admin publishes.
+async fn receives(client: &Client, admin: &Client, filter: &str, subject: String) -> bool {
+    let Ok(mut sub) = client.nats.subscribe(filter.to_string()).await else {
+        return false;
+    };
+    let _ = client.nats.flush().await;
+    admin.nats.publish(subject, "probe".into()).await.unwrap();
+    admin.nats.flush().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), sub.next())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
+    let js = &client.js;
+    match action {
+        Action::PublishExecute | Action::PublishCancel | Action::PublishPoll | Action::PublishStatus => {
+            match js
+                .publish(format!("{}{}", subject(action), uuid::Uuid::new_v4()), "{}".into())
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            }
+        }
+        Action::RequestResults => client
+            .nats
+            .request(subject(action), "{}".into())
+            .await
+            .is_ok_and(|r| r.payload.as_ref() == b"answer"),
+        Action::StatusDirectGet => match js.get_stream_no_info("SHELL_QUERY_STATUS").await {
+            Ok(s) => s
+                .direct_get_last_for_subject(format!("shell_query.status.{RUN}"))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        },
+        Action::StatusOwnConsumer => {
+            let Ok(s) = js.get_stream_no_info("SHELL_QUERY_STATUS").await else {
+                return false;
+            };
+            let Ok(consumer) = s
+                .create_consumer(pull::Config {
+                    ack_policy: jetstream::consumer::AckPolicy::None,
+                    ..Default::default()
+                })
+                .await
+            else {
+                return false;
+            };
+            let Ok(mut batch) = consumer.fetch().max_messages(1).messages().await else {
+                return false;
+            };
+            matches!(batch.next().await, Some(Ok(_)))
+        }
+        Action::StatusSubscribe => {
+            receives(
+                client,
+                admin,
+                "shell_query.status.*",
+                format!("shell_query.status.{RUN}"),
+            )
+            .await
+        }
+        Action::CreateStream => js
+            .create_stream(stream::Config {
+                name: "OTHER".into(),
+                subjects: vec!["other.>".into()],
+                ..Default::default()
+            })
+            .await
+            .is_ok(),
+        Action::UpdateJobsStream => {
+            let Ok(s) = admin.js.get_stream("SHELL_QUERY_JOBS").await else {
+                return false;
+            };
+            js.update_stream(s.cached_info().config.clone()).await.is_ok()
+        }
+        Action::PurgeStatusStream => match js.get_stream_no_info("SHELL_QUERY_STATUS").await {
+            Ok(s) => s.purge().filter(format!("shell_query.status.{RUN}")).await.is_ok(),
+            Err(_) => false,
+        },
+        Action::DeleteDlqStream => js.delete_stream("SHELL_QUERY_DLQ").await.is_ok(),
+        Action::DeletePollConsumer => match js.get_stream_no_info("SHELL_QUERY_JOBS").await {
+            Ok(s) => s.delete_consumer("shell-query-poll").await.is_ok(),
+            Err(_) => false,
+        },
+        Action::CreateJobsConsumer => match js.get_stream_no_info("SHELL_QUERY_JOBS").await {
+            Ok(s) => s
+                .create_consumer(pull::Config {
+                    ack_policy: jetstream::consumer::AckPolicy::None,
+                    ..Default::default()
+                })
+                .await
+                .is_ok(),
+            Err(_) => false,
+        },
+        Action::JobsDirectGet => match js.get_stream_no_info("SHELL_QUERY_JOBS").await {
+            Ok(s) => s.direct_get(1).await.is_ok(),
+            Err(_) => false,
+        },
+        Action::PullExecuteConsumer => {
+            let Ok(s) = js.get_stream_no_info("SHELL_QUERY_JOBS").await else {
+                return false;
+            };
+            let Ok(consumer) = s.get_consumer::<pull::Config>("shell-query-execute").await else {
+                // Reading the consumer's info is denied too; try the pull itself.
+                let reply = client.nats.new_inbox();
+                let Ok(mut sub) = client.nats.subscribe(reply.clone()).await else {
+                    return false;
+                };
+                let _ = client
+                    .nats
+                    .publish_with_reply(subject(action), reply, r#"{"batch":1,"no_wait":true}"#.into())
+                    .await;
+                return tokio::time::timeout(Duration::from_secs(2), sub.next())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.headers.is_none());
+            };
+            let Ok(mut batch) = consumer.fetch().max_messages(1).messages().await else {
+                return false;
+            };
+            matches!(batch.next().await, Some(Ok(_)))
+        }
+        Action::DlqRead => match js.get_stream_no_info("SHELL_QUERY_DLQ").await {
+            Ok(s) => s.get_raw_message(1).await.is_ok(),
+            Err(_) => false,
+        },
+        Action::LeaseRead => match js.get_key_value("SHELL_QUERY_LEASES").await {
+            Ok(kv) => kv.get("reconciler").await.is_ok_and(|v| v.is_some()),
+            Err(_) => false,
+        },
+        Action::SubscribeAllInboxes => receives(client, admin, "_INBOX.>", "_INBOX.probe.1".into()).await,
+        Action::SubscribeServiceInbox => {
+            receives(
+                client,
+                admin,
+                "_INBOX.shell_query_service.>",
+                "_INBOX.shell_query_service.x".into(),
+            )
+            .await
+        }
+        Action::SubscribeApiInbox => {
+            receives(
+                client,
+                admin,
+                "_INBOX.shell_query_api.>",
+                "_INBOX.shell_query_api.x".into(),
+            )
+            .await
+        }
+        Action::ServerReport => client
+            .nats
+            .request(subject(action), "{}".into())
+            .await
+            .is_ok_and(|r| !r.payload.is_empty()),
+    }
+}
+
+/// Whether the server reported a permission violation naming `subject`.
+fn violated(client: &Client, subject: &str) -> bool {
+    client
+        .violations
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|v| v.to_lowercase().contains("permissions violation") && v.contains(subject))
+}
+
+/// Sets up what the actions read: the streams, one message on each stream
+/// an action reads, a lease, and a responder on the results subject.
+async fn seed(server: &NatsServer, admin: &Client) {
+    crate::jetstream::declare_defaults(&admin.js, "shell_query").await;
+    for subject in [
+        format!("shell_query.status.{RUN}"),
+        format!("shell_query.execute.{RUN}"),
+        format!("shell_query.dlq.execute.{RUN}"),
+    ] {
+        admin.js.publish(subject, "{}".into()).await.unwrap().await.unwrap();
+    }
+    let kv = admin.js.get_key_value("SHELL_QUERY_LEASES").await.unwrap();
+    kv.put("reconciler", "0".into()).await.unwrap();
+    let responder = server.admin().await;
+    let mut requests = responder.subscribe("shell_query.api.>").await.unwrap();
+    responder.flush().await.unwrap();
+    tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(reply) = request.reply {
+                let _ = responder.publish(reply, "answer".into()).await;
+            }
+        }
+    });
+}
+
+/// `allowed` lists the actions the user may do; every other action of the
+/// matrix must be refused by the server.
+async fn check_user(server: &NatsServer, admin: &Client, user: &str, allowed: &[Action], denied: &[Action]) {
+    let client = connect(server, user).await;
+    for &action in allowed {
+        assert!(attempt(&client, admin, action).await, "{user} may {action:?}");
+    }
+    for &action in denied {
+        let worked = attempt(&client, admin, action).await;
+        assert!(!worked, "{user} may not {action:?}, yet it worked");
+        let subject = subject(action);
+        wait_for(
+            &format!("the server to refuse {action:?} to {user}"),
+            Duration::from_secs(5),
+            || async { violated(&client, &subject) },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_may_do_only_its_own_part() {
+    use Action::*;
+    let server = NatsServer::start().await;
+    assert!(
+        async_nats::connect(server.url()).await.is_err(),
+        "no anonymous connections"
+    );
+    let admin = connect(&server, ADMIN_USER).await;
+    seed(&server, &admin).await;
+
+    // The admin can do the actions (so a denial below is a real refusal),
+    // except the system account's report, which belongs to the system user,
+    // and a new consumer on the work-queue jobs stream, which overlaps the
+    // service's own and is refused to anyone.
+    let every = [
+        PublishExecute,
+        PublishCancel,
+        PublishPoll,
+        PublishStatus,
+        RequestResults,
+        StatusDirectGet,
+        StatusOwnConsumer,
+        StatusSubscribe,
+        JobsDirectGet,
+        DlqRead,
+        LeaseRead,
+        PurgeStatusStream,
+        UpdateJobsStream,
+        CreateStream,
+        SubscribeAllInboxes,
+    ];
+    for action in every {
+        assert!(attempt(&admin, &admin, action).await, "the admin may {action:?}");
+    }
+    // Seed again what the admin's actions used up.
+    admin
+        .js
+        .publish(format!("shell_query.status.{RUN}"), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    check_user(
+        &server,
+        &admin,
+        API_USER,
+        &[
+            PublishExecute,
+            PublishCancel,
+            RequestResults,
+            StatusDirectGet,
+            StatusOwnConsumer,
+            StatusSubscribe,
+            SubscribeApiInbox,
+        ],
+        &[
+            PublishPoll,
+            PublishStatus,
+            CreateStream,
+            UpdateJobsStream,
+            PurgeStatusStream,
+            DeleteDlqStream,
+            DeletePollConsumer,
+            CreateJobsConsumer,
+            JobsDirectGet,
+            PullExecuteConsumer,
+            DlqRead,
+            LeaseRead,
+            SubscribeAllInboxes,
+            SubscribeServiceInbox,
+            ServerReport,
+        ],
+    )
+    .await;
+    check_user(
+        &server,
+        &admin,
+        SERVICE_USER,
+        &[
+            PublishExecute,
+            PublishPoll,
+            PublishStatus,
+            StatusDirectGet,
+            JobsDirectGet,
+            LeaseRead,
+            SubscribeServiceInbox,
+        ],
+        &[
+            PublishCancel,
+            CreateStream,
+            PurgeStatusStream,
+            DeleteDlqStream,
+            DeletePollConsumer,
+            DlqRead,
+            SubscribeAllInboxes,
+            SubscribeApiInbox,
+            ServerReport,
+        ],
+    )
+    .await;
+    // The system account sees the servers (`nats server report jetstream`)
+    // and nothing of the application's subjects.
+    check_user(&server, &admin, SYS_USER, &[ServerReport], &[]).await;
+    let sys = connect(&server, SYS_USER).await;
+    assert!(
+        !attempt(&sys, &admin, StatusSubscribe).await,
+        "the system account is another account: it sees no status events"
+    );
+}
