@@ -18,11 +18,11 @@ use uuid::Uuid;
 
 use crate::support::{PREFIX, System};
 
-const BATCH_DEADLINE: Duration = Duration::from_secs(150);
+pub(crate) const BATCH_DEADLINE: Duration = Duration::from_secs(150);
 
 /// Quick reconciling and sweeping, and short ack waits so that a delivery
 /// cut short by a crash comes back in seconds.
-const SETTINGS: &[(&str, &str)] = &[
+pub(crate) const SETTINGS: &[(&str, &str)] = &[
     ("EXECUTE_ACK_WAIT_MS", "4000"),
     ("POLL_ACK_WAIT_MS", "4000"),
     ("RECONCILER_INTERVAL_MS", "2000"),
@@ -41,7 +41,7 @@ fn fault_settings() -> Vec<(&'static str, &'static str)> {
         .collect()
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -49,7 +49,7 @@ fn seed() -> u64 {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expect {
+pub(crate) enum Expect {
     Ready,
     Failed,
     /// Canceled once MCE has started it.
@@ -58,9 +58,9 @@ enum Expect {
     Invalid,
 }
 
-struct Planned {
-    id: Uuid,
-    expect: Expect,
+pub(crate) struct Planned {
+    pub(crate) id: Uuid,
+    pub(crate) expect: Expect,
 }
 
 /// The scenarios a batch mixes; the marker in the SQL picks one.
@@ -77,7 +77,7 @@ fn script(system: &System) {
 
 /// Submits `n` runs (ready, failed and canceled ones) and `invalid` messages
 /// that are not execute messages.
-async fn submit_batch(system: &System, n: usize, invalid: usize) -> Vec<Planned> {
+pub(crate) async fn submit_batch(system: &System, n: usize, invalid: usize) -> Vec<Planned> {
     script(system);
     let mut planned = Vec::new();
     for i in 0..n {
@@ -105,7 +105,7 @@ async fn submit_batch(system: &System, n: usize, invalid: usize) -> Vec<Planned>
 
 /// Cancels every run meant to be canceled that MCE has started and that is
 /// not canceled yet; true when all are.
-async fn cancel_started(system: &System, planned: &[Planned], sent: &mut BTreeSet<Uuid>) -> bool {
+pub(crate) async fn cancel_started(system: &System, planned: &[Planned], sent: &mut BTreeSet<Uuid>) -> bool {
     let mut all = true;
     for p in planned.iter().filter(|p| p.expect == Expect::Canceled) {
         if sent.contains(&p.id) {
@@ -128,7 +128,7 @@ async fn cancel_started(system: &System, planned: &[Planned], sent: &mut BTreeSe
 }
 
 /// Sends the cancels as their runs start, until every run is terminal.
-async fn finish(system: &System, planned: &[Planned], sent: &mut BTreeSet<Uuid>, seed: u64) {
+pub(crate) async fn finish(system: &System, planned: &[Planned], sent: &mut BTreeSet<Uuid>, seed: u64) {
     let deadline = std::time::Instant::now() + BATCH_DEADLINE;
     loop {
         let cancels_done = cancel_started(system, planned, sent).await;
@@ -153,7 +153,7 @@ async fn finish(system: &System, planned: &[Planned], sent: &mut BTreeSet<Uuid>,
 }
 
 /// Every promise a batch must keep once it is over.
-async fn check_batch(system: &System, planned: &[Planned], seed: u64) {
+pub(crate) async fn check_batch(system: &System, planned: &[Planned], seed: u64) {
     for p in planned {
         let run = system.run(p.id).await.expect("every run has a row");
         let want = match p.expect {

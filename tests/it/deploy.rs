@@ -97,7 +97,26 @@ fn compose_parses_and_wires_nats_postgres_the_simulator_and_the_service() {
         volumes.iter().any(|v| v.starts_with("./nats.conf:")),
         "nats runs with nats.conf"
     );
-    assert!(workspace_root().join("nats.conf").exists());
+    // Every variable nats.conf reads (`$NAME` not followed by a `.`, which
+    // would be a subject such as `$JS.API`) is set for the nats service.
+    let conf = std::fs::read_to_string(workspace_root().join("nats.conf")).unwrap();
+    let nats_env = keys(&services["nats"]["environment"]);
+    let mut variables = 0;
+    for (i, _) in conf.match_indices('$') {
+        let name: String = conf[i + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        if name.is_empty() || conf[i + 1 + name.len()..].starts_with('.') {
+            continue;
+        }
+        variables += 1;
+        assert!(
+            nats_env.contains(&name),
+            "compose's nats does not set {name}, which nats.conf reads"
+        );
+    }
+    assert_eq!(variables, 4, "the four users' passwords");
     for key in keys(&services["worker"]["environment"]) {
         // The standard OTEL_* variables are read by the trace exporter.
         let standard_otel = key.starts_with("OTEL_");

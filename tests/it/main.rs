@@ -2,7 +2,9 @@
 //! MCE simulator and the real `shell-query-worker` binary.
 
 mod chaos;
+mod cluster;
 mod commands;
+mod connections;
 mod deploy;
 mod e2e;
 mod execute;

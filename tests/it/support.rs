@@ -68,6 +68,14 @@ impl System {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(self.nats.tls().into_iter().flat_map(|tls| {
+            [
+                ("NATS_TLS_CA", &tls.ca),
+                ("NATS_TLS_CERT", &tls.client_cert),
+                ("NATS_TLS_KEY", &tls.client_key),
+            ]
+            .map(|(k, path)| (k.to_string(), path.display().to_string()))
+        }))
         .collect()
     }
 

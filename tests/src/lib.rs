@@ -251,6 +251,11 @@ impl NatsServer {
         servers
     }
 
+    /// The certificates of a server started with TLS.
+    pub fn tls(&self) -> Option<&TlsFiles> {
+        self.options.tls.as_ref()
+    }
+
     /// The server's name (`-n`), if it was given one.
     pub fn name(&self) -> Option<&str> {
         self.options.name.as_deref()

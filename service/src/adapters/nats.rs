@@ -650,6 +650,54 @@ pub async fn publish_dlq(
 mod tests {
     use super::*;
 
+    fn limits() -> StreamLimits {
+        StreamLimits {
+            replicas: 1,
+            jobs_max_bytes: 1 << 30,
+            status_max_bytes: 1 << 30,
+            dlq_max_bytes: 512 << 20,
+            dlq_max_age: Duration::from_secs(14 * 24 * 3600),
+            advisories_max_bytes: 64 << 20,
+        }
+    }
+
+    #[test]
+    fn a_declaration_keeps_raised_limits_and_raises_lowered_ones() {
+        let [jobs, _, _, dlq] = stream_configs(&Subjects::new("sq"), &limits());
+        let same = keep_raised(jobs.clone(), &jobs);
+        assert!(same.1.is_empty(), "nothing differs: {:?}", same.1);
+
+        let mut raised = jobs.clone();
+        raised.num_replicas = 3;
+        raised.max_bytes = -1; // unlimited
+        let (config, differences) = keep_raised(jobs.clone(), &raised);
+        assert_eq!(config.num_replicas, 3);
+        assert_eq!(config.max_bytes, -1);
+        assert_eq!(
+            differences,
+            vec![
+                "num_replicas 3 (settings 1)",
+                "max_bytes unlimited (settings 1073741824)"
+            ]
+        );
+
+        let mut lowered = dlq.clone();
+        lowered.max_bytes = 1024;
+        lowered.max_age = Duration::from_secs(60);
+        let (config, differences) = keep_raised(dlq.clone(), &lowered);
+        assert_eq!(config.max_bytes, 512 << 20, "raised to the setting");
+        assert_eq!(config.max_age, dlq.max_age);
+        assert_eq!(differences.len(), 2);
+
+        let mut ageless = dlq.clone();
+        ageless.max_age = Duration::ZERO;
+        assert_eq!(
+            keep_raised(dlq.clone(), &ageless).0.max_age,
+            Duration::ZERO,
+            "no age limit is the highest"
+        );
+    }
+
     #[test]
     fn subjects() {
         let s = Subjects::new("sq");

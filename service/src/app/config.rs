@@ -732,6 +732,31 @@ mod tests {
     }
 
     #[test]
+    fn sizes_take_units_and_stay_in_range() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("64 MB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("12").is_err(), "below 1 KiB");
+        assert!(parse_bytes("2000GiB").is_err(), "above 1 TiB");
+        assert!(parse_bytes("1TB").is_err());
+        assert!(parse_bytes("-1").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
+        assert!(error_line(&["--stream-replicas", "2"]).contains("STREAM_REPLICAS"));
+    }
+
+    #[test]
+    fn mce_urls_must_be_https_unless_allowed() {
+        let mut mce = MceArgs::default();
+        assert!(mce.checked_base_urls().is_ok(), "the defaults are https");
+        mce.mce_soap_base_url = "http://127.0.0.1:9090".into();
+        let refused = mce.checked_base_urls().unwrap_err();
+        assert_eq!(refused.setting, "MCE_SOAP_BASE_URL");
+        mce.mce_allow_http = true;
+        assert_eq!(mce.checked_base_urls().unwrap().soap, "http://127.0.0.1:9090");
+    }
+
+    #[test]
     fn defaults_match_the_contract() {
         let Command::Run(run) = run_args(&[]).unwrap().command else {
             panic!()

@@ -1,7 +1,8 @@
 //! Keeps the durable consumers there. Every CONSUMER_CHECK_INTERVAL_MS each
 //! consumer is checked: re-created if it was deleted (its stream too),
 //! updated if its configuration was changed, and its pending counts
-//! sampled. `/readyz` fails for a consumer unconfirmed for three checks;
+//! sampled. `/readyz` fails for a consumer unconfirmed for three checks
+//! (one that cannot be declared again, or one an operator paused);
 //! `/healthz` fails for a consumer loop that stopped while the service was
 //! not shutting down (the pod is restarted).
 //!
@@ -161,7 +162,13 @@ pub async fn run(
         for spec in &specs {
             match check(&js, &subjects, &limits, spec).await {
                 Ok((ensured, info)) => {
-                    watch.confirm(spec.role);
+                    // A paused consumer delivers nothing: an operator's
+                    // choice the service does not undo, but it is not ready.
+                    if info.paused {
+                        tracing::warn!(consumer = spec.name(), "the consumer is paused; it delivers nothing");
+                    } else {
+                        watch.confirm(spec.role);
+                    }
                     if ensured != Ensured::Confirmed {
                         tracing::warn!(consumer = spec.name(), found = ?ensured, "consumer declared again");
                         metrics.inc(metrics::CONSUMER_REDECLARED, &[("consumer", spec.role)]);
