@@ -197,19 +197,25 @@ pub(crate) async fn check_batch(system: &System, planned: &[Planned], seed: u64)
     );
     let dlq_subjects: BTreeSet<String> = dlq.into_iter().map(|(s, _)| s).collect();
     assert_eq!(
-        dlq_subjects, expected_dlq,
-        "seed {seed}: the DLQ holds exactly the bad inputs"
+        dlq_subjects,
+        expected_dlq,
+        "seed {seed}: the DLQ holds exactly the bad inputs; worker log:\n{}",
+        system.log()
     );
     // Every run's terminal event was published exactly once and says what
     // the row says (an event a crash left owed is published by the next
     // delivery or the reconciler, after its grace).
     for p in planned {
-        tests::wait_for(
-            "the terminal event to be confirmed",
-            Duration::from_secs(30),
-            || async { system.run(p.id).await.is_some_and(|r| r.terminal_event_at.is_some()) },
-        )
-        .await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while system.run(p.id).await.is_none_or(|r| r.terminal_event_at.is_none()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "seed {seed}: the terminal event of run {} was not confirmed in 30 s; worker log:\n{}",
+                p.id,
+                system.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let run = system.run(p.id).await.expect("every run has a row");
         let events = system.events(p.id).await;
         let terminal: Vec<_> = events

@@ -29,6 +29,84 @@ pub fn statuses(events: &[StatusEvent]) -> Vec<&'static str> {
 }
 pub const REFRESH_TOKEN: &str = "rt-seed-token";
 
+/// Runs a NATS operation of the test's own client until it succeeds, for
+/// up to 30 s: while a cluster moves a stream's leader, requests time out
+/// or find no responder for a moment, and a client (the API; here, the
+/// test) tries again.
+pub async fn retrying<T, E, F, Fut>(what: &str, mut op: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{what}: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Publishes to the jobs stream under a message id and waits for the
+/// stream's acknowledgement, trying again (the id makes a repeat a no-op).
+pub async fn publish_acked(js: &jetstream::Context, subject: String, body: String, msg_id: String) {
+    retrying(&format!("publishing to {subject}"), || async {
+        let publish = PublishMessage::build()
+            .payload(body.clone().into())
+            .message_id(msg_id.clone());
+        js.send_publish(subject.clone(), publish)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
+
+/// Every message a fresh ephemeral consumer (filtered or not) finds on a
+/// stream: as many as the consumer counted pending when it was made.
+pub async fn read_all(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: Option<String>,
+) -> Vec<async_nats::jetstream::Message> {
+    retrying(&format!("reading {stream}"), || async {
+        let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: filter.clone().unwrap_or_default(),
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let expected = consumer.info().await.map_err(|e| e.to_string())?.num_pending as usize;
+        let mut out = Vec::new();
+        while out.len() < expected {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1000)
+                .expires(Duration::from_secs(2))
+                .messages()
+                .await
+                .map_err(|e| e.to_string())?;
+            let before = out.len();
+            while let Some(Ok(msg)) = batch.next().await {
+                out.push(msg);
+            }
+            if out.len() == before {
+                return Err(format!("{} of {expected} messages read", out.len()));
+            }
+        }
+        Ok::<_, String>(out)
+    })
+    .await
+}
+
 pub struct System {
     pub nats: NatsServer,
     /// The other servers of a cluster (none for one server).
@@ -220,24 +298,18 @@ impl System {
     /// Publishes `P.cancel.<runId>` as the API does.
     pub async fn cancel(&self, id: Uuid) {
         let body = serde_json::json!({ "runId": id, "tenantId": self.tenant_id, "userId": self.user_id });
-        let publish = PublishMessage::build()
-            .payload(body.to_string().into())
-            .message_id(format!("cancel:{id}"));
-        self.js
-            .send_publish(format!("{PREFIX}.cancel.{id}"), publish)
-            .await
-            .expect("publishing cancel")
-            .await
-            .expect("cancel acknowledged by the stream");
+        publish_acked(
+            &self.js,
+            format!("{PREFIX}.cancel.{id}"),
+            body.to_string(),
+            format!("cancel:{id}"),
+        )
+        .await;
     }
 
     /// Whether a message is pending on a subject of the jobs stream.
     pub async fn pending_on(&self, subject: String) -> bool {
-        let stream = self
-            .js
-            .get_stream("SHELL_QUERY_JOBS")
-            .await
-            .expect("the jobs stream exists");
+        let stream = retrying("the jobs stream", || self.js.get_stream("SHELL_QUERY_JOBS")).await;
         stream.direct_get_last_for_subject(subject).await.is_ok()
     }
 
@@ -269,15 +341,7 @@ impl System {
 
     /// Whether a poll message for the run is still in the stream.
     pub async fn poll_pending(&self, id: Uuid) -> bool {
-        let stream = self
-            .js
-            .get_stream("SHELL_QUERY_JOBS")
-            .await
-            .expect("the jobs stream exists");
-        stream
-            .direct_get_last_for_subject(format!("{PREFIX}.poll.{id}"))
-            .await
-            .is_ok()
+        self.pending_on(format!("{PREFIX}.poll.{id}")).await
     }
 
     pub fn log(&self) -> String {
@@ -294,15 +358,13 @@ impl System {
         if let Some(meta) = table_metadata {
             body["tableMetadata"] = meta;
         }
-        let publish = PublishMessage::build()
-            .payload(body.to_string().into())
-            .message_id(format!("execute:{run_id}"));
-        self.js
-            .send_publish(format!("{PREFIX}.execute.{run_id}"), publish)
-            .await
-            .expect("publishing execute")
-            .await
-            .expect("execute acknowledged by the stream");
+        publish_acked(
+            &self.js,
+            format!("{PREFIX}.execute.{run_id}"),
+            body.to_string(),
+            format!("execute:{run_id}"),
+        )
+        .await;
         run_id
     }
 
@@ -333,30 +395,11 @@ impl System {
 
     /// Every status event of a run, replayed from the stream, in order.
     pub async fn events(&self, id: Uuid) -> Vec<StatusEvent> {
-        let stream = self
-            .js
-            .get_stream("SHELL_QUERY_STATUS")
+        read_all(&self.js, "SHELL_QUERY_STATUS", Some(format!("{PREFIX}.status.{id}")))
             .await
-            .expect("the status stream exists");
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .create_consumer(pull::Config {
-                filter_subject: format!("{PREFIX}.status.{id}"),
-                ack_policy: jetstream::consumer::AckPolicy::None,
-                ..Default::default()
-            })
-            .await
-            .expect("an ephemeral consumer");
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .messages()
-            .await
-            .expect("fetching events");
-        let mut out = Vec::new();
-        while let Some(Ok(msg)) = batch.next().await {
-            out.push(serde_json::from_slice(&msg.payload).expect("a status event is JSON"));
-        }
-        out
+            .iter()
+            .map(|msg| serde_json::from_slice(&msg.payload).expect("a status event is JSON"))
+            .collect()
     }
 
     /// Waits until the run's events include `status`.
@@ -383,15 +426,7 @@ impl System {
 impl System {
     /// Publishes any body on any subject of the jobs stream (a fresh message id).
     pub async fn publish_raw(&self, subject: String, body: String) {
-        let publish = PublishMessage::build()
-            .payload(body.into())
-            .message_id(Uuid::new_v4().to_string());
-        self.js
-            .send_publish(subject, publish)
-            .await
-            .expect("publishing")
-            .await
-            .expect("acknowledged by the stream");
+        publish_acked(&self.js, subject, body, Uuid::new_v4().to_string()).await;
     }
 
     /// `(subject, reason)` of every DLQ message so far.
@@ -430,36 +465,24 @@ impl System {
 
     /// Every DLQ copy so far, whole.
     pub async fn dlq_copies(&self) -> Vec<DlqCopy> {
-        let stream = self.js.get_stream("SHELL_QUERY_DLQ").await.expect("the DLQ stream");
-        let consumer: jetstream::consumer::PullConsumer = stream
-            .create_consumer(pull::Config {
-                ack_policy: jetstream::consumer::AckPolicy::None,
-                ..Default::default()
+        read_all(&self.js, "SHELL_QUERY_DLQ", None)
+            .await
+            .iter()
+            .map(|m| {
+                let header = |name: &str| {
+                    m.headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_string())
+                };
+                DlqCopy {
+                    subject: m.subject.to_string(),
+                    reason: header("Shell-Query-Error").unwrap_or_default(),
+                    redacted: header("Shell-Query-Redacted"),
+                    payload: String::from_utf8_lossy(&m.payload).to_string(),
+                }
             })
-            .await
-            .expect("an ephemeral consumer");
-        let mut batch = consumer
-            .fetch()
-            .max_messages(1000)
-            .messages()
-            .await
-            .expect("fetching the DLQ");
-        let mut out = Vec::new();
-        while let Some(Ok(m)) = batch.next().await {
-            let header = |name: &str| {
-                m.headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_string())
-            };
-            out.push(DlqCopy {
-                subject: m.subject.to_string(),
-                reason: header("Shell-Query-Error").unwrap_or_default(),
-                redacted: header("Shell-Query-Redacted"),
-                payload: String::from_utf8_lossy(&m.payload).to_string(),
-            });
-        }
-        out
+            .collect()
     }
 
     /// Stores credentials for another user of the tenant (any refresh token).
