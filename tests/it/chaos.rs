@@ -247,6 +247,13 @@ pub(crate) async fn check_batch(system: &System, planned: &[Planned], seed: u64)
             _ => {}
         }
     }
+    // nats.conf allows the service everything it does: a refusal would
+    // stall it silently (a denied request waits out its timeout).
+    assert!(
+        !system.log().contains("Permissions Violation"),
+        "seed {seed}: NATS refused the service something; worker log:\n{}",
+        system.log()
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !system.sim.query_definitions().is_empty() {
         assert!(

@@ -57,6 +57,7 @@ enum Action {
     DeletePollConsumer,
     CreateJobsConsumer,
     JobsDirectGet,
+    JobsLastOnSubject,
     PullExecuteConsumer,
     DlqRead,
     LeaseRead,
@@ -85,6 +86,7 @@ fn subject(action: Action) -> String {
         Action::DeletePollConsumer => "$JS.API.CONSUMER.DELETE.SHELL_QUERY_JOBS.shell-query-poll".into(),
         Action::CreateJobsConsumer => "$JS.API.CONSUMER.CREATE.SHELL_QUERY_JOBS".into(),
         Action::JobsDirectGet => "$JS.API.DIRECT.GET.SHELL_QUERY_JOBS".into(),
+        Action::JobsLastOnSubject => format!("$JS.API.DIRECT.GET.SHELL_QUERY_JOBS.shell_query.execute.{RUN}"),
         Action::PullExecuteConsumer => "$JS.API.CONSUMER.MSG.NEXT.SHELL_QUERY_JOBS.shell-query-execute".into(),
         Action::DlqRead => "$JS.API.STREAM.MSG.GET.SHELL_QUERY_DLQ".into(),
         Action::LeaseRead => "$JS.API.STREAM.INFO.KV_SHELL_QUERY_LEASES".into(),
@@ -196,6 +198,13 @@ async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
         },
         Action::JobsDirectGet => match js.get_stream_no_info("SHELL_QUERY_JOBS").await {
             Ok(s) => s.direct_get(1).await.is_ok(),
+            Err(_) => false,
+        },
+        Action::JobsLastOnSubject => match js.get_stream_no_info("SHELL_QUERY_JOBS").await {
+            Ok(s) => s
+                .direct_get_last_for_subject(format!("shell_query.execute.{RUN}"))
+                .await
+                .is_ok(),
             Err(_) => false,
         },
         Action::PullExecuteConsumer => {
@@ -338,6 +347,7 @@ async fn each_user_may_do_only_its_own_part() {
         StatusOwnConsumer,
         StatusSubscribe,
         JobsDirectGet,
+        JobsLastOnSubject,
         DlqRead,
         LeaseRead,
         PurgeStatusStream,
@@ -380,6 +390,7 @@ async fn each_user_may_do_only_its_own_part() {
             DeletePollConsumer,
             CreateJobsConsumer,
             JobsDirectGet,
+            JobsLastOnSubject,
             PullExecuteConsumer,
             DlqRead,
             LeaseRead,

@@ -475,6 +475,15 @@ pub async fn job_message(js: &jetstream::Context, seq: u64) -> Result<Option<(St
     }
 }
 
+/// Whether the jobs stream holds a message on `subject`.
+pub async fn holds_message_on(js: &jetstream::Context, subject: String) -> Result<bool, NatsError> {
+    match jobs_stream(js).await?.direct_get_last_for_subject(subject).await {
+        Ok(_) => Ok(true),
+        Err(e) if not_found(&e) => Ok(false),
+        Err(e) => Err(jobs_error(e.to_string())),
+    }
+}
+
 /// Removes a message from the jobs stream (one that no delivery can finish).
 pub async fn delete_job_message(js: &jetstream::Context, seq: u64) -> Result<(), NatsError> {
     let stream = jobs_stream(js).await?;

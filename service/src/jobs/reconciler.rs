@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use shell_query_core::message::ExecuteMessage;
 use shell_query_core::run::{CancelSource, Ending, FailCause, Run, RunStatus, StartPhase};
 
-use crate::adapters::nats::{JOBS_STREAM, NatsError, PollPublished};
+use crate::adapters::nats::{NatsError, PollPublished};
 use crate::adapters::store::{StoreError, runs};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::{end_run, publish_owed_event};
@@ -40,10 +40,14 @@ const NOT_STARTED: &str = "The run could not be started. Please run it again.";
 const CANNOT_REBUILD: &str = "The run's request could not be rebuilt to start it again (its query text, business unit or target is missing). Please run it again.";
 
 async fn pending(deps: &Deps, subject: String) -> bool {
-    match deps.js.get_stream_no_info(JOBS_STREAM).await {
-        Ok(stream) => stream.direct_get_last_for_subject(subject).await.is_ok(),
-        // Unknown: assume a message is there rather than duplicate work.
-        Err(_) => true,
+    match crate::adapters::nats::holds_message_on(&deps.js, subject).await {
+        Ok(held) => held,
+        // Unknown (NATS away, a leader moving): assume a message is there
+        // rather than duplicate work; the next pass looks again.
+        Err(e) => {
+            tracing::debug!(error = %e, "reconciler: cannot tell whether a message is pending");
+            true
+        }
     }
 }
 
