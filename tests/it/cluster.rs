@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use tests::{NatsServer, wait_for};
 
-use crate::chaos::{SETTINGS, check_batch, finish, seed, submit_batch};
+use crate::chaos::{Planned, SETTINGS, check_batch, finish, seed, submit_batch};
 use crate::support::System;
 
 /// Every server of the system, the first one and its peers.
@@ -72,6 +72,15 @@ async fn nothing_stranded(system: &System) {
     .await;
 }
 
+/// Sends the cancels, waits for every run to end, and checks the batch:
+/// the chaos checks, and nothing left in the jobs stream.
+async fn end_batch(system: &System, planned: &[Planned], seed: u64) {
+    let mut sent = BTreeSet::new();
+    finish(system, planned, &mut sent, seed).await;
+    check_batch(system, planned, seed).await;
+    nothing_stranded(system).await;
+}
+
 async fn some_runs_started(system: &System, n: usize) {
     wait_for("some runs to start in MCE", Duration::from_secs(90), || async {
         system.sim.count("soap:Perform:QueryDefinition") >= n
@@ -127,10 +136,7 @@ async fn a_batch_survives_the_jobs_stream_leader_killed_mid_batch() {
     servers(&mut system)[killed].resume().await;
     replicas_current(&system.js).await;
 
-    let mut sent = BTreeSet::new();
-    finish(&system, &planned, &mut sent, seed).await;
-    check_batch(&system, &planned, seed).await;
-    nothing_stranded(&system).await;
+    end_batch(&system, &planned, seed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,10 +151,7 @@ async fn a_batch_survives_a_rolling_restart_of_all_three_servers() {
         servers(&mut system)[i].resume().await;
         replicas_current(&system.js).await;
     }
-    let mut sent = BTreeSet::new();
-    finish(&system, &planned, &mut sent, seed).await;
-    check_batch(&system, &planned, seed).await;
-    nothing_stranded(&system).await;
+    end_batch(&system, &planned, seed).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,7 +112,13 @@ async fn declaring_never_lowers_a_limit_an_operator_raised() {
     };
     raise("SHELL_QUERY_JOBS", |c| c.max_bytes = 4 << 30).await;
     raise("SHELL_QUERY_DLQ", |c| c.max_age = Duration::from_secs(30 * 24 * 3600)).await;
-    raise("SHELL_QUERY_STATUS", |c| c.max_bytes = 1 << 20).await;
+    raise("SHELL_QUERY_STATUS", |c| {
+        c.max_bytes = 1 << 20;
+        c.max_messages_per_subject = 500;
+    })
+    .await;
+    // A stream an older version made without a size limit.
+    raise("SHELL_QUERY_ADVISORIES", |c| c.max_bytes = -1).await;
 
     declare_defaults(&js, "sq").await;
     let config = |name: &'static str| {
@@ -124,10 +130,13 @@ async fn declaring_never_lowers_a_limit_an_operator_raised() {
         config("SHELL_QUERY_DLQ").await.max_age,
         Duration::from_secs(30 * 24 * 3600)
     );
+    let status = config("SHELL_QUERY_STATUS").await;
+    assert_eq!(status.max_bytes, 1 << 30, "below the setting: raised to it");
+    assert_eq!(status.max_messages_per_subject, 500, "events kept per run: kept");
     assert_eq!(
-        config("SHELL_QUERY_STATUS").await.max_bytes,
-        1 << 30,
-        "below the setting: raised to it"
+        config("SHELL_QUERY_ADVISORIES").await.max_bytes,
+        64 << 20,
+        "an unbounded stream gets its bound"
     );
     // Replicas above what a single server can hold are refused with a clear error.
     let subjects = Subjects::new("sq");

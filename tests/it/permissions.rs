@@ -97,19 +97,30 @@ fn subject(action: Action) -> String {
     }
 }
 
-/// Whether a core subscription receives a message the admin publishes.
+/// Whether a core subscription receives a message the admin publishes
+/// (published again every 100 ms for 2 s, so a subscription the server
+/// registers a moment late still gets one).
 async fn receives(client: &Client, admin: &Client, filter: &str, subject: String) -> bool {
     let Ok(mut sub) = client.nats.subscribe(filter.to_string()).await else {
         return false;
     };
     let _ = client.nats.flush().await;
-    admin.nats.publish(subject, "probe".into()).await.unwrap();
-    admin.nats.flush().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(2), sub.next())
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+    for _ in 0..20 {
+        admin.nats.publish(subject.clone(), "probe".into()).await.unwrap();
+        admin.nats.flush().await.unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Whether a direct get of the last message on `subject` works.
+async fn last_on(js: &jetstream::Context, stream: &str, subject: String) -> bool {
+    match js.get_stream_no_info(stream).await {
+        Ok(s) => s.direct_get_last_for_subject(subject).await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
@@ -129,13 +140,7 @@ async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
             .request(subject(action), "{}".into())
             .await
             .is_ok_and(|r| r.payload.as_ref() == b"answer"),
-        Action::StatusDirectGet => match js.get_stream_no_info("SHELL_QUERY_STATUS").await {
-            Ok(s) => s
-                .direct_get_last_for_subject(format!("shell_query.status.{RUN}"))
-                .await
-                .is_ok(),
-            Err(_) => false,
-        },
+        Action::StatusDirectGet => last_on(js, "SHELL_QUERY_STATUS", format!("shell_query.status.{RUN}")).await,
         Action::StatusOwnConsumer => {
             let Ok(s) = js.get_stream_no_info("SHELL_QUERY_STATUS").await else {
                 return false;
@@ -200,13 +205,7 @@ async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
             Ok(s) => s.direct_get(1).await.is_ok(),
             Err(_) => false,
         },
-        Action::JobsLastOnSubject => match js.get_stream_no_info("SHELL_QUERY_JOBS").await {
-            Ok(s) => s
-                .direct_get_last_for_subject(format!("shell_query.execute.{RUN}"))
-                .await
-                .is_ok(),
-            Err(_) => false,
-        },
+        Action::JobsLastOnSubject => last_on(js, "SHELL_QUERY_JOBS", format!("shell_query.execute.{RUN}")).await,
         Action::PullExecuteConsumer => {
             let Ok(s) = js.get_stream_no_info("SHELL_QUERY_JOBS").await else {
                 return false;

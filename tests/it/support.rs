@@ -107,6 +107,15 @@ pub async fn read_all(
     .await
 }
 
+/// The URLs of a server and its peers, comma-separated (NATS_URL).
+fn urls(first: &NatsServer, peers: &[NatsServer]) -> String {
+    std::iter::once(first)
+        .chain(peers)
+        .map(NatsServer::url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub struct System {
     pub nats: NatsServer,
     /// The other servers of a cluster (none for one server).
@@ -180,11 +189,7 @@ impl System {
 
     /// Every server's URL, comma-separated (NATS_URL).
     pub fn nats_urls(&self) -> String {
-        std::iter::once(&self.nats)
-            .chain(&self.peers)
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",")
+        urls(&self.nats, &self.peers)
     }
 
     /// Starts on the given servers (the first, then its peers).
@@ -192,13 +197,8 @@ impl System {
         let mut servers = servers.into_iter();
         let nats = servers.next().expect("at least one server");
         let peers: Vec<NatsServer> = servers.collect();
-        let urls = std::iter::once(&nats)
-            .chain(&peers)
-            .map(NatsServer::url)
-            .collect::<Vec<_>>()
-            .join(",");
         let admin = nats
-            .connect_as_to(tests::ADMIN_USER, &urls)
+            .connect_as_to(tests::ADMIN_USER, &urls(&nats, &peers))
             .await
             .expect("connecting to nats as admin");
         let sim = Sim::start(config).await.expect("starting the simulator");

@@ -174,6 +174,7 @@ pub fn make_certs() -> TlsFiles {
     }
 }
 
+#[derive(Clone)]
 struct Passwords {
     service: String,
     api: String,
@@ -224,12 +225,7 @@ impl NatsServer {
         let first = Passwords::fresh();
         let mut servers = Vec::new();
         for (i, route) in routes.iter().enumerate() {
-            let passwords = Passwords {
-                service: first.service.clone(),
-                api: first.api.clone(),
-                admin: first.admin.clone(),
-                sys: first.sys.clone(),
-            };
+            let passwords = first.clone();
             let options = ServerOptions {
                 name: Some(format!("sq-{i}")),
                 cluster: Some((*route, routes.clone())),

@@ -49,6 +49,8 @@ pub enum NatsError {
     Declare { what: &'static str, detail: String },
     #[error("publish to {subject}: {detail}")]
     Publish { subject: String, detail: String },
+    /// The stream is gone (deleted by hand): declaring the streams again
+    /// brings it back.
     #[error("stream {0} not found")]
     StreamMissing(&'static str),
 }
@@ -221,22 +223,22 @@ fn stream_configs(subjects: &Subjects, limits: &StreamLimits) -> [stream::Config
     ]
 }
 
-/// A byte or message limit, where zero or less means none.
-fn larger_count(a: i64, b: i64) -> bool {
-    match (a <= 0, b <= 0) {
-        (true, true) | (false, true) => false,
-        (true, false) => true,
-        (false, false) => a > b,
-    }
+/// A message limit ordered by how much it allows: zero or less means none,
+/// the most of all.
+fn count_allowance(v: i64) -> i64 {
+    if v <= 0 { i64::MAX } else { v }
 }
 
-/// An age limit, where zero means none.
-fn larger_age(a: Duration, b: Duration) -> bool {
-    match (a.is_zero(), b.is_zero()) {
-        (true, true) | (false, true) => false,
-        (true, false) => true,
-        (false, false) => a > b,
-    }
+/// A size limit ordered for keeping: a stream without one (as versions
+/// before bounded streams made them) ranks lowest, so it gets the
+/// setting's size; a size an operator raised ranks by its value.
+fn bytes_allowance(v: i64) -> i64 {
+    v.max(0)
+}
+
+/// An age limit ordered by how much it allows: zero means none.
+fn age_allowance(v: Duration) -> Duration {
+    if v.is_zero() { Duration::MAX } else { v }
 }
 
 fn show_count(v: i64) -> String {
@@ -257,31 +259,62 @@ fn show_age(v: Duration) -> String {
 /// returns each difference, for one log line. Pure.
 pub fn keep_raised(mut wanted: stream::Config, existing: &stream::Config) -> (stream::Config, Vec<String>) {
     let mut differences = Vec::new();
-    if existing.num_replicas != wanted.num_replicas.max(1) {
+    if existing.num_replicas != wanted.num_replicas {
         differences.push(format!(
             "num_replicas {} (settings {})",
             existing.num_replicas, wanted.num_replicas
         ));
         wanted.num_replicas = wanted.num_replicas.max(existing.num_replicas);
     }
-    for (what, have, want) in [
-        ("max_bytes", existing.max_bytes, &mut wanted.max_bytes),
-        ("max_messages", existing.max_messages, &mut wanted.max_messages),
-    ] {
-        if (have <= 0) != (*want <= 0) || (have > 0 && have != *want) {
+    // With `discard_new_per_subject` the per-subject limit is a rule (one
+    // pending poll per run), not a retention limit: it is always the
+    // service's.
+    let per_subject = if wanted.discard_new_per_subject {
+        wanted.max_messages_per_subject
+    } else {
+        existing.max_messages_per_subject
+    };
+    let counts = [
+        (
+            "max_bytes",
+            existing.max_bytes,
+            &mut wanted.max_bytes,
+            bytes_allowance as fn(i64) -> i64,
+        ),
+        (
+            "max_messages",
+            existing.max_messages,
+            &mut wanted.max_messages,
+            count_allowance,
+        ),
+        (
+            "max_messages_per_subject",
+            per_subject,
+            &mut wanted.max_messages_per_subject,
+            count_allowance,
+        ),
+    ];
+    for (what, have, want, allowance) in counts {
+        if allowance(have) != allowance(*want) {
             differences.push(format!("{what} {} (settings {})", show_count(have), show_count(*want)));
-            if larger_count(have, *want) {
+            if allowance(have) > allowance(*want) {
                 *want = have;
             }
         }
     }
-    if existing.max_age != wanted.max_age {
+    if wanted.discard_new_per_subject && existing.max_messages_per_subject != wanted.max_messages_per_subject {
+        differences.push(format!(
+            "max_messages_per_subject {} (settings {}: a rule of the service, set back)",
+            existing.max_messages_per_subject, wanted.max_messages_per_subject
+        ));
+    }
+    if age_allowance(existing.max_age) != age_allowance(wanted.max_age) {
         differences.push(format!(
             "max_age {} (settings {})",
             show_age(existing.max_age),
             show_age(wanted.max_age)
         ));
-        if larger_age(existing.max_age, wanted.max_age) {
+        if age_allowance(existing.max_age) > age_allowance(wanted.max_age) {
             wanted.max_age = existing.max_age;
         }
     }
@@ -398,11 +431,18 @@ pub async fn ensure_consumer(
         }
         Err(e) => return Err(declare_error("consumer", spec.name(), e)),
     };
-    let consumer: PullConsumer = stream
+    let consumer = create_consumer(js, spec).await?;
+    Ok((ensured, consumer.cached_info().clone()))
+}
+
+/// Creates the consumer, or updates it in place.
+async fn create_consumer(js: &jetstream::Context, spec: &ConsumerSpec) -> Result<PullConsumer, NatsError> {
+    js.get_stream_no_info(spec.stream)
+        .await
+        .map_err(|e| declare_error("stream", spec.stream, e))?
         .create_consumer(spec.config.clone())
         .await
-        .map_err(|e| declare_error("consumer", spec.name(), e))?;
-    Ok((ensured, consumer.cached_info().clone()))
+        .map_err(|e| declare_error("consumer", spec.name(), e))
 }
 
 /// Declares the streams, the lease bucket and the four consumers. Safe to
@@ -415,23 +455,12 @@ pub async fn declare(
     specs: &[ConsumerSpec; 4],
 ) -> Result<Consumers, NatsError> {
     declare_streams(js, subjects, limits).await?;
-    let made = |spec: &ConsumerSpec| {
-        let spec = spec.clone();
-        async move {
-            js.get_stream_no_info(spec.stream)
-                .await
-                .map_err(|e| declare_error("stream", spec.stream, e))?
-                .create_consumer(spec.config.clone())
-                .await
-                .map_err(|e| declare_error("consumer", spec.name(), e))
-        }
-    };
     let [execute, poll, cancel, undeliverable] = specs;
     Ok(Consumers {
-        execute: made(execute).await?,
-        poll: made(poll).await?,
-        cancel: made(cancel).await?,
-        undeliverable: made(undeliverable).await?,
+        execute: create_consumer(js, execute).await?,
+        poll: create_consumer(js, poll).await?,
+        cancel: create_consumer(js, cancel).await?,
+        undeliverable: create_consumer(js, undeliverable).await?,
     })
 }
 
@@ -678,17 +707,34 @@ mod tests {
 
         let mut raised = jobs.clone();
         raised.num_replicas = 3;
-        raised.max_bytes = -1; // unlimited
+        raised.max_bytes = 4 << 30;
         let (config, differences) = keep_raised(jobs.clone(), &raised);
         assert_eq!(config.num_replicas, 3);
-        assert_eq!(config.max_bytes, -1);
+        assert_eq!(config.max_bytes, 4 << 30);
         assert_eq!(
             differences,
             vec![
                 "num_replicas 3 (settings 1)",
-                "max_bytes unlimited (settings 1073741824)"
+                "max_bytes 4294967296 (settings 1073741824)"
             ]
         );
+
+        // A stream an older version made without a size limit gets one.
+        let mut unbounded = jobs.clone();
+        unbounded.max_bytes = -1;
+        let (config, differences) = keep_raised(jobs.clone(), &unbounded);
+        assert_eq!(config.max_bytes, 1 << 30);
+        assert_eq!(differences, vec!["max_bytes unlimited (settings 1073741824)"]);
+
+        // The jobs stream's one message per subject is a rule, never kept
+        // from the server; the status stream's is retention, kept if raised.
+        let mut widened = jobs.clone();
+        widened.max_messages_per_subject = 5;
+        assert_eq!(keep_raised(jobs.clone(), &widened).0.max_messages_per_subject, 1);
+        let [_, status, _, _] = stream_configs(&Subjects::new("sq"), &limits());
+        let mut kept = status.clone();
+        kept.max_messages_per_subject = 500;
+        assert_eq!(keep_raised(status.clone(), &kept).0.max_messages_per_subject, 500);
 
         let mut lowered = dlq.clone();
         lowered.max_bytes = 1024;

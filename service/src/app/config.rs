@@ -151,7 +151,7 @@ pub struct NatsArgs {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Streams")]
 pub struct StreamArgs {
-    /// Replicas of every stream and of the lease bucket: 1, or 3 on a cluster.
+    /// Replicas of every stream and of the lease bucket: 1, or 3 (or 5) on a cluster.
     #[arg(long, env = "STREAM_REPLICAS", default_value_t = defaults::STREAM_REPLICAS, value_parser = parse_replicas)]
     pub stream_replicas: usize,
     /// Size limit of SHELL_QUERY_JOBS; when full, new work is refused to its publisher.
@@ -169,6 +169,46 @@ pub struct StreamArgs {
     /// Size limit of SHELL_QUERY_ADVISORIES.
     #[arg(long, env = "ADVISORIES_STREAM_MAX_BYTES", default_value = defaults::ADVISORIES_STREAM_MAX_BYTES, value_parser = parse_bytes)]
     pub advisories_stream_max_bytes: i64,
+}
+
+impl NatsArgs {
+    /// The servers of NATS_URL (comma-separated: every server of a cluster,
+    /// or some of them; the others are learnt from the cluster), once the
+    /// TLS files given exist.
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
+        let bad = |reason: String| ConfigError {
+            setting: "NATS_URL",
+            reason,
+        };
+        let servers = self
+            .nats_url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<async_nats::ServerAddr>()
+                    .map_err(|e| bad(format!("{s:?} is not a server address: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err(bad("no server given".into()));
+        }
+        for (setting, path) in [
+            ("NATS_TLS_CA", &self.nats_tls_ca),
+            ("NATS_TLS_CERT", &self.nats_tls_cert),
+            ("NATS_TLS_KEY", &self.nats_tls_key),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                return Err(ConfigError {
+                    setting,
+                    reason: format!("{} is not a file", path.display()),
+                });
+            }
+        }
+        Ok(servers)
+    }
 }
 
 impl StreamArgs {
@@ -263,8 +303,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub streams: StreamArgs,
     /// How often each consumer is checked (and re-created if deleted);
-    /// /readyz fails once one has gone unconfirmed for three checks.
-    #[arg(long, env = "CONSUMER_CHECK_INTERVAL_MS", default_value_t = defaults::CONSUMER_CHECK_INTERVAL_MS, value_parser = millis(100))]
+    /// /readyz fails once one has gone unconfirmed for three checks (at
+    /// most 20 s, so that is within a minute).
+    #[arg(long, env = "CONSUMER_CHECK_INTERVAL_MS", default_value_t = defaults::CONSUMER_CHECK_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(100..=20_000))]
     pub consumer_check_interval_ms: u64,
     #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = defaults::EXECUTE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub execute_concurrency: u32,
@@ -743,6 +784,21 @@ mod tests {
         assert!(parse_bytes("-1").is_err());
         assert!(parse_bytes("99999999999999999999GiB").is_err());
         assert!(error_line(&["--stream-replicas", "2"]).contains("STREAM_REPLICAS"));
+    }
+
+    #[test]
+    fn nats_servers_and_tls_files_are_checked_before_start() {
+        let mut nats = NatsArgs {
+            nats_url: "nats://a:4222, tls://b:4222,".into(),
+            ..NatsArgs::default()
+        };
+        assert_eq!(nats.servers().unwrap().len(), 2);
+        nats.nats_url = " , ".into();
+        assert_eq!(nats.servers().unwrap_err().setting, "NATS_URL");
+        nats.nats_url = "nats://a:4222".into();
+        nats.nats_tls_ca = Some("/nonexistent/ca.pem".into());
+        assert_eq!(nats.servers().unwrap_err().setting, "NATS_TLS_CA");
+        assert!(error_line(&["--consumer-check-interval-ms", "60000"]).contains("CONSUMER_CHECK_INTERVAL_MS"));
     }
 
     #[test]

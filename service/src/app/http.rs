@@ -1,5 +1,6 @@
 //! `/healthz` (alive: every consumer loop running) and `/readyz` (NATS
-//! connected, every consumer confirmed, database reachable, not draining).
+//! connected, every consumer loop running and every consumer confirmed,
+//! database reachable, not draining).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
     if h.nats.connection_state() != async_nats::connection::State::Connected {
         return unavailable("nats disconnected");
     }
-    if let Some(why) = h.consumers.unready() {
+    if let Some(why) = h.consumers.dead_loop().or_else(|| h.consumers.unready()) {
         return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
     // A database that does not answer is as unready as one that refuses.

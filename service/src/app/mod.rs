@@ -39,6 +39,7 @@ pub struct Validated {
     pub client_secret: SecretString,
     pub poll: PollConfig,
     pub base_urls: BaseUrls,
+    pub nats_servers: Vec<async_nats::ServerAddr>,
 }
 
 pub fn validate(args: &RunArgs) -> Result<Validated, ConfigError> {
@@ -46,35 +47,20 @@ pub fn validate(args: &RunArgs) -> Result<Validated, ConfigError> {
     let (client_id, client_secret) = args.mce.client()?;
     let poll = args.poll.to_config()?;
     let base_urls = args.mce.checked_base_urls()?;
+    let nats_servers = args.nats.servers()?;
     Ok(Validated {
         cipher,
         client_id,
         client_secret,
         poll,
         base_urls,
+        nats_servers,
     })
 }
 
-/// The servers of NATS_URL (comma-separated: every server of a cluster, or
-/// some of them; the others are learnt from the cluster).
-fn nats_servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
-    url.split(',')
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .with_context(|| format!("NATS_URL: {s:?} is not a server address"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .and_then(|servers| {
-            anyhow::ensure!(!servers.is_empty(), "NATS_URL: no server given");
-            Ok(servers)
-        })
-}
-
-async fn connect_nats(args: &RunArgs) -> anyhow::Result<async_nats::Client> {
+/// Connects to `servers` with NATS_* settings `validate` has checked.
+async fn connect_nats(args: &RunArgs, servers: Vec<async_nats::ServerAddr>) -> anyhow::Result<async_nats::Client> {
     let n = &args.nats;
-    let servers = nats_servers(&n.nats_url)?;
     let mut options = match &n.nats_creds_file {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
             .await
@@ -95,13 +81,9 @@ async fn connect_nats(args: &RunArgs) -> anyhow::Result<async_nats::Client> {
         options = options.token(token.expose_secret().to_string());
     }
     if let Some(ca) = &n.nats_tls_ca {
-        anyhow::ensure!(ca.is_file(), "NATS_TLS_CA: {} is not a readable file", ca.display());
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
     if let (Some(cert), Some(key)) = (&n.nats_tls_cert, &n.nats_tls_key) {
-        for (setting, path) in [("NATS_TLS_CERT", cert), ("NATS_TLS_KEY", key)] {
-            anyhow::ensure!(path.is_file(), "{setting}: {} is not a readable file", path.display());
-        }
         options = options
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
@@ -127,7 +109,9 @@ pub async fn run_until(
     let store = crate::adapters::store::connect(args.db.database_url.expose_secret(), args.db.database_max_connections)
         .await
         .context("connecting to the database")?;
-    let client = connect_nats(&args).await.context("connecting to NATS")?;
+    let client = connect_nats(&args, settings.nats_servers)
+        .await
+        .context("connecting to NATS")?;
     let js = jetstream::new(client.clone());
     let subjects = Subjects::new(&args.nats.subject_prefix);
     let execute_ack_wait = Duration::from_millis(args.execute_ack_wait_ms);
