@@ -16,6 +16,10 @@ use crate::support::{PREFIX, System};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";
+/// OTLP's `SpanKind` numbers.
+const SPAN_KIND_SERVER: i64 = 2;
+const SPAN_KIND_CLIENT: i64 = 3;
+const SPAN_KIND_CONSUMER: i64 = 5;
 
 /// A few lines of OTLP/HTTP receiver: every export body, kept.
 async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
@@ -37,6 +41,163 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, bodies)
+}
+
+/// The TLS side of a receiver: the test CA's server certificate, offering
+/// HTTP/2 (gRPC) and HTTP/1.1.
+fn acceptor(certs: &tests::TlsFiles) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&certs.server_cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&certs.server_key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An OTLP/HTTP receiver over TLS, written out by hand (HTTP/1.1 with
+/// keep-alive): every request body, kept raw.
+async fn https_receiver(certs: &tests::TlsFiles) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+    let acceptor = acceptor(certs);
+    let store = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, store) = (acceptor.clone(), store.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let mut stream = tokio::io::BufReader::new(tls);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':')
+                            && name.eq_ignore_ascii_case("content-length")
+                        {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    store.lock().unwrap().push(body);
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if stream.get_mut().write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+/// An OTLP/gRPC receiver (HTTP/2, plain or TLS): every export request's
+/// protobuf, kept raw, answered with an empty `ExportTraceServiceResponse`.
+async fn grpc_receiver(certs: Option<&tests::TlsFiles>) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = match certs {
+        Some(_) => format!("https://localhost:{port}"),
+        None => format!("http://127.0.0.1:{port}"),
+    };
+    let acceptor = certs.map(acceptor);
+    let store = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, store) = (acceptor.clone(), store.clone());
+            tokio::spawn(async move {
+                match acceptor {
+                    Some(acceptor) => {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            serve_grpc(tls, store).await;
+                        }
+                    }
+                    None => serve_grpc(tcp, store).await,
+                }
+            });
+        }
+    });
+    (url, bodies)
+}
+
+async fn serve_grpc<T>(io: T, store: Arc<Mutex<Vec<Vec<u8>>>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Ok(mut connection) = h2::server::handshake(io).await else {
+        return;
+    };
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let path = request.uri().path().to_string();
+            let mut body = request.into_body();
+            let mut bytes = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            if path == "/opentelemetry.proto.collector.trace.v1.TraceService/Export" {
+                store.lock().unwrap().push(bytes);
+            }
+            let response = http::Response::builder()
+                .status(200)
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            let Ok(mut send) = respond.send_response(response, false) else {
+                return;
+            };
+            // One message: not compressed, zero bytes long (an empty response).
+            let _ = send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let _ = send.send_trailers(trailers);
+        });
+    }
+}
+
+/// Waits until the raw export bodies hold every one of `needles`.
+async fn wait_for_bytes(bodies: &Arc<Mutex<Vec<Vec<u8>>>>, needles: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all: Vec<u8> = bodies.lock().unwrap().concat();
+        let missing: Vec<&&str> = needles
+            .iter()
+            .filter(|n| !all.windows(n.len()).any(|w| w == n.as_bytes()))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver never got {missing:?} ({} bodies)",
+            bodies.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Every span exported: (name, the span object).
@@ -63,6 +224,25 @@ fn attr(span: &Value, key: &str) -> Option<String> {
                 .or_else(|| v["intValue"].as_i64().map(|i| i.to_string()))
                 .unwrap_or_default()
         })
+}
+
+/// Waits until both periodic jobs have exported a pass.
+async fn wait_for_passes(bodies: &Arc<Mutex<Vec<Value>>>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = spans(&bodies.lock().unwrap());
+        if ["reconciler pass", "sweeper pass"]
+            .iter()
+            .all(|pass| all.iter().any(|s| s["name"] == *pass))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconciler or sweeper pass exported"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Publishes an execute message that carries the publisher's `traceparent`.
@@ -94,10 +274,15 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("RECONCILER_INTERVAL_MS", "1000"),
+        ("SWEEPER_INTERVAL_MS", "1000"),
     ])
     .await;
     let id = publish_traced_execute(&system).await;
     assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+    let page = serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "page": 1, "pageSize": 10 });
+    system.request("results", page).await.expect("a results page");
+    wait_for_passes(&bodies).await;
     // A clean stop flushes every buffered span.
     system.worker().terminate();
     assert_eq!(system.worker().wait_exit(Duration::from_secs(30)).await, Some(0));
@@ -105,7 +290,7 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
     let all = spans(&bodies.lock().unwrap());
     let execute = all
         .iter()
-        .find(|s| s["name"] == "execute" && attr(s, "run.id").as_deref() == Some(&id.to_string()))
+        .find(|s| s["name"] == "process shell_query.execute" && attr(s, "run.id").as_deref() == Some(&id.to_string()))
         .unwrap_or_else(|| panic!("no execute span among {} spans", all.len()));
     assert_eq!(
         execute["traceId"], TRACE_ID,
@@ -113,15 +298,17 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
     );
     assert_eq!(execute["parentSpanId"], PARENT_SPAN);
     assert_eq!(attr(execute, "messaging.system").as_deref(), Some("nats"));
+    assert_eq!(execute["kind"], SPAN_KIND_CONSUMER, "{execute}");
     let execute_span = execute["spanId"].as_str().unwrap();
 
     let polls: Vec<&Value> = all
         .iter()
-        .filter(|s| s["name"] == "poll" && attr(s, "run.id").as_deref() == Some(&id.to_string()))
+        .filter(|s| s["name"] == "process shell_query.poll" && attr(s, "run.id").as_deref() == Some(&id.to_string()))
         .collect();
     assert!(!polls.is_empty(), "poll ticks are traced");
     for poll in &polls {
         assert_ne!(poll["traceId"], TRACE_ID, "each tick is its own trace");
+        assert_eq!(poll["kind"], SPAN_KIND_CONSUMER);
         let links = poll["links"].as_array().expect("a link");
         assert!(
             links
@@ -136,17 +323,55 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
     }
     let perform = all
         .iter()
-        .find(|s| s["name"] == "mce" && attr(s, "mce.operation").as_deref() == Some("perform"))
+        .find(|s| s["name"] == "mce perform" && attr(s, "mce.operation").as_deref() == Some("perform"))
         .expect("a span for the Perform call");
     assert_eq!(
         perform["traceId"], TRACE_ID,
         "MCE calls are children of the execute trace"
     );
+    assert_eq!(perform["kind"], SPAN_KIND_CLIENT);
     assert_eq!(attr(perform, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attr(perform, "mce.result").as_deref(), Some("ok"));
     assert!(
         all.iter()
-            .any(|s| s["name"] == "mce" && attr(s, "mce.operation").as_deref() == Some("async_status"))
+            .any(|s| s["name"] == "mce async_status" && attr(s, "mce.operation").as_deref() == Some("async_status"))
+    );
+
+    // The results API, the reconciler and the sweeper: spans of their own,
+    // each the root of its trace, with the MCE calls they make inside.
+    let results = all
+        .iter()
+        .find(|s| s["name"] == "process shell_query.api.results")
+        .expect("a span for the results request");
+    assert_eq!(results["kind"], SPAN_KIND_SERVER);
+    let results_mce: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["traceId"] == results["traceId"] && s["name"] == "mce rowset")
+        .collect();
+    assert_eq!(results_mce.len(), 1, "the rowset call is inside the request's trace");
+    assert_eq!(results_mce[0]["parentSpanId"], results["spanId"]);
+    for pass in ["reconciler pass", "sweeper pass"] {
+        let span = all
+            .iter()
+            .find(|s| s["name"] == pass)
+            .unwrap_or_else(|| panic!("no {pass} span"));
+        assert!(
+            span["parentSpanId"].as_str().unwrap_or_default().is_empty(),
+            "{pass} is a root: {span}"
+        );
+    }
+    assert!(
+        !all.iter()
+            .any(|s| s["name"].as_str().unwrap_or_default().starts_with("mce ")
+                && s["parentSpanId"].as_str().unwrap_or_default().is_empty()),
+        "no MCE call is an orphan"
+    );
+    let resource = bodies.lock().unwrap()[0]["resourceSpans"][0]["resource"].clone();
+    let resource = &resource;
+    assert_eq!(attr(resource, "service.name").as_deref(), Some("shell-query-worker"));
+    assert_eq!(
+        attr(resource, "service.version").as_deref(),
+        Some(service::adapters::telemetry::VERSION)
     );
 
     // No SQL text, token or secret in any exported byte.
@@ -201,4 +426,60 @@ async fn trace_context_travels_without_an_exporter() {
     }
     assert!(seen.iter().any(|(s, _)| s == "executing_query"), "{seen:?}");
     assert!(seen.iter().any(|(s, _)| s == "ready"), "{seen:?}");
+}
+
+/// OTLP over HTTPS, verified against `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_an_https_collector() {
+    let certs = tests::make_certs();
+    let (url, bodies) = https_receiver(&certs).await;
+    let ca = certs.ca.display().to_string();
+    let system = System::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ])
+    .await;
+    let id = publish_traced_execute(&system).await;
+    assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+    wait_for_bytes(&bodies, &["process shell_query.execute", "shell-query-worker"]).await;
+}
+
+/// OTLP over gRPC, plain and over TLS; `OTEL_SERVICE_NAME` names the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_grpc_in_the_clear_and_over_tls() {
+    let certs = tests::make_certs();
+    let ca = certs.ca.display().to_string();
+    for tls in [false, true] {
+        let (url, bodies) = grpc_receiver(tls.then_some(&certs)).await;
+        let system = System::start_with(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            ("OTEL_SERVICE_NAME", "sq-named-by-env"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ])
+        .await;
+        let id = publish_traced_execute(&system).await;
+        assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+        wait_for_bytes(
+            &bodies,
+            &[
+                "process shell_query.execute",
+                "sq-named-by-env",
+                service::adapters::telemetry::VERSION,
+            ],
+        )
+        .await;
+        assert!(
+            !bodies
+                .lock()
+                .unwrap()
+                .concat()
+                .windows(18)
+                .any(|w| w == b"shell-query-worker"),
+            "OTEL_SERVICE_NAME replaces the default name (tls: {tls})"
+        );
+    }
 }

@@ -21,43 +21,194 @@ pub const MCE_CALLS: &str = "shell_query_mce_calls_total";
 pub const TOKEN_REFRESHES: &str = "shell_query_token_refreshes_total";
 pub const DLQ_MESSAGES: &str = "shell_query_dlq_messages_total";
 pub const CONSUMER_REDECLARED: &str = "shell_query_consumer_redeclared_total";
-/// Histogram name.
+pub const RECONCILER_LAST_SUCCESS: &str = "shell_query_reconciler_last_success_timestamp_seconds";
+pub const SWEEPER_LAST_SUCCESS: &str = "shell_query_sweeper_last_success_timestamp_seconds";
+pub const BUILD_INFO: &str = "shell_query_build_info";
+/// Histogram names.
 pub const RUN_DURATION: &str = "shell_query_run_duration_seconds";
+pub const POLL_TICK_DURATION: &str = "shell_query_poll_tick_duration_seconds";
+pub const POLL_TICK_LATENESS: &str = "shell_query_poll_tick_lateness_seconds";
+pub const MCE_CALL_DURATION: &str = "shell_query_mce_call_duration_seconds";
+pub const DETECTION_DELAY: &str = "shell_query_detection_delay_seconds";
 /// Gauge name.
 pub const CONSUMER_PENDING: &str = "shell_query_consumer_pending";
 
-const HELP: &[(&str, &str)] = &[
-    (RUNS, "Runs that reached a terminal state, by outcome and reason."),
-    (POLL_TICKS, "Poll deliveries handled."),
-    (IS_RUNNING_CHECKS, "REST isRunning checks, by answer."),
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Upper bounds of the run-duration buckets, in seconds (1 s to 30 min).
+const RUN_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0];
+/// A tick's own work: a database read, maybe an MCE call, a write.
+const TICK_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// How late a delivery came after the delay its last tick asked for.
+const LATENESS_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+/// One MCE call with its retries.
+const CALL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// From the first sign that a query had finished to its run being ready.
+const DETECTION_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0];
+
+/// Every family the service defines: name, kind, help and (histograms) its
+/// buckets. Rendered in this order.
+const FAMILIES: &[(&str, Kind, &str, &[f64])] = &[
+    (
+        RUNS,
+        Kind::Counter,
+        "Runs that reached a terminal state, by outcome and reason.",
+        &[],
+    ),
+    (POLL_TICKS, Kind::Counter, "Poll deliveries handled.", &[]),
+    (
+        IS_RUNNING_CHECKS,
+        Kind::Counter,
+        "REST isRunning checks, by answer.",
+        &[],
+    ),
     (
         NOT_RUNNING_CONFIRMATIONS,
+        Kind::Counter,
         "Not-running answers counted towards completion.",
+        &[],
     ),
-    (FAST_PATH_COMPLETIONS, "Runs completed by the row probe."),
+    (
+        FAST_PATH_COMPLETIONS,
+        Kind::Counter,
+        "Runs completed by the row probe.",
+        &[],
+    ),
     (
         ROWSET_READINESS_RETRIES,
+        Kind::Counter,
         "Rowset readiness checks that found the results not yet queryable.",
+        &[],
     ),
-    (POLL_TIMEOUTS, "Runs failed by the poll duration budget."),
-    (RECONCILER_ACTIONS, "Reconciler actions, by kind."),
-    (SWEEPER_DELETIONS, "Leaked QueryDefinitions deleted by the sweeper."),
-    (MCE_CALLS, "MCE calls (after retries), by operation and result."),
-    (TOKEN_REFRESHES, "Refresh-token grants, by result."),
-    (DLQ_MESSAGES, "Messages copied to the DLQ, by consumer."),
+    (
+        POLL_TIMEOUTS,
+        Kind::Counter,
+        "Runs failed by the poll duration budget.",
+        &[],
+    ),
+    (RECONCILER_ACTIONS, Kind::Counter, "Reconciler actions, by kind.", &[]),
+    (
+        SWEEPER_DELETIONS,
+        Kind::Counter,
+        "Leaked QueryDefinitions deleted by the sweeper.",
+        &[],
+    ),
+    (
+        MCE_CALLS,
+        Kind::Counter,
+        "MCE calls (after retries), by operation and result.",
+        &[],
+    ),
+    (TOKEN_REFRESHES, Kind::Counter, "Refresh-token grants, by result.", &[]),
+    (
+        DLQ_MESSAGES,
+        Kind::Counter,
+        "Messages copied to the DLQ, by consumer.",
+        &[],
+    ),
     (
         CONSUMER_REDECLARED,
+        Kind::Counter,
         "Consumers found deleted or changed and declared again, by consumer.",
+        &[],
     ),
-    (RUN_DURATION, "Seconds from a run's creation to its terminal state."),
+    (
+        RUN_DURATION,
+        Kind::Histogram,
+        "Seconds from a run's creation to its terminal state, by outcome.",
+        RUN_BUCKETS,
+    ),
+    (
+        POLL_TICK_DURATION,
+        Kind::Histogram,
+        "Seconds one poll delivery took to handle.",
+        TICK_BUCKETS,
+    ),
+    (
+        POLL_TICK_LATENESS,
+        Kind::Histogram,
+        "Seconds a poll delivery came after the time its previous tick on this replica asked for.",
+        LATENESS_BUCKETS,
+    ),
+    (
+        MCE_CALL_DURATION,
+        Kind::Histogram,
+        "Seconds of one MCE call including its retries, by operation.",
+        CALL_BUCKETS,
+    ),
+    (
+        DETECTION_DELAY,
+        Kind::Histogram,
+        "Seconds from the first tick that saw a query finished (complete or not running) to its run being ready.",
+        DETECTION_BUCKETS,
+    ),
     (
         CONSUMER_PENDING,
+        Kind::Gauge,
         "Messages of a consumer: not yet delivered (pending) or waiting for an ack (ack_pending).",
+        &[],
+    ),
+    (
+        RECONCILER_LAST_SUCCESS,
+        Kind::Gauge,
+        "Unix time of this replica's last complete reconciler pass.",
+        &[],
+    ),
+    (
+        SWEEPER_LAST_SUCCESS,
+        Kind::Gauge,
+        "Unix time of this replica's last complete sweeper pass.",
+        &[],
+    ),
+    (
+        BUILD_INFO,
+        Kind::Gauge,
+        "Always 1; the labels name the running build.",
+        &[],
     ),
 ];
 
-/// Upper bounds of the run-duration buckets, in seconds.
-const DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0];
+/// The process families rendered from /proc at each scrape (Linux only),
+/// under the names Prometheus client libraries use.
+const PROCESS_FAMILIES: &[(&str, Kind, &str)] = &[
+    (
+        "process_cpu_seconds_total",
+        Kind::Counter,
+        "User and system CPU seconds.",
+    ),
+    (
+        "process_resident_memory_bytes",
+        Kind::Gauge,
+        "Resident memory in bytes.",
+    ),
+    ("process_virtual_memory_bytes", Kind::Gauge, "Virtual memory in bytes."),
+    ("process_open_fds", Kind::Gauge, "Open file descriptors."),
+    ("process_max_fds", Kind::Gauge, "The open file descriptor limit."),
+    (
+        "process_start_time_seconds",
+        Kind::Gauge,
+        "Unix time the process started.",
+    ),
+];
+
+/// The name of every family `/metrics` may show (histograms by their base
+/// name): dashboards and alert rules are checked against it.
+pub fn exported_names() -> Vec<&'static str> {
+    FAMILIES
+        .iter()
+        .map(|f| f.0)
+        .chain(PROCESS_FAMILIES.iter().map(|f| f.0))
+        .collect()
+}
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -94,11 +245,12 @@ impl Metrics {
         let key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
         let secs = value.as_secs_f64();
         let mut histograms = self.histograms.lock().expect("metrics lock");
+        let bounds = buckets(name);
         let h = histograms.entry(key).or_insert_with(|| Histogram {
-            buckets: vec![0; DURATION_BUCKETS.len()],
+            buckets: vec![0; bounds.len()],
             ..Default::default()
         });
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+        for (i, bound) in bounds.iter().enumerate() {
             if secs <= *bound {
                 h.buckets[i] += 1;
             }
@@ -107,85 +259,149 @@ impl Metrics {
         h.count += 1;
     }
 
-    /// The Prometheus text exposition of everything recorded.
+    /// Sets `shell_query_build_info{version}` to 1.
+    pub fn record_build(&self, version: &str) {
+        self.set(BUILD_INFO, &[("version", version)], 1.0);
+    }
+
+    /// Sets a gauge to the current Unix time (a job's last success).
+    pub fn set_now(&self, name: &'static str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.set(name, &[], now.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of everything recorded, then the
+    /// process families.
     pub fn render(&self) -> String {
+        use std::fmt::Write as _;
         let mut out = String::new();
-        let labels_text = |labels: &Labels, extra: Option<(&str, String)>| {
-            let mut parts: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-                .collect();
-            if let Some((k, v)) = extra {
-                parts.push(format!("{k}=\"{v}\""));
-            }
-            if parts.is_empty() {
-                String::new()
-            } else {
-                format!("{{{}}}", parts.join(","))
-            }
-        };
-        for (name, help) in HELP {
-            let is_histogram = *name == RUN_DURATION;
-            let is_gauge = *name == CONSUMER_PENDING;
-            let kind = if is_histogram {
-                "histogram"
-            } else if is_gauge {
-                "gauge"
-            } else {
-                "counter"
-            };
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            if is_gauge {
-                for ((n, labels), v) in self
-                    .gauges
-                    .lock()
-                    .expect("metrics lock")
-                    .iter()
-                    .filter(|((n, _), _)| n == name)
-                {
-                    out.push_str(&format!("{n}{} {v}\n", labels_text(labels, None)));
-                }
-            } else if is_histogram {
-                for ((n, labels), h) in self
-                    .histograms
-                    .lock()
-                    .expect("metrics lock")
-                    .iter()
-                    .filter(|((n, _), _)| n == name)
-                {
-                    for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-                        out.push_str(&format!(
-                            "{n}_bucket{} {}\n",
-                            labels_text(labels, Some(("le", bound.to_string()))),
-                            h.buckets[i]
-                        ));
+        let gauges = self.gauges.lock().expect("metrics lock");
+        let counters = self.counters.lock().expect("metrics lock");
+        let histograms = self.histograms.lock().expect("metrics lock");
+        for (name, kind, help, bounds) in FAMILIES {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {}\n", kind.as_str());
+            match kind {
+                Kind::Counter => {
+                    for ((_, labels), v) in counters.iter().filter(|((n, _), _)| n == name) {
+                        let _ = writeln!(out, "{name}{} {v}", labels_text(labels, None));
                     }
-                    out.push_str(&format!(
-                        "{n}_bucket{} {}\n",
-                        labels_text(labels, Some(("le", "+Inf".into()))),
-                        h.count
-                    ));
-                    out.push_str(&format!(
-                        "{n}_sum{} {}\n{n}_count{} {}\n",
-                        labels_text(labels, None),
-                        h.sum,
-                        labels_text(labels, None),
-                        h.count
-                    ));
                 }
-            } else {
-                for ((n, labels), v) in self
-                    .counters
-                    .lock()
-                    .expect("metrics lock")
-                    .iter()
-                    .filter(|((n, _), _)| n == name)
-                {
-                    out.push_str(&format!("{n}{} {v}\n", labels_text(labels, None)));
+                Kind::Gauge => {
+                    for ((_, labels), v) in gauges.iter().filter(|((n, _), _)| n == name) {
+                        let _ = writeln!(out, "{name}{} {v}", labels_text(labels, None));
+                    }
+                }
+                Kind::Histogram => {
+                    for ((_, labels), h) in histograms.iter().filter(|((n, _), _)| n == name) {
+                        for (bound, count) in bounds.iter().zip(&h.buckets) {
+                            let le = labels_text(labels, Some(("le", bound.to_string())));
+                            let _ = writeln!(out, "{name}_bucket{le} {count}");
+                        }
+                        let plain = labels_text(labels, None);
+                        let _ = writeln!(
+                            out,
+                            "{name}_bucket{} {}\n{name}_sum{plain} {}\n{name}_count{plain} {}",
+                            labels_text(labels, Some(("le", "+Inf".into()))),
+                            h.count,
+                            h.sum,
+                            h.count
+                        );
+                    }
                 }
             }
         }
+        drop((gauges, counters, histograms));
+        for ((name, kind, help), value) in PROCESS_FAMILIES.iter().zip(process::sample()) {
+            if let Some(v) = value {
+                let _ = write!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {}\n{name} {v}\n",
+                    kind.as_str()
+                );
+            }
+        }
         out
+    }
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+fn buckets(name: &str) -> &'static [f64] {
+    FAMILIES.iter().find(|f| f.0 == name).map_or(RUN_BUCKETS, |f| f.3)
+}
+
+fn labels_text(labels: &Labels, extra: Option<(&str, String)>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+/// The process families, read from /proc/self in `PROCESS_FAMILIES`'
+/// order; `None` where this system does not tell.
+mod process {
+    pub fn sample() -> [Option<f64>; 6] {
+        #[cfg(target_os = "linux")]
+        {
+            linux()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            [None; 6]
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn linux() -> [Option<f64>; 6] {
+        // SAFETY: sysconf reads a configuration value; it has no preconditions.
+        let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // `fields[0]` is field 3 (state) of proc(5).
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let per_tick = |v: f64| (ticks > 0).then(|| v / ticks as f64);
+        let cpu = field(14).zip(field(15)).and_then(|(u, s)| per_tick(u + s));
+        let virtual_bytes = field(23);
+        let resident = field(24).map(|pages| pages * page as f64);
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        let start = field(22)
+            .and_then(per_tick)
+            .zip(boot)
+            .map(|(since_boot, boot)| boot + since_boot);
+        let open = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as f64);
+        let max = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<f64>().ok())
+        });
+        [cpu, resident, virtual_bytes, open, max, start]
     }
 }
 
@@ -213,5 +429,37 @@ mod tests {
         );
         assert!(text.contains("shell_query_run_duration_seconds_bucket{outcome=\"ready\",le=\"15\"} 1\n"));
         assert!(text.contains("shell_query_run_duration_seconds_count{outcome=\"ready\"} 1\n"));
+    }
+
+    #[test]
+    fn each_histogram_has_its_own_buckets_and_the_process_is_described() {
+        let m = Metrics::default();
+        m.observe(POLL_TICK_DURATION, &[], Duration::from_millis(3));
+        m.record_build("1.2.3");
+        m.set_now(RECONCILER_LAST_SUCCESS);
+        let text = m.render();
+        assert!(
+            text.contains("shell_query_poll_tick_duration_seconds_bucket{le=\"0.0025\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("shell_query_poll_tick_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("shell_query_build_info{version=\"1.2.3\"} 1\n"));
+        let last: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("shell_query_reconciler_last_success_timestamp_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(last > 1.7e9, "{last}");
+        for (name, _, _) in PROCESS_FAMILIES {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing:\n{text}");
+        }
+        let rss: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "{rss}");
     }
 }

@@ -14,6 +14,113 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// The service's name in traces unless `OTEL_SERVICE_NAME` (or a
+/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) names it otherwise.
+pub const SERVICE_NAME: &str = "shell-query-worker";
+/// The version in `service.version`, `/metrics`' build info and `--version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The first of the trace-specific and the general OTLP variable that is set
+/// and not empty (`OTEL_EXPORTER_OTLP_TRACES_X`, then `OTEL_EXPORTER_OTLP_X`).
+fn otlp_var(suffix: &str) -> Option<(String, String)> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}"),
+        format!("OTEL_EXPORTER_OTLP_{suffix}"),
+    ]
+    .into_iter()
+    .find_map(|name| match std::env::var(&name) {
+        Ok(v) if !v.trim().is_empty() => Some((name, v.trim().to_string())),
+        _ => None,
+    })
+}
+
+/// The OTLP span exporter the standard variables ask for, or `None` when no
+/// endpoint is set. `grpc` goes over tonic, `http/protobuf` (the default)
+/// and `http/json` over reqwest; an `https://` endpoint is verified against
+/// the system's roots plus `OTEL_EXPORTER_OTLP_CERTIFICATE` when it is set.
+fn exporter() -> Option<Result<opentelemetry_otlp::SpanExporter, String>> {
+    use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+    let (_, endpoint) = otlp_var("ENDPOINT")?;
+    let ca = match otlp_var("CERTIFICATE") {
+        None => None,
+        Some((name, path)) => match std::fs::read(&path) {
+            Ok(pem) => Some(pem),
+            Err(e) => return Some(Err(format!("{name}: {path}: {e}"))),
+        },
+    };
+    let timeout = otlp_var("TIMEOUT")
+        .and_then(|(_, ms)| ms.parse().ok())
+        .map_or(std::time::Duration::from_secs(10), std::time::Duration::from_millis);
+    let (protocol_var, protocol) =
+        otlp_var("PROTOCOL").unwrap_or_else(|| ("OTEL_EXPORTER_OTLP_PROTOCOL".into(), "http/protobuf".into()));
+    crate::adapters::install_crypto_provider();
+    let built = match protocol.as_str() {
+        "grpc" => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_timeout(timeout);
+            if endpoint.starts_with("https://") {
+                use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
+                let mut tls = ClientTlsConfig::new().with_native_roots();
+                if let Some(pem) = ca {
+                    tls = tls.ca_certificate(Certificate::from_pem(pem));
+                }
+                builder = builder.with_tls_config(tls);
+            }
+            builder.build()
+        }
+        "http/protobuf" | "http/json" => {
+            let client = match http_client(ca, timeout) {
+                Ok(c) => c,
+                Err(e) => return Some(Err(e)),
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_timeout(timeout)
+                .build()
+        }
+        other => {
+            return Some(Err(format!(
+                "{protocol_var}: {other:?} is not grpc, http/protobuf or http/json"
+            )));
+        }
+    };
+    Some(built.map_err(|e| format!("the OTLP exporter for {endpoint} could not start: {e}")))
+}
+
+/// The blocking client the batch exporter's thread sends with. It is built
+/// on a thread of its own: reqwest's blocking client may not be made (or
+/// dropped) on an async worker thread.
+fn http_client(ca: Option<Vec<u8>>, timeout: std::time::Duration) -> Result<reqwest::blocking::Client, String> {
+    std::thread::spawn(move || {
+        let mut builder = reqwest::blocking::Client::builder().timeout(timeout);
+        if let Some(pem) = ca {
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| format!("OTEL_EXPORTER_OTLP_CERTIFICATE: not a PEM certificate: {e}"))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        builder
+            .build()
+            .map_err(|e| format!("the OTLP HTTP client could not be built: {e}"))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("building the OTLP HTTP client panicked".into()))
+}
+
+/// `service.name` (ours unless the environment names one), `service.version`
+/// and whatever `OTEL_RESOURCE_ATTRIBUTES` adds.
+fn resource() -> opentelemetry_sdk::Resource {
+    let named = |var: &str, needle: &str| std::env::var(var).is_ok_and(|v| v.contains(needle) && !v.trim().is_empty());
+    let builder =
+        opentelemetry_sdk::Resource::builder().with_attribute(opentelemetry::KeyValue::new("service.version", VERSION));
+    if named("OTEL_SERVICE_NAME", "") || named("OTEL_RESOURCE_ATTRIBUTES", "service.name=") {
+        builder.build()
+    } else {
+        builder.with_service_name(SERVICE_NAME).build()
+    }
+}
+
 /// Keeps the trace exporter alive; `shutdown` flushes it.
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
@@ -53,33 +160,28 @@ pub fn init(format: Option<&str>, default_level: &str) -> Telemetry {
         Some(f) => f == "json",
         None => !std::io::stdout().is_terminal(),
     };
-    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .ok()
-        .filter(|e| !e.is_empty())
-        .and_then(
-            |_| match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
-                Ok(exporter) => Some(
-                    SdkTracerProvider::builder()
-                        .with_batch_exporter(exporter)
-                        .with_resource(
-                            opentelemetry_sdk::Resource::builder()
-                                .with_service_name("shell-query-worker")
-                                .build(),
-                        )
-                        .build(),
-                ),
-                Err(e) => {
-                    eprintln!("OTEL_EXPORTER_OTLP_ENDPOINT: the trace exporter could not start: {e}");
-                    None
-                }
-            },
-        );
+    let provider = match exporter() {
+        None => None,
+        Some(Ok(exporter)) => Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(resource())
+                .build(),
+        ),
+        Some(Err(e)) => {
+            eprintln!("trace export is off: {e}");
+            None
+        }
+    };
     // Without an exporter no span is built at all (a tick costs a fifth
     // more with the layer on); the incoming context still travels through
     // `with_incoming` and `inject`.
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("shell-query-worker")));
+    let otel = provider.as_ref().map(|p| {
+        let scope = opentelemetry::InstrumentationScope::builder("shell_query_worker")
+            .with_version(VERSION)
+            .build();
+        tracing_opentelemetry::layer().with_tracer(p.tracer_with_scope(scope))
+    });
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {

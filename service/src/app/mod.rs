@@ -132,6 +132,7 @@ pub async fn run_until(
         self::consumer_watch::Watch::new(&specs, Duration::from_millis(args.consumer_check_interval_ms));
 
     let metrics = Arc::new(Metrics::default());
+    metrics.record_build(crate::adapters::telemetry::VERSION);
     let mce = Mce::new(
         CredentialStore::new(store.clone()),
         settings.cipher.clone(),
@@ -185,7 +186,7 @@ pub async fn run_until(
             execute_ack_wait,
         ),
         (
-            Handler::Poll(Poll { config: settings.poll }),
+            Handler::Poll(Box::new(Poll::new(settings.poll))),
             consumers.poll,
             args.poll_concurrency as usize,
             poll_ack_wait,

@@ -25,6 +25,8 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     };
     let span = tracing::info_span!(
         "cancel",
+        otel.name = "process shell_query.cancel",
+        otel.kind = "consumer",
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         run_id = %msg.run_id,

@@ -17,7 +17,7 @@ use crate::lifecycle::Deps;
 /// set, dispatched in one `match`.
 pub enum Handler {
     Execute(execute::Execute),
-    Poll(poll::Poll),
+    Poll(Box<poll::Poll>),
     Cancel,
     /// Max-deliveries advisories of the jobs stream.
     Undeliverable,

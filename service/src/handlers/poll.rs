@@ -13,6 +13,7 @@ use shell_query_core::poll::decide::{
 };
 use shell_query_core::poll::schedule::Schedule;
 use shell_query_core::run::{CancelSource, Ending, FailCause, Run, StartPhase, Task};
+use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -25,12 +26,52 @@ use crate::lifecycle::end::{end_run, publish_owed_event};
 /// The poll handler and its settings.
 pub struct Poll {
     pub config: PollConfig,
+    /// When each run's next delivery is due, by the delay its last tick on
+    /// this replica asked for: the tick-lateness histogram's other end.
+    due: std::sync::Mutex<std::collections::HashMap<Uuid, Instant>>,
 }
 
+/// Above this many remembered due times, those long overdue (their run
+/// ended, or its deliveries went to another replica) are forgotten.
+const DUE_PRUNE_AT: usize = 200_000;
+const DUE_FORGET_AFTER: Duration = Duration::from_secs(3600);
+
 impl Poll {
-    pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
-        handle(deps, &self.config, delivery).await
+    pub fn new(config: PollConfig) -> Self {
+        Self {
+            config,
+            due: Default::default(),
+        }
     }
+
+    pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+        let started = Instant::now();
+        let run_id = run_id_of(&delivery.subject);
+        if let Some(due) = run_id.and_then(|id| self.due.lock().expect("due lock").remove(&id)) {
+            deps.metrics.observe(
+                crate::adapters::metrics::POLL_TICK_LATENESS,
+                &[],
+                started.saturating_duration_since(due),
+            );
+        }
+        let disposition = handle(deps, &self.config, delivery).await;
+        let finished = Instant::now();
+        deps.metrics
+            .observe(crate::adapters::metrics::POLL_TICK_DURATION, &[], finished - started);
+        if let (Disposition::Retry(delay), Some(id)) = (&disposition, run_id) {
+            let mut due = self.due.lock().expect("due lock");
+            if due.len() >= DUE_PRUNE_AT {
+                due.retain(|_, at| finished.saturating_duration_since(*at) < DUE_FORGET_AFTER);
+            }
+            due.insert(id, finished + *delay);
+        }
+        disposition
+    }
+}
+
+/// The run a poll subject (`<prefix>.poll.<runId>`) names.
+fn run_id_of(subject: &str) -> Option<Uuid> {
+    subject.rsplit('.').next().and_then(|id| Uuid::parse_str(id).ok())
 }
 
 async fn handle(deps: &Deps, config: &PollConfig, delivery: &Delivery) -> Disposition {
@@ -43,6 +84,8 @@ async fn handle(deps: &Deps, config: &PollConfig, delivery: &Delivery) -> Dispos
     // Each tick is its own trace, linked to the run's execute span.
     let span = tracing::info_span!(
         "poll",
+        otel.name = "process shell_query.poll",
+        otel.kind = "consumer",
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         run_id = %msg.run_id,

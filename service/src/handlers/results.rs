@@ -10,6 +10,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use shell_query_core::run::{Run, RunStatus};
@@ -234,6 +235,23 @@ fn parse<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T, ApiErro
     serde_json::from_slice(&request.message.payload).map_err(|e| ApiError::BadRequest(format!("invalid request: {e}")))
 }
 
+/// A request's own span (a root, or the caller's child when the request
+/// carries a `traceparent`), so the MCE calls it makes are not orphans.
+fn request_span(name: &'static str, request: &Request) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "api_request",
+        otel.name = name,
+        otel.kind = "server",
+        messaging.system = "nats",
+        messaging.destination.name = %request.message.subject,
+        messaging.operation.type = "process",
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::adapters::telemetry::set_parent(&span, request.message.headers.as_ref());
+    span
+}
+
 /// Starts the service; it answers until `shutdown` turns true.
 pub async fn serve(
     deps: Arc<Deps>,
@@ -263,23 +281,25 @@ pub async fn serve(
             tokio::select! {
                 Some(request) = results_ep.next() => {
                     let deps = deps.clone();
+                    let span = request_span("process shell_query.api.results", &request);
                     tokio::spawn(async move {
                         let result = match parse::<ResultsRequest>(&request) {
                             Ok(req) => results(&deps, req).await,
                             Err(e) => Err(e),
                         };
                         reply(request, result, max_payload).await;
-                    });
+                    }.instrument(span));
                 }
                 Some(request) = status_ep.next() => {
                     let deps = deps.clone();
+                    let span = request_span("process shell_query.api.status", &request);
                     tokio::spawn(async move {
                         let result = match parse::<StatusRequest>(&request) {
                             Ok(req) => status(&deps, req).await,
                             Err(e) => Err(e),
                         };
                         reply(request, result, max_payload).await;
-                    });
+                    }.instrument(span));
                 }
                 _ = shutdown.changed() => break,
             }

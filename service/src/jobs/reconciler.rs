@@ -5,6 +5,7 @@
 //! is failed.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use chrono::{DateTime, Utc};
 use shell_query_core::message::ExecuteMessage;
@@ -208,13 +209,21 @@ pub async fn run(
 ) {
     crate::adapters::lease::periodically(&deps.js.clone(), "reconciler", interval, shutdown, |now| {
         let deps = deps.clone();
+        let span = tracing::info_span!(parent: None, "reconciler_pass", otel.name = "reconciler pass");
         async move {
             match reconcile_once(&deps, cfg, now).await {
-                Ok(report) if report != Report::default() => tracing::info!(?report, "reconciler pass"),
-                Ok(_) => tracing::debug!("reconciler pass: nothing to do"),
+                Ok(report) => {
+                    deps.metrics.set_now(crate::adapters::metrics::RECONCILER_LAST_SUCCESS);
+                    if report == Report::default() {
+                        tracing::debug!("reconciler pass: nothing to do");
+                    } else {
+                        tracing::info!(?report, "reconciler pass");
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "reconciler pass failed"),
             }
         }
+        .instrument(span)
     })
     .await;
 }

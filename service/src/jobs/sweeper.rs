@@ -7,6 +7,7 @@
 //! not stop the rest.
 
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use chrono::{DateTime, Utc};
 use shell_query_core::naming::is_our_query_key;
@@ -69,12 +70,17 @@ pub async fn run(
 ) {
     crate::adapters::lease::periodically(&deps.js.clone(), "sweeper", interval, shutdown, |now| {
         let deps = deps.clone();
+        let span = tracing::info_span!(parent: None, "sweeper_pass", otel.name = "sweeper pass");
         async move {
             match sweep_once(&deps, min_age, now).await {
-                Ok(report) => tracing::info!(?report, "sweeper pass"),
+                Ok(report) => {
+                    deps.metrics.set_now(crate::adapters::metrics::SWEEPER_LAST_SUCCESS);
+                    tracing::info!(?report, "sweeper pass");
+                }
                 Err(e) => tracing::warn!(error = %e, "sweeper pass failed"),
             }
         }
+        .instrument(span)
     })
     .await;
 }

@@ -23,7 +23,7 @@ use shell_query_core::poll::decide::{FailReason, ReadyVia};
 use shell_query_core::run::{CancelSource, Ending, FailCause, Run, RunStatus};
 
 use super::Deps;
-use crate::adapters::metrics::{FAST_PATH_COMPLETIONS, POLL_TIMEOUTS, RUN_DURATION, RUNS};
+use crate::adapters::metrics::{DETECTION_DELAY, FAST_PATH_COMPLETIONS, POLL_TIMEOUTS, RUN_DURATION, RUNS};
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, Terminal};
 
@@ -86,7 +86,7 @@ pub async fn announce_ending(
         reason = ending.reason_label(),
         "run ended"
     );
-    record_metrics(deps, &ending, run.created_at, now);
+    record_metrics(deps, &ending, run, now);
     publish_terminal(deps, &event, now).await?;
     if matches!(ending, Ending::Ready { .. }) {
         deps.histories.forget(run.tenant_id, &run.sql_text_hash);
@@ -151,12 +151,22 @@ pub async fn publish_owed_event(deps: &Deps, run: &Run, now: DateTime<Utc>) -> R
     publish_terminal(deps, &event, now).await
 }
 
-fn record_metrics(deps: &Deps, ending: &Ending, created_at: DateTime<Utc>, now: DateTime<Utc>) {
+fn record_metrics(deps: &Deps, ending: &Ending, run: &Run, now: DateTime<Utc>) {
     let outcome = ending.outcome_label();
     deps.metrics
         .inc(RUNS, &[("outcome", outcome), ("reason", ending.reason_label())]);
-    let took = (now - created_at).to_std().unwrap_or_default();
+    let took = (now - run.created_at).to_std().unwrap_or_default();
     deps.metrics.observe(RUN_DURATION, &[("outcome", outcome)], took);
+    // Known only when an earlier tick saw the query finished (its rowset
+    // not yet readable, or MCE saying it no longer runs).
+    let first_seen_done = [run.poll.rowset_first_at, run.poll.not_running_first_at]
+        .into_iter()
+        .flatten()
+        .min();
+    if let (Ending::Ready { .. }, Some(seen)) = (ending, first_seen_done) {
+        let delay = (now - seen).to_std().unwrap_or_default();
+        deps.metrics.observe(DETECTION_DELAY, &[], delay);
+    }
     match ending {
         Ending::Ready {
             via: ReadyVia::Probe, ..

@@ -160,6 +160,7 @@ impl Mce {
         urls: BaseUrls,
         retry: RetryPolicy,
     ) -> Self {
+        crate::adapters::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
@@ -278,15 +279,25 @@ impl Session<'_> {
         Fut: std::future::Future<Output = Result<Attempt<T>, MceError>>,
     {
         use tracing::Instrument as _;
+        // OpenTelemetry's client span of a remote call, named by operation.
         let span = tracing::info_span!(
             "mce",
+            otel.name = format!("mce {}", op.name()),
+            otel.kind = "client",
             mce.operation = op.name(),
             http.response.status_code = tracing::field::Empty,
             mce.retries = tracing::field::Empty,
             mce.result = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        self.call_inner(op, exchange).instrument(span).await
+        let started = std::time::Instant::now();
+        let result = self.call_inner(op, exchange).instrument(span).await;
+        self.mce.metrics.observe(
+            crate::adapters::metrics::MCE_CALL_DURATION,
+            &[("operation", op.name())],
+            started.elapsed(),
+        );
+        result
     }
 
     async fn call_inner<T, F, Fut>(&self, op: Op, mut exchange: F) -> Result<T, MceError>

@@ -106,6 +106,8 @@ impl Execute {
         };
         let span = tracing::info_span!(
             "execute",
+            otel.name = "process shell_query.execute",
+            otel.kind = "consumer",
             trace_id = tracing::field::Empty,
             span_id = tracing::field::Empty,
             run_id = %req.run_id,
