@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The `status` of a status event: the row's states plus execute's steps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventStatus {
     Queued,
@@ -51,15 +51,19 @@ impl EventStatus {
     }
 }
 
-/// The JSON body of `P.status.<runId>`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The JSON body of `P.status.<runId>`: one step of a run. Terminal
+/// events (`ready`, `failed`, `canceled`) come once per run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusEvent {
     pub run_id: uuid::Uuid,
     pub status: EventStatus,
+    /// A short sentence for the status, e.g. `Executing query...`.
     pub message: String,
+    /// Only on `failed`: why, in words a user may read.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error_message: Option<String>,
+    /// Only on `ready`: rows in the result.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub row_count: Option<i64>,
     /// ISO-8601 UTC with milliseconds.

@@ -5,6 +5,7 @@
 //! draws are parameters. This crate depends on data crates only, so the
 //! compiler keeps it free of I/O.
 
+pub mod api;
 pub mod backoff;
 pub mod event;
 pub mod message;

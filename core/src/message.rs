@@ -3,6 +3,7 @@
 //! (docs/CONTRACT.md). A decoded [`ExecuteRequest`] cannot hold an invalid
 //! state: one SQL source, a numeric MID, a target or none.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -67,28 +68,50 @@ impl Subjects {
     }
 }
 
-/// The body of `P.execute.<runId>` as it travels (what the reconciler
-/// publishes; [`ExecuteRequest::decode`] reads it field by field).
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+// [`ExecuteRequest::decode`] reads it field by field; the reconciler
+// publishes it. The doc comment below is the schema's description.
+/// The body of `P.execute.<runId>`: one run to start. Exactly one of
+/// `sqlText` and `sqlTextEncrypted`; `null` counts as absent; fields the
+/// service does not know are ignored. At most 1.5 MiB.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [
+    { "required": ["sqlText"], "properties": { "sqlTextEncrypted": { "type": "null" } } },
+    { "required": ["sqlTextEncrypted"], "properties": { "sqlText": { "type": "null" } } }
+]))]
 pub struct ExecuteMessage {
+    /// The run's id; the subject's last token must be the same.
     pub run_id: Uuid,
     pub tenant_id: Uuid,
+    /// The user whose MCE credentials run the query (the tenant's first
+    /// credentials when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<Uuid>,
+    /// The business unit's MID: digits, surrounding spaces ignored.
+    #[schemars(regex(pattern = r"^\s*[0-9]+\s*$"))]
     pub mid: String,
+    /// The enterprise id; read and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eid: Option<String>,
+    /// The query, at most 256 KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 262144))]
     pub sql_text: Option<String>,
+    /// The query encrypted with the shared key (AES-256-GCM, `iv:tag:data`
+    /// in base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_text_encrypted: Option<String>,
+    /// A name for the run's assets and history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snippet_name: Option<String>,
+    /// The fields of tables the query reads, by table name, for schema
+    /// inference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_metadata: Option<TableMetadata>,
+    /// Run into this existing Data Extension instead of a temporary one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_de_customer_key: Option<String>,
+    /// `Overwrite` (default), `Append` or `Update`; only with a target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_update_type: Option<String>,
 }
@@ -264,19 +287,20 @@ impl ExecuteRequest {
     }
 }
 
-/// The body of `P.poll.<runId>`.
-#[derive(Debug, Deserialize, Serialize)]
+/// The body of `P.poll.<runId>`: published by the service itself, one per run.
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PollMessage {
     pub run_id: Uuid,
 }
 
-/// The body of `P.cancel.<runId>`.
-#[derive(Debug, Deserialize, Serialize)]
+/// The body of `P.cancel.<runId>`: cancel a run of this tenant (and user).
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CancelMessage {
     pub run_id: Uuid,
     pub tenant_id: Uuid,
+    /// When set, the run's user must match.
     #[serde(default)]
     pub user_id: Option<Uuid>,
 }

@@ -133,7 +133,7 @@ impl SourceField {
 }
 
 /// A field as the API sends it in `tableMetadata`, or as MCE lists it.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct MetadataField {
     #[serde(rename = "Name")]
     pub name: String,

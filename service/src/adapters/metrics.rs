@@ -259,6 +259,18 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// Shows the counters alerts watch at 0 from the start, so the first
+    /// DLQ copy or refused token is an increase.
+    pub fn start_at_zero(&self) {
+        for consumer in ["execute", "poll", "cancel", "undeliverable"] {
+            self.add(DLQ_MESSAGES, &[("consumer", consumer)], 0);
+        }
+        for result in ["ok", "refused", "error"] {
+            self.add(TOKEN_REFRESHES, &[("result", result)], 0);
+        }
+        self.add(POLL_TICKS, &[], 0);
+    }
+
     /// Sets `shell_query_build_info{version}` to 1.
     pub fn record_build(&self, version: &str) {
         self.set(BUILD_INFO, &[("version", version)], 1.0);

@@ -539,7 +539,7 @@ pub enum PollPublished {
 /// stream alike ("maximum bytes exceeded", "maximum messages exceeded"):
 /// only the description tells them apart, and a full stream must surface
 /// as an error, not as a poll already pending.
-fn subject_already_holds_one(e: &(dyn std::error::Error + 'static)) -> bool {
+pub fn subject_already_holds_one(e: &(dyn std::error::Error + 'static)) -> bool {
     e.source()
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
         .is_some_and(|j| {

@@ -5,7 +5,7 @@ use std::io::Read as _;
 
 use chrono::Utc;
 
-use crate::app::config::{Cli, Command, CredentialsCommand, TenantCommand};
+use crate::app::config::{Cli, Command, ConfigCommand, CredentialsCommand, TenantCommand};
 
 /// 0 on a clean stop, 2 on bad configuration, 1 on any other failure.
 pub async fn main(cli: Cli) -> i32 {
@@ -33,6 +33,23 @@ pub async fn main(cli: Cli) -> i32 {
                 }
             };
         }
+        Command::Runs(command) => crate::app::operator::runs(command).await,
+        Command::Dlq(command) => crate::app::operator::dlq(command).await,
+        Command::Doctor(args) => {
+            return if crate::app::operator::doctor(*args).await {
+                0
+            } else {
+                1
+            };
+        }
+        Command::Config(ConfigCommand::Print(_)) => match crate::app::operator::config_print(std::env::args_os()) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+        Command::Contract(command) => return crate::app::operator::contract(command),
         Command::Migrate(db) => {
             let _telemetry = init_logging(None);
             crate::adapters::store::migrate(db.database_url.expose_secret())

@@ -38,6 +38,132 @@ pub enum Command {
     Credentials(CredentialsCommand),
     /// The whole pipeline on one machine, with the MCE simulator.
     Demo(DemoArgs),
+    /// List, show and cancel runs (operators).
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// List, show and replay the dead-letter queue (operators; needs a NATS
+    /// user that may read SHELL_QUERY_DLQ, such as shell_query_admin).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Check the settings, NATS and the streams, the database and its
+    /// migrations and, with --tenant and --mid, an MCE token: one line each.
+    Doctor(Box<DoctorArgs>),
+    /// The effective settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The JSON Schemas and the AsyncAPI document, from the message types.
+    #[command(subcommand)]
+    Contract(ContractCommand),
+}
+
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The newest runs first.
+    List {
+        /// Only runs in this status.
+        #[arg(long, value_parser = ["queued", "running", "ready", "failed", "canceled"])]
+        status: Option<String>,
+        /// Only runs of this tenant.
+        #[arg(long)]
+        tenant: Option<Uuid>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// A run's row, its poll state, the last MCE status and its status events.
+    Show {
+        /// The run's id.
+        run_id: Uuid,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Cancel a live run as the API does (the row becomes `canceled`); the
+    /// service then deletes its MCE assets and publishes the event.
+    Cancel {
+        /// The run's id.
+        run_id: Uuid,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// The newest copies first: sequence, time, original subject, reason.
+    List {
+        /// At most this many copies.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// One copy: its headers and its body, SQL redacted.
+    Show {
+        /// The copy's sequence number in SHELL_QUERY_DLQ.
+        seq: u64,
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+    /// Publish a copy's original body to its original subject again (after
+    /// the fix that lets the service handle it).
+    Replay {
+        /// The copy's sequence number in SHELL_QUERY_DLQ.
+        seq: u64,
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Also get an MCE token for this tenant (with --mid).
+    #[arg(long, requires = "mid", help_heading = "Doctor")]
+    pub tenant: Option<Uuid>,
+    /// The business unit whose credentials are used for the token.
+    #[arg(long, requires = "tenant", value_parser = parse_mid, help_heading = "Doctor")]
+    pub mid: Option<String>,
+    /// The user whose credentials are used (default: the business unit's first).
+    #[arg(long, requires = "tenant", help_heading = "Doctor")]
+    pub user: Option<Uuid>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Every setting of `run` with its value and where it came from
+    /// (flag, env or default); secrets redacted.
+    Print(Box<RunArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContractCommand {
+    /// Write schemas/*.json and asyncapi.yaml under DIR.
+    Write {
+        /// The folder (the repository's docs).
+        #[arg(default_value = "docs")]
+        dir: std::path::PathBuf,
+    },
+    /// Fail (exit 1) when the files under DIR differ from what the types generate.
+    Check {
+        /// The folder (the repository's docs).
+        #[arg(default_value = "docs")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -54,6 +180,7 @@ pub struct DemoArgs {
     /// With NATS_URL: the user (and NATS_PASSWORD) to connect as.
     #[arg(long, env = "NATS_USER")]
     pub nats_user: Option<String>,
+    /// The password of NATS_USER.
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<SecretString>,
 }
@@ -62,8 +189,10 @@ pub struct DemoArgs {
 pub enum TenantCommand {
     /// Create or update a tenant.
     Upsert {
+        /// The tenant's id (a UUID the API uses).
         #[arg(long, env = "TENANT_ID")]
         tenant_id: Uuid,
+        /// The tenant's MCE enterprise id.
         #[arg(long, env = "TENANT_EID")]
         eid: String,
         /// The tenant's subdomain: `[a-z0-9-]+`.
@@ -78,11 +207,14 @@ pub enum TenantCommand {
 pub enum CredentialsCommand {
     /// Store a user's refresh token for a business unit, encrypted.
     Upsert {
-        #[arg(long)]
+        /// The tenant the credentials belong to.
+        #[arg(long, env = "TENANT_ID")]
         tenant_id: Uuid,
-        #[arg(long)]
+        /// The user whose refresh token this is.
+        #[arg(long, env = "USER_ID")]
         user_id: Uuid,
-        #[arg(long, value_parser = parse_mid)]
+        /// The business unit (MID) the token is for.
+        #[arg(long, env = "MID", value_parser = parse_mid)]
         mid: String,
         /// Read the refresh token from standard input (never from argv).
         #[arg(long, required = true)]
@@ -95,7 +227,9 @@ pub enum CredentialsCommand {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
 pub struct DbArgs {
+    /// PostgreSQL URL (`postgres://user:password@host:5432/db?sslmode=verify-full`); the database is created if missing.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -103,12 +237,15 @@ pub struct DbArgs {
         hide_env_values = true
     )]
     pub database_url: SecretString,
+    /// Connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = defaults::DATABASE_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Encryption")]
 pub struct KeyArgs {
+    /// 64 hex characters (AES-256): encrypts SQL, tokens and errors at rest.
     #[arg(long, env = "ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<SecretString>,
     /// Comma-separated; the first encrypts. Takes precedence over ENCRYPTION_KEY.
@@ -117,17 +254,24 @@ pub struct KeyArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "NATS")]
 pub struct NatsArgs {
+    /// NATS servers, comma-separated (`nats://` or `tls://`).
     #[arg(long, env = "NATS_URL", default_value = defaults::NATS_URL)]
     pub nats_url: String,
+    /// A NATS credentials file (JWT and NKey seed).
     #[arg(long, env = "NATS_CREDS_FILE")]
     pub nats_creds_file: Option<std::path::PathBuf>,
+    /// The NATS user (with NATS_PASSWORD).
     #[arg(long, env = "NATS_USER")]
     pub nats_user: Option<String>,
+    /// The password of NATS_USER.
     #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<SecretString>,
+    /// A NATS token, instead of a user.
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<SecretString>,
+    /// The first token of every subject (`<prefix>.execute.<runId>`...).
     #[arg(long, env = "SUBJECT_PREFIX", default_value = defaults::SUBJECT_PREFIX, value_parser = parse_prefix)]
     pub subject_prefix: String,
     /// The subject prefix of this client's reply inboxes: nats.conf lets
@@ -225,15 +369,21 @@ impl StreamArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "MCE")]
 pub struct MceArgs {
+    /// The installed package's client id.
     #[arg(long, env = "MCE_CLIENT_ID")]
     pub mce_client_id: Option<String>,
+    /// The installed package's client secret.
     #[arg(long, env = "MCE_CLIENT_SECRET", hide_env_values = true)]
     pub mce_client_secret: Option<SecretString>,
+    /// Auth base URL; `{tssd}` becomes the tenant's subdomain.
     #[arg(long, env = "MCE_AUTH_BASE_URL", default_value = defaults::MCE_AUTH_BASE_URL, value_parser = parse_base_url)]
     pub mce_auth_base_url: String,
+    /// SOAP base URL; `{tssd}` becomes the tenant's subdomain.
     #[arg(long, env = "MCE_SOAP_BASE_URL", default_value = defaults::MCE_SOAP_BASE_URL, value_parser = parse_base_url)]
     pub mce_soap_base_url: String,
+    /// REST base URL; `{tssd}` becomes the tenant's subdomain.
     #[arg(long, env = "MCE_REST_BASE_URL", default_value = defaults::MCE_REST_BASE_URL, value_parser = parse_base_url)]
     pub mce_rest_base_url: String,
     /// Accept `http://` MCE base URLs (the simulator, the demo, tests);
@@ -243,42 +393,60 @@ pub struct MceArgs {
     /// Deadline of a SOAP or REST call other than the token and rowset calls.
     #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = defaults::MCE_TIMEOUT_MS, value_parser = millis(100))]
     pub mce_timeout_ms: u64,
+    /// Deadline of a token grant.
     #[arg(long, env = "MCE_TOKEN_TIMEOUT_MS", default_value_t = defaults::MCE_TOKEN_TIMEOUT_MS, value_parser = millis(100))]
     pub mce_token_timeout_ms: u64,
+    /// Deadline of a rowset (results page) call.
     #[arg(long, env = "MCE_ROWSET_TIMEOUT_MS", default_value_t = defaults::MCE_ROWSET_TIMEOUT_MS, value_parser = millis(100))]
     pub mce_rowset_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Polling")]
 pub struct PollArgs {
+    /// The first delay between polls (exponential schedule).
     #[arg(long, env = "POLL_INITIAL_DELAY_MS", default_value_t = defaults::POLL_INITIAL_DELAY_MS, value_parser = millis(1))]
     pub poll_initial_delay_ms: u64,
+    /// The longest delay between polls (exponential schedule).
     #[arg(long, env = "POLL_MAX_DELAY_MS", default_value_t = defaults::POLL_MAX_DELAY_MS, value_parser = millis(1))]
     pub poll_max_delay_ms: u64,
+    /// Each delay is the last times this (exponential schedule).
     #[arg(long, env = "POLL_BACKOFF_MULTIPLIER", default_value_t = defaults::POLL_BACKOFF_MULTIPLIER, value_parser = parse_multiplier)]
     pub poll_backoff_multiplier: f64,
+    /// Random spread of each delay, as a fraction (0.2 = ±20 %).
     #[arg(long, env = "POLL_JITTER_RANGE", default_value_t = defaults::POLL_JITTER_RANGE, value_parser = parse_jitter)]
     pub poll_jitter_range: f64,
+    /// Polls of one run before it fails.
     #[arg(long, env = "POLL_MAX_COUNT", default_value_t = defaults::POLL_MAX_COUNT, value_parser = clap::value_parser!(u32).range(1..))]
     pub poll_max_count: u32,
+    /// How long a run may poll before it fails (a timeout).
     #[arg(long, env = "POLL_MAX_DURATION_MS", default_value_t = defaults::POLL_MAX_DURATION_MS, value_parser = millis(1))]
     pub poll_max_duration_ms: u64,
+    /// Runtime after which a CompletedDate in the status triggers the isRunning check.
     #[arg(long, env = "POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS", default_value_t = defaults::POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS, value_parser = millis(0))]
     pub poll_completed_date_trigger_min_runtime_ms: u64,
+    /// Runtime after which a pending status triggers the isRunning check.
     #[arg(long, env = "POLL_STUCK_THRESHOLD_MS", default_value_t = defaults::POLL_STUCK_THRESHOLD_MS, value_parser = millis(0))]
     pub poll_stuck_threshold_ms: u64,
+    /// Not-running answers needed before the run counts as complete.
     #[arg(long, env = "POLL_NOT_RUNNING_CONFIRMATIONS", default_value_t = defaults::POLL_NOT_RUNNING_CONFIRMATIONS, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub poll_not_running_confirmations: u32,
+    /// Least time between counted not-running answers.
     #[arg(long, env = "POLL_NOT_RUNNING_MIN_GAP_MS", default_value_t = defaults::POLL_NOT_RUNNING_MIN_GAP_MS, value_parser = millis(0))]
     pub poll_not_running_min_gap_ms: u64,
+    /// Checks that the results are readable before the run fails.
     #[arg(long, env = "POLL_ROWSET_READY_MAX_ATTEMPTS", default_value_t = defaults::POLL_ROWSET_READY_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub poll_rowset_ready_max_attempts: u32,
+    /// First delay between those checks.
     #[arg(long, env = "POLL_ROWSET_READY_INITIAL_DELAY_MS", default_value_t = defaults::POLL_ROWSET_READY_INITIAL_DELAY_MS, value_parser = millis(1))]
     pub poll_rowset_ready_initial_delay_ms: u64,
+    /// Longest delay between those checks.
     #[arg(long, env = "POLL_ROWSET_READY_MAX_DELAY_MS", default_value_t = defaults::POLL_ROWSET_READY_MAX_DELAY_MS, value_parser = millis(1))]
     pub poll_rowset_ready_max_delay_ms: u64,
+    /// Runtime after which a temporary DE is probed for rows.
     #[arg(long, env = "POLL_ROW_PROBE_MIN_RUNTIME_MS", default_value_t = defaults::POLL_ROW_PROBE_MIN_RUNTIME_MS, value_parser = millis(0))]
     pub poll_row_probe_min_runtime_ms: u64,
+    /// Least time between row probes of one run.
     #[arg(long, env = "POLL_ROW_PROBE_MIN_INTERVAL_MS", default_value_t = defaults::POLL_ROW_PROBE_MIN_INTERVAL_MS, value_parser = millis(0))]
     pub poll_row_probe_min_interval_ms: u64,
     /// When to look again at a pending run: `exponential` (the POLL_*_DELAY
@@ -289,6 +457,7 @@ pub struct PollArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Consumers, jobs and HTTP")]
 pub struct RunArgs {
     #[command(flatten)]
     pub db: DbArgs,
@@ -307,10 +476,13 @@ pub struct RunArgs {
     /// most 20 s, so that is within a minute).
     #[arg(long, env = "CONSUMER_CHECK_INTERVAL_MS", default_value_t = defaults::CONSUMER_CHECK_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(100..=20_000))]
     pub consumer_check_interval_ms: u64,
+    /// Execute messages handled at once.
     #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = defaults::EXECUTE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub execute_concurrency: u32,
+    /// Poll ticks handled at once.
     #[arg(long, env = "POLL_CONCURRENCY", default_value_t = defaults::POLL_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub poll_concurrency: u32,
+    /// Runs waiting between polls per replica set (the poll consumer's max_ack_pending).
     #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = defaults::POLL_MAX_ACK_PENDING, value_parser = clap::value_parser!(i64).range(1..))]
     pub poll_max_ack_pending: i64,
     /// How long an execute delivery may go silent before NATS redelivers it
@@ -321,16 +493,22 @@ pub struct RunArgs {
     /// after a crash, a run whose tick was under way waits this long.
     #[arg(long, env = "POLL_ACK_WAIT_MS", default_value_t = defaults::POLL_ACK_WAIT_MS, value_parser = millis(3000))]
     pub poll_ack_wait_ms: u64,
+    /// Between reconciler passes (one replica at a time).
     #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = defaults::RECONCILER_INTERVAL_MS, value_parser = millis(1000))]
     pub reconciler_interval_ms: u64,
+    /// How old a run must be before the reconciler acts on it.
     #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = defaults::RECONCILER_GRACE_MS, value_parser = millis(0))]
     pub reconciler_grace_ms: u64,
+    /// Between sweeper passes (one replica at a time).
     #[arg(long, env = "SWEEPER_INTERVAL_MS", default_value_t = defaults::SWEEPER_INTERVAL_MS, value_parser = millis(1000))]
     pub sweeper_interval_ms: u64,
+    /// How old a leaked QueryDefinition must be before it is deleted.
     #[arg(long, env = "SWEEPER_MIN_AGE_MS", default_value_t = defaults::SWEEPER_MIN_AGE_MS, value_parser = millis(0))]
     pub sweeper_min_age_ms: u64,
+    /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = defaults::HTTP_ADDR)]
     pub http_addr: SocketAddr,
+    /// `json` or `pretty`; unset: JSON unless stdout is a terminal.
     #[arg(long, env = "LOG_FORMAT", value_parser = ["json", "pretty"])]
     pub log_format: Option<String>,
 }
@@ -761,6 +939,57 @@ fn one_line(rendered: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every argument of every command, with the path of commands to it.
+    fn every_argument() -> Vec<(String, clap::Arg)> {
+        use clap::CommandFactory as _;
+        fn walk(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Arg)>) {
+            for arg in command.get_arguments() {
+                if !matches!(arg.get_id().as_str(), "help" | "version") {
+                    out.push((path.clone(), arg.clone()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&Cli::command(), String::new(), &mut out);
+        out
+    }
+
+    #[test]
+    fn every_flag_has_a_description_and_settings_are_grouped_under_headings() {
+        let all = every_argument();
+        assert!(all.len() > 100, "{}", all.len());
+        for (path, arg) in &all {
+            assert!(
+                arg.get_help().is_some() || arg.get_long_help().is_some(),
+                "`{path}` --{}: no description",
+                arg.get_id()
+            );
+            // The service's settings (everything with an environment
+            // variable, in `run`, `doctor` and `config print`) sit under a
+            // heading of their group.
+            if arg.get_env().is_some() && [" run", " doctor", " config print"].contains(&path.as_str()) {
+                assert!(
+                    arg.get_help_heading().is_some(),
+                    "`{path}` --{}: no heading",
+                    arg.get_id()
+                );
+            }
+        }
+        // `credentials upsert` reads its flags from the environment like the rest.
+        for (path, arg) in all.iter().filter(|(p, _)| p == " credentials upsert") {
+            if arg.get_action().takes_values() {
+                assert!(
+                    arg.get_env().is_some(),
+                    "`{path}` --{}: no environment variable",
+                    arg.get_id()
+                );
+            }
+        }
+    }
 
     fn run_args(extra: &[&str]) -> Result<Cli, clap::Error> {
         let mut args = vec!["shell-query-worker", "run"];

@@ -6,8 +6,10 @@ pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod consumer_watch;
+pub mod contract;
 pub mod demo;
 pub mod http;
+pub mod operator;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,9 +60,19 @@ pub fn validate(args: &RunArgs) -> Result<Validated, ConfigError> {
     })
 }
 
-/// Connects to `servers` with NATS_* settings `validate` has checked.
+/// Connects to `servers` with NATS_* settings `validate` has checked,
+/// retrying until the first connection succeeds.
 async fn connect_nats(args: &RunArgs, servers: Vec<async_nats::ServerAddr>) -> anyhow::Result<async_nats::Client> {
-    let n = &args.nats;
+    let options = nats_options(&args.nats)
+        .await?
+        .retry_on_initial_connect()
+        .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
+    Ok(options.connect(servers).await?)
+}
+
+/// The connection options NATS_* settings ask for: credentials, the inbox
+/// prefix, TLS.
+pub(crate) async fn nats_options(n: &crate::app::config::NatsArgs) -> anyhow::Result<async_nats::ConnectOptions> {
     let mut options = match &n.nats_creds_file {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path.clone())
             .await
@@ -69,11 +81,9 @@ async fn connect_nats(args: &RunArgs, servers: Vec<async_nats::ServerAddr>) -> a
     };
     options = options
         .name("shell-query-worker")
-        .retry_on_initial_connect()
         // Replies only under this client's own prefix (nats.conf lets each
         // user subscribe to `_INBOX.<user>.>` and nothing wider).
-        .custom_inbox_prefix(&n.nats_inbox_prefix)
-        .event_callback(|event| async move { tracing::info!(%event, "nats connection event") });
+        .custom_inbox_prefix(&n.nats_inbox_prefix);
     if let (Some(user), Some(password)) = (&n.nats_user, &n.nats_password) {
         options = options.user_and_password(user.clone(), password.expose_secret().to_string());
     }
@@ -88,7 +98,7 @@ async fn connect_nats(args: &RunArgs, servers: Vec<async_nats::ServerAddr>) -> a
             .add_client_certificate(cert.clone(), key.clone())
             .require_tls(true);
     }
-    Ok(options.connect(servers).await?)
+    Ok(options)
 }
 
 /// `shell-query-worker run`.
@@ -133,6 +143,7 @@ pub async fn run_until(
 
     let metrics = Arc::new(Metrics::default());
     metrics.record_build(crate::adapters::telemetry::VERSION);
+    metrics.start_at_zero();
     let mce = Mce::new(
         CredentialStore::new(store.clone()),
         settings.cipher.clone(),

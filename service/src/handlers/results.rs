@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_nats::service::{Request, ServiceExt, error::Error as ServiceError};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tracing::Instrument as _;
@@ -18,62 +18,8 @@ use shell_query_core::run::{Run, RunStatus};
 use crate::adapters::store::runs;
 use crate::lifecycle::Deps;
 
-/// MCE's rowset answers at most this many rows a page.
-pub const MAX_PAGE_SIZE: i64 = 2500;
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ResultsRequest {
-    run_id: Uuid,
-    tenant_id: Uuid,
-    #[serde(default)]
-    user_id: Option<Uuid>,
-    #[serde(default = "first_page")]
-    page: i64,
-    #[serde(default = "default_page_size")]
-    page_size: i64,
-}
-
-fn first_page() -> i64 {
-    1
-}
-
-fn default_page_size() -> i64 {
-    50
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusRequest {
-    run_id: Uuid,
-    tenant_id: Uuid,
-    #[serde(default)]
-    user_id: Option<Uuid>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ResultsReply {
-    pub run_id: Uuid,
-    pub status: String,
-    pub columns: Vec<String>,
-    pub rows: Vec<Map<String, Value>>,
-    pub total_rows: i64,
-    pub page: i64,
-    pub page_size: i64,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusReply {
-    pub run_id: Uuid,
-    pub status: String,
-    pub error_message: Option<String>,
-    pub row_count: Option<i32>,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-}
+pub use shell_query_core::api::MAX_PAGE_SIZE;
+use shell_query_core::api::{ResultsReply, ResultsRequest, StatusReply, StatusRequest};
 
 /// An error reply: the text a user may see and a code.
 #[derive(Debug, PartialEq, Eq)]
@@ -268,14 +214,29 @@ pub async fn serve(
     // What one reply may carry, with room for the protocol's headers.
     let max_payload = client.server_info().max_payload.saturating_sub(4096);
     let group = service.group(format!("{prefix}.api"));
-    let mut results_ep = group
-        .endpoint("results")
-        .await
-        .map_err(|e| anyhow::anyhow!("results endpoint: {e}"))?;
-    let mut status_ep = group
-        .endpoint("status")
-        .await
-        .map_err(|e| anyhow::anyhow!("status endpoint: {e}"))?;
+    // Each endpoint names its request and reply schemas (docs/schemas/).
+    let endpoint = |name: &'static str| {
+        let (_, request, reply) = shell_query_core::api::ENDPOINTS
+            .into_iter()
+            .find(|(n, _, _)| *n == name)
+            .expect("every endpoint has schemas");
+        let metadata = [("request_schema", request), ("response_schema", reply)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let group = &group;
+        async move {
+            group
+                .endpoint_builder()
+                .name(name)
+                .metadata(metadata)
+                .add(name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name} endpoint: {e}"))
+        }
+    };
+    let mut results_ep = endpoint("results").await?;
+    let mut status_ep = endpoint("status").await?;
     Ok(tokio::spawn(async move {
         loop {
             tokio::select! {

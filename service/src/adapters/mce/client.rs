@@ -264,6 +264,12 @@ impl Session<'_> {
         grant
     }
 
+    /// Gets an access token (the stored one while it is valid, else a
+    /// grant): `doctor`'s check of a tenant's credentials.
+    pub async fn check_token(&self) -> Result<(), MceError> {
+        self.token(None).await.map(|_| ())
+    }
+
     async fn token(&self, refused: Option<&str>) -> Result<SecretString, MceError> {
         self.mce
             .auth

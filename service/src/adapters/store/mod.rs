@@ -28,6 +28,15 @@ pub enum StoreError {
 }
 
 impl Store {
+    /// The names of migrations not yet applied.
+    pub async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
+        Ok(migration::Migrator::get_pending_migrations(&self.db)
+            .await?
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect())
+    }
+
     /// True if the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         self.db.ping().await.is_ok()

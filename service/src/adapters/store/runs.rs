@@ -135,6 +135,51 @@ pub async fn get_run_for_poll(store: &Store, id: Uuid) -> Result<Option<Run>, St
         .transpose()
 }
 
+/// The newest runs first, optionally of one status and tenant, without
+/// their SQL text (operators' `runs list`).
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "list_runs"))]
+pub async fn list(
+    store: &Store,
+    status: Option<RunStatus>,
+    tenant_id: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<Run>, StoreError> {
+    use sea_orm::Iterable as _;
+    let mut query = runs::Entity::find()
+        .select_only()
+        .columns(runs::Column::iter().filter(|c| !matches!(c, runs::Column::SqlTextEncrypted)))
+        .column_as(Expr::value(Option::<String>::None), "sql_text_encrypted");
+    if let Some(status) = status {
+        query = query.filter(runs::Column::Status.eq(status.as_str()));
+    }
+    if let Some(tenant_id) = tenant_id {
+        query = query.filter(runs::Column::TenantId.eq(tenant_id));
+    }
+    query
+        .order_by_desc(runs::Column::CreatedAt)
+        .limit(limit)
+        .all(&store.db)
+        .await?
+        .into_iter()
+        .map(to_run)
+        .collect()
+}
+
+/// The API's cancel, for operators: a live run becomes `canceled` with
+/// `completed_at`; the service then claims it ([`claim_api_cancel`]),
+/// deletes its assets and publishes the event. False if the run had ended.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "cancel_as_api"))]
+pub async fn cancel_as_api(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    let result = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled.as_str()))
+        .col_expr(runs::Column::CompletedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(id))
+        .filter(runs::Column::Status.is_in(LIVE))
+        .exec(&store.db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
 /// `queued → running`, setting `started_at`. False if the row was not queued.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "mark_running"))]
 pub async fn mark_running(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {

@@ -1,0 +1,248 @@
+//! The machine-readable contract: a JSON Schema (draft-07) of every message
+//! the service consumes, publishes or answers, and an AsyncAPI 3 document of
+//! its subjects, generated from the message types themselves.
+//! `shell-query-worker contract write docs` writes them;
+//! `contract check docs` (and a test) fails when the committed files differ.
+
+use std::path::Path;
+
+use schemars::JsonSchema;
+use serde_json::{Value, json};
+
+use shell_query_core::api::{ResultsReply, ResultsRequest, StatusReply, StatusRequest};
+use shell_query_core::event::StatusEvent;
+use shell_query_core::message::{CancelMessage, ExecuteMessage, PollMessage};
+
+/// One schema file: its name under `schemas/`, the AsyncAPI message name,
+/// and the schema.
+pub struct Schema {
+    pub file: &'static str,
+    pub message: &'static str,
+    pub schema: Value,
+}
+
+fn schema_of<T: JsonSchema>(file: &'static str, message: &'static str) -> Schema {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let mut schema = generator.into_root_schema_for::<T>().to_value();
+    if let Some(map) = schema.as_object_mut() {
+        map.insert(
+            "$id".into(),
+            format!("https://shell-query.invalid/schemas/{file}").into(),
+        );
+    }
+    Schema { file, message, schema }
+}
+
+/// Every message of the contract.
+pub fn schemas() -> Vec<Schema> {
+    vec![
+        schema_of::<ExecuteMessage>("execute-message.json", "executeMessage"),
+        schema_of::<PollMessage>("poll-message.json", "pollMessage"),
+        schema_of::<CancelMessage>("cancel-message.json", "cancelMessage"),
+        schema_of::<StatusEvent>("status-event.json", "statusEvent"),
+        schema_of::<ResultsRequest>("results-request.json", "resultsRequest"),
+        schema_of::<ResultsReply>("results-reply.json", "resultsReply"),
+        schema_of::<StatusRequest>("status-request.json", "statusRequest"),
+        schema_of::<StatusReply>("status-reply.json", "statusReply"),
+    ]
+}
+
+pub use shell_query_core::api::ENDPOINTS;
+
+fn message(name: &str, summary: &str, file: &str, headers: Value) -> Value {
+    let mut m = json!({
+        "name": name,
+        "summary": summary,
+        "contentType": "application/json",
+        "payload": {
+            "schemaFormat": "application/schema+json;version=draft-07",
+            "schema": { "$ref": format!("schemas/{file}") },
+        },
+    });
+    if !headers.is_null() {
+        m["headers"] = headers;
+    }
+    m
+}
+
+fn header_schema(fields: &[(&str, &str)]) -> Value {
+    let properties: serde_json::Map<String, Value> = fields
+        .iter()
+        .map(|(name, description)| {
+            (
+                (*name).to_string(),
+                json!({ "type": "string", "description": description }),
+            )
+        })
+        .collect();
+    json!({ "type": "object", "properties": properties })
+}
+
+fn reference(to: &str) -> Value {
+    json!({ "$ref": to })
+}
+
+/// The AsyncAPI 3 document, for subjects under the default prefix.
+pub fn asyncapi() -> Value {
+    let traceparent = ("traceparent", "W3C trace context; the service continues the trace.");
+    let run_id = json!({ "description": "The run's id (a UUID)." });
+    let channel = |address: &str, description: &str, messages: &[&str]| {
+        let messages: serde_json::Map<String, Value> = messages
+            .iter()
+            .map(|m| ((*m).to_string(), reference(&format!("#/components/messages/{m}"))))
+            .collect();
+        let mut c = json!({ "address": address, "description": description, "messages": messages });
+        if address.contains("{runId}") {
+            c["parameters"] = json!({ "runId": run_id });
+        }
+        if address.contains("{kind}") {
+            c["parameters"]["kind"] = json!({
+                "enum": ["execute", "poll", "cancel"],
+                "description": "The consumer that gave up on the message.",
+            });
+        }
+        c
+    };
+    let operation = |action: &str, channel: &str, summary: &str| json!({ "action": action, "channel": reference(&format!("#/channels/{channel}")), "summary": summary });
+    let request_reply = |channel: &str, reply: &str, summary: &str| {
+        let mut o = operation("receive", channel, summary);
+        o["reply"] = json!({ "channel": reference(&format!("#/channels/{reply}")) });
+        o
+    };
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "shell-query-worker",
+            "version": crate::adapters::telemetry::VERSION,
+            "description": "Runs SQL on Salesforce Marketing Cloud Engagement for the API: \
+                execute messages start runs, status events report them, the shell-query \
+                micro service answers results. Generated from the Rust message types by \
+                `shell-query-worker contract write docs`; docs/CONTRACT.md explains each part. \
+                Subjects use the default SUBJECT_PREFIX `shell_query`.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "nats": { "host": "nats:4222", "protocol": "nats", "description": "NATS with JetStream; see nats.conf for users." },
+        },
+        "channels": {
+            "execute": channel("shell_query.execute.{runId}", "Stream SHELL_QUERY_JOBS. The API publishes one message per run with Nats-Msg-Id `execute:<runId>`.", &["executeMessage"]),
+            "poll": channel("shell_query.poll.{runId}", "Stream SHELL_QUERY_JOBS, at most one message per run. Only the service publishes here.", &["pollMessage"]),
+            "cancel": channel("shell_query.cancel.{runId}", "Stream SHELL_QUERY_JOBS. The API asks to cancel a run.", &["cancelMessage"]),
+            "status": channel("shell_query.status.{runId}", "Stream SHELL_QUERY_STATUS: every step of a run, terminal events once.", &["statusEvent"]),
+            "dlq": channel("shell_query.dlq.{kind}.{runId}", "Stream SHELL_QUERY_DLQ: redacted copies of messages the service gave up on.", &["deadLetter"]),
+            "apiResults": channel("shell_query.api.results", "The shell-query micro service's results endpoint (queue group q).", &["resultsRequest"]),
+            "apiStatus": channel("shell_query.api.status", "The shell-query micro service's status endpoint (queue group q).", &["statusRequest"]),
+            "apiReply": {
+                "address": null,
+                "description": "The requester's inbox. An error reply has an empty body and the headers Nats-Service-Error-Code (400, 404, 409, 413, 422, 503) and Nats-Service-Error.",
+                "messages": {
+                    "resultsReply": reference("#/components/messages/resultsReply"),
+                    "statusReply": reference("#/components/messages/statusReply"),
+                },
+            },
+        },
+        "operations": {
+            "startRun": operation("receive", "execute", "Start a run: validate, create its Data Extension and QueryDefinition, perform it."),
+            "schedulePoll": operation("send", "poll", "The one poll message of a run, deduplicated by Nats-Msg-Id `poll:<runId>`."),
+            "pollRun": operation("receive", "poll", "Check MCE once per delivery; redeliver with a delay until the run ends."),
+            "cancelRun": operation("receive", "cancel", "Cancel a run of this tenant."),
+            "publishStatus": operation("send", "status", "A run's steps and its one terminal event."),
+            "deadLetter": operation("send", "dlq", "A message no retry could handle, redacted, with its reason."),
+            "answerResults": request_reply("apiResults", "apiReply", "A page of a ready run's results."),
+            "answerStatus": request_reply("apiStatus", "apiReply", "A run's row."),
+        },
+        "components": {
+            "messages": {
+                "executeMessage": message("executeMessage", "Run this SQL.", "execute-message.json",
+                    header_schema(&[("Nats-Msg-Id", "`execute:<runId>`: a second publish within the stream's duplicate window is dropped."), traceparent])),
+                "pollMessage": message("pollMessage", "Poll this run.", "poll-message.json",
+                    header_schema(&[("Nats-Msg-Id", "`poll:<runId>`"), traceparent])),
+                "cancelMessage": message("cancelMessage", "Cancel this run.", "cancel-message.json",
+                    header_schema(&[("Nats-Msg-Id", "`cancel:<runId>`"), traceparent])),
+                "statusEvent": message("statusEvent", "A step of a run.", "status-event.json",
+                    header_schema(&[("Nats-Msg-Id", "`status:<runId>:<status>`"), traceparent])),
+                "deadLetter": {
+                    "name": "deadLetter",
+                    "summary": "The original body, redacted: SQL is encrypted with the service's key, a body over 1.5 MiB is replaced by its size and SHA-256.",
+                    "headers": header_schema(&[
+                        ("Shell-Query-Error", "Why the service gave up, one line."),
+                        ("Shell-Query-Original-Subject", "Where the message was published; `dlq replay` publishes it there again."),
+                        ("Shell-Query-Redacted", "`body encrypted`, `sqlText encrypted` or `summary`; absent when the body is as it came."),
+                    ]),
+                },
+                "resultsRequest": message("resultsRequest", "Ask for a page of results.", "results-request.json", Value::Null),
+                "resultsReply": message("resultsReply", "A page of results.", "results-reply.json", Value::Null),
+                "statusRequest": message("statusRequest", "Ask for a run's row.", "status-request.json", Value::Null),
+                "statusReply": message("statusReply", "A run's row.", "status-reply.json", Value::Null),
+            },
+        },
+    })
+}
+
+/// Every generated file: its path under the docs folder and its text.
+pub fn files() -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = schemas()
+        .into_iter()
+        .map(|s| {
+            let text = serde_json::to_string_pretty(&s.schema).expect("a schema serialises") + "\n";
+            (format!("schemas/{}", s.file), text)
+        })
+        .collect();
+    let yaml = serde_norway::to_string(&asyncapi()).expect("the AsyncAPI document serialises");
+    files.push((
+        "asyncapi.yaml".into(),
+        format!("# Generated by `shell-query-worker contract write docs`: do not edit by hand.\n{yaml}"),
+    ));
+    files
+}
+
+/// Writes every file under `dir`.
+pub fn write(dir: &Path) -> std::io::Result<Vec<String>> {
+    std::fs::create_dir_all(dir.join("schemas"))?;
+    let mut written = Vec::new();
+    for (path, text) in files() {
+        std::fs::write(dir.join(&path), text)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// The files under `dir` that are missing or differ from what the types
+/// generate.
+pub fn stale(dir: &Path) -> Vec<String> {
+    files()
+        .into_iter()
+        .filter(|(path, text)| std::fs::read_to_string(dir.join(path)).ok().as_deref() != Some(text.as_str()))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_has_a_schema_and_every_reference_resolves() {
+        let files: Vec<String> = schemas().iter().map(|s| s.file.to_string()).collect();
+        let text = serde_json::to_string(&asyncapi()).unwrap();
+        for (_, request, reply) in ENDPOINTS {
+            assert!(files.contains(&request.to_string()) && files.contains(&reply.to_string()));
+        }
+        for part in text.split("\"$ref\":\"").skip(1) {
+            let target = part.split('"').next().unwrap();
+            if let Some(file) = target.strip_prefix("schemas/") {
+                assert!(files.contains(&file.to_string()), "{target}");
+            } else {
+                let path: Vec<&str> = target.trim_start_matches("#/").split('/').collect();
+                let mut node = asyncapi();
+                for step in path {
+                    node = node[step].take();
+                }
+                assert!(node.is_object(), "{target} resolves to nothing");
+            }
+        }
+        let execute = &schemas()[0].schema;
+        assert_eq!(execute["required"], json!(["runId", "tenantId", "mid"]));
+        assert!(execute["oneOf"].is_array());
+    }
+}

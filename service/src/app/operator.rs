@@ -1,0 +1,722 @@
+//! The operator's commands: `runs`, `dlq`, `doctor`, `config print` and
+//! `contract`. They read the service's own settings (flags or environment)
+//! and print plain text; none logs SQL text, a token or a secret.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use async_nats::jetstream;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret as _;
+use uuid::Uuid;
+
+use shell_query_core::message::Subjects;
+use shell_query_core::run::{Run, RunStatus, StartPhase, Task};
+
+use crate::adapters::crypto::Cipher;
+use crate::adapters::nats as nats_adapter;
+use crate::adapters::store::{self, Store, runs};
+use crate::app::config::{Cli, ContractCommand, DbArgs, DlqCommand, DoctorArgs, KeyArgs, NatsArgs, RunsCommand};
+
+/// How long an operator command waits for NATS or the database before it
+/// says so.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn database(db: &DbArgs) -> anyhow::Result<Store> {
+    let connect = store::connect(db.database_url.expose_secret(), 1);
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(store) => store.context("connecting to the database (DATABASE_URL)"),
+        Err(_) => bail!(
+            "connecting to the database (DATABASE_URL): no connection within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+async fn nats(n: &NatsArgs) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let servers = n.servers().map_err(|e| anyhow!("{e}"))?;
+    let client = crate::app::nats_options(n)
+        .await?
+        .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(CONNECT_TIMEOUT))
+        .connect(servers)
+        .await
+        .context("connecting to NATS (NATS_URL)")?;
+    let js = jetstream::new(client.clone());
+    Ok((client, js))
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".into(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// `runs list`, `runs show`, `runs cancel`.
+pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
+    match command {
+        RunsCommand::List {
+            status,
+            tenant,
+            limit,
+            db,
+        } => {
+            let store = database(&db).await?;
+            let status = status.as_deref().and_then(RunStatus::parse);
+            let list = runs::list(&store, status, tenant, limit).await?;
+            println!(
+                "{:<24}  {:<36}  {:<36}  {:<8}  {:>5}  snippet",
+                "created", "run", "tenant", "status", "polls"
+            );
+            for run in &list {
+                println!(
+                    "{:<24}  {:<36}  {:<36}  {:<8}  {:>5}  {}",
+                    time(Some(run.created_at)),
+                    run.id,
+                    run.tenant_id,
+                    run.status.as_str(),
+                    run.poll.poll_count,
+                    run.snippet_name.as_deref().unwrap_or("-")
+                );
+            }
+            println!("{} run(s)", list.len());
+            Ok(())
+        }
+        RunsCommand::Show { run_id, db, nats, keys } => {
+            let store = database(&db).await?;
+            let run = runs::get_run(&store, run_id)
+                .await?
+                .ok_or_else(|| anyhow!("run {run_id} not found"))?;
+            let cipher = keys.cipher().ok();
+            print!("{}", describe_run(&run, cipher.as_ref()));
+            print!("{}", nats_state(&nats, run_id).await);
+            Ok(())
+        }
+        RunsCommand::Cancel { run_id, db } => {
+            let store = database(&db).await?;
+            if runs::cancel_as_api(&store, run_id, Utc::now()).await? {
+                println!("run {run_id} canceled; the service deletes its MCE assets and publishes the event");
+                return Ok(());
+            }
+            match runs::get_run(&store, run_id).await? {
+                None => bail!("run {run_id} not found"),
+                Some(run) => bail!("run {run_id} has ended already ({})", run.status.as_str()),
+            }
+        }
+    }
+}
+
+/// The row, in the order an operator reads it. The error text is
+/// decrypted when the key is at hand; the SQL text is never shown.
+pub fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
+    let mut out = String::new();
+    let task = match &run.start {
+        StartPhase::NotRequested => "not started".to_string(),
+        StartPhase::PerformRequested { at } => format!("Perform sent at {}, no TaskID yet", time(Some(*at))),
+        StartPhase::Started(Task::Known(id)) => id.clone(),
+        StartPhase::Started(Task::Lost) => "started, TaskID lost".into(),
+    };
+    let error = run.error_message.as_deref().map(|e| match cipher {
+        Some(c) => c
+            .decrypt(e)
+            .unwrap_or_else(|_| "(cannot be decrypted with this key)".into()),
+        None => "(encrypted: set ENCRYPTION_KEY to read it)".into(),
+    });
+    let p = &run.poll;
+    let lines = [
+        ("run", run.id.to_string()),
+        ("status", run.status.as_str().to_string()),
+        ("tenant", run.tenant_id.to_string()),
+        ("user", run.user_id.map_or_else(|| "-".into(), |u| u.to_string())),
+        ("business unit", run.mid.clone()),
+        ("snippet", run.snippet_name.clone().unwrap_or_else(|| "-".into())),
+        ("created", time(Some(run.created_at))),
+        ("started", time(run.started_at)),
+        ("completed", time(run.completed_at)),
+        ("task", task),
+        (
+            "query definition",
+            run.query_definition_id.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "query key",
+            run.query_customer_key.clone().unwrap_or_else(|| "-".into()),
+        ),
+        (
+            "results DE",
+            run.target_de_customer_key.clone().unwrap_or_else(|| "-".into()),
+        ),
+        ("rows", run.row_count.map_or_else(|| "-".into(), |n| n.to_string())),
+        ("error", error.unwrap_or_else(|| "-".into())),
+        ("last MCE status", p.last_status.clone().unwrap_or_else(|| "-".into())),
+        (
+            "poll state",
+            format!(
+                "{} tick(s) since {}; not running {}x (first {}); rowset checks {}; row probes {}; transient errors {}",
+                p.poll_count,
+                time(run.poll_started_at),
+                p.not_running_count,
+                time(p.not_running_first_at),
+                p.rowset_attempts,
+                p.probe_attempts,
+                p.transient_errors
+            ),
+        ),
+        ("terminal event", time(run.terminal_event_at)),
+    ];
+    for (name, value) in lines {
+        let _ = writeln!(out, "{name:<17} {value}");
+    }
+    out
+}
+
+/// The run's poll message and its status events, as far as this NATS user
+/// may read them.
+async fn nats_state(n: &NatsArgs, run_id: Uuid) -> String {
+    let (_client, js) = match nats(n).await {
+        Ok(c) => c,
+        Err(e) => return format!("poll message     unknown ({e:#})\nevents           unknown\n"),
+    };
+    let subjects = Subjects::new(&n.subject_prefix);
+    let poll = match nats_adapter::holds_message_on(&js, subjects.poll(run_id)).await {
+        Ok(true) => "pending".to_string(),
+        Ok(false) => "none".to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    let mut out = format!("{:<17} {poll}\n", "poll message");
+    match status_events(&js, &subjects.status(run_id)).await {
+        Ok(events) => {
+            let _ = writeln!(out, "events ({}):", events.len());
+            for e in events {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "events           unavailable ({e:#}; reading them needs a NATS user that may read SHELL_QUERY_STATUS)"
+            );
+        }
+    }
+    out
+}
+
+/// Every status event on `subject`, one line each.
+async fn status_events(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<String>> {
+    use futures::StreamExt as _;
+    let stream = js.get_stream(nats_adapter::STATUS_STREAM).await?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: subject.to_string(),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await?;
+    let mut lines = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1000)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await?;
+    while let Some(message) = batch.next().await {
+        let message = message.map_err(|e| anyhow!("{e}"))?;
+        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+        let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
+        let mut line = format!("{}  {:<24}  {}", text("timestamp"), text("status"), text("message"));
+        if let Some(error) = event["errorMessage"].as_str() {
+            let _ = write!(line, ": {error}");
+        }
+        if let Some(rows) = event["rowCount"].as_i64() {
+            let _ = write!(line, " ({rows} rows)");
+        }
+        lines.push(line);
+        if message.info().map(|i| i.pending == 0).unwrap_or(false) {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
+/// `dlq list`, `dlq show`, `dlq replay`.
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    let (nats_args, keys) = match &command {
+        DlqCommand::List { nats, .. } => (nats, None),
+        DlqCommand::Show { nats, keys, .. } | DlqCommand::Replay { nats, keys, .. } => (nats, Some(keys)),
+    };
+    let (_client, js) = nats(nats_args).await?;
+    let dlq_hint = || "reading SHELL_QUERY_DLQ (NATS_USER must be allowed to: shell_query_admin is)";
+    let mut stream = js.get_stream(nats_adapter::DLQ_STREAM).await.context(dlq_hint())?;
+    match command {
+        DlqCommand::List { limit, .. } => {
+            let info = stream.info().await.context(dlq_hint())?.state.clone();
+            println!("{:<8}  {:<24}  {:<60}  reason", "seq", "time", "original subject");
+            let mut shown = 0;
+            let mut seq = info.last_sequence;
+            while shown < limit && seq >= info.first_sequence.max(1) {
+                let found = match stream.get_raw_message(seq).await {
+                    Ok(message) => Some(message),
+                    // Removed by age or size (or by hand): the next one.
+                    Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => None,
+                    Err(e) => return Err(anyhow!("{e}")).context(dlq_hint()),
+                };
+                if let Some(message) = found {
+                    let header = |name: &str| {
+                        message
+                            .headers
+                            .get(name)
+                            .map_or_else(|| "-".to_string(), |v| v.as_str().to_string())
+                    };
+                    println!(
+                        "{:<8}  {:<24}  {:<60}  {}",
+                        seq,
+                        message.time,
+                        header(nats_adapter::HEADER_ORIGINAL_SUBJECT),
+                        header(nats_adapter::HEADER_ERROR)
+                    );
+                    shown += 1;
+                }
+                seq -= 1;
+            }
+            println!("{shown} of {} message(s)", info.messages);
+            Ok(())
+        }
+        DlqCommand::Show { seq, .. } => {
+            let message = stream
+                .get_raw_message(seq)
+                .await
+                .with_context(|| format!("DLQ message {seq}"))?;
+            println!("{:<17} {seq}", "seq");
+            println!("{:<17} {}", "time", message.time);
+            println!("{:<17} {}", "subject", message.subject);
+            for (name, values) in message.headers.iter() {
+                for value in values {
+                    println!("{:<17} {}", format!("{name}:"), value.as_str());
+                }
+            }
+            let cipher = keys.and_then(|k| k.cipher().ok());
+            let redaction = message
+                .headers
+                .get(nats_adapter::HEADER_REDACTED)
+                .map(|v| v.as_str().to_string());
+            println!("body:");
+            println!(
+                "{}",
+                shown_body(&message.payload, redaction.as_deref(), cipher.as_ref())
+            );
+            Ok(())
+        }
+        DlqCommand::Replay { seq, .. } => {
+            let message = stream
+                .get_raw_message(seq)
+                .await
+                .with_context(|| format!("DLQ message {seq}"))?;
+            let subject = message
+                .headers
+                .get(nats_adapter::HEADER_ORIGINAL_SUBJECT)
+                .map(|v| v.as_str().to_string())
+                .ok_or_else(|| anyhow!("DLQ message {seq} names no original subject"))?;
+            replayable_subject(&nats_args.subject_prefix, &subject)?;
+            let redaction = message
+                .headers
+                .get(nats_adapter::HEADER_REDACTED)
+                .map(|v| v.as_str().to_string());
+            let cipher = keys.map(KeyArgs::cipher).transpose();
+            let body = original_body(&message.payload, redaction.as_deref(), || match &cipher {
+                Ok(Some(c)) => Ok(c),
+                Ok(None) => Err(anyhow!(
+                    "ENCRYPTION_KEY (or ENCRYPTION_KEYS) is needed to restore the body"
+                )),
+                Err(e) => Err(anyhow!("{e}")),
+            })?;
+            let mut headers = async_nats::HeaderMap::new();
+            let id = format!("replay:{seq}:{}", Utc::now().timestamp_millis());
+            headers.insert("Nats-Msg-Id", id.as_str());
+            headers.insert("Shell-Query-Replayed-From", seq.to_string().as_str());
+            let ack = js
+                .publish_with_headers(subject.clone(), headers, body)
+                .await
+                .with_context(|| format!("publishing to {subject}"))?
+                .await;
+            match ack {
+                Ok(ack) => {
+                    println!(
+                        "DLQ message {seq} published to {subject} ({} sequence {})",
+                        ack.stream, ack.sequence
+                    );
+                    Ok(())
+                }
+                Err(e) if nats_adapter::subject_already_holds_one(&e) => {
+                    bail!("{subject} holds a message already (the run's poll is pending): nothing replayed")
+                }
+                Err(e) => Err(anyhow!("publishing to {subject}: {e}")),
+            }
+        }
+    }
+}
+
+/// Only the jobs subjects the service consumes may be replayed to.
+fn replayable_subject(prefix: &str, subject: &str) -> anyhow::Result<()> {
+    let rest = subject.strip_prefix(prefix).and_then(|r| r.strip_prefix('.'));
+    let ok = rest.is_some_and(|r| {
+        let mut parts = r.split('.');
+        matches!(parts.next(), Some("execute" | "poll" | "cancel"))
+            && parts.next().is_some_and(|id| Uuid::parse_str(id).is_ok())
+            && parts.next().is_none()
+    });
+    if !ok {
+        bail!("{subject} is not an execute, poll or cancel subject under {prefix}: not replayed");
+    }
+    Ok(())
+}
+
+/// The body as it was published, undoing the DLQ's redaction.
+pub fn original_body<'a>(
+    payload: &[u8],
+    redaction: Option<&str>,
+    cipher: impl FnOnce() -> anyhow::Result<&'a Cipher>,
+) -> anyhow::Result<bytes::Bytes> {
+    match redaction {
+        None => Ok(bytes::Bytes::copy_from_slice(payload)),
+        Some("body encrypted") => {
+            let text = std::str::from_utf8(payload).context("the encrypted body is not text")?;
+            let plain = cipher()?
+                .decrypt(text)
+                .map_err(|_| anyhow!("the body cannot be decrypted with this key"))?;
+            Ok(bytes::Bytes::from(plain))
+        }
+        Some("sqlText encrypted") => {
+            let mut map: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(payload).context("the body is not a JSON object")?;
+            let encrypted = map
+                .remove("sqlTextEncrypted")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .ok_or_else(|| anyhow!("the body has no sqlTextEncrypted"))?;
+            let sql = cipher()?
+                .decrypt(&encrypted)
+                .map_err(|_| anyhow!("sqlTextEncrypted cannot be decrypted with this key"))?;
+            map.insert("sqlText".into(), sql.into());
+            Ok(bytes::Bytes::from(serde_json::Value::Object(map).to_string()))
+        }
+        Some(other) => bail!("the DLQ kept only a {other} of this message (its size and hash): it cannot be replayed"),
+    }
+}
+
+/// The body for an operator's eyes: decrypted where the key allows, with
+/// every SQL text replaced by its length.
+pub fn shown_body(payload: &[u8], redaction: Option<&str>, cipher: Option<&Cipher>) -> String {
+    let restored = match (redaction, cipher) {
+        (Some("body encrypted" | "sqlText encrypted"), None) => {
+            return format!(
+                "({} bytes, SQL encrypted: set ENCRYPTION_KEY to see the other fields)",
+                payload.len()
+            );
+        }
+        (_, cipher) => original_body(payload, redaction, || cipher.ok_or_else(|| anyhow!("no key"))),
+    };
+    let body = match restored {
+        Ok(b) => b,
+        Err(e) => return format!("({} bytes: {e:#})", payload.len()),
+    };
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            for key in ["sqlText", "sqlTextEncrypted"] {
+                if let Some(v) = map.get_mut(key) {
+                    let len = v.as_str().map_or(0, str::len);
+                    *v = format!("<redacted: {len} bytes>").into();
+                }
+            }
+            serde_json::to_string_pretty(&map).unwrap_or_default()
+        }
+        _ => format!("<redacted: {} bytes that are not a JSON object>", body.len()),
+    }
+}
+
+/// `doctor`: one line per check; false if any failed.
+pub async fn doctor(args: DoctorArgs) -> bool {
+    let mut ok = true;
+    let mut line = |pass: bool, what: &str, detail: String| {
+        ok &= pass;
+        println!("{}  {what}: {detail}", if pass { "ok  " } else { "FAIL" });
+    };
+    let run = &args.run;
+    let settings = crate::app::validate(run);
+    match &settings {
+        Ok(_) => line(true, "settings", "valid".into()),
+        Err(e) => line(false, "settings", e.to_string()),
+    }
+
+    let store = match database(&run.db).await {
+        Ok(s) => {
+            line(true, "database", "connected".into());
+            match s.pending_migrations().await {
+                Ok(p) if p.is_empty() => line(true, "migrations", "all applied".into()),
+                Ok(p) => line(false, "migrations", format!("not applied: {}", p.join(", "))),
+                Err(e) => line(false, "migrations", e.to_string()),
+            }
+            Some(s)
+        }
+        Err(e) => {
+            line(false, "database", format!("{e:#}"));
+            None
+        }
+    };
+
+    match nats(&run.nats).await {
+        Ok((client, js)) => {
+            line(
+                true,
+                "nats",
+                format!("connected to {}", client.server_info().server_name),
+            );
+            for name in [
+                nats_adapter::JOBS_STREAM,
+                nats_adapter::STATUS_STREAM,
+                nats_adapter::DLQ_STREAM,
+                nats_adapter::ADVISORY_STREAM,
+                "KV_SHELL_QUERY_LEASES",
+            ] {
+                match js.get_stream(name).await {
+                    Ok(mut s) => match s.info().await {
+                        Ok(info) => line(
+                            true,
+                            &format!("stream {name}"),
+                            format!(
+                                "{} message(s), {} replica(s)",
+                                info.state.messages, info.config.num_replicas
+                            ),
+                        ),
+                        Err(e) => line(false, &format!("stream {name}"), e.to_string()),
+                    },
+                    Err(e) => line(false, &format!("stream {name}"), e.to_string()),
+                }
+            }
+            for (stream, consumer) in [
+                (nats_adapter::JOBS_STREAM, nats_adapter::EXECUTE_CONSUMER),
+                (nats_adapter::JOBS_STREAM, nats_adapter::POLL_CONSUMER),
+                (nats_adapter::JOBS_STREAM, nats_adapter::CANCEL_CONSUMER),
+                (nats_adapter::ADVISORY_STREAM, nats_adapter::UNDELIVERABLE_CONSUMER),
+            ] {
+                let info = async {
+                    let mut c: jetstream::consumer::PullConsumer =
+                        js.get_consumer_from_stream(consumer, stream).await?;
+                    anyhow::Ok(c.info().await?.clone())
+                }
+                .await;
+                match info {
+                    Ok(i) if i.paused => line(false, &format!("consumer {consumer}"), "paused".into()),
+                    Ok(i) => line(
+                        true,
+                        &format!("consumer {consumer}"),
+                        format!("{} pending, {} waiting for an ack", i.num_pending, i.num_ack_pending),
+                    ),
+                    Err(e) => line(false, &format!("consumer {consumer}"), format!("{e:#}")),
+                }
+            }
+        }
+        Err(e) => line(false, "nats", format!("{e:#}")),
+    }
+
+    if let (Some(tenant), Some(mid)) = (args.tenant, args.mid.as_deref()) {
+        let what = format!("mce token for tenant {tenant}, business unit {mid}");
+        match (&settings, &store) {
+            (Ok(settings), Some(store)) => {
+                let mce = crate::adapters::mce::Mce::new(
+                    crate::adapters::store::credentials::CredentialStore::new(store.clone()),
+                    settings.cipher.clone(),
+                    settings.client_id.clone(),
+                    settings.client_secret.clone(),
+                    settings.base_urls.clone(),
+                    crate::adapters::mce::RetryPolicy::default(),
+                )
+                .with_timeouts(run.mce.timeouts());
+                let checked = async {
+                    // As the execute step does: the business unit's first user
+                    // unless one is named.
+                    let user = match args.user {
+                        Some(user) => Some(user),
+                        None => crate::adapters::store::credentials::credential_user(store, tenant, mid)
+                            .await
+                            .map_err(|e| crate::adapters::mce::MceError::CredentialsUnavailable(e.to_string()))?,
+                    };
+                    let session = mce.session(tenant, user, mid).await?;
+                    session.check_token().await
+                }
+                .await;
+                match checked {
+                    Ok(()) => line(true, &what, "granted".into()),
+                    Err(e) => line(false, &what, e.client_message()),
+                }
+            }
+            _ => line(false, &what, "needs valid settings and the database".into()),
+        }
+    }
+    ok
+}
+
+/// `config print`: every setting of `run` as `NAME=value  (source)`, by
+/// heading; secrets show only whether they are set, and a database URL
+/// shows without its password.
+pub fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<String> {
+    use clap::CommandFactory as _;
+    use clap::parser::ValueSource;
+    let command = Cli::command();
+    let matches = command.clone().try_get_matches_from(args)?;
+    let (_, config) = matches.subcommand().ok_or_else(|| anyhow!("no command"))?;
+    let (_, print) = config.subcommand().ok_or_else(|| anyhow!("no config command"))?;
+    let spec = command
+        .find_subcommand("config")
+        .and_then(|c| c.find_subcommand("print"))
+        .ok_or_else(|| anyhow!("config print is not a command"))?;
+    let mut out = String::new();
+    let mut heading = None;
+    let mut settings: Vec<&clap::Arg> = spec.get_arguments().filter(|a| a.get_env().is_some()).collect();
+    settings.sort_by_key(|a| a.get_help_heading().unwrap_or(""));
+    for arg in settings {
+        if heading != arg.get_help_heading() {
+            heading = arg.get_help_heading();
+            let _ = writeln!(out, "# {}", heading.unwrap_or("Other"));
+        }
+        let name = arg
+            .get_env()
+            .map(|e| e.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let id = arg.get_id().as_str();
+        let raw: Option<Vec<String>> = print
+            .get_raw(id)
+            .map(|values| values.map(|v| v.to_string_lossy().to_string()).collect());
+        let value = match raw {
+            None => "(unset)".to_string(),
+            Some(values) => {
+                let value = values.join(",");
+                if !arg.is_hide_env_values_set() {
+                    value
+                } else if name.ends_with("_URL") {
+                    without_password(&value)
+                } else {
+                    "(set, hidden)".into()
+                }
+            }
+        };
+        let source = match print.value_source(id) {
+            Some(ValueSource::CommandLine) => "flag",
+            Some(ValueSource::EnvVariable) => "env",
+            Some(ValueSource::DefaultValue) => "default",
+            _ => "unset",
+        };
+        let _ = writeln!(out, "{name}={value}  ({source})");
+    }
+    Ok(out)
+}
+
+/// A URL with its password replaced (or "(set, hidden)" if it is no URL).
+fn without_password(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => "(set, hidden)".into(),
+    }
+}
+
+/// `contract write` / `contract check`: 0, or 1 when files are stale.
+pub fn contract(command: ContractCommand) -> i32 {
+    match command {
+        ContractCommand::Write { dir } => match crate::app::contract::write(&dir) {
+            Ok(written) => {
+                for path in written {
+                    println!("wrote {}", dir.join(path).display());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("error: writing under {}: {e}", dir.display());
+                1
+            }
+        },
+        ContractCommand::Check { dir } => {
+            let stale = crate::app::contract::stale(&dir);
+            if stale.is_empty() {
+                println!("the contract files under {} match the message types", dir.display());
+                0
+            } else {
+                for path in &stale {
+                    eprintln!("stale: {}", dir.join(path).display());
+                }
+                eprintln!(
+                    "error: run `shell-query-worker contract write {}` and commit the result",
+                    dir.display()
+                );
+                1
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cipher() -> Cipher {
+        Cipher::parse(&"cd".repeat(32)).unwrap()
+    }
+
+    #[test]
+    fn a_dlq_copy_is_restored_for_replay_and_shown_without_sql() {
+        let c = cipher();
+        let original = br#"{"runId":"r","sqlText":"SELECT secret FROM T"}"#;
+        let (copy, how) = crate::lifecycle::dlq::redacted(&c, true, original);
+        let restored = original_body(&copy, how, || Ok(&c)).unwrap();
+        assert_eq!(&restored[..], &original[..]);
+        let shown = shown_body(&copy, how, Some(&c));
+        assert!(
+            !shown.contains("secret") && shown.contains("<redacted: 20 bytes>"),
+            "{shown}"
+        );
+        assert!(shown_body(&copy, how, None).contains("set ENCRYPTION_KEY"));
+
+        let cancel = br#"{"runId":"r","sqlText":"SELECT secret FROM T","tenantId":"t"}"#;
+        let (copy, how) = crate::lifecycle::dlq::redacted(&c, false, cancel);
+        assert_eq!(how, Some("sqlText encrypted"));
+        let restored: serde_json::Value =
+            serde_json::from_slice(&original_body(&copy, how, || Ok(&c)).unwrap()).unwrap();
+        assert_eq!(restored["sqlText"], "SELECT secret FROM T");
+        assert!(restored.get("sqlTextEncrypted").is_none());
+
+        let huge = vec![b'x'; crate::lifecycle::dlq::MAX_COPY_BYTES + 1];
+        let (copy, how) = crate::lifecycle::dlq::redacted(&c, true, &huge);
+        let refused = original_body(&copy, how, || Ok(&c)).unwrap_err().to_string();
+        assert!(refused.contains("cannot be replayed"), "{refused}");
+    }
+
+    #[test]
+    fn only_jobs_subjects_are_replayed() {
+        let id = Uuid::new_v4();
+        assert!(replayable_subject("shell_query", &format!("shell_query.execute.{id}")).is_ok());
+        assert!(replayable_subject("shell_query", &format!("shell_query.poll.{id}")).is_ok());
+        for bad in [
+            format!("shell_query.status.{id}"),
+            format!("other.execute.{id}"),
+            "shell_query.execute.not-a-uuid".to_string(),
+            format!("shell_query.execute.{id}.more"),
+            "$JS.API.STREAM.DELETE.SHELL_QUERY_JOBS".to_string(),
+        ] {
+            assert!(replayable_subject("shell_query", &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            without_password("postgres://u:secret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(without_password("not a url"), "(set, hidden)");
+    }
+}

@@ -1,0 +1,288 @@
+//! The operator's commands, run as the real binary against the real
+//! database, NATS and the running service.
+
+use std::time::Duration;
+
+use mce_sim::Scenario;
+use uuid::Uuid;
+
+use crate::support::{PREFIX, System};
+
+/// Runs the binary off the test's threads (it blocks until it exits).
+async fn command(args: &[&str], env: Vec<(String, String)>) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        tests::run_command(&args, &env, None)
+    })
+    .await
+    .unwrap()
+}
+
+/// The system's settings, connecting to NATS as the admin (operators read
+/// the DLQ and every event).
+fn as_admin(system: &System) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = system
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("NATS_USER") && k != "NATS_PASSWORD")
+        .collect();
+    env.push(("NATS_USER".into(), tests::ADMIN_USER.into()));
+    env.push(("NATS_PASSWORD".into(), system.nats.password(tests::ADMIN_USER).into()));
+    env.push(("NATS_INBOX_PREFIX".into(), format!("_INBOX.{}", tests::ADMIN_USER)));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_shown_and_canceled() {
+    let system = System::start().await;
+    system
+        .sim
+        .script("Slow", Scenario::completes_after(Duration::from_secs(300), 5));
+    let slow = system.submit("SELECT Email FROM Slow", None).await;
+    let quick = system.submit("SELECT Email FROM Quick", None).await;
+    assert_eq!(
+        system.wait_terminal(quick, Duration::from_secs(60)).await.status,
+        "ready"
+    );
+    system.wait_event(quick, "ready").await;
+    tests::wait_for("the slow run polling", Duration::from_secs(30), || async {
+        system
+            .run(slow)
+            .await
+            .is_some_and(|r| r.status == "running" && r.poll_count > 0)
+    })
+    .await;
+    let env = as_admin(&system);
+
+    let (code, out, err) = command(&["runs", "list"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&slow.to_string()) && out.contains(&quick.to_string()),
+        "{out}"
+    );
+    let (_, out, _) = command(&["runs", "list", "--status", "ready"], env.clone()).await;
+    assert!(
+        out.contains(&quick.to_string()) && !out.contains(&slow.to_string()),
+        "{out}"
+    );
+    let tenant = system.tenant_id.to_string();
+    let (_, out, _) = command(&["runs", "list", "--tenant", &tenant, "--limit", "1"], env.clone()).await;
+    assert!(out.contains("1 run(s)"), "{out}");
+    let other = Uuid::new_v4().to_string();
+    let (_, out, _) = command(&["runs", "list", "--tenant", &other], env.clone()).await;
+    assert!(out.contains("0 run(s)"), "{out}");
+    let (code, _, err) = command(&["runs", "list", "--status", "done"], env.clone()).await;
+    assert_eq!(code, 2, "{err}");
+
+    let (code, out, err) = command(&["runs", "show", &quick.to_string()], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "status            ready",
+        "poll message      none",
+        "executing_query",
+        "Query completed",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing:\n{out}");
+    }
+    assert!(!out.contains("SELECT"), "no SQL text: {out}");
+    let rows = out.lines().find_map(|l| l.strip_prefix("rows ")).unwrap().trim();
+    assert!(rows.parse::<u64>().is_ok(), "{out}");
+    let (_, out, _) = command(&["runs", "show", &slow.to_string()], env.clone()).await;
+    assert!(out.contains("poll message      pending"), "{out}");
+    assert!(out.contains("last MCE status"), "{out}");
+    // As the service's own NATS user the row shows; the events need more.
+    let (code, out, _) = command(&["runs", "show", &slow.to_string()], system.env()).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("status            running") && out.contains("events           unavailable"),
+        "{out}"
+    );
+
+    let (code, out, err) = command(&["runs", "cancel", &slow.to_string()], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("canceled"), "{out}");
+    system.wait_event(slow, "canceled").await;
+    let row = system.run(slow).await.unwrap();
+    assert_eq!(row.status, "canceled");
+    tests::wait_for("the QueryDefinition deleted", Duration::from_secs(30), || async {
+        system.sim.query_definitions().is_empty()
+    })
+    .await;
+    let (code, _, err) = command(&["runs", "cancel", &slow.to_string()], env.clone()).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("has ended already (canceled)"), "{err}");
+    let (code, _, err) = command(&["runs", "show", &other], env).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_copies_are_listed_shown_redacted_and_replayed() {
+    let system = System::start().await;
+    let id = Uuid::new_v4();
+    let secret_sql = "SELECT very_secret_column FROM Secrets";
+    let body = serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "mid": system.mid, "sqlText": secret_sql, "sqlTextEncrypted": "also" });
+    let subject = format!("{PREFIX}.execute.{id}");
+    system.publish_raw(subject.clone(), body.to_string()).await;
+    tests::wait_for("a DLQ copy", Duration::from_secs(30), || async {
+        system.dlq().await.len() == 1
+    })
+    .await;
+    let env = as_admin(&system);
+
+    let (code, out, err) = command(&["dlq", "list"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&subject) && out.contains("both sqlText and sqlTextEncrypted"),
+        "{out}"
+    );
+    assert!(out.contains("1 of 1 message(s)"), "{out}");
+    let seq = out
+        .lines()
+        .find(|l| l.contains(&subject))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    let (code, out, err) = command(&["dlq", "show", &seq], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Shell-Query-Original-Subject:") && out.contains(&subject),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("<redacted: {} bytes>", secret_sql.len())),
+        "{out}"
+    );
+    assert!(out.contains(&id.to_string()), "the other fields show: {out}");
+    assert!(!out.contains("very_secret_column"), "{out}");
+    let without_key: Vec<(String, String)> = env.iter().filter(|(k, _)| k != "ENCRYPTION_KEY").cloned().collect();
+    let (_, out, _) = command(&["dlq", "show", &seq], without_key.clone()).await;
+    assert!(
+        out.contains("set ENCRYPTION_KEY") && !out.contains("very_secret_column"),
+        "{out}"
+    );
+
+    // The service's own user may not read the DLQ: a clear error, no output.
+    let (code, _, err) = command(&["dlq", "list"], system.env()).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("shell_query_admin"), "{err}");
+
+    // Replay restores the original body and publishes it where it came
+    // from: the service reads it again (and gives up again: same copy).
+    let (code, _, err) = command(&["dlq", "replay", &seq], without_key).await;
+    assert_eq!(code, 1, "no key, no replay");
+    assert!(err.contains("ENCRYPTION_KEY"), "{err}");
+    let (code, out, err) = command(&["dlq", "replay", &seq], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("published to {subject}")), "{out}");
+    tests::wait_for("a second DLQ copy", Duration::from_secs(30), || async {
+        system.dlq().await.len() == 2
+    })
+    .await;
+    let copies = system.dlq_copies().await;
+    let cipher = system.cipher();
+    let restored: Vec<String> = copies.iter().map(|c| cipher.decrypt(&c.payload).unwrap()).collect();
+    assert_eq!(restored[0], restored[1], "the replayed body is the original");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&restored[1]).unwrap(), body);
+    let (code, _, err) = command(&["dlq", "show", "999"], env).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("999"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_on_a_healthy_system_and_names_what_fails() {
+    let system = System::start().await;
+    let tenant = system.tenant_id.to_string();
+    let (code, out, err) = command(&["doctor", "--tenant", &tenant, "--mid", &system.mid], system.env()).await;
+    assert_eq!(code, 0, "{out}{err}");
+    for check in [
+        "ok    settings",
+        "ok    database",
+        "ok    migrations",
+        "ok    nats",
+        "ok    stream SHELL_QUERY_JOBS",
+        "ok    stream SHELL_QUERY_DLQ",
+        "ok    consumer shell-query-poll",
+        "ok    consumer shell-query-undeliverable",
+        "ok    mce token",
+    ] {
+        assert!(out.contains(check), "{check:?} missing:\n{out}");
+    }
+    assert!(!out.contains("FAIL"), "{out}");
+
+    let mut broken: Vec<(String, String)> = system
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "DATABASE_URL" && k != "NATS_URL" && k != "MCE_CLIENT_ID")
+        .collect();
+    let closed = tests::free_port();
+    broken.push((
+        "DATABASE_URL".into(),
+        format!("postgres://postgres@127.0.0.1:{closed}/x"),
+    ));
+    broken.push(("NATS_URL".into(), format!("nats://127.0.0.1:{closed}")));
+    let (code, out, _) = command(&["doctor", "--tenant", &tenant, "--mid", &system.mid], broken).await;
+    assert_eq!(code, 1, "{out}");
+    for check in [
+        "FAIL  settings: MCE_CLIENT_ID",
+        "FAIL  database",
+        "FAIL  nats",
+        "FAIL  mce token",
+    ] {
+        assert!(out.contains(check), "{check:?} missing:\n{out}");
+    }
+    // Credentials that do not exist: the token line fails, the rest passes.
+    let (code, out, _) = command(&["doctor", "--tenant", &tenant, "--mid", "999"], system.env()).await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("FAIL  mce token") && out.contains("ok    database"),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_print_shows_each_setting_its_source_and_no_secret() {
+    let env: Vec<(String, String)> = [
+        ("DATABASE_URL", "postgres://shell:pa55word@db.internal:5432/shell_query"),
+        ("ENCRYPTION_KEY", tests::ENCRYPTION_KEY),
+        ("MCE_CLIENT_SECRET", "client-secret-value"),
+        ("NATS_PASSWORD", "nats-password-value"),
+        ("STREAM_REPLICAS", "3"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (code, out, err) = tests::run_command(&["config", "print", "--poll-max-count", "7"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    for line in [
+        "POLL_MAX_COUNT=7  (flag)",
+        "STREAM_REPLICAS=3  (env)",
+        "POLL_MAX_DELAY_MS=30000  (default)",
+        "DATABASE_URL=postgres://shell:***@db.internal:5432/shell_query  (env)",
+        "ENCRYPTION_KEY=(set, hidden)  (env)",
+        "MCE_CLIENT_SECRET=(set, hidden)  (env)",
+        "MCE_CLIENT_ID=(unset)  (unset)",
+        "# NATS",
+        "# Polling",
+    ] {
+        assert!(out.contains(line), "{line:?} missing:\n{out}");
+    }
+    for secret in [
+        "pa55word",
+        tests::ENCRYPTION_KEY,
+        "client-secret-value",
+        "nats-password-value",
+    ] {
+        assert!(!out.contains(secret), "{secret} shown");
+    }
+    // Every setting `run` reads is printed.
+    let (_, help, _) = tests::run_command(&["run", "--help"], &[], None);
+    for name in help.split("[env: ").skip(1).filter_map(|r| r.split(['=', ']']).next()) {
+        assert!(
+            out.contains(&format!("\n{name}=")) || out.starts_with(&format!("{name}=")),
+            "{name} missing"
+        );
+    }
+}
