@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+/// The version of the contract (docs/asyncapi.yaml's `info.version`): the
+/// minor goes up when a field or subject is added, the major when one
+/// changes or goes.
+pub const CONTRACT_VERSION: &str = "1.1.0";
+
 /// The micro service's endpoints: name, request schema, reply schema (the
 /// files under docs/schemas/, named in each endpoint's metadata).
 pub const ENDPOINTS: [(&str, &str, &str); 2] = [

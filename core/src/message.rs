@@ -76,8 +76,8 @@ impl Subjects {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("oneOf" = [
-    { "required": ["sqlText"], "properties": { "sqlTextEncrypted": { "type": "null" } } },
-    { "required": ["sqlTextEncrypted"], "properties": { "sqlText": { "type": "null" } } }
+    { "required": ["sqlText"], "properties": { "sqlText": { "type": "string" }, "sqlTextEncrypted": { "type": "null" } } },
+    { "required": ["sqlTextEncrypted"], "properties": { "sqlTextEncrypted": { "type": "string" }, "sqlText": { "type": "null" } } }
 ]))]
 pub struct ExecuteMessage {
     /// The run's id; the subject's last token must be the same.
@@ -93,7 +93,8 @@ pub struct ExecuteMessage {
     /// The enterprise id; read and ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eid: Option<String>,
-    /// The query, at most 256 KiB.
+    /// The query, at most 256 KiB of UTF-8 (the schema's `maxLength`
+    /// counts characters, so it is the looser of the two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 262144))]
     pub sql_text: Option<String>,

@@ -1,4 +1,4 @@
-//! SeaORM entities for the four tables of CONTRACT.md section 4.
+//! SeaORM entities for the four tables of docs/CONTRACT.md section 5.
 //!
 //! Architecture invariant: this crate describes rows and nothing else. It knows
 //! no business rules; the service's `store` module owns every query.

@@ -21,6 +21,8 @@ impl Validator {
     fn load(dir: &Path) -> Validator {
         let mut schemas = boon::Schemas::new();
         let mut compiler = boon::Compiler::new();
+        // Draft-07 treats `format` as a note; the API's validators may not.
+        compiler.enable_format_assertions();
         let mut index = std::collections::BTreeMap::new();
         let files: Vec<String> = service::app::contract::schemas()
             .iter()

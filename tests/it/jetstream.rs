@@ -1,4 +1,4 @@
-//! Streams and consumers as CONTRACT.md section 3 sets them, declared
+//! Streams and consumers as docs/CONTRACT.md section 2 sets them, declared
 //! idempotently, and the poll message's one-per-run guarantee.
 
 use std::time::Duration;

@@ -172,7 +172,7 @@ async fn dlq_copies_are_listed_shown_redacted_and_replayed() {
     // Replay restores the original body and publishes it where it came
     // from: the service reads it again (and gives up again: same copy).
     let (code, _, err) = command(&["dlq", "replay", &seq], without_key).await;
-    assert_eq!(code, 1, "no key, no replay");
+    assert_eq!(code, 2, "no key, no replay: a setting is missing: {err}");
     assert!(err.contains("ENCRYPTION_KEY"), "{err}");
     let (code, out, err) = command(&["dlq", "replay", &seq], env.clone()).await;
     assert_eq!(code, 0, "{err}");
@@ -249,6 +249,9 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
         ("ENCRYPTION_KEY", tests::ENCRYPTION_KEY),
         ("MCE_CLIENT_SECRET", "client-secret-value"),
         ("NATS_PASSWORD", "nats-password-value"),
+        ("NATS_TOKEN", "nats-token-value"),
+        ("NATS_URL", "nats://svc:url-pa55@n1:4222,nats://url-t0ken@n2:4222"),
+        ("MCE_AUTH_BASE_URL", "https://auth.example/?secret_key=q-secret"),
         ("STREAM_REPLICAS", "3"),
     ]
     .into_iter()
@@ -260,10 +263,12 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
         "POLL_MAX_COUNT=7  (flag)",
         "STREAM_REPLICAS=3  (env)",
         "POLL_MAX_DELAY_MS=30000  (default)",
-        "DATABASE_URL=postgres://shell:***@db.internal:5432/shell_query  (env)",
+        "DATABASE_URL=postgres://***@db.internal:5432/shell_query  (env)",
         "ENCRYPTION_KEY=(set, hidden)  (env)",
         "MCE_CLIENT_SECRET=(set, hidden)  (env)",
         "MCE_CLIENT_ID=(unset)  (unset)",
+        "NATS_URL=nats://***@n1:4222,nats://***@n2:4222  (env)",
+        "NATS_TOKEN=(set, hidden)  (env)",
         "# NATS",
         "# Polling",
     ] {
@@ -285,4 +290,66 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
             "{name} missing"
         );
     }
+}
+
+/// The latency metrics measure what happens: ticks, MCE calls, lateness,
+/// the delay from a finished query to its run being ready, the jobs' last
+/// success and the build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_measure_ticks_calls_lateness_and_detection() {
+    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("SWEEPER_INTERVAL_MS", "1000")]).await;
+    system.sim.script(
+        "Late",
+        Scenario {
+            rowset_delay: Duration::from_secs(2),
+            ..Scenario::completes_after(Duration::from_secs(2), 3)
+        },
+    );
+    let id = system.submit("SELECT Email FROM Late", None).await;
+    assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+    let worker = system.worker.as_ref().unwrap();
+    let passed = |t: &str| {
+        t.contains("shell_query_sweeper_last_success_timestamp_seconds ")
+            && t.contains("shell_query_reconciler_last_success_timestamp_seconds ")
+    };
+    tests::wait_for("the jobs' first passes", Duration::from_secs(30), || async {
+        passed(&worker.http_get("/metrics").await.unwrap_or_default())
+    })
+    .await;
+    let text = worker.http_get("/metrics").await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
+    };
+    let ticks = value("shell_query_poll_ticks_total ");
+    assert!(ticks >= 3.0, "{ticks}");
+    assert_eq!(value("shell_query_poll_tick_duration_seconds_count "), ticks);
+    // Every tick but the first of the run follows one that ran here.
+    assert_eq!(value("shell_query_poll_tick_lateness_seconds_count "), ticks - 1.0);
+    assert!(value("shell_query_poll_tick_lateness_seconds_sum ") < ticks * 5.0);
+    let status_checks = value("shell_query_mce_call_duration_seconds_count{operation=\"async_status\"} ");
+    assert!(status_checks >= 1.0);
+    assert_eq!(
+        status_checks,
+        value("shell_query_mce_calls_total{operation=\"async_status\",result=\"ok\"} ")
+    );
+    // The rowset was not readable at first: the delay is known and about
+    // the simulator's rowset delay.
+    assert_eq!(value("shell_query_detection_delay_seconds_count "), 1.0);
+    let delay = value("shell_query_detection_delay_seconds_sum ");
+    assert!((0.5..30.0).contains(&delay), "{delay}");
+    assert_eq!(
+        value(&format!(
+            "shell_query_build_info{{version=\"{}\"}} ",
+            service::adapters::telemetry::VERSION
+        )),
+        1.0
+    );
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - value("shell_query_reconciler_last_success_timestamp_seconds ")).abs() < 60.0);
+    assert_eq!(value("shell_query_dlq_messages_total{consumer=\"execute\"} "), 0.0);
+    assert!(value("process_resident_memory_bytes ") > 1e6);
+    assert!(value("process_start_time_seconds ") <= now);
 }

@@ -1,4 +1,4 @@
-//! Streams, consumers and publishing (CONTRACT.md section 3).
+//! Streams, consumers and publishing (docs/CONTRACT.md section 2).
 //!
 //! Architecture invariant: consumers are created or updated in place, never
 //! deleted and re-created: deleting the poll consumer would lose every

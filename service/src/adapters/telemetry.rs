@@ -40,8 +40,13 @@ fn otlp_var(suffix: &str) -> Option<(String, String)> {
 /// the system's roots plus `OTEL_EXPORTER_OTLP_CERTIFICATE` when it is set.
 fn exporter() -> Option<Result<opentelemetry_otlp::SpanExporter, String>> {
     use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+    let switched_off = |var: &str, off: &str| std::env::var(var).is_ok_and(|v| v.trim().eq_ignore_ascii_case(off));
+    if switched_off("OTEL_SDK_DISABLED", "true") || switched_off("OTEL_TRACES_EXPORTER", "none") {
+        return None;
+    }
     let (_, endpoint) = otlp_var("ENDPOINT")?;
-    let ca = match otlp_var("CERTIFICATE") {
+    let https = endpoint.starts_with("https://");
+    let ca = match otlp_var("CERTIFICATE").filter(|_| https) {
         None => None,
         Some((name, path)) => match std::fs::read(&path) {
             Ok(pem) => Some(pem),
@@ -59,7 +64,7 @@ fn exporter() -> Option<Result<opentelemetry_otlp::SpanExporter, String>> {
             let mut builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_timeout(timeout);
-            if endpoint.starts_with("https://") {
+            if https {
                 use opentelemetry_otlp::tonic_types::transport::{Certificate, ClientTlsConfig};
                 let mut tls = ClientTlsConfig::new().with_native_roots();
                 if let Some(pem) = ca {
@@ -86,7 +91,12 @@ fn exporter() -> Option<Result<opentelemetry_otlp::SpanExporter, String>> {
             )));
         }
     };
-    Some(built.map_err(|e| format!("the OTLP exporter for {endpoint} could not start: {e}")))
+    Some(built.map_err(|e| {
+        format!(
+            "the OTLP exporter for {} could not start: {e}",
+            crate::adapters::redacted_urls(&endpoint)
+        )
+    }))
 }
 
 /// The blocking client the batch exporter's thread sends with. It is built

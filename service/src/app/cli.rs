@@ -111,6 +111,11 @@ pub async fn main(cli: Cli) -> i32 {
     };
     match result {
         Ok(()) => 0,
+        // A setting found bad while a command ran (operators' commands).
+        Err(e) if e.chain().any(|c| c.is::<crate::app::config::ConfigError>()) => {
+            eprintln!("error: {e:#}");
+            2
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "failed");
             eprintln!("error: {e:#}");

@@ -1,4 +1,4 @@
-//! Command line and configuration (CONTRACT.md sections 2 and 5). Every flag
+//! Command line and configuration (docs/CONTRACT.md sections 6 and 7). Every flag
 //! also reads its environment variable. Parsing is the only validation: a
 //! value that parses is in range, and a bad one names its setting.
 
@@ -331,7 +331,7 @@ impl NatsArgs {
             .filter(|s| !s.is_empty())
             .map(|s| {
                 s.parse::<async_nats::ServerAddr>()
-                    .map_err(|e| bad(format!("{s:?} is not a server address: {e}")))
+                    .map_err(|e| bad(format!("{} is not a server address: {e}", redacted_urls(s))))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if servers.is_empty() {
@@ -895,6 +895,8 @@ fn parse_base_url(s: &str) -> Result<String, String> {
 
 /// Parses the command line; on an error prints one line naming the bad
 /// setting and exits 2 (help and version exit 0).
+pub use crate::adapters::redacted_urls;
+
 pub fn parse_or_exit<I, T>(args: I) -> Cli
 where
     I: IntoIterator<Item = T>,

@@ -113,7 +113,7 @@ pub fn asyncapi() -> Value {
         "asyncapi": "3.0.0",
         "info": {
             "title": "shell-query-worker",
-            "version": crate::adapters::telemetry::VERSION,
+            "version": shell_query_core::api::CONTRACT_VERSION,
             "description": "Runs SQL on Salesforce Marketing Cloud Engagement for the API: \
                 execute messages start runs, status events report them, the shell-query \
                 micro service answers results. Generated from the Rust message types by \
@@ -154,11 +154,11 @@ pub fn asyncapi() -> Value {
         "components": {
             "messages": {
                 "executeMessage": message("executeMessage", "Run this SQL.", "execute-message.json",
-                    header_schema(&[("Nats-Msg-Id", "`execute:<runId>`: a second publish within the stream's duplicate window is dropped."), traceparent])),
+                    header_schema(&[("Nats-Msg-Id", "`execute:<runId>` from the API (a second publish within the stream's duplicate window is dropped); `execute:<runId>:<unix ms>` from the reconciler."), traceparent])),
                 "pollMessage": message("pollMessage", "Poll this run.", "poll-message.json",
-                    header_schema(&[("Nats-Msg-Id", "`poll:<runId>`"), traceparent])),
+                    header_schema(&[("Nats-Msg-Id", "`poll:<runId>` from the execute step, `poll:<runId>:<unix ms>` from the reconciler."), traceparent])),
                 "cancelMessage": message("cancelMessage", "Cancel this run.", "cancel-message.json",
-                    header_schema(&[("Nats-Msg-Id", "`cancel:<runId>`"), traceparent])),
+                    header_schema(&[("Nats-Msg-Id", "Optional: a cancel needs no deduplication."), traceparent])),
                 "statusEvent": message("statusEvent", "A step of a run.", "status-event.json",
                     header_schema(&[("Nats-Msg-Id", "`status:<runId>:<status>`"), traceparent])),
                 "deadLetter": {

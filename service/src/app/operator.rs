@@ -17,14 +17,16 @@ use shell_query_core::run::{Run, RunStatus, StartPhase, Task};
 use crate::adapters::crypto::Cipher;
 use crate::adapters::nats as nats_adapter;
 use crate::adapters::store::{self, Store, runs};
-use crate::app::config::{Cli, ContractCommand, DbArgs, DlqCommand, DoctorArgs, KeyArgs, NatsArgs, RunsCommand};
+use crate::app::config::{
+    Cli, ConfigError, ContractCommand, DbArgs, DlqCommand, DoctorArgs, KeyArgs, NatsArgs, RunsCommand,
+};
 
 /// How long an operator command waits for NATS or the database before it
 /// says so.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn database(db: &DbArgs) -> anyhow::Result<Store> {
-    let connect = store::connect(db.database_url.expose_secret(), 1);
+    let connect = store::open(db.database_url.expose_secret(), 1);
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(store) => store.context("connecting to the database (DATABASE_URL)"),
         Err(_) => bail!(
@@ -35,7 +37,7 @@ async fn database(db: &DbArgs) -> anyhow::Result<Store> {
 }
 
 async fn nats(n: &NatsArgs) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let servers = n.servers().map_err(|e| anyhow!("{e}"))?;
+    let servers = n.servers()?;
     let client = crate::app::nats_options(n)
         .await?
         .connection_timeout(CONNECT_TIMEOUT)
@@ -45,6 +47,14 @@ async fn nats(n: &NatsArgs) -> anyhow::Result<(async_nats::Client, jetstream::Co
         .context("connecting to NATS (NATS_URL)")?;
     let js = jetstream::new(client.clone());
     Ok((client, js))
+}
+
+/// The key when one is set; a malformed one is bad configuration (exit 2).
+fn optional_cipher(keys: &KeyArgs) -> Result<Option<Cipher>, ConfigError> {
+    if keys.encryption_key.is_none() && keys.encryption_keys.is_none() {
+        return Ok(None);
+    }
+    keys.cipher().map(Some)
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {
@@ -89,7 +99,7 @@ pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
             let run = runs::get_run(&store, run_id)
                 .await?
                 .ok_or_else(|| anyhow!("run {run_id} not found"))?;
-            let cipher = keys.cipher().ok();
+            let cipher = optional_cipher(&keys)?;
             print!("{}", describe_run(&run, cipher.as_ref()));
             print!("{}", nats_state(&nats, run_id).await);
             Ok(())
@@ -297,7 +307,7 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
                     println!("{:<17} {}", format!("{name}:"), value.as_str());
                 }
             }
-            let cipher = keys.and_then(|k| k.cipher().ok());
+            let cipher = keys.map(optional_cipher).transpose()?.flatten();
             let redaction = message
                 .headers
                 .get(nats_adapter::HEADER_REDACTED)
@@ -324,13 +334,15 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
                 .headers
                 .get(nats_adapter::HEADER_REDACTED)
                 .map(|v| v.as_str().to_string());
-            let cipher = keys.map(KeyArgs::cipher).transpose();
-            let body = original_body(&message.payload, redaction.as_deref(), || match &cipher {
-                Ok(Some(c)) => Ok(c),
-                Ok(None) => Err(anyhow!(
-                    "ENCRYPTION_KEY (or ENCRYPTION_KEYS) is needed to restore the body"
-                )),
-                Err(e) => Err(anyhow!("{e}")),
+            let cipher = keys.map(optional_cipher).transpose()?.flatten();
+            let body = original_body(&message.payload, redaction.as_deref(), || {
+                cipher.as_ref().ok_or_else(|| {
+                    ConfigError {
+                        setting: "ENCRYPTION_KEY",
+                        reason: "needed to restore this body (its SQL was encrypted in the DLQ)".into(),
+                    }
+                    .into()
+                })
             })?;
             let mut headers = async_nats::HeaderMap::new();
             let id = format!("replay:{seq}:{}", Utc::now().timestamp_millis());
@@ -344,13 +356,17 @@ pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             match ack {
                 Ok(ack) => {
                     println!(
-                        "DLQ message {seq} published to {subject} ({} sequence {})",
+                        "DLQ message {seq} published to {subject} ({} sequence {}); the service handles it as any \
+                         delivery (a run that has ended is not started again)",
                         ack.stream, ack.sequence
                     );
                     Ok(())
                 }
                 Err(e) if nats_adapter::subject_already_holds_one(&e) => {
                     bail!("{subject} holds a message already (the run's poll is pending): nothing replayed")
+                }
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                    bail!("no stream takes {subject}: is the service's SUBJECT_PREFIX the same?")
                 }
                 Err(e) => Err(anyhow!("publishing to {subject}: {e}")),
             }
@@ -477,7 +493,7 @@ pub async fn doctor(args: DoctorArgs) -> bool {
                 nats_adapter::STATUS_STREAM,
                 nats_adapter::DLQ_STREAM,
                 nats_adapter::ADVISORY_STREAM,
-                "KV_SHELL_QUERY_LEASES",
+                &format!("KV_{}", crate::adapters::lease::BUCKET),
             ] {
                 match js.get_stream(name).await {
                     Ok(mut s) => match s.info().await {
@@ -592,12 +608,12 @@ pub fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyho
             None => "(unset)".to_string(),
             Some(values) => {
                 let value = values.join(",");
-                if !arg.is_hide_env_values_set() {
-                    value
-                } else if name.ends_with("_URL") {
-                    without_password(&value)
-                } else {
+                if name.ends_with("_URL") {
+                    crate::app::config::redacted_urls(&value)
+                } else if arg.is_hide_env_values_set() {
                     "(set, hidden)".into()
+                } else {
+                    value
                 }
             }
         };
@@ -610,19 +626,6 @@ pub fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyho
         let _ = writeln!(out, "{name}={value}  ({source})");
     }
     Ok(out)
-}
-
-/// A URL with its password replaced (or "(set, hidden)" if it is no URL).
-fn without_password(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        Err(_) => "(set, hidden)".into(),
-    }
 }
 
 /// `contract write` / `contract check`: 0, or 1 when files are stale.
@@ -709,14 +712,5 @@ mod tests {
         ] {
             assert!(replayable_subject("shell_query", &bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn a_database_url_is_shown_without_its_password() {
-        assert_eq!(
-            without_password("postgres://u:secret@db:5432/x"),
-            "postgres://u:***@db:5432/x"
-        );
-        assert_eq!(without_password("not a url"), "(set, hidden)");
     }
 }

@@ -26,15 +26,19 @@ use crate::lifecycle::end::{end_run, publish_owed_event};
 /// The poll handler and its settings.
 pub struct Poll {
     pub config: PollConfig,
-    /// When each run's next delivery is due, by the delay its last tick on
-    /// this replica asked for: the tick-lateness histogram's other end.
-    due: std::sync::Mutex<std::collections::HashMap<Uuid, Instant>>,
+    /// For each run whose last tick ran here: that tick's delivery count
+    /// and when the next delivery is due (the delay its negative
+    /// acknowledgement asked for). The next delivery's lateness is known
+    /// only when it is the very next one (the tick between did not run on
+    /// another replica).
+    due: std::sync::Mutex<std::collections::HashMap<Uuid, (i64, Instant)>>,
 }
 
-/// Above this many remembered due times, those long overdue (their run
-/// ended, or its deliveries went to another replica) are forgotten.
+/// At this many remembered due times, those long overdue (their run ended,
+/// or its deliveries went to another replica) are forgotten; if that frees
+/// too little, all are (the next tick of each run is then not measured).
 const DUE_PRUNE_AT: usize = 200_000;
-const DUE_FORGET_AFTER: Duration = Duration::from_secs(3600);
+const DUE_FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl Poll {
     pub fn new(config: PollConfig) -> Self {
@@ -47,7 +51,10 @@ impl Poll {
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
         let started = Instant::now();
         let run_id = run_id_of(&delivery.subject);
-        if let Some(due) = run_id.and_then(|id| self.due.lock().expect("due lock").remove(&id)) {
+        let previous = run_id.and_then(|id| self.due.lock().expect("due lock").remove(&id));
+        if let Some((count, due)) = previous
+            && count + 1 == delivery.delivered
+        {
             deps.metrics.observe(
                 crate::adapters::metrics::POLL_TICK_LATENESS,
                 &[],
@@ -61,9 +68,12 @@ impl Poll {
         if let (Disposition::Retry(delay), Some(id)) = (&disposition, run_id) {
             let mut due = self.due.lock().expect("due lock");
             if due.len() >= DUE_PRUNE_AT {
-                due.retain(|_, at| finished.saturating_duration_since(*at) < DUE_FORGET_AFTER);
+                due.retain(|_, (_, at)| finished.saturating_duration_since(*at) < DUE_FORGET_AFTER);
+                if due.len() >= DUE_PRUNE_AT / 2 {
+                    due.clear();
+                }
             }
-            due.insert(id, finished + *delay);
+            due.insert(id, (delivery.delivered, finished + *delay));
         }
         disposition
     }

@@ -56,6 +56,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreErro
     if url.starts_with("postgres") {
         create_database_if_missing(url).await?;
     }
+    open(url, max_connections).await
+}
+
+/// Connects to a database that must exist (operators' commands: a typo in
+/// its name is an error, not a new empty database).
+pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
     let mut options = ConnectOptions::new(url.to_string());
     // SQLite (the demo) has one writer: a single connection avoids the
     // deadlock of two deferred transactions upgrading to write at once.
