@@ -105,6 +105,51 @@ impl Bench {
         Ok(bench)
     }
 
+    /// Another tenant with its own business unit and credentials:
+    /// `(tenant, user, mid)`.
+    pub fn add_tenant(&self, mid: &str) -> anyhow::Result<(Uuid, Uuid, String)> {
+        let (tenant, user) = (Uuid::new_v4(), Uuid::new_v4());
+        let refresh = format!("rt-{}", tenant.simple());
+        self.sim.add_refresh_token(&refresh);
+        let env = self.env(&[]);
+        let (t, u) = (tenant.to_string(), user.to_string());
+        let tenant_args = [
+            "tenant",
+            "upsert",
+            "--tenant-id",
+            &t,
+            "--eid",
+            "500000002",
+            "--tssd",
+            "bench",
+        ];
+        let (code, _, err) = run_command(&tenant_args, &env, None);
+        anyhow::ensure!(code == 0, "tenant upsert: {err}");
+        let credentials_args = [
+            "credentials",
+            "upsert",
+            "--tenant-id",
+            &t,
+            "--user-id",
+            &u,
+            "--mid",
+            mid,
+            "--refresh-token-stdin",
+        ];
+        let (code, _, err) = run_command(&credentials_args, &env, Some(&refresh));
+        anyhow::ensure!(code == 0, "credentials upsert: {err}");
+        Ok((tenant, user, mid.to_string()))
+    }
+
+    /// A counter or gauge of the worker's `/metrics` (0 when absent).
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        let text = self.worker().http_get("/metrics").await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(line_prefix))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn env(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
             ("DATABASE_URL", self.database_url.clone()),

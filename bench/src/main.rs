@@ -7,9 +7,11 @@
 //! cargo run --release -p bench -- ticks
 //! cargo run --release -p bench -- inflight
 //! cargo run --release -p bench -- bullmq
+//! cargo run --release -p bench -- realistic
 //! ```
 
 mod infra;
+mod realistic;
 mod schedules;
 mod throughput;
 
@@ -63,6 +65,26 @@ enum Command {
         /// least two delays, so that every run is checked twice or more.
         #[arg(long, default_value_t = 300)]
         seconds: u64,
+    },
+    /// One replica at MCE's real pace: runs over tenants of very different
+    /// sizes, a log-normal latency per call, a rate limit per business unit.
+    Realistic {
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        #[arg(long, default_value_t = 50)]
+        tenants: usize,
+        /// Every run's fixed poll delay (no jitter), so lateness is measurable.
+        #[arg(long, default_value_t = 120_000)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// MCE calls per second each business unit may make.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        #[arg(long, default_value_t = 300)]
+        median_ms: u64,
+        #[arg(long, default_value_t = 2000)]
+        p99_ms: u64,
     },
     /// The delayed-reschedule mechanism alone: JetStream negative
     /// acknowledgements with a delay against BullMQ's `moveToDelayed` on
@@ -139,6 +161,26 @@ async fn main() -> anyhow::Result<()> {
                 (2 * delay_ms).div_ceil(1000)
             );
             throughput::inflight(runs, step, delay_ms, seconds).await
+        }
+        Command::Realistic {
+            runs,
+            tenants,
+            delay_ms,
+            seconds,
+            rate,
+            median_ms,
+            p99_ms,
+        } => {
+            realistic::realistic(realistic::Settings {
+                runs,
+                tenants,
+                delay_ms,
+                seconds,
+                rate,
+                median_ms,
+                p99_ms,
+            })
+            .await
         }
         Command::Bullmq {
             jobs,

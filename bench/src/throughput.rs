@@ -14,7 +14,7 @@ use crate::infra::{Bench, PREFIX, cpu_seconds, rss_mib};
 use crate::schedules::percentile;
 
 /// Queries that outlast any benchmark.
-fn endless() -> SimConfig {
+pub(crate) fn endless() -> SimConfig {
     SimConfig {
         default_scenario: Scenario::completes_after(Duration::from_secs(6 * 3600), 1),
         ..SimConfig::default()
@@ -23,7 +23,7 @@ fn endless() -> SimConfig {
 
 /// Worker settings of the live benchmarks: a fixed poll delay (no jitter
 /// unless asked), no budget, no isRunning gate; everything else default.
-fn worker_settings(delay_ms: u64, jitter: f64) -> Vec<(&'static str, String)> {
+pub(crate) fn worker_settings(delay_ms: u64, jitter: f64) -> Vec<(&'static str, String)> {
     vec![
         ("POLL_SCHEDULE", "exponential".into()),
         ("POLL_INITIAL_DELAY_MS", delay_ms.to_string()),
@@ -38,6 +38,19 @@ fn worker_settings(delay_ms: u64, jitter: f64) -> Vec<(&'static str, String)> {
 /// Puts `n` started runs in flight at once: rows as execute leaves them, the
 /// queries running in the simulator, and one poll message each.
 async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::Result<Vec<(Uuid, String)>> {
+    let tenant = (bench.tenant_id, bench.user_id, bench.mid.clone());
+    let endless = Scenario::completes_after(Duration::from_secs(6 * 3600), 1);
+    seed_runs_of(bench, js, &tenant, n, |_| endless.clone()).await
+}
+
+/// [`seed_runs`] for one tenant, each query following `scenario(i)`.
+pub(crate) async fn seed_runs_of(
+    bench: &Bench,
+    js: &jetstream::Context,
+    (tenant_id, user_id, mid): &(Uuid, Uuid, String),
+    n: usize,
+    scenario: impl Fn(usize) -> Scenario,
+) -> anyhow::Result<Vec<(Uuid, String)>> {
     let mut runs = Vec::with_capacity(n);
     // A query of about 3 KB, stored encrypted as execute stores it.
     let sql_text = service::adapters::crypto::Cipher::parse(tests::ENCRYPTION_KEY)?.encrypt(&format!(
@@ -51,17 +64,13 @@ async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::
             let id = Uuid::new_v4();
             let task = format!("bench-{}", id.simple());
             let de_key = shell_query_core::naming::temp_de_key(id);
-            bench.sim.seed_task(
-                &task,
-                &de_key,
-                Scenario::completes_after(Duration::from_secs(6 * 3600), 1),
-            );
+            bench.sim.seed_task(&task, &de_key, scenario(runs.len()));
             values.push(format!(
                 "('{id}', '{tenant}', '{user}', '{mid}', 'bench', '{sql}', 'running', '{task}', 'qd-{id}', '{qk}', '{de_key}', now(), now(), now())",
                 sql = sql_text,
-                tenant = bench.tenant_id,
-                user = bench.user_id,
-                mid = bench.mid,
+                tenant = tenant_id,
+                user = user_id,
+                mid = mid,
                 qk = shell_query_core::naming::query_key(id),
             ));
             runs.push((id, task));

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod backoff;
 pub mod event;
+pub mod limit;
 pub mod message;
 pub mod naming;
 pub mod poll;

@@ -17,7 +17,8 @@ use axum::Router;
 use axum::routing::{get, post};
 
 pub use state::{
-    Call, Chaos, ChaosKind, Fault, Outcome, PropertyShape, QueryDefinition, Scenario, State, StatusCase, StatusStyle,
+    Call, Chaos, ChaosKind, Fault, Load, Outcome, PropertyShape, QueryDefinition, Scenario, State, StatusCase,
+    StatusStyle, log_normal,
 };
 
 /// Settings fixed for a simulator's life.
@@ -32,6 +33,8 @@ pub struct SimConfig {
     /// `rest_instance_url` and `soap_instance_url` of token answers: hosts a
     /// client must never use (it has its configured base URLs).
     pub instance_url: String,
+    /// MCE's pace: latency per call, rate limits per business unit.
+    pub load: Load,
 }
 
 impl Default for SimConfig {
@@ -41,6 +44,7 @@ impl Default for SimConfig {
             default_scenario: Scenario::completes_after(Duration::from_secs(1), 3),
             retrieve_page_size: 2500,
             instance_url: "https://example.rest.marketingcloudapis.com/".into(),
+            load: Load::default(),
         }
     }
 }
@@ -116,6 +120,16 @@ impl Sim {
     /// Queue a fault for the next calls of one action (see [`Call::action`]).
     pub fn inject(&self, fault: Fault) {
         self.with(|s| s.faults.push(fault));
+    }
+
+    /// MCE's pace from now on.
+    pub fn set_load(&self, load: Load) {
+        self.with(|s| s.load = load);
+    }
+
+    /// 429s answered so far, per business unit.
+    pub fn throttled(&self) -> std::collections::HashMap<String, u64> {
+        self.with(|s| s.throttled.clone())
     }
 
     /// Faults at a rate from now on (`None`: no more).

@@ -141,14 +141,21 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
         .or_else(|| request.path(&["Definitions", "Definition", "ObjectID"]))
         .map(|e| e.text.clone())
         .unwrap_or_default();
-    let due = {
+    let (due, pace) = {
         let mut state = shared.lock().expect("simulator state lock");
         state.record(&action, &detail);
         if !state.token_valid(&token) {
             return xml(StatusCode::OK, envelope("Fault", &fault("q0:Security", "Login Failed")));
         }
-        state.take_fault(&action)
+        let due = state.take_fault(&action);
+        (due, state.admit(&token))
     };
+    let Some(latency) = pace else {
+        return crate::state::too_many_requests();
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let slow = match due {
         Some(due) if due.status == 0 => Some(due.delay),
         Some(due) => {

@@ -256,8 +256,49 @@ pub struct Task {
     pub finished: bool,
 }
 
+/// MCE's pace: a latency per call and a rate limit per business unit.
+#[derive(Clone, Debug, Default)]
+pub struct Load {
+    /// Each SOAP and REST call waits a log-normal time with this median and
+    /// 99th percentile before it is answered (`None`: at once).
+    pub latency: Option<(Duration, Duration)>,
+    /// Calls per second each business unit (the `account_id` its token was
+    /// granted for) may make; above it, HTTP 429 with `Retry-After: 1`.
+    pub calls_per_second: Option<u32>,
+    /// Per-MID limits that replace `calls_per_second`.
+    pub calls_per_second_of: HashMap<String, u32>,
+}
+
+impl Load {
+    /// Real MCE's status calls: median 300 ms, 99th percentile 2 s.
+    pub fn realistic() -> Self {
+        Self {
+            latency: Some((Duration::from_millis(300), Duration::from_secs(2))),
+            ..Self::default()
+        }
+    }
+}
+
+/// A latency drawn from the log-normal with this median and 99th percentile
+/// (at most ten times the percentile); `unit1`, `unit2` are uniform in (0, 1].
+pub fn log_normal(median: Duration, p99: Duration, unit1: f64, unit2: f64) -> Duration {
+    let sigma = (p99.as_secs_f64() / median.as_secs_f64().max(1e-9)).ln().max(0.0) / 2.326_347_874;
+    let z = (-2.0 * unit1.max(f64::MIN_POSITIVE).ln()).sqrt() * (std::f64::consts::TAU * unit2).cos();
+    let secs = median.as_secs_f64() * (sigma * z).exp();
+    Duration::from_secs_f64(secs.min(p99.as_secs_f64() * 10.0))
+}
+
 pub struct State {
     pub config: SimConfig,
+    pub load: Load,
+    load_rng: fastrand::Rng,
+    /// The business unit each access token was granted for.
+    token_mids: HashMap<String, String>,
+    /// Per business unit: the start of its current one-second window and
+    /// the calls in it.
+    windows: HashMap<String, (Instant, u32)>,
+    /// 429s answered, per business unit.
+    pub throttled: HashMap<String, u64>,
     refresh_tokens: HashSet<String>,
     access_tokens: HashMap<String, Instant>,
     /// Every access token ever issued (tests look for them in logs).
@@ -316,6 +357,11 @@ pub enum ChaosKind {
 impl State {
     pub fn new(config: SimConfig) -> Self {
         Self {
+            load: config.load.clone(),
+            load_rng: fastrand::Rng::with_seed(7),
+            token_mids: HashMap::new(),
+            windows: HashMap::new(),
+            throttled: HashMap::new(),
             config,
             refresh_tokens: HashSet::new(),
             access_tokens: HashMap::new(),
@@ -515,6 +561,37 @@ impl State {
         Some(fault)
     }
 
+    /// How long a call with this token takes, if it is within its business
+    /// unit's rate (then it is counted); `None` is a 429.
+    pub fn admit(&mut self, token: &str) -> Option<Duration> {
+        let mid = self.token_mids.get(token).cloned().unwrap_or_default();
+        let limit = self
+            .load
+            .calls_per_second_of
+            .get(&mid)
+            .copied()
+            .or(self.load.calls_per_second);
+        if let Some(limit) = limit {
+            let now = Instant::now();
+            let window = self.windows.entry(mid.clone()).or_insert((now, 0));
+            if now.duration_since(window.0) >= Duration::from_secs(1) {
+                *window = (now, 0);
+            }
+            if window.1 >= limit {
+                *self.throttled.entry(mid).or_default() += 1;
+                return None;
+            }
+            window.1 += 1;
+        }
+        Some(match self.load.latency {
+            None => Duration::ZERO,
+            Some((median, p99)) => {
+                let (u1, u2) = (1.0 - self.load_rng.f64(), self.load_rng.f64());
+                log_normal(median, p99, u1, u2)
+            }
+        })
+    }
+
     pub fn token_valid(&self, token: &str) -> bool {
         self.access_tokens.get(token).is_some_and(|exp| Instant::now() < *exp)
     }
@@ -639,26 +716,49 @@ async fn enter<'a>(
     action: &str,
     detail: &str,
 ) -> Result<MutexGuard<'a, State>, Box<Response>> {
-    let fault = {
+    let (fault, pace) = {
         let mut state = shared.lock().expect("simulator state lock");
         state.record(action, detail);
-        if !bearer(headers).is_some_and(|t| state.token_valid(&t)) {
+        let token = bearer(headers);
+        if !token.as_deref().is_some_and(|t| state.token_valid(t)) {
             let body = axum::Json(json!({"message": "Not Authorized", "errorcode": 0}));
             return Err(Box::new((StatusCode::UNAUTHORIZED, body).into_response()));
         }
-        match state.take_fault(action) {
-            None => {
-                state.advance();
-                return Ok(state);
-            }
-            Some(fault) => fault,
-        }
+        let fault = state.take_fault(action);
+        let pace = state.admit(&token.unwrap_or_default());
+        (fault, pace)
     };
-    Err(Box::new(
-        fault
-            .respond(axum::Json(json!({"message": "injected fault"})).into_response())
-            .await,
-    ))
+    if let Some(fault) = fault {
+        return Err(Box::new(
+            fault
+                .respond(axum::Json(json!({"message": "injected fault"})).into_response())
+                .await,
+        ));
+    }
+    match pace {
+        None => Err(Box::new(too_many_requests())),
+        Some(latency) => {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let mut state = shared.lock().expect("simulator state lock");
+            state.advance();
+            Ok(state)
+        }
+    }
+}
+
+/// MCE's answer above an account's rate.
+pub fn too_many_requests() -> Response {
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        axum::Json(json!({"message": "Too many requests", "errorcode": 429})),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    response
 }
 
 pub async fn token(AxState(shared): AxState<Shared>, Form(form): Form<HashMap<String, String>>) -> Response {
@@ -700,6 +800,8 @@ fn grant(shared: &Shared, form: &HashMap<String, String>) -> Response {
     );
     state.refresh_tokens.insert(rotated.clone());
     state.issued.push(access.clone());
+    let mid = form.get("account_id").cloned().unwrap_or_default();
+    state.token_mids.insert(access.clone(), mid);
     axum::Json(json!({
         "access_token": access, "refresh_token": rotated, "expires_in": lifetime, "token_type": "Bearer",
         "scope": "offline data_extensions_read data_extensions_write automations_execute",
@@ -803,4 +905,39 @@ pub async fn rowset(
         "pageSize": page_size, "page": page, "count": de.rows.len(), "top": 0, "items": items
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_have_the_asked_median_and_99th_percentile() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let (median, p99) = (Duration::from_millis(300), Duration::from_secs(2));
+        let mut draws: Vec<f64> = (0..20_000)
+            .map(|_| log_normal(median, p99, 1.0 - rng.f64(), rng.f64()).as_secs_f64())
+            .collect();
+        draws.sort_by(f64::total_cmp);
+        let at = |q: f64| draws[(q * draws.len() as f64) as usize];
+        assert!((0.27..0.33).contains(&at(0.5)), "median {}", at(0.5));
+        assert!((1.6..2.5).contains(&at(0.99)), "p99 {}", at(0.99));
+    }
+
+    #[test]
+    fn each_business_unit_gets_its_own_rate() {
+        let mut state = State::new(SimConfig::default());
+        state.load = Load {
+            calls_per_second: Some(3),
+            calls_per_second_of: [("2".to_string(), 1)].into(),
+            ..Load::default()
+        };
+        state.token_mids.insert("a".into(), "1".into());
+        state.token_mids.insert("b".into(), "2".into());
+        let admitted = |state: &mut State, token: &str| (0..5).filter(|_| state.admit(token).is_some()).count();
+        assert_eq!(admitted(&mut state, "a"), 3);
+        assert_eq!(admitted(&mut state, "b"), 1);
+        assert_eq!(state.throttled["1"], 2);
+        assert_eq!(state.throttled["2"], 4);
+    }
 }

@@ -9,6 +9,7 @@ mod contract;
 mod deploy;
 mod e2e;
 mod execute;
+mod fairness;
 mod inputs;
 mod jetstream;
 mod layers;

@@ -301,7 +301,9 @@ async fn the_metrics_measure_ticks_calls_lateness_and_detection() {
     system.sim.script(
         "Late",
         Scenario {
-            rowset_delay: Duration::from_secs(2),
+            // Longer than the tests' longest poll delay (2 s): the first
+            // tick that sees the query complete finds its rows not ready.
+            rowset_delay: Duration::from_secs(5),
             ..Scenario::completes_after(Duration::from_secs(2), 3)
         },
     );

@@ -507,6 +507,64 @@ impl System {
     }
 
     /// Publishes an execute message for another user; returns the run id.
+    /// A second tenant with its own business unit and credentials (the
+    /// simulator accepts its refresh token): `(tenant, user, mid)`.
+    pub fn add_tenant(&self, mid: &str) -> (Uuid, Uuid, String) {
+        let (tenant, user) = (Uuid::new_v4(), Uuid::new_v4());
+        let refresh = format!("rt-{}", tenant.simple());
+        self.sim.add_refresh_token(&refresh);
+        let env = self.env();
+        let (t, u) = (tenant.to_string(), user.to_string());
+        let (code, _, err) = run_command(
+            &[
+                "tenant",
+                "upsert",
+                "--tenant-id",
+                &t,
+                "--eid",
+                "500000002",
+                "--tssd",
+                "mc-other-tenant",
+            ],
+            &env,
+            None,
+        );
+        assert_eq!(code, 0, "tenant upsert failed: {err}");
+        let (code, _, err) = run_command(
+            &[
+                "credentials",
+                "upsert",
+                "--tenant-id",
+                &t,
+                "--user-id",
+                &u,
+                "--mid",
+                mid,
+                "--refresh-token-stdin",
+            ],
+            &env,
+            Some(&refresh),
+        );
+        assert_eq!(code, 0, "credentials upsert failed: {err}");
+        (tenant, user, mid.to_string())
+    }
+
+    /// Submits a run for another tenant (from [`System::add_tenant`]).
+    pub async fn submit_for(&self, (tenant, user, mid): &(Uuid, Uuid, String), sql: &str) -> Uuid {
+        let run_id = Uuid::new_v4();
+        let body = serde_json::json!({
+            "runId": run_id, "tenantId": tenant, "userId": user, "mid": mid, "sqlText": sql, "snippetName": "Test run",
+        });
+        publish_acked(
+            &self.js,
+            format!("{PREFIX}.execute.{run_id}"),
+            body.to_string(),
+            format!("execute:{run_id}"),
+        )
+        .await;
+        run_id
+    }
+
     pub async fn submit_as(&self, user_id: Uuid, sql: &str) -> Uuid {
         let run_id = Uuid::new_v4();
         let body = serde_json::json!({

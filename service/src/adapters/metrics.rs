@@ -24,6 +24,7 @@ pub const CONSUMER_REDECLARED: &str = "shell_query_consumer_redeclared_total";
 pub const RECONCILER_LAST_SUCCESS: &str = "shell_query_reconciler_last_success_timestamp_seconds";
 pub const SWEEPER_LAST_SUCCESS: &str = "shell_query_sweeper_last_success_timestamp_seconds";
 pub const BUILD_INFO: &str = "shell_query_build_info";
+pub const TENANTS_THROTTLED: &str = "shell_query_tenants_throttled";
 /// Histogram names.
 pub const RUN_DURATION: &str = "shell_query_run_duration_seconds";
 pub const POLL_TICK_DURATION: &str = "shell_query_poll_tick_duration_seconds";
@@ -173,6 +174,12 @@ const FAMILIES: &[(&str, Kind, &str, &[f64])] = &[
         BUILD_INFO,
         Kind::Gauge,
         "Always 1; the labels name the running build.",
+        &[],
+    ),
+    (
+        TENANTS_THROTTLED,
+        Kind::Gauge,
+        "Tenants whose adaptive limit of poll ticks at MCE is below where it started (429s or 5xx).",
         &[],
     ),
 ];

@@ -479,9 +479,19 @@ pub struct RunArgs {
     /// Execute messages handled at once.
     #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = defaults::EXECUTE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub execute_concurrency: u32,
-    /// Poll ticks handled at once.
+    /// Poll deliveries in flight at once: the global ceiling, sized for
+    /// memory (a few KB each). Most of a tick waits on MCE; how many of one
+    /// tenant's ticks call MCE at once adapts (TENANT_CONCURRENCY_*), and a
+    /// tenant may hold at most half of this ceiling waiting.
     #[arg(long, env = "POLL_CONCURRENCY", default_value_t = defaults::POLL_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub poll_concurrency: u32,
+    /// Poll ticks of one tenant at MCE at first; the limit then adapts:
+    /// it grows while MCE keeps up and halves on a 429 or a 5xx.
+    #[arg(long, env = "TENANT_CONCURRENCY_INITIAL", default_value_t = defaults::TENANT_CONCURRENCY_INITIAL, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub tenant_concurrency_initial: u32,
+    /// The hard cap on one tenant's poll ticks at MCE, whatever the limit learns.
+    #[arg(long, env = "TENANT_CONCURRENCY_MAX", default_value_t = defaults::TENANT_CONCURRENCY_MAX, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub tenant_concurrency_max: u32,
     /// Runs waiting between polls per replica set (the poll consumer's max_ack_pending).
     #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = defaults::POLL_MAX_ACK_PENDING, value_parser = clap::value_parser!(i64).range(1..))]
     pub poll_max_ack_pending: i64,
@@ -551,7 +561,9 @@ pub mod defaults {
     pub const POLL_ROW_PROBE_MIN_INTERVAL_MS: u64 = 15000;
     pub const POLL_SCHEDULE: &str = "adaptive";
     pub const EXECUTE_CONCURRENCY: u32 = 16;
-    pub const POLL_CONCURRENCY: u32 = 64;
+    pub const POLL_CONCURRENCY: u32 = 1024;
+    pub const TENANT_CONCURRENCY_INITIAL: u32 = 8;
+    pub const TENANT_CONCURRENCY_MAX: u32 = 64;
     pub const POLL_MAX_ACK_PENDING: i64 = 1_000_000;
     pub const EXECUTE_ACK_WAIT_MS: u64 = 60_000;
     pub const POLL_ACK_WAIT_MS: u64 = 60_000;
@@ -669,6 +681,8 @@ impl Default for RunArgs {
             consumer_check_interval_ms: defaults::CONSUMER_CHECK_INTERVAL_MS,
             execute_concurrency: defaults::EXECUTE_CONCURRENCY,
             poll_concurrency: defaults::POLL_CONCURRENCY,
+            tenant_concurrency_initial: defaults::TENANT_CONCURRENCY_INITIAL,
+            tenant_concurrency_max: defaults::TENANT_CONCURRENCY_MAX,
             poll_max_ack_pending: defaults::POLL_MAX_ACK_PENDING,
             execute_ack_wait_ms: defaults::EXECUTE_ACK_WAIT_MS,
             poll_ack_wait_ms: defaults::POLL_ACK_WAIT_MS,
@@ -1061,7 +1075,8 @@ mod tests {
         assert_eq!(poll.rowset_ready_max_attempts, 6);
         assert_eq!(run.poll_max_ack_pending, 1_000_000);
         assert_eq!(run.execute_concurrency, 16);
-        assert_eq!(run.poll_concurrency, 64);
+        assert_eq!(run.poll_concurrency, 1024);
+        assert_eq!((run.tenant_concurrency_initial, run.tenant_concurrency_max), (8, 64));
         assert_eq!(run.nats.subject_prefix, "shell_query");
         assert_eq!(run.http_addr.port(), 8080);
     }

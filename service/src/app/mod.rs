@@ -153,7 +153,18 @@ pub async fn run_until(
         RetryPolicy::default(),
     )
     .with_timeouts(args.mce.timeouts())
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_gate(
+        crate::adapters::mce::gate::Gate::new(
+            shell_query_core::limit::LimitConfig {
+                initial: args.tenant_concurrency_initial.min(args.tenant_concurrency_max),
+                max: args.tenant_concurrency_max,
+                ..Default::default()
+            },
+            args.poll_concurrency / 2,
+        )
+        .with_metrics(metrics.clone()),
+    );
     let deps = Arc::new(Deps {
         store: store.clone(),
         js,

@@ -57,6 +57,8 @@ pub struct Mce {
     retry: RetryPolicy,
     timeouts: Timeouts,
     metrics: std::sync::Arc<crate::adapters::metrics::Metrics>,
+    /// Each tenant's adaptive limit of poll ticks at MCE.
+    gate: super::gate::Gate,
     /// Tenant subdomains, read once per process: a poll tick reads only its run.
     tssds: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
 }
@@ -173,6 +175,7 @@ impl Mce {
             retry,
             timeouts: Timeouts::default(),
             metrics: Default::default(),
+            gate: Default::default(),
             tssds: Default::default(),
         }
     }
@@ -181,6 +184,18 @@ impl Mce {
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
+    }
+
+    /// Admits poll ticks per tenant with this gate (default: no limit
+    /// reached in practice: 8 a tenant growing to 64, unbounded waiting).
+    pub fn with_gate(mut self, gate: super::gate::Gate) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The per-tenant gate poll ticks enter before they call MCE.
+    pub fn gate(&self) -> &super::gate::Gate {
+        &self.gate
     }
 
     /// Records calls and token refreshes in these metrics.
@@ -306,6 +321,18 @@ impl Session<'_> {
         result
     }
 
+    /// Tells the tenant's adaptive limit how one attempt went.
+    fn signal<T>(&self, result: &Result<T, MceError>, took: std::time::Duration) {
+        use shell_query_core::limit::Signal;
+        let signal = match result {
+            Ok(_) => Signal::Answered(took),
+            Err(MceError::RateLimited { .. }) => Signal::Throttled,
+            Err(MceError::Unavailable { .. } | MceError::Unreachable { .. }) => Signal::Failed,
+            Err(_) => return,
+        };
+        self.mce.gate.record(self.key.tenant_id, signal);
+    }
+
     async fn call_inner<T, F, Fut>(&self, op: Op, mut exchange: F) -> Result<T, MceError>
     where
         F: FnMut(SecretString) -> Fut,
@@ -314,6 +341,7 @@ impl Session<'_> {
         let policy = &self.mce.retry;
         let mut attempt = 0;
         loop {
+            let attempt_started = std::time::Instant::now();
             let result = async {
                 let token = self.token(None).await?;
                 let refused = token.expose_secret().to_string();
@@ -329,6 +357,7 @@ impl Session<'_> {
                 }
             }
             .await;
+            self.signal(&result, attempt_started.elapsed());
             match result {
                 Err(e)
                     if e.is_transient()

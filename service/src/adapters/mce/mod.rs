@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod client;
 pub mod error;
+pub mod gate;
 pub mod rest;
 pub mod soap;
 pub mod xml;

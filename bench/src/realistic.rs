@@ -1,0 +1,204 @@
+//! One replica at MCE's real pace: runs in flight spread over tenants of
+//! very different sizes (one holds half), every MCE call answered after a
+//! log-normal latency, each business unit limited to a rate of calls (429
+//! with `Retry-After` above it). Reports per tenant size: tick lateness,
+//! status checks, 429s; and the replica's CPU, memory and MCE calls per tick.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use mce_sim::{Load, Scenario};
+
+use crate::infra::{Bench, cpu_seconds, rss_mib};
+use crate::schedules::percentile;
+use crate::throughput::{endless, seed_runs_of, worker_settings};
+
+pub struct Settings {
+    pub runs: usize,
+    pub tenants: usize,
+    pub delay_ms: u64,
+    pub seconds: u64,
+    pub rate: u32,
+    pub median_ms: u64,
+    pub p99_ms: u64,
+}
+
+/// Runs per tenant: the first holds half; the rest share the other half
+/// in proportion to 1/rank (a few large, many small), each at least one.
+pub fn tenant_sizes(runs: usize, tenants: usize) -> Vec<usize> {
+    if tenants <= 1 {
+        return vec![runs];
+    }
+    let first = runs / 2;
+    let rest = runs - first;
+    let weights: Vec<f64> = (1..tenants).map(|rank| 1.0 / rank as f64).collect();
+    let total: f64 = weights.iter().sum();
+    let mut sizes: Vec<usize> = std::iter::once(first)
+        .chain(
+            weights
+                .iter()
+                .map(|w| ((rest as f64 * w / total).floor() as usize).max(1)),
+        )
+        .collect();
+    // Rounding: the second tenant takes what is left (or gives back).
+    let sum: usize = sizes.iter().sum();
+    sizes[1] = (sizes[1] + runs).saturating_sub(sum).max(1);
+    sizes
+}
+
+/// The groups the report has a line for: (label, tenant indices).
+fn groups(tenants: usize) -> Vec<(String, std::ops::Range<usize>)> {
+    let mut groups = vec![("the largest (half the runs)".to_string(), 0..1.min(tenants))];
+    for (from, to) in [(1, 5), (5, 20), (20, usize::MAX)] {
+        let to = to.min(tenants);
+        if from < to {
+            groups.push((format!("tenants {}–{}", from + 1, to), from..to));
+        }
+    }
+    groups
+}
+
+pub async fn realistic(s: Settings) -> anyhow::Result<()> {
+    let mut bench = Bench::start(endless()).await?;
+    let sizes = tenant_sizes(s.runs, s.tenants);
+    let mut tenants = vec![(bench.tenant_id, bench.user_id, bench.mid.clone())];
+    for i in 1..sizes.len() {
+        tenants.push(bench.add_tenant(&format!("52{i:07}"))?);
+    }
+    bench.sim.set_load(Load {
+        latency: Some((Duration::from_millis(s.median_ms), Duration::from_millis(s.p99_ms))),
+        calls_per_second: Some(s.rate),
+        ..Load::default()
+    });
+    bench.start_worker(&worker_settings(s.delay_ms, 0.0)).await;
+    let js = jetstream::new(bench.nats.admin().await);
+    let pid = bench.worker().pid();
+
+    // Queries of realistic durations: log-normal, median 10 minutes, most
+    // between 2 and 40 (MCE's own limit is 30); none ends inside the window
+    // when they start together, so every run is measured throughout.
+    let mut rng = fastrand::Rng::with_seed(20_261_130);
+    let mut owner: HashMap<String, usize> = HashMap::new();
+    for (index, (tenant, size)) in tenants.iter().zip(&sizes).enumerate() {
+        let durations: Vec<Duration> = (0..*size)
+            .map(|_| {
+                let d = mce_sim::log_normal(
+                    Duration::from_secs(600),
+                    Duration::from_secs(2400),
+                    1.0 - rng.f64(),
+                    rng.f64(),
+                );
+                d.max(Duration::from_secs(s.seconds + 600))
+            })
+            .collect();
+        let seeded = seed_runs_of(&bench, &js, tenant, *size, |i| {
+            Scenario::completes_after(durations[i], 1)
+        })
+        .await?;
+        for (_, task) in seeded {
+            owner.insert(task, index);
+        }
+    }
+    let want = s.runs as u64;
+    bench
+        .wait("every run to tick once", Duration::from_secs(1800), || async {
+            bench.ticks().await >= want
+        })
+        .await?;
+
+    // The window.
+    bench.sim.clear_calls();
+    let throttled_before = bench.sim.throttled();
+    let (t0, c0, at0) = (bench.ticks().await, cpu_seconds(pid)?, Instant::now());
+    tokio::time::sleep(Duration::from_secs(s.seconds)).await;
+    let (t1, c1, elapsed) = (bench.ticks().await, cpu_seconds(pid)?, at0.elapsed().as_secs_f64());
+    let rss = rss_mib(pid)?;
+    let throttled_tenants = bench.metric("shell_query_tenants_throttled ").await;
+    let calls = bench.sim.calls();
+    let throttled_after = bench.sim.throttled();
+
+    let mut last: HashMap<&str, Instant> = HashMap::new();
+    let mut lateness: Vec<Vec<f64>> = vec![Vec::new(); tenants.len()];
+    let mut checks = vec![0usize; tenants.len()];
+    for call in &calls {
+        if call.action != "soap:Retrieve:AsyncActivityStatus" {
+            continue;
+        }
+        let Some(&index) = owner.get(&call.detail) else {
+            continue;
+        };
+        checks[index] += 1;
+        if let Some(prev) = last.insert(call.detail.as_str(), call.at) {
+            let gap = call.at.duration_since(prev).as_secs_f64() * 1000.0;
+            lateness[index].push(gap - s.delay_ms as f64);
+        }
+    }
+    let refusals = |index: usize| {
+        let mid = &tenants[index].2;
+        throttled_after.get(mid).copied().unwrap_or(0) - throttled_before.get(mid).copied().unwrap_or(0)
+    };
+
+    let ticks = (t1 - t0) as f64;
+    println!(
+        "{} runs in flight over {} tenants (the largest {}, the smallest {}), each polled every {} ms (no jitter); MCE answers after a log-normal latency (median {} ms, p99 {} ms) and allows each business unit {} calls/s (429 with Retry-After: 1 above it). Measured over {} s.",
+        s.runs,
+        tenants.len(),
+        sizes[0],
+        sizes.iter().min().unwrap_or(&0),
+        s.delay_ms,
+        s.median_ms,
+        s.p99_ms,
+        s.rate,
+        s.seconds
+    );
+    println!();
+    println!("| tenants | runs | status checks/s | lateness p50 | p90 | p99 | max | 429s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, range) in groups(tenants.len()) {
+        let mut late: Vec<f64> = range.clone().flat_map(|i| lateness[i].iter().copied()).collect();
+        late.sort_by(f64::total_cmp);
+        let runs: usize = sizes[range.clone()].iter().sum();
+        let checked: usize = checks[range.clone()].iter().sum();
+        let refused: u64 = range.clone().map(refusals).sum();
+        println!(
+            "| {label} | {runs} | {:.0} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {refused} |",
+            checked as f64 / elapsed,
+            percentile(&late, 50.0),
+            percentile(&late, 90.0),
+            percentile(&late, 99.0),
+            late.last().copied().unwrap_or(0.0),
+        );
+    }
+    println!();
+    println!(
+        "| ticks/s | MCE calls per tick (429s included) | worker CPU | CPU per tick | worker RSS | tenants held below their start |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let refused_total: u64 = (0..tenants.len()).map(refusals).sum();
+    println!(
+        "| {:.0} | {:.2} | {:.0} % of one core | {:.0} µs | {:.0} MiB | {throttled_tenants} |",
+        ticks / elapsed,
+        (calls.len() as f64 + refused_total as f64) / ticks.max(1.0),
+        100.0 * (c1 - c0) / elapsed,
+        1e6 * (c1 - c0) / ticks.max(1.0),
+        rss,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_tenant_holds_half_and_every_tenant_has_runs() {
+        let sizes = tenant_sizes(100_000, 50);
+        assert_eq!(sizes.len(), 50);
+        assert_eq!(sizes[0], 50_000);
+        assert_eq!(sizes.iter().sum::<usize>(), 100_000);
+        assert!(sizes.iter().all(|n| *n >= 1));
+        assert!(sizes[1] > 10 * sizes[49], "{sizes:?}");
+        assert_eq!(tenant_sizes(10, 1), vec![10]);
+    }
+}
