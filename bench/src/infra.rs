@@ -108,37 +108,7 @@ impl Bench {
     /// Another tenant with its own business unit and credentials:
     /// `(tenant, user, mid)`.
     pub fn add_tenant(&self, mid: &str) -> anyhow::Result<(Uuid, Uuid, String)> {
-        let (tenant, user) = (Uuid::new_v4(), Uuid::new_v4());
-        let refresh = format!("rt-{}", tenant.simple());
-        self.sim.add_refresh_token(&refresh);
-        let env = self.env(&[]);
-        let (t, u) = (tenant.to_string(), user.to_string());
-        let tenant_args = [
-            "tenant",
-            "upsert",
-            "--tenant-id",
-            &t,
-            "--eid",
-            "500000002",
-            "--tssd",
-            "bench",
-        ];
-        let (code, _, err) = run_command(&tenant_args, &env, None);
-        anyhow::ensure!(code == 0, "tenant upsert: {err}");
-        let credentials_args = [
-            "credentials",
-            "upsert",
-            "--tenant-id",
-            &t,
-            "--user-id",
-            &u,
-            "--mid",
-            mid,
-            "--refresh-token-stdin",
-        ];
-        let (code, _, err) = run_command(&credentials_args, &env, Some(&refresh));
-        anyhow::ensure!(code == 0, "credentials upsert: {err}");
-        Ok((tenant, user, mid.to_string()))
+        tests::add_tenant(&self.env(&[]), &self.sim, mid).map_err(anyhow::Error::msg)
     }
 
     /// A counter or gauge of the worker's `/metrics` (0 when absent).

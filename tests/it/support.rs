@@ -510,43 +510,7 @@ impl System {
     /// A second tenant with its own business unit and credentials (the
     /// simulator accepts its refresh token): `(tenant, user, mid)`.
     pub fn add_tenant(&self, mid: &str) -> (Uuid, Uuid, String) {
-        let (tenant, user) = (Uuid::new_v4(), Uuid::new_v4());
-        let refresh = format!("rt-{}", tenant.simple());
-        self.sim.add_refresh_token(&refresh);
-        let env = self.env();
-        let (t, u) = (tenant.to_string(), user.to_string());
-        let (code, _, err) = run_command(
-            &[
-                "tenant",
-                "upsert",
-                "--tenant-id",
-                &t,
-                "--eid",
-                "500000002",
-                "--tssd",
-                "mc-other-tenant",
-            ],
-            &env,
-            None,
-        );
-        assert_eq!(code, 0, "tenant upsert failed: {err}");
-        let (code, _, err) = run_command(
-            &[
-                "credentials",
-                "upsert",
-                "--tenant-id",
-                &t,
-                "--user-id",
-                &u,
-                "--mid",
-                mid,
-                "--refresh-token-stdin",
-            ],
-            &env,
-            Some(&refresh),
-        );
-        assert_eq!(code, 0, "credentials upsert failed: {err}");
-        (tenant, user, mid.to_string())
+        tests::add_tenant(&self.env(), &self.sim, mid).expect("a second tenant")
     }
 
     /// Submits a run for another tenant (from [`System::add_tenant`]).

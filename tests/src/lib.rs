@@ -483,6 +483,46 @@ pub fn worker_bin() -> PathBuf {
 }
 
 /// Runs a one-shot command of the binary; returns (exit code, stdout, stderr).
+/// Makes a tenant with its own business unit and credentials, through the
+/// binary's commands in `env`; the simulator accepts its refresh token.
+/// Returns `(tenant, user, mid)`.
+pub fn add_tenant(env: &[(String, String)], sim: &mce_sim::Sim, mid: &str) -> Result<(Uuid, Uuid, String), String> {
+    let (tenant, user) = (Uuid::new_v4(), Uuid::new_v4());
+    let refresh = format!("rt-{}", tenant.simple());
+    sim.add_refresh_token(&refresh);
+    let (t, u) = (tenant.to_string(), user.to_string());
+    let tenant_args = [
+        "tenant",
+        "upsert",
+        "--tenant-id",
+        &t,
+        "--eid",
+        "500000002",
+        "--tssd",
+        "mc-other-tenant",
+    ];
+    let (code, _, err) = run_command(&tenant_args, env, None);
+    if code != 0 {
+        return Err(format!("tenant upsert: {err}"));
+    }
+    let credentials_args = [
+        "credentials",
+        "upsert",
+        "--tenant-id",
+        &t,
+        "--user-id",
+        &u,
+        "--mid",
+        mid,
+        "--refresh-token-stdin",
+    ];
+    let (code, _, err) = run_command(&credentials_args, env, Some(&refresh));
+    if code != 0 {
+        return Err(format!("credentials upsert: {err}"));
+    }
+    Ok((tenant, user, mid.to_string()))
+}
+
 pub fn run_command(args: &[&str], env: &[(String, String)], stdin: Option<&str>) -> (i32, String, String) {
     let mut cmd = Command::new(worker_bin());
     cmd.args(args)
