@@ -131,7 +131,20 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
         "PerformRequestMsg" => "QueryDefinition".into(),
         _ => String::new(),
     };
-    let action = format!("soap:{verb}:{object_type}");
+    let mut action = format!("soap:{verb}:{object_type}");
+    // A TaskID IN filter is one request about several tasks: recorded as
+    // the request (`…:IN-request`, detail: how many) and one `…:IN` per task.
+    let in_values: Vec<String> = request
+        .path(&["RetrieveRequest", "Filter"])
+        .filter(|f| {
+            f.text_at(&["SimpleOperator"])
+                .is_some_and(|o| o.eq_ignore_ascii_case("IN"))
+        })
+        .map(|f| f.children("Value").map(|v| v.text.clone()).collect())
+        .unwrap_or_default();
+    if !in_values.is_empty() {
+        action.push_str(":IN-request");
+    }
     let token = root.text_at(&["Header", "fueloauth"]).unwrap_or("").to_string();
 
     let detail = request
@@ -143,7 +156,15 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
         .unwrap_or_default();
     let (due, pace) = {
         let mut state = shared.lock().expect("simulator state lock");
-        state.record(&action, &detail);
+        if in_values.is_empty() {
+            state.record(&action, &detail);
+        } else {
+            state.record(&action, &in_values.len().to_string());
+            let per_task = action.trim_end_matches("-request").to_string();
+            for task in &in_values {
+                state.record(&per_task, task);
+            }
+        }
         if !state.token_valid(&token) {
             return xml(StatusCode::OK, envelope("Fault", &fault("q0:Security", "Login Failed")));
         }
@@ -228,12 +249,37 @@ fn answer(shared: &crate::Shared, request: &Element, verb: &str, object_type: &s
 }
 
 fn retrieve_status(state: &State, request: &Element) -> String {
-    let terms = filter_terms(request.path(&["RetrieveRequest", "Filter"]));
+    let filter = request.path(&["RetrieveRequest", "Filter"]);
+    if let Some(f) = filter.filter(|f| {
+        f.text_at(&["SimpleOperator"])
+            .is_some_and(|o| o.eq_ignore_ascii_case("IN"))
+    }) {
+        // MCE's IN: every Value is a TaskID; each known task is one Results
+        // naming its TaskID (asked for among the properties).
+        if state.load.refuse_in_filter {
+            return retrieve_response("Error: The IN operator is not supported for this property", "");
+        }
+        let ids: Vec<&str> = f.children("Value").map(|v| v.text.as_str()).collect();
+        let kept = ids.len().saturating_sub(state.load.in_filter_leaves_out);
+        let results: String = ids[..kept]
+            .iter()
+            .filter_map(|id| state.tasks.get(*id).map(|task| status_result(state, task, Some(id))))
+            .collect();
+        return retrieve_response("OK", &results);
+    }
+    let terms = filter_terms(filter);
     let Some(task) = term(&terms, "TaskID").and_then(|id| state.tasks.get(id)) else {
         return retrieve_response("OK", "");
     };
+    retrieve_response("OK", &status_result(state, task, None))
+}
+
+/// One task's AsyncActivityStatus result, in the task's property shape;
+/// `task_id` adds a TaskID property (an IN answer).
+fn status_result(state: &State, task: &crate::state::Task, task_id: Option<&str>) -> String {
     let (status, error, completed) = state.task_status(task);
     let values: Vec<(&str, String)> = [
+        ("TaskID", task_id.map(str::to_string)),
         ("Status", Some(status)),
         ("ErrorMsg", error),
         ("CompletedDate", completed),
@@ -242,32 +288,27 @@ fn retrieve_status(state: &State, request: &Element) -> String {
     .filter_map(|(name, value)| value.map(|v| (name, v)))
     .collect();
     let inner = match task.scenario.property_shape {
-        PropertyShape::List => {
-            let props: String = values
-                .iter()
-                .map(|(n, v)| format!("<Property><Name>{n}</Name><Value>{}</Value></Property>", escape(v)))
-                .collect();
-            format!("<Properties>{props}</Properties>")
-        }
-        PropertyShape::Single => {
-            let (n, v) = &values[0];
-            format!(
-                "<Properties><Property><Name>{n}</Name><Value>{}</Value></Property></Properties>",
-                escape(v)
-            )
-        }
+        // A single property cannot carry a TaskID as well: a list then.
+        PropertyShape::List | PropertyShape::Single if task_id.is_some() => list(&values),
+        PropertyShape::List => list(&values),
+        PropertyShape::Single => list(&values[..1]),
         PropertyShape::Direct => values
             .iter()
             .map(|(n, v)| format!("<{n}>{}</{n}>", escape(v)))
             .collect(),
     };
-    retrieve_response(
-        "OK",
-        &format!(
-            r#"<Results xsi:type="AsyncActivityStatus"><PartnerKey xsi:nil="true"/><ObjectID>{}</ObjectID>{inner}</Results>"#,
-            uuid::Uuid::new_v4()
-        ),
+    format!(
+        r#"<Results xsi:type="AsyncActivityStatus"><PartnerKey xsi:nil="true"/><ObjectID>{}</ObjectID>{inner}</Results>"#,
+        uuid::Uuid::new_v4()
     )
+}
+
+fn list(values: &[(&str, String)]) -> String {
+    let props: String = values
+        .iter()
+        .map(|(n, v)| format!("<Property><Name>{n}</Name><Value>{}</Value></Property>", escape(v)))
+        .collect();
+    format!("<Properties>{props}</Properties>")
 }
 
 fn retrieve_folders(state: &State, request: &Element) -> String {

@@ -267,6 +267,10 @@ pub struct Load {
     pub calls_per_second: Option<u32>,
     /// Per-MID limits that replace `calls_per_second`.
     pub calls_per_second_of: HashMap<String, u32>,
+    /// Refuse a `TaskID IN` filter (`OverallStatus` "Error: ...").
+    pub refuse_in_filter: bool,
+    /// Leave this many tasks (the last asked) out of an `IN` answer.
+    pub in_filter_leaves_out: usize,
 }
 
 impl Load {

@@ -1,4 +1,6 @@
-//! Tenants at MCE's real pace: a tenant MCE throttles slows only itself.
+//! Tenants at MCE's real pace: a tenant MCE throttles slows only itself;
+//! status checks that fall due together share one call, and an MCE that
+//! refuses or half-answers that call still gets every run checked.
 
 use std::time::{Duration, Instant};
 
@@ -8,8 +10,14 @@ use crate::support::System;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_tenant_slows_only_itself() {
-    // A small global ceiling, so that a throttled tenant could fill it.
-    let system = System::start_with(&[("POLL_CONCURRENCY", "8"), ("TENANT_CONCURRENCY_INITIAL", "4")]).await;
+    // A small global ceiling, so that a throttled tenant could fill it; one
+    // status call per tick (batched checks would keep it under its rate).
+    let system = System::start_with(&[
+        ("POLL_CONCURRENCY", "8"),
+        ("TENANT_CONCURRENCY_INITIAL", "4"),
+        ("STATUS_BATCH_WINDOW_MS", "0"),
+    ])
+    .await;
     let other = system.add_tenant("510000999");
     system
         .sim
@@ -70,4 +78,108 @@ async fn a_throttled_tenant_slows_only_itself() {
             "ready"
         );
     }
+}
+
+/// Runs of one tenant falling due together share one status call.
+async fn batch_of_runs(system: &System, n: usize) -> Vec<uuid::Uuid> {
+    system
+        .sim
+        .script("FROM Batch", Scenario::completes_after(Duration::from_secs(3), 2));
+    let ids: Vec<_> = futures::future::join_all((0..n).map(|_| system.submit("SELECT A FROM Batch", None))).await;
+    for id in &ids {
+        assert_eq!(
+            system.wait_terminal(*id, Duration::from_secs(60)).await.status,
+            "ready",
+            "worker log:\n{}",
+            system.log()
+        );
+    }
+    ids
+}
+
+fn count(system: &System, action: &str) -> usize {
+    system.sim.count(action)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_checks_falling_due_together_share_one_call() {
+    // Every poll after the first waits 1 s exactly: the batch's runs stay in step.
+    let system = System::start_with(&[
+        ("STATUS_BATCH_WINDOW_MS", "100"),
+        ("POLL_INITIAL_DELAY_MS", "1000"),
+        ("POLL_MAX_DELAY_MS", "1000"),
+        ("POLL_JITTER_RANGE", "0"),
+    ])
+    .await;
+    let ids = batch_of_runs(&system, 12).await;
+    let single = count(&system, "soap:Retrieve:AsyncActivityStatus");
+    let requests = count(&system, "soap:Retrieve:AsyncActivityStatus:IN-request");
+    let answered_in_batches = count(&system, "soap:Retrieve:AsyncActivityStatus:IN");
+    assert!(requests > 0, "no IN request made");
+    // Every run's checks, and far fewer calls than checks.
+    let checks = single + answered_in_batches;
+    assert!(checks >= 2 * ids.len(), "{checks} checks");
+    assert!(
+        (single + requests) * 2 <= checks,
+        "{single} single calls and {requests} IN requests for {checks} status checks"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mce_that_refuses_in_filters_still_gets_every_run_checked() {
+    let system = System::start_with(&[
+        ("STATUS_BATCH_WINDOW_MS", "100"),
+        ("POLL_INITIAL_DELAY_MS", "1000"),
+        ("POLL_MAX_DELAY_MS", "1000"),
+        ("POLL_JITTER_RANGE", "0"),
+    ])
+    .await;
+    system.sim.set_load(Load {
+        refuse_in_filter: true,
+        ..Load::default()
+    });
+    let ids = batch_of_runs(&system, 8).await;
+    // Refused once, remembered for the tenant: single calls from then on.
+    assert_eq!(count(&system, "soap:Retrieve:AsyncActivityStatus:IN-request"), 1);
+    let single: Vec<String> = system
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.action == "soap:Retrieve:AsyncActivityStatus")
+        .map(|c| c.detail)
+        .collect();
+    let tasks: Vec<String> = futures::future::join_all(ids.iter().map(|id| system.run(*id)))
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().task_id.unwrap())
+        .collect();
+    for task in &tasks {
+        assert!(single.contains(task), "{task} was never checked alone");
+    }
+    assert!(
+        system.log().contains("MCE refused a TaskID IN filter"),
+        "the refusal is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_an_in_answer_leaves_out_is_asked_alone() {
+    let system = System::start_with(&[
+        ("STATUS_BATCH_WINDOW_MS", "100"),
+        ("POLL_INITIAL_DELAY_MS", "1000"),
+        ("POLL_MAX_DELAY_MS", "1000"),
+        ("POLL_JITTER_RANGE", "0"),
+    ])
+    .await;
+    system.sim.set_load(Load {
+        in_filter_leaves_out: 1,
+        ..Load::default()
+    });
+    batch_of_runs(&system, 6).await;
+    assert!(count(&system, "soap:Retrieve:AsyncActivityStatus:IN-request") > 0);
+    // Each IN answer left one task out; that task was asked alone.
+    assert!(
+        count(&system, "soap:Retrieve:AsyncActivityStatus")
+            >= count(&system, "soap:Retrieve:AsyncActivityStatus:IN-request")
+    );
 }

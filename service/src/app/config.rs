@@ -489,6 +489,14 @@ pub struct RunArgs {
     /// it grows while MCE keeps up and halves on a 429 or a 5xx.
     #[arg(long, env = "TENANT_CONCURRENCY_INITIAL", default_value_t = defaults::TENANT_CONCURRENCY_INITIAL, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub tenant_concurrency_initial: u32,
+    /// How long the first status check of a tenant, user and business unit
+    /// waits for others falling due, to ask them all in one call (a TaskID
+    /// IN filter); 0 asks each task alone.
+    #[arg(long, env = "STATUS_BATCH_WINDOW_MS", default_value_t = defaults::STATUS_BATCH_WINDOW_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub status_batch_window_ms: u64,
+    /// The most tasks one status call asks about.
+    #[arg(long, env = "STATUS_BATCH_MAX", default_value_t = defaults::STATUS_BATCH_MAX, value_parser = clap::value_parser!(u32).range(1..=500))]
+    pub status_batch_max: u32,
     /// The hard cap on one tenant's poll ticks at MCE, whatever the limit learns.
     #[arg(long, env = "TENANT_CONCURRENCY_MAX", default_value_t = defaults::TENANT_CONCURRENCY_MAX, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub tenant_concurrency_max: u32,
@@ -564,6 +572,8 @@ pub mod defaults {
     pub const POLL_CONCURRENCY: u32 = 1024;
     pub const TENANT_CONCURRENCY_INITIAL: u32 = 8;
     pub const TENANT_CONCURRENCY_MAX: u32 = 64;
+    pub const STATUS_BATCH_WINDOW_MS: u64 = 20;
+    pub const STATUS_BATCH_MAX: u32 = 50;
     pub const POLL_MAX_ACK_PENDING: i64 = 1_000_000;
     pub const EXECUTE_ACK_WAIT_MS: u64 = 60_000;
     pub const POLL_ACK_WAIT_MS: u64 = 60_000;
@@ -683,6 +693,8 @@ impl Default for RunArgs {
             poll_concurrency: defaults::POLL_CONCURRENCY,
             tenant_concurrency_initial: defaults::TENANT_CONCURRENCY_INITIAL,
             tenant_concurrency_max: defaults::TENANT_CONCURRENCY_MAX,
+            status_batch_window_ms: defaults::STATUS_BATCH_WINDOW_MS,
+            status_batch_max: defaults::STATUS_BATCH_MAX,
             poll_max_ack_pending: defaults::POLL_MAX_ACK_PENDING,
             execute_ack_wait_ms: defaults::EXECUTE_ACK_WAIT_MS,
             poll_ack_wait_ms: defaults::POLL_ACK_WAIT_MS,

@@ -154,6 +154,10 @@ pub async fn run_until(
     )
     .with_timeouts(args.mce.timeouts())
     .with_metrics(metrics.clone())
+    .with_status_batching(
+        Duration::from_millis(args.status_batch_window_ms),
+        args.status_batch_max as usize,
+    )
     .with_gate(
         crate::adapters::mce::gate::Gate::new(
             shell_query_core::limit::LimitConfig {

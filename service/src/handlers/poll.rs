@@ -210,7 +210,7 @@ async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Deliver
         };
         match question {
             Question::CheckStatus => {
-                let answer = session.async_status(&task_id).await;
+                let answer = session.async_status_batched(&task_id).await;
                 if let Ok(s) = &answer {
                     tracing::Span::current().record("mce.status", s.status.as_deref().unwrap_or(""));
                 }

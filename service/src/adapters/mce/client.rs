@@ -59,6 +59,8 @@ pub struct Mce {
     metrics: std::sync::Arc<crate::adapters::metrics::Metrics>,
     /// Each tenant's adaptive limit of poll ticks at MCE.
     gate: super::gate::Gate,
+    /// Status checks that fall due together, asked in one call.
+    statuses: std::sync::Arc<super::batch::StatusBatcher>,
     /// Tenant subdomains, read once per process: a poll tick reads only its run.
     tssds: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
 }
@@ -176,6 +178,7 @@ impl Mce {
             timeouts: Timeouts::default(),
             metrics: Default::default(),
             gate: Default::default(),
+            statuses: Default::default(),
             tssds: Default::default(),
         }
     }
@@ -190,6 +193,14 @@ impl Mce {
     /// reached in practice: 8 a tenant growing to 64, unbounded waiting).
     pub fn with_gate(mut self, gate: super::gate::Gate) -> Self {
         self.gate = gate;
+        self
+    }
+
+    /// Asks the status of tasks of one tenant, user and business unit that
+    /// fall due within `window` in one call, at most `max` at a time (`window`
+    /// zero: one call per task).
+    pub fn with_status_batching(mut self, window: std::time::Duration, max: usize) -> Self {
+        self.statuses = std::sync::Arc::new(super::batch::StatusBatcher::new(window, max));
         self
     }
 
@@ -245,6 +256,18 @@ pub struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// The tenant, user and business unit this session speaks for.
+    pub fn key(&self) -> (Uuid, Option<Uuid>, String) {
+        (self.key.tenant_id, self.key.user_id, self.key.mid.clone())
+    }
+
+    /// A task's status, asked together with the other tasks of this
+    /// session's key that fall due at the same time (`adapters/mce/batch.rs`).
+    pub async fn async_status_batched(&self, task_id: &str) -> Result<AsyncStatus, MceError> {
+        let statuses = self.mce.statuses.clone();
+        statuses.status(self, task_id).await
+    }
+
     fn url(&self, template: &str, path: &str) -> String {
         format!("{}{}", template.replace("{tssd}", &self.tssd), path)
     }
@@ -517,6 +540,22 @@ impl Session<'_> {
             .soap(Op::AsyncStatus, Verb::Retrieve, &soap::retrieve_async_status(task_id))
             .await?;
         soap::read_async_status(&root).map_err(|e| read_error(Op::AsyncStatus, e))
+    }
+
+    /// The statuses of several tasks in one call, by TaskID; a task MCE
+    /// leaves out is missing from the map.
+    pub async fn async_statuses(
+        &self,
+        task_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, AsyncStatus>, MceError> {
+        let root = self
+            .soap(
+                Op::AsyncStatuses,
+                Verb::Retrieve,
+                &soap::retrieve_async_statuses(task_ids),
+            )
+            .await?;
+        soap::read_async_statuses(&root).map_err(|e| read_error(Op::AsyncStatuses, e))
     }
 
     /// The id of the first DataFolder matching, if any.

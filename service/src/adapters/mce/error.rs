@@ -18,6 +18,8 @@ pub enum Op {
     DeleteQueryDefinition,
     Perform,
     AsyncStatus,
+    /// The status of several tasks in one call (a TaskID IN filter).
+    AsyncStatuses,
     IsRunning,
     Rowset,
 }
@@ -39,6 +41,7 @@ impl Op {
             Op::DeleteQueryDefinition => "delete_query_definition",
             Op::Perform => "perform",
             Op::AsyncStatus => "async_status",
+            Op::AsyncStatuses => "async_statuses",
             Op::IsRunning => "is_running",
             Op::Rowset => "rowset",
         }

@@ -7,6 +7,7 @@
 //! ever taken from a response or a database value.
 
 pub mod auth;
+pub mod batch;
 pub mod client;
 pub mod error;
 pub mod gate;

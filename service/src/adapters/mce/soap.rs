@@ -68,6 +68,22 @@ pub fn retrieve_async_status(task_id: &str) -> String {
     )
 }
 
+/// The status of several tasks in one call: a `TaskID` `IN` filter, with
+/// `TaskID` among the properties so each result names its task.
+pub fn retrieve_async_statuses(task_ids: &[&str]) -> String {
+    let values: String = task_ids
+        .iter()
+        .map(|id| format!("<Value>{}</Value>", escape(id)))
+        .collect();
+    retrieve(
+        "AsyncActivityStatus",
+        &["TaskID", "Status", "ErrorMsg", "CompletedDate"],
+        &format!(
+            r#"<Filter xsi:type="SimpleFilterPart"><Property>TaskID</Property><SimpleOperator>IN</SimpleOperator>{values}</Filter>"#
+        ),
+    )
+}
+
 /// Folders by name, optionally narrowed to a content type.
 pub fn retrieve_folder(name: &str, content_type: Option<&str>) -> String {
     let filter = match content_type {
@@ -444,10 +460,27 @@ pub struct AsyncStatus {
 /// status (the task is not known yet).
 pub fn read_async_status(root: &Element) -> Result<AsyncStatus, ReadError> {
     let retrieved = read_retrieve(root)?;
-    let Some(result) = retrieved.results.first() else {
-        return Ok(AsyncStatus::default());
-    };
+    Ok(retrieved.results.first().map(|r| status_of(r).1).unwrap_or_default())
+}
+
+/// The statuses of an `IN` retrieve, by the TaskID each result names; a
+/// result without a TaskID cannot be matched and is left out.
+pub fn read_async_statuses(root: &Element) -> Result<std::collections::HashMap<String, AsyncStatus>, ReadError> {
+    let retrieved = read_retrieve(root)?;
+    Ok(retrieved
+        .results
+        .iter()
+        .filter_map(|r| {
+            let (task, status) = status_of(r);
+            task.map(|t| (t, status))
+        })
+        .collect())
+}
+
+/// One AsyncActivityStatus result: its TaskID (when it names one) and status.
+fn status_of(result: &Element) -> (Option<String>, AsyncStatus) {
     let mut out = AsyncStatus::default();
+    let mut task = None;
     if let Some(props) = result.child("Properties") {
         for prop in props.children("Property") {
             let value = prop.text_at(&["Value"]).filter(|v| !v.is_empty()).map(str::to_string);
@@ -455,6 +488,7 @@ pub fn read_async_status(root: &Element) -> Result<AsyncStatus, ReadError> {
                 Some("Status") => out.status = value,
                 Some("ErrorMsg") => out.error_msg = value,
                 Some("CompletedDate") => out.completed_date = value,
+                Some("TaskID") => task = value,
                 _ => {}
             }
         }
@@ -468,7 +502,8 @@ pub fn read_async_status(root: &Element) -> Result<AsyncStatus, ReadError> {
     out.completed_date = out
         .completed_date
         .or_else(|| result.non_empty_at(&["CompletedDate"]).map(str::to_string));
-    Ok(out)
+    let task = task.or_else(|| result.non_empty_at(&["TaskID"]).map(str::to_string));
+    (task, out)
 }
 
 #[cfg(test)]

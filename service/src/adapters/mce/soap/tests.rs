@@ -235,3 +235,24 @@ fn request_bodies_escape_and_follow_the_reference_shape() {
         parse(&envelope("t", &body)).unwrap();
     }
 }
+
+#[test]
+fn several_statuses_in_one_retrieve_matched_by_task_id() {
+    let body = retrieve_async_statuses(&["t-1", "t<2>"]);
+    assert!(
+        body.contains("<SimpleOperator>IN</SimpleOperator><Value>t-1</Value><Value>t&lt;2&gt;</Value>"),
+        "{body}"
+    );
+    assert!(body.contains("<Properties>TaskID</Properties>"), "{body}");
+    let root = envelope_of(&status_body(
+        r#"<Results xsi:type="AsyncActivityStatus"><Properties>
+             <Property><Name>TaskID</Name><Value>t-1</Value></Property>
+             <Property><Name>Status</Name><Value>Complete</Value></Property></Properties></Results>
+           <Results xsi:type="AsyncActivityStatus"><TaskID>t-3</TaskID><Status>Error</Status><ErrorMsg>bad</ErrorMsg></Results>
+           <Results xsi:type="AsyncActivityStatus"><Status>Queued</Status></Results>"#,
+    ));
+    let found = read_async_statuses(&root).unwrap();
+    assert_eq!(found.len(), 2, "a result naming no task is left out: {found:?}");
+    assert_eq!(found["t-1"].status.as_deref(), Some("Complete"));
+    assert_eq!(found["t-3"].error_msg.as_deref(), Some("bad"));
+}

@@ -1,0 +1,172 @@
+//! Status checks that fall due together share one call. The first tick of a
+//! tenant, user and business unit to ask opens a batch and waits a short
+//! window (`STATUS_BATCH_WINDOW_MS`); the ticks of the same key that ask
+//! meanwhile join it, up to `STATUS_BATCH_MAX`. Then one `Retrieve
+//! AsyncActivityStatus` with a `TaskID IN (...)` filter answers them all,
+//! each result matched back by the TaskID it names. A task the answer leaves
+//! out is asked alone; a tenant whose MCE refuses the `IN` filter is asked
+//! one task at a time for a while (`REFUSAL_MEMORY`). A lone tick makes the
+//! same single call as before.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, oneshot};
+use uuid::Uuid;
+
+use super::client::Session;
+use super::error::MceError;
+use super::soap::AsyncStatus;
+
+/// How long a tenant whose MCE refused an `IN` filter is asked one task at
+/// a time.
+pub const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
+
+type Answer = Result<AsyncStatus, MceError>;
+type Key = (Uuid, Option<Uuid>, String);
+
+struct Batch {
+    items: Mutex<Vec<(String, oneshot::Sender<Answer>)>>,
+    full: Notify,
+}
+
+/// Every open batch, by tenant, user and business unit.
+#[derive(Default)]
+pub struct StatusBatcher {
+    window: Duration,
+    max: usize,
+    open: Mutex<HashMap<Key, Arc<Batch>>>,
+    refused: Mutex<HashMap<Uuid, Instant>>,
+}
+
+enum Role {
+    /// Asks alone (batching off, or the tenant refused `IN`).
+    Alone,
+    /// Opened the batch: waits, then asks for everyone.
+    Leader(Arc<Batch>, oneshot::Receiver<Answer>),
+    /// Joined a batch: waits for the leader's answer.
+    Follower(oneshot::Receiver<Answer>),
+}
+
+impl StatusBatcher {
+    /// `window` zero turns batching off.
+    pub fn new(window: Duration, max: usize) -> Self {
+        Self {
+            window,
+            max: max.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The status of one task, asked together with the other tasks of the
+    /// same key that fall due within the window.
+    pub async fn status(&self, session: &Session<'_>, task_id: &str) -> Answer {
+        let key = session.key();
+        match self.join(&key, task_id) {
+            Role::Alone => session.async_status(task_id).await,
+            Role::Follower(answer) => answer.await.unwrap_or_else(|_| session_lost()),
+            Role::Leader(batch, answer) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.window) => {}
+                    _ = batch.full.notified() => {}
+                }
+                {
+                    let mut open = self.open.lock().expect("batch lock");
+                    if open.get(&key).is_some_and(|b| Arc::ptr_eq(b, &batch)) {
+                        open.remove(&key);
+                    }
+                }
+                let items = std::mem::take(&mut *batch.items.lock().expect("batch lock"));
+                self.answer(session, items).await;
+                answer.await.unwrap_or_else(|_| session_lost())
+            }
+        }
+    }
+
+    fn join(&self, key: &Key, task_id: &str) -> Role {
+        if self.window.is_zero() {
+            return Role::Alone;
+        }
+        {
+            let mut refused = self.refused.lock().expect("batch lock");
+            match refused.get(&key.0) {
+                Some(until) if *until > Instant::now() => return Role::Alone,
+                Some(_) => {
+                    refused.remove(&key.0);
+                }
+                None => {}
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut open = self.open.lock().expect("batch lock");
+        if let Some(batch) = open.get(key) {
+            let mut items = batch.items.lock().expect("batch lock");
+            items.push((task_id.to_string(), tx));
+            if items.len() >= self.max {
+                // Full: its leader asks now; the next tick opens a new one.
+                batch.full.notify_one();
+                drop(items);
+                open.remove(key);
+            }
+            return Role::Follower(rx);
+        }
+        let batch = Arc::new(Batch {
+            items: Mutex::new(vec![(task_id.to_string(), tx)]),
+            full: Notify::new(),
+        });
+        if self.max > 1 {
+            open.insert(key.clone(), batch.clone());
+        }
+        Role::Leader(batch, rx)
+    }
+
+    /// Asks MCE for every item and sends each its answer.
+    async fn answer(&self, session: &Session<'_>, items: Vec<(String, oneshot::Sender<Answer>)>) {
+        if items.len() == 1 {
+            let (task, tx) = items.into_iter().next().expect("one item");
+            let _ = tx.send(session.async_status(&task).await);
+            return;
+        }
+        let ids: Vec<&str> = items.iter().map(|(t, _)| t.as_str()).collect();
+        let mut found = match session.async_statuses(&ids).await {
+            Ok(found) => found,
+            Err(e) if e.is_transient() => {
+                for (_, tx) in items {
+                    let _ = tx.send(Err(e.clone()));
+                }
+                return;
+            }
+            Err(e) => {
+                // MCE refused the filter itself: one task at a time for a while.
+                tracing::warn!(error = %e, "MCE refused a TaskID IN filter; asking one task at a time");
+                self.refused
+                    .lock()
+                    .expect("batch lock")
+                    .insert(session.key().0, Instant::now() + REFUSAL_MEMORY);
+                HashMap::new()
+            }
+        };
+        let mut missing = Vec::new();
+        for (task, tx) in items {
+            match found.remove(&task) {
+                Some(status) => {
+                    let _ = tx.send(Ok(status));
+                }
+                None => missing.push((task, tx)),
+            }
+        }
+        let asked = missing.into_iter().map(|(task, tx)| async move {
+            let _ = tx.send(session.async_status(&task).await);
+        });
+        futures::future::join_all(asked).await;
+    }
+}
+
+/// The leader went away before answering (its tick was dropped).
+fn session_lost() -> Answer {
+    Err(MceError::Unavailable {
+        op: super::error::Op::AsyncStatuses.name(),
+        detail: "the batch's call was abandoned".into(),
+    })
+}
