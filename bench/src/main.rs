@@ -85,6 +85,9 @@ enum Command {
         median_ms: u64,
         #[arg(long, default_value_t = 2000)]
         p99_ms: u64,
+        /// The worker's STATUS_BATCH_WINDOW_MS (0: one status call per task).
+        #[arg(long, default_value_t = 20)]
+        batch_window_ms: u64,
     },
     /// The delayed-reschedule mechanism alone: JetStream negative
     /// acknowledgements with a delay against BullMQ's `moveToDelayed` on
@@ -170,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
             rate,
             median_ms,
             p99_ms,
+            batch_window_ms,
         } => {
             realistic::realistic(realistic::Settings {
                 runs,
@@ -179,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 rate,
                 median_ms,
                 p99_ms,
+                batch_window_ms,
             })
             .await
         }
