@@ -3,7 +3,7 @@
 //! window does. It grows by about one each time a full limit's worth of
 //! calls succeeds while the tenant uses it all, and halves on a 429 or a
 //! 5xx (at most once a second, so one burst of refusals is one decrease);
-//! a call much slower than the tenant's usual shrinks it a little. A
+//! recent calls twice as slow as the tenant's usual shrink it a little. A
 //! throttled tenant so waits on itself, and the others keep their pace.
 //! Pure: the caller passes the time and counts what is in flight.
 
@@ -20,8 +20,8 @@ pub struct LimitConfig {
     pub min: u32,
     /// The factor of a decrease after a refusal.
     pub backoff: f64,
-    /// A call this many times slower than the tenant's usual counts as
-    /// congestion.
+    /// Recent calls this many times slower than the tenant's usual count
+    /// as congestion.
     pub latency_tolerance: f64,
 }
 
@@ -32,7 +32,7 @@ impl Default for LimitConfig {
             max: 64,
             min: 1,
             backoff: 0.5,
-            latency_tolerance: 4.0,
+            latency_tolerance: 2.0,
         }
     }
 }
@@ -53,9 +53,12 @@ pub enum Signal {
 pub struct Limit {
     config: LimitConfig,
     limit: f64,
-    /// The tenant's usual latency, in seconds: follows a faster call at
-    /// once and a slower one slowly.
+    /// The tenant's usual latency, in seconds: a slow average (about the
+    /// last hundred calls).
     usual: Option<f64>,
+    /// Its recent latency: a quick average (about the last twenty calls), so
+    /// one slow call among fast ones is not congestion.
+    recent: Option<f64>,
     /// When (seconds on the caller's clock) the limit last went down.
     last_decrease: Option<f64>,
 }
@@ -71,6 +74,7 @@ impl Limit {
             limit: f64::from(config.initial.clamp(config.min, config.max)),
             config,
             usual: None,
+            recent: None,
             last_decrease: None,
         }
     }
@@ -92,11 +96,11 @@ impl Limit {
         match signal {
             Signal::Answered(took) => {
                 let took = took.as_secs_f64();
-                let usual = self
-                    .usual
-                    .map_or(took, |u| if took < u { took } else { u + (took - u) * 0.05 });
+                let average = |avg: Option<f64>, weight: f64| avg.map_or(took, |a| a + (took - a) * weight);
+                let (usual, recent) = (average(self.usual, 0.01), average(self.recent, 0.05));
                 self.usual = Some(usual);
-                if took > usual * self.config.latency_tolerance && took > 0.05 {
+                self.recent = Some(recent);
+                if recent > usual * self.config.latency_tolerance && recent > 0.05 {
                     self.decrease(0.9, now);
                 } else if f64::from(in_flight) + 1.0 >= self.limit.floor() {
                     // Grow only while the tenant uses what it has.
@@ -170,17 +174,34 @@ mod tests {
     }
 
     #[test]
-    fn a_call_far_slower_than_usual_shrinks_the_limit_a_little() {
+    fn latency_that_keeps_rising_shrinks_the_limit_but_one_slow_call_does_not() {
         let mut l = Limit::new(LimitConfig {
             initial: 20,
             ..LimitConfig::default()
         });
-        for i in 0..5 {
+        for i in 0..50 {
             l.record(ok(200), 1, f64::from(i));
         }
-        l.record(ok(3000), 1, 10.0);
-        assert_eq!(l.current(), 18);
-        // Slower calls from the start are the tenant's usual, not congestion.
+        l.record(ok(3000), 1, 60.0);
+        assert_eq!(l.current(), 20, "one slow call among fast ones");
+        for i in 0..20 {
+            l.record(ok(2000), 1, 70.0 + f64::from(i));
+        }
+        assert!(l.current() < 20, "{}", l.current());
+        // MCE's usual spread (median 300 ms, a tail to 2 s) is not congestion.
+        let mut spread = Limit::new(LimitConfig::default());
+        for i in 1..4000 {
+            let ms = if i % 100 == 0 {
+                2000
+            } else if i % 10 == 0 {
+                800
+            } else {
+                300
+            };
+            spread.record(ok(ms), spread.current(), f64::from(i) / 100.0);
+        }
+        assert_eq!(spread.current(), 64, "{}", spread.current());
+        // Slower calls from the start are the tenant's usual.
         let mut slow = Limit::new(LimitConfig::default());
         for i in 0..50 {
             slow.record(ok(2000), 1, f64::from(i));

@@ -169,7 +169,11 @@ pub async fn handle(AxState(shared): AxState<Shared>, headers: HeaderMap, body: 
             return xml(StatusCode::OK, envelope("Fault", &fault("q0:Security", "Login Failed")));
         }
         let due = state.take_fault(&action);
-        (due, state.admit(&token))
+        let pace = state.admit(&token);
+        if let Some(latency) = pace {
+            state.note_latency(1 + in_values.len(), latency);
+        }
+        (due, pace)
     };
     let Some(latency) = pace else {
         return crate::state::too_many_requests();

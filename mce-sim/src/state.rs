@@ -119,6 +119,8 @@ pub struct Call {
     /// What it was about: a task id, object id or key.
     pub detail: String,
     pub at: Instant,
+    /// How long the answer was held back (the load's latency).
+    pub latency: Duration,
 }
 
 /// Makes the next `times` calls of `action` fail with `status`, optionally
@@ -487,6 +489,7 @@ impl State {
             action: action.to_string(),
             detail: detail.to_string(),
             at: Instant::now(),
+            latency: Duration::ZERO,
         });
     }
 
@@ -563,6 +566,14 @@ impl State {
             LoginFailed => Fault::login_failed(action, [200, 500][rng.usize(..2)], 1),
         };
         Some(fault)
+    }
+
+    /// Notes the latency of the last `n` calls recorded (one request's).
+    pub fn note_latency(&mut self, n: usize, latency: Duration) {
+        let len = self.calls.len();
+        for call in &mut self.calls[len.saturating_sub(n)..] {
+            call.latency = latency;
+        }
     }
 
     /// How long a call with this token takes, if it is within its business
@@ -730,6 +741,9 @@ async fn enter<'a>(
         }
         let fault = state.take_fault(action);
         let pace = state.admit(&token.unwrap_or_default());
+        if let Some(latency) = pace {
+            state.note_latency(1, latency);
+        }
         (fault, pace)
     };
     if let Some(fault) = fault {

@@ -482,7 +482,6 @@ pub fn worker_bin() -> PathBuf {
     .clone()
 }
 
-/// Runs a one-shot command of the binary; returns (exit code, stdout, stderr).
 /// Makes a tenant with its own business unit and credentials, through the
 /// binary's commands in `env`; the simulator accepts its refresh token.
 /// Returns `(tenant, user, mid)`.
@@ -491,13 +490,15 @@ pub fn add_tenant(env: &[(String, String)], sim: &mce_sim::Sim, mid: &str) -> Re
     let refresh = format!("rt-{}", tenant.simple());
     sim.add_refresh_token(&refresh);
     let (t, u) = (tenant.to_string(), user.to_string());
+    // Enterprise ids are unique: one from the tenant's id.
+    let eid = format!("6{:08}", tenant.as_u128() % 100_000_000);
     let tenant_args = [
         "tenant",
         "upsert",
         "--tenant-id",
         &t,
         "--eid",
-        "500000002",
+        &eid,
         "--tssd",
         "mc-other-tenant",
     ];
@@ -523,6 +524,7 @@ pub fn add_tenant(env: &[(String, String)], sim: &mce_sim::Sim, mid: &str) -> Re
     Ok((tenant, user, mid.to_string()))
 }
 
+/// Runs a one-shot command of the binary; returns (exit code, stdout, stderr).
 pub fn run_command(args: &[&str], env: &[(String, String)], stdin: Option<&str>) -> (i32, String, String) {
     let mut cmd = Command::new(worker_bin());
     cmd.args(args)

@@ -163,16 +163,6 @@ async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Deliver
             .await?;
     }
 
-    // The tenant's place at MCE (its adaptive limit); a tenant with too many
-    // ticks waiting already gets this one back later.
-    let _permit = if canceled {
-        None
-    } else {
-        match deps.mce.gate().enter(run.tenant_id).await {
-            Some(permit) => Some(permit),
-            None => return Ok(Disposition::Retry(Duration::from_millis(500 + fastrand::u64(..1500)))),
-        }
-    };
     let session = if canceled {
         None
     } else {

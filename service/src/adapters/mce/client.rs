@@ -57,7 +57,7 @@ pub struct Mce {
     retry: RetryPolicy,
     timeouts: Timeouts,
     metrics: std::sync::Arc<crate::adapters::metrics::Metrics>,
-    /// Each tenant's adaptive limit of poll ticks at MCE.
+    /// Each tenant's adaptive limit of calls in flight at MCE.
     gate: super::gate::Gate,
     /// Status checks that fall due together, asked in one call.
     statuses: std::sync::Arc<super::batch::StatusBatcher>,
@@ -189,8 +189,8 @@ impl Mce {
         self
     }
 
-    /// Admits poll ticks per tenant with this gate (default: no limit
-    /// reached in practice: 8 a tenant growing to 64, unbounded waiting).
+    /// Admits each tenant's calls through this gate (default: 8 a tenant
+    /// growing to 64, unbounded waiting).
     pub fn with_gate(mut self, gate: super::gate::Gate) -> Self {
         self.gate = gate;
         self
@@ -202,11 +202,6 @@ impl Mce {
     pub fn with_status_batching(mut self, window: std::time::Duration, max: usize) -> Self {
         self.statuses = std::sync::Arc::new(super::batch::StatusBatcher::new(window, max));
         self
-    }
-
-    /// The per-tenant gate poll ticks enter before they call MCE.
-    pub fn gate(&self) -> &super::gate::Gate {
-        &self.gate
     }
 
     /// Records calls and token refreshes in these metrics.
@@ -335,6 +330,14 @@ impl Session<'_> {
             otel.status_code = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
+        // The tenant's place at MCE (its adaptive limit of calls in flight);
+        // a tenant holding its share of places already is told to slow down.
+        let Some(_place) = self.mce.gate.enter(self.key.tenant_id).await else {
+            return Err(MceError::RateLimited {
+                op: op.name(),
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            });
+        };
         let result = self.call_inner(op, exchange).instrument(span).await;
         self.mce.metrics.observe(
             crate::adapters::metrics::MCE_CALL_DURATION,

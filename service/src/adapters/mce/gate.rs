@@ -1,9 +1,10 @@
-//! Per-tenant admission to MCE: each tenant's poll ticks wait for a place
-//! under that tenant's adaptive limit ([`Limit`]), fed by every MCE call's
-//! outcome. A throttled tenant's ticks wait on their own tenant; the other
-//! tenants' ticks pass. The consumer's `POLL_CONCURRENCY` stays the global
-//! ceiling; a tenant may hold at most half of it waiting, so one tenant can
-//! never fill it.
+//! Per-tenant admission to MCE: each call waits for a place under its
+//! tenant's adaptive limit of calls in flight ([`Limit`]), fed by every
+//! attempt's outcome. A throttled tenant's calls wait on their own tenant;
+//! the other tenants' calls pass. The consumer's `POLL_CONCURRENCY` stays
+//! the global ceiling on deliveries; a tenant may hold at most half of it
+//! (in flight or waiting), so one tenant can never fill it: a call past that
+//! share is answered "slow down" without reaching MCE.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,25 @@ impl Drop for Permit {
     }
 }
 
+/// A waiting tick's count; dropped without a place, it takes the count back.
+struct Queued {
+    gate: Gate,
+    tenant: Uuid,
+    counted: bool,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
+        let mut tenants = self.gate.inner.tenants.lock().expect("gate lock");
+        if let Some(t) = tenants.get_mut(&self.tenant) {
+            t.waiting = t.waiting.saturating_sub(1);
+        }
+    }
+}
+
 impl Default for Gate {
     fn default() -> Self {
         Self::new(LimitConfig::default(), u32::MAX)
@@ -89,7 +109,9 @@ impl Gate {
     /// Waits for a place under the tenant's limit; `None` when the tenant
     /// holds its share of places already.
     pub async fn enter(&self, tenant: Uuid) -> Option<Permit> {
-        let mut queued = false;
+        // Counts this tick among the tenant's waiting ones until it gets a
+        // place or is dropped (a cancelled wait never leaks a count).
+        let mut queued: Option<Queued> = None;
         loop {
             let freed = {
                 let mut tenants = self.inner.tenants.lock().expect("gate lock");
@@ -101,20 +123,27 @@ impl Gate {
                 });
                 if t.in_flight < t.limit.current() {
                     t.in_flight += 1;
-                    if queued {
-                        t.waiting -= 1;
+                    if let Some(mut q) = queued.take() {
+                        // Taken back here, under the lock the guard's drop
+                        // would take again.
+                        q.counted = false;
+                        t.waiting = t.waiting.saturating_sub(1);
                     }
                     return Some(Permit {
                         gate: self.clone(),
                         tenant,
                     });
                 }
-                if !queued {
+                if queued.is_none() {
                     if t.waiting + t.in_flight >= self.inner.max_held {
                         return None;
                     }
                     t.waiting += 1;
-                    queued = true;
+                    queued = Some(Queued {
+                        gate: self.clone(),
+                        tenant,
+                        counted: true,
+                    });
                 }
                 t.freed.clone()
             };
@@ -194,6 +223,31 @@ mod tests {
         assert!(!waiting.is_finished());
         drop(_second);
         assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_gives_its_place_in_the_queue_back() {
+        let gate = Gate::new(
+            LimitConfig {
+                initial: 1,
+                ..LimitConfig::default()
+            },
+            2,
+        );
+        let a = Uuid::new_v4();
+        let _held = gate.enter(a).await.unwrap();
+        let given_up = tokio::time::timeout(Duration::from_millis(50), gate.enter(a)).await;
+        assert!(given_up.is_err(), "it waited");
+        assert_eq!(gate.snapshot()[0].3, 0, "the dropped wait is not counted");
+        // So the tenant may queue again.
+        let again = tokio::spawn({
+            let gate = gate.clone();
+            async move { gate.enter(a).await.is_some() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(gate.snapshot()[0].3, 1);
+        drop(_held);
+        assert!(again.await.unwrap());
     }
 
     #[tokio::test]

@@ -48,6 +48,23 @@ impl Store {
     }
 }
 
+/// A PostgreSQL URL on the loopback interface that does not ask for a TLS
+/// mode gets `sslmode=disable`: the default (`prefer`) negotiates TLS on
+/// every connection to a server on the same machine, where it protects
+/// nothing. Any URL that names an `sslmode` keeps it.
+pub fn loopback_without_tls(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return url.to_string();
+    };
+    let loopback = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]" | "::1"));
+    let postgres = matches!(parsed.scheme(), "postgres" | "postgresql");
+    if !postgres || !loopback || parsed.query_pairs().any(|(k, _)| k == "sslmode") {
+        return url.to_string();
+    }
+    parsed.query_pairs_mut().append_pair("sslmode", "disable");
+    parsed.to_string()
+}
+
 /// An arbitrary, fixed key for the migration advisory lock.
 const MIGRATION_LOCK_KEY: i64 = 0x5348_454c_4c51; // "SHELLQ"
 
@@ -62,7 +79,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreErro
 /// Connects to a database that must exist (operators' commands: a typo in
 /// its name is an error, not a new empty database).
 pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
-    let mut options = ConnectOptions::new(url.to_string());
+    let mut options = ConnectOptions::new(loopback_without_tls(url));
     // SQLite (the demo) has one writer: a single connection avoids the
     // deadlock of two deferred transactions upgrading to write at once.
     let max_connections = if url.starts_with("sqlite") { 1 } else { max_connections };
@@ -142,4 +159,28 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
     }
     db.close().await?;
     Ok(result?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_without_tls;
+
+    #[test]
+    fn tls_is_not_negotiated_on_loopback_unless_asked() {
+        assert_eq!(
+            loopback_without_tls("postgres://u:p@127.0.0.1:5432/db"),
+            "postgres://u:p@127.0.0.1:5432/db?sslmode=disable"
+        );
+        assert_eq!(
+            loopback_without_tls("postgres://localhost/db?application_name=x"),
+            "postgres://localhost/db?application_name=x&sslmode=disable"
+        );
+        for kept in [
+            "postgres://localhost/db?sslmode=verify-full&sslrootcert=/ca.pem",
+            "postgres://db.internal:5432/db",
+            "sqlite::memory:",
+        ] {
+            assert_eq!(loopback_without_tls(kept), kept);
+        }
+    }
 }
