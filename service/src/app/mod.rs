@@ -212,7 +212,7 @@ pub async fn run_until(
             execute_ack_wait,
         ),
         (
-            Handler::Poll(Box::new(Poll::new(settings.poll))),
+            Handler::Poll(Box::new(Poll::new(settings.poll, args.poll_concurrency / 2))),
             consumers.poll,
             args.poll_concurrency as usize,
             poll_ack_wait,

@@ -32,6 +32,29 @@ pub struct Poll {
     /// only when it is the very next one (the tick between did not run on
     /// another replica).
     due: std::sync::Mutex<std::collections::HashMap<Uuid, (i64, Instant)>>,
+    /// Ticks in flight per tenant, and the most one tenant may have: its
+    /// ticks wait on its MCE calls (and on each other's batched status
+    /// call), so without a share one slow tenant would fill every place.
+    ticks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
+    tick_share: u32,
+}
+
+/// One tick of a tenant counted in flight until dropped.
+struct TickPlace {
+    ticks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
+    tenant: Uuid,
+}
+
+impl Drop for TickPlace {
+    fn drop(&mut self) {
+        let mut ticks = self.ticks.lock().expect("ticks lock");
+        if let Some(n) = ticks.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                ticks.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// At this many remembered due times, those long overdue (their run ended,
@@ -41,11 +64,29 @@ const DUE_PRUNE_AT: usize = 200_000;
 const DUE_FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl Poll {
-    pub fn new(config: PollConfig) -> Self {
+    /// `tick_share`: the most ticks of one tenant in flight (half the
+    /// consumer's concurrency).
+    pub fn new(config: PollConfig, tick_share: u32) -> Self {
         Self {
             config,
             due: Default::default(),
+            ticks: Default::default(),
+            tick_share: tick_share.max(1),
         }
+    }
+
+    /// A place for one more tick of `tenant`, unless it has its share.
+    fn tick_place(&self, tenant: Uuid) -> Option<TickPlace> {
+        let mut ticks = self.ticks.lock().expect("ticks lock");
+        let n = ticks.entry(tenant).or_default();
+        if *n >= self.tick_share {
+            return None;
+        }
+        *n += 1;
+        Some(TickPlace {
+            ticks: self.ticks.clone(),
+            tenant,
+        })
     }
 
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
@@ -61,7 +102,7 @@ impl Poll {
                 started.saturating_duration_since(due),
             );
         }
-        let disposition = handle(deps, &self.config, delivery).await;
+        let disposition = handle(deps, &self.config, delivery, |tenant| self.tick_place(tenant)).await;
         let finished = Instant::now();
         deps.metrics
             .observe(crate::adapters::metrics::POLL_TICK_DURATION, &[], finished - started);
@@ -84,7 +125,12 @@ fn run_id_of(subject: &str) -> Option<Uuid> {
     subject.rsplit('.').next().and_then(|id| Uuid::parse_str(id).ok())
 }
 
-async fn handle(deps: &Deps, config: &PollConfig, delivery: &Delivery) -> Disposition {
+async fn handle(
+    deps: &Deps,
+    config: &PollConfig,
+    delivery: &Delivery,
+    place: impl FnOnce(Uuid) -> Option<TickPlace>,
+) -> Disposition {
     let msg: PollMessage =
         match decode_for_run("poll", &delivery.subject, &delivery.payload, |m: &PollMessage| m.run_id) {
             Ok(m) => m,
@@ -111,7 +157,7 @@ async fn handle(deps: &Deps, config: &PollConfig, delivery: &Delivery) -> Dispos
     );
     crate::adapters::telemetry::link(&span, delivery.headers.as_ref());
     crate::adapters::telemetry::record_ids(&span);
-    match tick(deps, config, msg.run_id, delivery).instrument(span).await {
+    match tick(deps, config, msg.run_id, delivery, place).instrument(span).await {
         Ok(d) => d,
         Err(e) => {
             // The database could not be read or written: come back later.
@@ -128,7 +174,13 @@ fn refused(e: &MceError) -> Option<String> {
     e.is_unrecoverable().then(|| e.client_message())
 }
 
-async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Delivery) -> Result<Disposition, StoreError> {
+async fn tick(
+    deps: &Deps,
+    config: &PollConfig,
+    run_id: Uuid,
+    delivery: &Delivery,
+    place: impl FnOnce(Uuid) -> Option<TickPlace>,
+) -> Result<Disposition, StoreError> {
     let Some(run) = runs::get_run_for_poll(&deps.store, run_id).await? else {
         return Ok(Disposition::DeadLetter("poll message for an unknown run".into()));
     };
@@ -163,6 +215,11 @@ async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Deliver
             .await?;
     }
 
+    // The tenant's share of ticks in flight; past it, this one comes back
+    // shortly (the others of the tenant are waiting on MCE already).
+    let Some(_place) = place(run.tenant_id) else {
+        return Ok(Disposition::Retry(Duration::from_millis(500 + fastrand::u64(..1500))));
+    };
     let session = if canceled {
         None
     } else {
