@@ -61,7 +61,14 @@ pub struct Limit {
     recent: Option<f64>,
     /// When (seconds on the caller's clock) the limit last went down.
     last_decrease: Option<f64>,
+    /// Answers seen: the first few make the usual latency (their mean)
+    /// before the latency rule applies.
+    answers: u32,
 }
+
+/// Answers averaged evenly into the usual latency before it starts to move
+/// slowly; the latency rule applies from then on.
+const WARM_UP: u32 = 20;
 
 impl Limit {
     pub fn new(config: LimitConfig) -> Self {
@@ -76,6 +83,7 @@ impl Limit {
             usual: None,
             recent: None,
             last_decrease: None,
+            answers: 0,
         }
     }
 
@@ -96,11 +104,16 @@ impl Limit {
         match signal {
             Signal::Answered(took) => {
                 let took = took.as_secs_f64();
+                self.answers = self.answers.saturating_add(1);
+                // The first answers weigh evenly (a mean), later ones slowly.
+                let even = 1.0 / f64::from(self.answers);
                 let average = |avg: Option<f64>, weight: f64| avg.map_or(took, |a| a + (took - a) * weight);
-                let (usual, recent) = (average(self.usual, 0.01), average(self.recent, 0.05));
+                let warm = self.answers > WARM_UP;
+                let usual = average(self.usual, if warm { 0.01 } else { even });
+                let recent = average(self.recent, if warm { 0.05 } else { even });
                 self.usual = Some(usual);
                 self.recent = Some(recent);
-                if recent > usual * self.config.latency_tolerance && recent > 0.05 {
+                if warm && recent > usual * self.config.latency_tolerance && recent > 0.05 {
                     self.decrease(0.9, now);
                 } else if f64::from(in_flight) + 1.0 >= self.limit.floor() {
                     // Grow only while the tenant uses what it has.
@@ -201,6 +214,13 @@ mod tests {
             spread.record(ok(ms), spread.current(), f64::from(i) / 100.0);
         }
         assert_eq!(spread.current(), 64, "{}", spread.current());
+        // A fast first answer does not make the usual spread look slow.
+        let mut cold = Limit::new(LimitConfig::default());
+        cold.record(ok(20), 1, 0.0);
+        for i in 1..200 {
+            cold.record(ok(if i % 2 == 0 { 200 } else { 600 }), 1, f64::from(i));
+        }
+        assert_eq!(cold.current(), 8);
         // Slower calls from the start are the tenant's usual.
         let mut slow = Limit::new(LimitConfig::default());
         for i in 0..50 {
