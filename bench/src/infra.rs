@@ -113,11 +113,7 @@ impl Bench {
 
     /// A counter or gauge of the worker's `/metrics` (0 when absent).
     pub async fn metric(&self, line_prefix: &str) -> f64 {
-        let text = self.worker().http_get("/metrics").await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix(line_prefix))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+        self.worker().metric(line_prefix).await.unwrap_or(0.0)
     }
 
     pub fn env(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
@@ -154,11 +150,7 @@ impl Bench {
 
     /// Poll deliveries the worker has handled.
     pub async fn ticks(&self) -> u64 {
-        let text = self.worker().http_get("/metrics").await.unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("shell_query_poll_ticks_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
+        self.metric("shell_query_poll_ticks_total ").await as u64
     }
 
     /// Waits until `check` holds, up to `timeout`.

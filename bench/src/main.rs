@@ -68,27 +68,7 @@ enum Command {
     },
     /// One replica at MCE's real pace: runs over tenants of very different
     /// sizes, a log-normal latency per call, a rate limit per business unit.
-    Realistic {
-        #[arg(long, default_value_t = 100_000)]
-        runs: usize,
-        #[arg(long, default_value_t = 50)]
-        tenants: usize,
-        /// Every run's fixed poll delay (no jitter), so lateness is measurable.
-        #[arg(long, default_value_t = 120_000)]
-        delay_ms: u64,
-        #[arg(long, default_value_t = 300)]
-        seconds: u64,
-        /// MCE calls per second each business unit may make.
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
-        #[arg(long, default_value_t = 300)]
-        median_ms: u64,
-        #[arg(long, default_value_t = 2000)]
-        p99_ms: u64,
-        /// The worker's STATUS_BATCH_WINDOW_MS (0: one status call per task).
-        #[arg(long, default_value_t = 20)]
-        batch_window_ms: u64,
-    },
+    Realistic(realistic::Settings),
     /// The delayed-reschedule mechanism alone: JetStream negative
     /// acknowledgements with a delay against BullMQ's `moveToDelayed` on
     /// Redis, the same number of jobs, side by side.
@@ -165,28 +145,7 @@ async fn main() -> anyhow::Result<()> {
             );
             throughput::inflight(runs, step, delay_ms, seconds).await
         }
-        Command::Realistic {
-            runs,
-            tenants,
-            delay_ms,
-            seconds,
-            rate,
-            median_ms,
-            p99_ms,
-            batch_window_ms,
-        } => {
-            realistic::realistic(realistic::Settings {
-                runs,
-                tenants,
-                delay_ms,
-                seconds,
-                rate,
-                median_ms,
-                p99_ms,
-                batch_window_ms,
-            })
-            .await
-        }
+        Command::Realistic(settings) => realistic::realistic(settings).await,
         Command::Bullmq {
             jobs,
             delay_ms,

@@ -14,15 +14,26 @@ use crate::infra::{Bench, cpu_seconds, rss_mib};
 use crate::schedules::percentile;
 use crate::throughput::{endless, seed_runs_of, worker_settings};
 
+#[derive(clap::Args)]
 pub struct Settings {
+    #[arg(long, default_value_t = 100_000)]
     pub runs: usize,
+    #[arg(long, default_value_t = 50)]
     pub tenants: usize,
+    /// Every run's fixed poll delay (no jitter), so lateness is measurable.
+    #[arg(long, default_value_t = 120_000)]
     pub delay_ms: u64,
+    #[arg(long, default_value_t = 300)]
     pub seconds: u64,
+    /// MCE calls per second each business unit may make.
+    #[arg(long, default_value_t = 200)]
     pub rate: u32,
+    #[arg(long, default_value_t = 300)]
     pub median_ms: u64,
+    #[arg(long, default_value_t = 2000)]
     pub p99_ms: u64,
     /// The worker's STATUS_BATCH_WINDOW_MS (0: one status call per task).
+    #[arg(long, default_value_t = 20)]
     pub batch_window_ms: u64,
 }
 

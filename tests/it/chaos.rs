@@ -312,18 +312,8 @@ async fn a_batch_survives_a_nats_server_restart() {
 
 /// Poll deliveries the worker has handled (its `/metrics`).
 async fn poll_ticks(system: &System) -> u64 {
-    let metrics = system
-        .worker
-        .as_ref()
-        .expect("a worker")
-        .http_get("/metrics")
-        .await
-        .unwrap_or_default();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("shell_query_poll_ticks_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+    let worker = system.worker.as_ref().expect("a worker");
+    worker.metric("shell_query_poll_ticks_total ").await.unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

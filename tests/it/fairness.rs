@@ -79,7 +79,19 @@ async fn a_throttled_tenant_slows_only_itself() {
     }
 }
 
-/// Runs of one tenant falling due together share one status call.
+/// Batched status checks, every poll after the first 1 s apart exactly:
+/// a batch's runs stay in step.
+async fn batching_system() -> System {
+    System::start_with(&[
+        ("STATUS_BATCH_WINDOW_MS", "100"),
+        ("POLL_INITIAL_DELAY_MS", "1000"),
+        ("POLL_MAX_DELAY_MS", "1000"),
+        ("POLL_JITTER_RANGE", "0"),
+    ])
+    .await
+}
+
+/// Submits `n` runs of one tenant at once and waits until all are ready.
 async fn batch_of_runs(system: &System, n: usize) -> Vec<uuid::Uuid> {
     system
         .sim
@@ -102,14 +114,7 @@ fn count(system: &System, action: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_checks_falling_due_together_share_one_call() {
-    // Every poll after the first waits 1 s exactly: the batch's runs stay in step.
-    let system = System::start_with(&[
-        ("STATUS_BATCH_WINDOW_MS", "100"),
-        ("POLL_INITIAL_DELAY_MS", "1000"),
-        ("POLL_MAX_DELAY_MS", "1000"),
-        ("POLL_JITTER_RANGE", "0"),
-    ])
-    .await;
+    let system = batching_system().await;
     let ids = batch_of_runs(&system, 12).await;
     let single = count(&system, "soap:Retrieve:AsyncActivityStatus");
     let requests = count(&system, "soap:Retrieve:AsyncActivityStatus:IN-request");
@@ -126,13 +131,7 @@ async fn status_checks_falling_due_together_share_one_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mce_that_refuses_in_filters_still_gets_every_run_checked() {
-    let system = System::start_with(&[
-        ("STATUS_BATCH_WINDOW_MS", "100"),
-        ("POLL_INITIAL_DELAY_MS", "1000"),
-        ("POLL_MAX_DELAY_MS", "1000"),
-        ("POLL_JITTER_RANGE", "0"),
-    ])
-    .await;
+    let system = batching_system().await;
     system.sim.set_load(Load {
         refuse_in_filter: true,
         ..Load::default()
@@ -163,13 +162,7 @@ async fn an_mce_that_refuses_in_filters_still_gets_every_run_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_an_in_answer_leaves_out_is_asked_alone() {
-    let system = System::start_with(&[
-        ("STATUS_BATCH_WINDOW_MS", "100"),
-        ("POLL_INITIAL_DELAY_MS", "1000"),
-        ("POLL_MAX_DELAY_MS", "1000"),
-        ("POLL_JITTER_RANGE", "0"),
-    ])
-    .await;
+    let system = batching_system().await;
     system.sim.set_load(Load {
         in_filter_leaves_out: 1,
         ..Load::default()

@@ -321,10 +321,7 @@ async fn the_metrics_measure_ticks_calls_lateness_and_detection() {
     .await;
     let text = worker.http_get("/metrics").await.unwrap();
     let value = |prefix: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
+        tests::metric_value(&text, prefix).unwrap_or_else(|| panic!("no `{prefix}` in\n{text}"))
     };
     let ticks = value("shell_query_poll_ticks_total ");
     assert!(ticks >= 3.0, "{ticks}");

@@ -646,6 +646,20 @@ impl Worker {
     pub async fn http_get(&self, path: &str) -> Option<String> {
         http_body(&format!("127.0.0.1:{}", self.http_port), path).await
     }
+
+    /// The value of the `/metrics` line that starts with `line_prefix`
+    /// (name and labels, then a space).
+    pub async fn metric(&self, line_prefix: &str) -> Option<f64> {
+        metric_value(&self.http_get("/metrics").await?, line_prefix)
+    }
+}
+
+/// The value of the line of a Prometheus text exposition that starts with
+/// `line_prefix` (name and labels, then a space).
+pub fn metric_value(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 async fn http_body(host: &str, path: &str) -> Option<String> {
