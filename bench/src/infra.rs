@@ -33,8 +33,14 @@ pub struct Bench {
     pub worker: Option<Worker>,
 }
 
-/// The release worker next to this binary.
+/// The release worker next to this binary, unless `SHELL_QUERY_WORKER_BIN`
+/// names another (an older build, measured side by side with this one).
 fn use_release_worker() -> anyhow::Result<()> {
+    if let Some(bin) = std::env::var_os("SHELL_QUERY_WORKER_BIN") {
+        let bin = std::path::Path::new(&bin);
+        anyhow::ensure!(bin.exists(), "SHELL_QUERY_WORKER_BIN: {} is missing", bin.display());
+        return Ok(());
+    }
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("shell-query-worker");
     anyhow::ensure!(

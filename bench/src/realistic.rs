@@ -12,7 +12,7 @@ use mce_sim::{Load, Scenario};
 
 use crate::infra::{Bench, cpu_seconds, rss_mib};
 use crate::schedules::percentile;
-use crate::throughput::{endless, seed_runs_of, worker_settings};
+use crate::throughput::{endless, publish_polls, seed_rows_of, worker_settings};
 
 #[derive(clap::Args)]
 pub struct Settings {
@@ -91,10 +91,12 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     let pid = bench.worker().pid();
 
     // Queries of realistic durations: log-normal, median 10 minutes, most
-    // between 2 and 40 (MCE's own limit is 30); none ends inside the window
-    // when they start together, so every run is measured throughout.
+    // between 2 and 40 (MCE's own limit is 30), none ending inside the
+    // benchmark, so every run is measured throughout.
     let mut rng = fastrand::Rng::with_seed(20_261_130);
     let mut owner: HashMap<String, usize> = HashMap::new();
+    let mut de_task: HashMap<String, String> = HashMap::new();
+    let mut ids = Vec::with_capacity(s.runs);
     for (index, (tenant, size)) in tenants.iter().zip(&sizes).enumerate() {
         let durations: Vec<Duration> = (0..*size)
             .map(|_| {
@@ -104,16 +106,25 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
                     1.0 - rng.f64(),
                     rng.f64(),
                 );
-                d.max(Duration::from_secs(s.seconds + 600))
+                d.max(Duration::from_secs(s.seconds + 600) + 2 * Duration::from_millis(s.delay_ms))
             })
             .collect();
-        let seeded = seed_runs_of(&bench, &js, tenant, *size, |i| {
-            Scenario::completes_after(durations[i], 1)
-        })
-        .await?;
-        for (_, task) in seeded {
+        let seeded = seed_rows_of(&bench, tenant, *size, |i| Scenario::completes_after(durations[i], 1)).await?;
+        for (id, task) in seeded {
+            de_task.insert(shell_query_core::naming::temp_de_key(id), task.clone());
             owner.insert(task, index);
+            ids.push(id);
         }
+    }
+    // Runs start as they would in production: spread over one delay, the
+    // tenants mixed, so their ticks fall due evenly (all at once, every
+    // delay would bring a burst of every run in flight).
+    rng.shuffle(&mut ids);
+    let paced = Instant::now();
+    let per_slice = (s.runs as f64 * 0.1 / (s.delay_ms as f64 / 1000.0)).ceil().max(1.0) as usize;
+    for (i, slice) in ids.chunks(per_slice).enumerate() {
+        tokio::time::sleep_until((paced + Duration::from_millis(100) * i as u32).into()).await;
+        publish_polls(&js, slice).await?;
     }
     let want = s.runs as u64;
     bench
@@ -125,18 +136,28 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     // The window.
     bench.sim.clear_calls();
     let throttled_before = bench.sim.throttled();
+    let deferred0 = bench.metric("shell_query_poll_ticks_deferred_total ").await;
     let (t0, c0, at0) = (bench.ticks().await, cpu_seconds(pid)?, Instant::now());
     tokio::time::sleep(Duration::from_secs(s.seconds)).await;
     let (t1, c1, elapsed) = (bench.ticks().await, cpu_seconds(pid)?, at0.elapsed().as_secs_f64());
     let rss = rss_mib(pid)?;
     let throttled_tenants = bench.metric("shell_query_tenants_throttled ").await;
+    let deferred = bench.metric("shell_query_poll_ticks_deferred_total ").await - deferred0;
     let calls = bench.sim.calls();
     let throttled_after = bench.sim.throttled();
 
-    let mut last: HashMap<&str, (Instant, Duration)> = HashMap::new();
+    // Per task, when MCE answered the last call about it (its status check
+    // or its DE's row probe): the tick ends there and its delay starts.
+    let mut answered: HashMap<&str, Instant> = HashMap::new();
     let mut lateness: Vec<Vec<f64>> = vec![Vec::new(); tenants.len()];
     let mut checks = vec![0usize; tenants.len()];
     for call in &calls {
+        if call.action == "rest:rowset" {
+            if let Some(task) = de_task.get(&call.detail) {
+                answered.insert(task.as_str(), call.at + call.latency);
+            }
+            continue;
+        }
         // A status check: a call about one task, or one task of an IN call.
         if !matches!(
             call.action.as_str(),
@@ -148,11 +169,9 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
             continue;
         };
         checks[index] += 1;
-        // The next delay starts when the tick ends: after MCE's answer to
-        // the previous check (its latency) and the tick's own work.
-        if let Some((prev, latency)) = last.insert(call.detail.as_str(), (call.at, call.latency)) {
-            let gap = call.at.duration_since(prev).as_secs_f64() * 1000.0;
-            lateness[index].push(gap - latency.as_secs_f64() * 1000.0 - s.delay_ms as f64);
+        if let Some(previous) = answered.insert(call.detail.as_str(), call.at + call.latency) {
+            let gap = call.at.saturating_duration_since(previous).as_secs_f64() * 1000.0;
+            lateness[index].push(gap - s.delay_ms as f64);
         }
     }
     let refusals = |index: usize| {
@@ -194,14 +213,15 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| ticks/s | MCE requests per tick (429s included) | worker CPU | CPU per tick | worker RSS | tenants held below their start |"
+        "| ticks/s | of which deferred (tenant's share full) | MCE requests per tick (429s included) | worker CPU | CPU per tick | worker RSS | tenants held below their start |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     // Requests MCE received: the per-task records of IN calls are not requests.
     let requests = calls.iter().filter(|c| !c.action.ends_with(":IN")).count() as f64;
     println!(
-        "| {:.0} | {:.2} | {:.0} % of one core | {:.0} µs | {:.0} MiB | {throttled_tenants} |",
+        "| {:.0} | {:.0} | {:.2} | {:.0} % of one core | {:.0} µs | {:.0} MiB | {throttled_tenants} |",
         ticks / elapsed,
+        deferred / elapsed,
         requests / ticks.max(1.0),
         100.0 * (c1 - c0) / elapsed,
         1e6 * (c1 - c0) / ticks.max(1.0),

@@ -47,6 +47,19 @@ async fn seed_runs(bench: &Bench, js: &jetstream::Context, n: usize) -> anyhow::
 pub(crate) async fn seed_runs_of(
     bench: &Bench,
     js: &jetstream::Context,
+    tenant: &(Uuid, Uuid, String),
+    n: usize,
+    scenario: impl Fn(usize) -> Scenario,
+) -> anyhow::Result<Vec<(Uuid, String)>> {
+    let runs = seed_rows_of(bench, tenant, n, scenario).await?;
+    let ids: Vec<Uuid> = runs.iter().map(|(id, _)| *id).collect();
+    publish_polls(js, &ids).await?;
+    Ok(runs)
+}
+
+/// The rows and simulator tasks of [`seed_runs_of`], without poll messages.
+pub(crate) async fn seed_rows_of(
+    bench: &Bench,
     (tenant_id, user_id, mid): &(Uuid, Uuid, String),
     n: usize,
     scenario: impl Fn(usize) -> Scenario,
@@ -65,6 +78,10 @@ pub(crate) async fn seed_runs_of(
             let task = format!("bench-{}", id.simple());
             let de_key = shell_query_core::naming::temp_de_key(id);
             bench.sim.seed_task(&task, &de_key, scenario(runs.len()));
+            // Execute created the run's empty temp DE: row probes find it.
+            bench
+                .sim
+                .add_data_extension(&de_key, &de_key, &[mce_sim::SeedField::new("Id", "Number")], 0);
             values.push(format!(
                 "('{id}', '{tenant}', '{user}', '{mid}', 'bench', '{sql}', 'running', '{task}', 'qd-{id}', '{qk}', '{de_key}', now(), now(), now())",
                 sql = sql_text,
@@ -84,10 +101,15 @@ pub(crate) async fn seed_runs_of(
             .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
             .await?;
     }
-    // Published as execute does, acknowledgements awaited in batches.
-    for batch in runs.chunks(2000) {
+    Ok(runs)
+}
+
+/// One poll message per run, published as execute does, acknowledgements
+/// awaited in batches.
+pub(crate) async fn publish_polls(js: &jetstream::Context, ids: &[Uuid]) -> anyhow::Result<()> {
+    for batch in ids.chunks(2000) {
         let mut acks = Vec::with_capacity(batch.len());
-        for (id, _) in batch {
+        for id in batch {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(serde_json::json!({ "runId": id }).to_string().into())
                 .message_id(format!("poll:{id}"));
@@ -97,7 +119,7 @@ pub(crate) async fn seed_runs_of(
             ack.await?;
         }
     }
-    Ok(runs)
+    Ok(())
 }
 
 pub async fn ticks(runs: usize, delay_ms: u64, seconds: u64) -> anyhow::Result<()> {

@@ -131,6 +131,57 @@ async fn store_on_sqlite() {
     exercise(&format!("sqlite://{}?mode=rwc", dir.0.join("demo.db").display())).await;
 }
 
+/// Poll ticks due together read their rows with one statement, each tick
+/// gets its own row (a run asked twice gets it twice, an unknown run none),
+/// on both databases.
+async fn rows_read_together(url: &str) {
+    store::migrate(url).await.unwrap();
+    let db = store::connect(url, 2).await.unwrap();
+    let (tenant, now) = (Uuid::new_v4(), Utc::now());
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let id = Uuid::new_v4();
+        let mut run = new_run(id, tenant);
+        run.mid = format!("51{i:07}");
+        runs::insert_run_if_absent(&db, run, now).await.unwrap();
+        ids.push(id);
+    }
+    let unknown = Uuid::new_v4();
+    let mut asked = ids.clone();
+    asked.push(ids[7]);
+    asked.push(unknown);
+    let before = db.poll_row_statements();
+    let rows = futures::future::join_all(asked.iter().map(|id| runs::get_run_for_poll(&db, *id))).await;
+    let statements = db.poll_row_statements() - before;
+    assert!(statements <= 2, "42 reads due together took {statements} statements");
+    for (id, row) in asked.iter().zip(rows) {
+        let row = row.unwrap();
+        if *id == unknown {
+            assert!(row.is_none());
+            continue;
+        }
+        let row = row.expect("a known run's row");
+        let i = ids.iter().position(|x| x == id).unwrap();
+        assert_eq!((row.id, row.mid.as_str()), (*id, format!("51{i:07}").as_str()));
+        assert_eq!(row.sql_text_encrypted, None, "a tick never loads the SQL text");
+    }
+    // A lone tick, after its window, reads its row alone.
+    let before = db.poll_row_statements();
+    assert!(runs::get_run_for_poll(&db, ids[0]).await.unwrap().is_some());
+    assert_eq!(db.poll_row_statements() - before, 1);
+}
+
+#[tokio::test]
+async fn poll_rows_due_together_share_a_statement_on_postgres() {
+    rows_read_together(&fresh_database_url()).await;
+}
+
+#[tokio::test]
+async fn poll_rows_due_together_share_a_statement_on_sqlite() {
+    let dir = TempDir::new("sqlite-batch");
+    rows_read_together(&format!("sqlite://{}?mode=rwc", dir.0.join("demo.db").display())).await;
+}
+
 /// A reconciler pass walks every stale live run, page by page, however many
 /// are in flight (two runs may share a creation time).
 #[tokio::test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 /// Counter names.
 pub const RUNS: &str = "shell_query_runs_total";
 pub const POLL_TICKS: &str = "shell_query_poll_ticks_total";
+pub const POLL_TICKS_DEFERRED: &str = "shell_query_poll_ticks_deferred_total";
 pub const IS_RUNNING_CHECKS: &str = "shell_query_isrunning_checks_total";
 pub const NOT_RUNNING_CONFIRMATIONS: &str = "shell_query_not_running_confirmations_total";
 pub const FAST_PATH_COMPLETIONS: &str = "shell_query_fast_path_completions_total";
@@ -66,6 +67,12 @@ const FAMILIES: &[(&str, Kind, &str, &[f64])] = &[
         &[],
     ),
     (POLL_TICKS, Kind::Counter, "Poll deliveries handled.", &[]),
+    (
+        POLL_TICKS_DEFERRED,
+        Kind::Counter,
+        "Poll deliveries sent back unasked because their tenant had its share of ticks in flight.",
+        &[],
+    ),
     (
         IS_RUNNING_CHECKS,
         Kind::Counter,
@@ -276,6 +283,7 @@ impl Metrics {
             self.add(TOKEN_REFRESHES, &[("result", result)], 0);
         }
         self.add(POLL_TICKS, &[], 0);
+        self.add(POLL_TICKS_DEFERRED, &[], 0);
     }
 
     /// Sets `shell_query_build_info{version}` to 1.

@@ -25,25 +25,7 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
         headers: msg.headers.clone(),
     };
     let (msg, acker) = msg.split();
-    let acker = Arc::new(acker);
 
-    // Long handlers tell NATS they are alive, so it does not redeliver.
-    let progress = {
-        let acker = acker.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(progress_every);
-            tick.tick().await;
-            // A failed "in progress" (NATS briefly away) is tried again at
-            // the next tick: giving up would let NATS hand the message to a
-            // second worker while this one still works on it.
-            loop {
-                tick.tick().await;
-                if let Err(e) = acker.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "an in-progress acknowledgement failed; trying again");
-                }
-            }
-        })
-    };
     // A handler that panics must not leave its message "in progress"
     // forever: the panic is caught, the message comes back later, and after
     // `max_deliver` the advisory handler settles it (handlers/undeliverable.rs).
@@ -51,14 +33,30 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
         delivery.headers.as_ref(),
         handler.handle(&deps, &delivery),
     ));
-    let disposition = match futures::FutureExt::catch_unwind(handled).await {
+    let mut handled = std::pin::pin!(futures::FutureExt::catch_unwind(handled));
+    // Long handlers tell NATS they are alive, so it does not redeliver. The
+    // timer lives in this task: most handlers end long before it first fires.
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + progress_every, progress_every);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut handled => break outcome,
+            _ = progress.tick() => {
+                // A failed "in progress" (NATS briefly away) is tried again at
+                // the next tick: giving up would let NATS hand the message to a
+                // second worker while this one still works on it.
+                if let Err(e) = acker.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "an in-progress acknowledgement failed; trying again");
+                }
+            }
+        }
+    };
+    let disposition = match outcome {
         Ok(disposition) => disposition,
         Err(_) => {
             tracing::error!(consumer = handler.name(), subject = %delivery.subject, "the handler panicked; the message comes back later");
             Disposition::Retry(Duration::from_secs(30))
         }
     };
-    progress.abort();
 
     let result = match &disposition {
         Disposition::Ack => acker.ack().await,

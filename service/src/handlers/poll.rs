@@ -218,6 +218,7 @@ async fn tick(
     // The tenant's share of ticks in flight; past it, this one comes back
     // shortly (the others of the tenant are waiting on MCE already).
     let Some(_place) = place(run.tenant_id) else {
+        deps.metrics.inc(crate::adapters::metrics::POLL_TICKS_DEFERRED, &[]);
         return Ok(Disposition::Retry(Duration::from_millis(500 + fastrand::u64(..1500))));
     };
     let session = if canceled {

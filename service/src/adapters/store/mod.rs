@@ -4,6 +4,7 @@
 //! changes are compare-and-set in SQL: losing one is a normal outcome
 //! (`false`), not an error.
 
+mod batch;
 pub mod credentials;
 pub mod folders;
 pub mod runs;
@@ -16,6 +17,8 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Poll ticks' row reads, batched.
+    poll_rows: std::sync::Arc<batch::RowBatcher>,
 }
 
 /// A statement failed, or a row held what the schema forbids.
@@ -40,6 +43,12 @@ impl Store {
     /// True if the database answers a trivial query.
     pub async fn ping(&self) -> bool {
         self.db.ping().await.is_ok()
+    }
+
+    /// How many statements have read poll ticks' rows (each reads the rows
+    /// of every tick due in its window).
+    pub fn poll_row_statements(&self) -> u64 {
+        self.poll_rows.statements()
     }
 
     /// Whether this is the demo's embedded SQLite database.
@@ -92,6 +101,7 @@ pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> 
         .sqlx_logging(false);
     Ok(Store {
         db: Database::connect(options).await?,
+        poll_rows: Default::default(),
     })
 }
 

@@ -17,7 +17,7 @@ const LIVE: [&str; 2] = [RunStatus::LIVE[0].as_str(), RunStatus::LIVE[1].as_str(
 
 /// The domain run of a row. A status outside the CHECK constraint is a
 /// corrupt row, reported, never guessed.
-fn to_run(m: runs::Model) -> Result<Run, StoreError> {
+pub(super) fn to_run(m: runs::Model) -> Result<Run, StoreError> {
     let status = RunStatus::parse(&m.status)
         .ok_or_else(|| StoreError::Corrupt(format!("run {}: unknown status {:?}", m.id, m.status)))?;
     let start = match (m.task_id, m.perform_requested_at) {
@@ -121,18 +121,26 @@ pub async fn get_run(store: &Store, id: Uuid) -> Result<Option<Run>, StoreError>
 }
 
 /// The row as a poll tick needs it: everything but the SQL text (up to
-/// 256 KB encrypted), which a tick never reads.
-#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_run_for_poll"))]
+/// 256 KB encrypted), which a tick never reads. Read together with the
+/// other ticks' rows due at the same moment ([`super::batch`]).
 pub async fn get_run_for_poll(store: &Store, id: Uuid) -> Result<Option<Run>, StoreError> {
+    store.poll_rows.get(&store.db, id).await
+}
+
+/// The rows of `ids` as [`get_run_for_poll`] reads them, in one statement.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_runs_for_poll", db.batch.size = ids.len()))]
+pub(super) async fn poll_rows(
+    db: &sea_orm::DatabaseConnection,
+    ids: Vec<Uuid>,
+) -> Result<Vec<runs::Model>, StoreError> {
     use sea_orm::Iterable as _;
-    runs::Entity::find_by_id(id)
+    Ok(runs::Entity::find()
         .select_only()
         .columns(runs::Column::iter().filter(|c| !matches!(c, runs::Column::SqlTextEncrypted)))
         .column_as(Expr::value(Option::<String>::None), "sql_text_encrypted")
-        .one(&store.db)
-        .await?
-        .map(to_run)
-        .transpose()
+        .filter(runs::Column::Id.is_in(ids))
+        .all(db)
+        .await?)
 }
 
 /// The newest runs first, optionally of one status and tenant, without
