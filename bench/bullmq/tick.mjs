@@ -41,18 +41,24 @@ const pool = new pg.Pool({ connectionString: env.DATABASE_URL, max: 10, idleTime
 const SELECT_RUN =
   "SELECT id, tenant_id, mid, status, task_id, query_definition_id, query_customer_key, target_de_customer_key, poll_started_at FROM shell_query_runs WHERE id = $1";
 
-// The token, once: a refresh-token grant, as the service makes it.
-const grant = await axios.post(
-  `${mceUrl}/v2/token`,
-  new URLSearchParams({
-    grant_type: "refresh_token",
-    refresh_token: env.MCE_REFRESH_TOKEN ?? "",
-    client_id: env.MCE_CLIENT_ID ?? "",
-    client_secret: env.MCE_CLIENT_SECRET ?? "",
-    account_id: env.MCE_MID ?? "",
-  }),
-  { timeout: 30000 },
-);
+// The token, once: a refresh-token grant, as the service makes it. On an
+// error only its message is printed (an axios error holds the form).
+const grant = await axios
+  .post(
+    `${mceUrl}/v2/token`,
+    new URLSearchParams({
+      grant_type: "refresh_token",
+      refresh_token: env.MCE_REFRESH_TOKEN ?? "",
+      client_id: env.MCE_CLIENT_ID ?? "",
+      client_secret: env.MCE_CLIENT_SECRET ?? "",
+      account_id: env.MCE_MID ?? "",
+    }),
+    { timeout: 30000 },
+  )
+  .catch((e) => {
+    console.error(`the token grant failed: ${e?.message ?? e}`);
+    process.exit(1);
+  });
 const accessToken = grant.data.access_token;
 
 const escapeXml = (s) =>

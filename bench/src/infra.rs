@@ -140,6 +140,9 @@ impl Bench {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        // Experiments: `WORKER_X=v` in the bench's environment sets the
+        // worker's `X` (after the mode's own settings, so it wins).
+        env.extend(std::env::vars().filter_map(|(k, v)| Some((k.strip_prefix("WORKER_")?.to_string(), v))));
         env
     }
 

@@ -8,10 +8,12 @@
 //! cargo run --release -p bench -- inflight
 //! cargo run --release -p bench -- bullmq
 //! cargo run --release -p bench -- realistic
+//! cargo run --release -p bench -- reference-tick
 //! ```
 
 mod infra;
 mod realistic;
+mod reference;
 mod schedules;
 mod throughput;
 
@@ -80,6 +82,21 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
         /// Redis for BullMQ.
+        #[arg(long, default_value = "127.0.0.1:6379")]
+        redis: String,
+    },
+    /// The service's whole poll tick against the reference's whole tick
+    /// (BullMQ, pg, axios and fast-xml-parser in Node), the same runs, one
+    /// after the other, against a zero-latency simulator; CPU per tick of
+    /// every process of each side.
+    ReferenceTick {
+        #[arg(long, default_value_t = 2000)]
+        runs: usize,
+        #[arg(long, default_value_t = 1000)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Redis for BullMQ (on this machine: its CPU is counted).
         #[arg(long, default_value = "127.0.0.1:6379")]
         redis: String,
     },
@@ -152,6 +169,12 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             redis,
         } => throughput::bullmq(jobs, delay_ms, seconds, &redis).await,
+        Command::ReferenceTick {
+            runs,
+            delay_ms,
+            seconds,
+            redis,
+        } => reference::reference_tick(runs, delay_ms, seconds, &redis).await,
     }
 }
 
