@@ -473,5 +473,21 @@ pub fn decide(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> D
     })
 }
 
+/// The delay of a tick turned back unasked because its tenant has its
+/// share of ticks in flight: the one its schedule gives for a run still
+/// running, as if MCE had said so. The check is skipped, not retried soon:
+/// a tenant past its share waits its own turn, and its backlog does not
+/// cycle through the consumer ahead of the other tenants' ticks.
+pub fn deferred_delay(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> Duration {
+    super::schedule::next_delay(
+        cfg.schedule,
+        &cfg.backoff,
+        tick.state.poll_count.saturating_sub(1),
+        elapsed(&tick.state, now),
+        tick.history.as_ref(),
+        unit,
+    )
+}
+
 #[cfg(test)]
 mod tests;

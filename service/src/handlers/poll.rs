@@ -9,7 +9,7 @@ use shell_query_core::naming;
 use shell_query_core::poll::PollConfig;
 use shell_query_core::poll::decide::{
     Decision, IsRunningObservation, Outcome, ProbeObservation, Question, ReadyVia, RowsetObservation,
-    StatusObservation, Tick, decide,
+    StatusObservation, Tick, decide, deferred_delay,
 };
 use shell_query_core::poll::schedule::Schedule;
 use shell_query_core::run::{CancelSource, Ending, FailCause, Run, StartPhase, Task};
@@ -32,11 +32,38 @@ pub struct Poll {
     /// only when it is the very next one (the tick between did not run on
     /// another replica).
     due: std::sync::Mutex<std::collections::HashMap<Uuid, (i64, Instant)>>,
-    /// Ticks in flight per tenant, and the most one tenant may have: its
-    /// ticks wait on its MCE calls (and on each other's batched status
-    /// call), so without a share one slow tenant would fill every place.
+    shares: TickShares,
+}
+
+/// Ticks in flight per tenant, and the most one tenant may have: its ticks
+/// wait on its MCE calls (and on each other's batched status call), so
+/// without a share one slow tenant would fill every place.
+struct TickShares {
     ticks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
-    tick_share: u32,
+    share: u32,
+}
+
+impl TickShares {
+    fn new(share: u32) -> Self {
+        Self {
+            ticks: Default::default(),
+            share: share.max(1),
+        }
+    }
+
+    /// A place for one more tick of `tenant`, unless it has its share.
+    fn take(&self, tenant: Uuid) -> Option<TickPlace> {
+        let mut ticks = self.ticks.lock().expect("ticks lock");
+        let n = ticks.entry(tenant).or_default();
+        if *n >= self.share {
+            return None;
+        }
+        *n += 1;
+        Some(TickPlace {
+            ticks: self.ticks.clone(),
+            tenant,
+        })
+    }
 }
 
 /// One tick of a tenant counted in flight until dropped.
@@ -70,23 +97,8 @@ impl Poll {
         Self {
             config,
             due: Default::default(),
-            ticks: Default::default(),
-            tick_share: tick_share.max(1),
+            shares: TickShares::new(tick_share),
         }
-    }
-
-    /// A place for one more tick of `tenant`, unless it has its share.
-    fn tick_place(&self, tenant: Uuid) -> Option<TickPlace> {
-        let mut ticks = self.ticks.lock().expect("ticks lock");
-        let n = ticks.entry(tenant).or_default();
-        if *n >= self.tick_share {
-            return None;
-        }
-        *n += 1;
-        Some(TickPlace {
-            ticks: self.ticks.clone(),
-            tenant,
-        })
     }
 
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
@@ -102,7 +114,7 @@ impl Poll {
                 started.saturating_duration_since(due),
             );
         }
-        let disposition = handle(deps, &self.config, delivery, |tenant| self.tick_place(tenant)).await;
+        let disposition = handle(deps, &self.config, delivery, |tenant| self.shares.take(tenant)).await;
         let finished = Instant::now();
         deps.metrics
             .observe(crate::adapters::metrics::POLL_TICK_DURATION, &[], finished - started);
@@ -215,11 +227,17 @@ async fn tick(
             .await?;
     }
 
-    // The tenant's share of ticks in flight; past it, this one comes back
-    // shortly (the others of the tenant are waiting on MCE already).
-    let Some(_place) = place(run.tenant_id) else {
-        deps.metrics.inc(crate::adapters::metrics::POLL_TICKS_DEFERRED, &[]);
-        return Ok(Disposition::Retry(Duration::from_millis(500 + fastrand::u64(..1500))));
+    // The tenant's share of ticks in flight; past it, this check is
+    // skipped and the run comes back after its usual delay (the others of
+    // the tenant are waiting on MCE already).
+    // A canceled run's tick asks MCE nothing and is never held back.
+    let _place = match (canceled, place(run.tenant_id)) {
+        (true, place) => place,
+        (false, Some(place)) => Some(place),
+        (false, None) => {
+            deps.metrics.inc(crate::adapters::metrics::POLL_TICKS_DEFERRED, &[]);
+            return Ok(Disposition::Retry(deferred_delay(&tick, config, now, fastrand::f64())));
+        }
     };
     let session = if canceled {
         None
@@ -392,4 +410,23 @@ async fn conclude(
     };
     end_run(deps, run, ending, object_id, Utc::now()).await?;
     Ok(Disposition::Ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TickShares;
+    use uuid::Uuid;
+
+    #[test]
+    fn a_tenant_holds_at_most_its_share_and_a_finished_tick_gives_its_place_back() {
+        let shares = TickShares::new(2);
+        let (busy, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = shares.take(busy).expect("a first place");
+        let _second = shares.take(busy).expect("a second place");
+        assert!(shares.take(busy).is_none(), "a third is past the share");
+        assert!(shares.take(other).is_some(), "another tenant is not held back");
+        drop(first);
+        assert!(shares.take(busy).is_some(), "a place given back is taken again");
+        assert!(TickShares::new(0).take(busy).is_some(), "a share is at least one");
+    }
 }

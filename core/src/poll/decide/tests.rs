@@ -239,6 +239,15 @@ fn pending_reschedules_on_the_backoff_and_writes_only_on_change() {
     assert_eq!(next.last_status.as_deref(), Some("processing"));
 }
 
+#[test]
+fn a_deferred_tick_waits_the_delay_of_a_run_still_running() {
+    for poll_count in [1, 3, 9] {
+        let unasked = Tick::new(state(poll_count), "QPP_R_key", true, true);
+        let (delay, _, _) = reschedule(decide_at(&tick_with(state(poll_count), "Processing", None), 20_000));
+        assert_eq!(deferred_delay(&unasked, &cfg(), at(20_000), 0.5), delay);
+    }
+}
+
 /// A pending tick whose isRunning gate (if open) answered "running".
 fn pending(poll_count: u32) -> Tick {
     let mut t = tick_with(state(poll_count), "Queued", None);
