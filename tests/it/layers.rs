@@ -128,6 +128,12 @@ fn code(text: &str) -> String {
         .join("\n")
 }
 
+/// A file's code before its inline `mod tests {`, and from there on.
+fn split_tests(code: &str) -> (&str, &str) {
+    let at = code.find("\nmod tests {").map_or(code.len(), |i| i + 1);
+    code.split_at(at)
+}
+
 fn ident_at(s: &str) -> Option<&str> {
     let end = s
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -211,9 +217,16 @@ fn arrows() -> BTreeMap<(String, String), ModPath> {
         for p in paths_after(&code, "service::") {
             named.push(p);
         }
-        // `super` of `a::b` (a/b.rs, or a/b/mod.rs) is `a`.
-        for p in paths_after(&code, "super::") {
+        // `super` of `a::b` (a/b.rs, or a/b/mod.rs) is `a`; inside the
+        // file's inline `mod tests`, it is `a::b` itself.
+        let (body, tests) = split_tests(&code);
+        for p in paths_after(body, "super::") {
             let mut base = s.module[..s.module.len().saturating_sub(1)].to_vec();
+            base.extend(p);
+            named.push(base);
+        }
+        for p in paths_after(tests, "super::") {
+            let mut base = s.module.clone();
             base.extend(p);
             named.push(base);
         }
@@ -333,6 +346,10 @@ fn the_graph_reader_sees_arrows_through_braces_super_and_children() {
         ]
     );
     assert_eq!(paths_after(code, "super::"), vec![vec!["Failure".to_string()]]);
+    let file = "use super::Failure;\n#[cfg(test)]\nmod tests {\n    use super::Tick;\n}";
+    let (body, tests) = split_tests(file);
+    assert_eq!(paths_after(body, "super::"), vec![vec!["Failure".to_string()]]);
+    assert_eq!(paths_after(tests, "super::"), vec![vec!["Tick".to_string()]]);
     assert_eq!(paths_after(code, "poll::"), vec![vec!["Poll".to_string()]]);
     assert!(paths_after("use shell_query_core::poll::x;", "poll::").is_empty());
 }
