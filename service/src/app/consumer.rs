@@ -43,9 +43,12 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
             _ = progress.tick() => {
                 // A failed "in progress" (NATS briefly away) is tried again at
                 // the next tick: giving up would let NATS hand the message to a
-                // second worker while this one still works on it.
-                if let Err(e) = acker.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "an in-progress acknowledgement failed; trying again");
+                // second worker while this one still works on it. It waits at
+                // most half a period, so a NATS outage never holds the handler.
+                match tokio::time::timeout(progress_every / 2, acker.ack_with(AckKind::Progress)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "an in-progress acknowledgement failed; trying again"),
+                    Err(_) => tracing::debug!("an in-progress acknowledgement timed out; trying again"),
                 }
             }
         }
