@@ -500,6 +500,11 @@ pub struct RunArgs {
     /// The hard cap on one tenant's poll ticks at MCE, whatever the limit learns.
     #[arg(long, env = "TENANT_CONCURRENCY_MAX", default_value_t = defaults::TENANT_CONCURRENCY_MAX, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub tenant_concurrency_max: u32,
+    /// Acknowledgements leave together at each multiple of this window on
+    /// the wall clock, so that nats-server, between bursts, has the quiet it
+    /// needs to find the waiting messages that are due; 0 sends each at once.
+    #[arg(long, env = "SETTLE_WINDOW_MS", default_value_t = defaults::SETTLE_WINDOW_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub settle_window_ms: u64,
     /// Runs waiting between polls per replica set (the poll consumer's max_ack_pending).
     #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = defaults::POLL_MAX_ACK_PENDING, value_parser = clap::value_parser!(i64).range(1..))]
     pub poll_max_ack_pending: i64,
@@ -573,6 +578,7 @@ pub mod defaults {
     pub const TENANT_CONCURRENCY_INITIAL: u32 = 8;
     pub const TENANT_CONCURRENCY_MAX: u32 = 64;
     pub const STATUS_BATCH_WINDOW_MS: u64 = 20;
+    pub const SETTLE_WINDOW_MS: u64 = 50;
     pub const STATUS_BATCH_MAX: u32 = 50;
     pub const POLL_MAX_ACK_PENDING: i64 = 1_000_000;
     pub const EXECUTE_ACK_WAIT_MS: u64 = 60_000;
@@ -694,6 +700,7 @@ impl Default for RunArgs {
             tenant_concurrency_initial: defaults::TENANT_CONCURRENCY_INITIAL,
             tenant_concurrency_max: defaults::TENANT_CONCURRENCY_MAX,
             status_batch_window_ms: defaults::STATUS_BATCH_WINDOW_MS,
+            settle_window_ms: defaults::SETTLE_WINDOW_MS,
             status_batch_max: defaults::STATUS_BATCH_MAX,
             poll_max_ack_pending: defaults::POLL_MAX_ACK_PENDING,
             execute_ack_wait_ms: defaults::EXECUTE_ACK_WAIT_MS,

@@ -1,6 +1,7 @@
 //! The consumer loop: fetch, run the handler under a concurrency limit, apply
 //! the disposition it returns. Handlers never touch acknowledgements; this is
-//! the one place that does (and that copies messages to the DLQ).
+//! the one place that decides them (and that copies messages to the DLQ);
+//! `settle` sends them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,11 +13,12 @@ use tokio::sync::{Semaphore, watch};
 
 use shell_query_core::backoff;
 
+use super::settle::{Settlement, Settler};
 use crate::handlers::Handler;
 use crate::handlers::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
 
-async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>, msg: Message) {
+async fn handle_one(handler: &Handler, progress_every: Duration, settler: &Settler, deps: Arc<Deps>, msg: Message) {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let delivery = Delivery {
         subject: msg.subject.to_string(),
@@ -61,9 +63,9 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
         }
     };
 
-    let result = match &disposition {
-        Disposition::Ack => acker.ack().await,
-        Disposition::Retry(delay) => acker.ack_with(AckKind::Nak(Some(backoff::clamp(*delay)))).await,
+    let settlement = match &disposition {
+        Disposition::Ack => Settlement::Ack,
+        Disposition::Retry(delay) => Settlement::NakUntil(tokio::time::Instant::now() + backoff::clamp(*delay)),
         Disposition::DeadLetter(reason) => {
             deps.metrics
                 .inc(crate::adapters::metrics::DLQ_MESSAGES, &[("consumer", handler.name())]);
@@ -80,32 +82,33 @@ async fn handle_one(handler: &Handler, progress_every: Duration, deps: Arc<Deps>
             )
             .await
             {
-                Ok(()) => acker.ack_with(AckKind::Term).await,
+                Ok(()) => Settlement::Term,
                 // Not copied: keep the message and try again later.
                 Err(e) => {
                     tracing::error!(error = %e, "could not copy a message to the DLQ");
-                    acker.ack_with(AckKind::Nak(Some(Duration::from_secs(10)))).await
+                    Settlement::NakUntil(tokio::time::Instant::now() + Duration::from_secs(10))
                 }
             }
         }
     };
-    if let Err(e) = result {
-        tracing::warn!(consumer = handler.name(), error = %e, "acknowledgement failed; NATS will redeliver");
-    }
+    settler.settle(acker, settlement).await;
 }
 
 /// Runs a consumer until `shutdown` turns true, then waits for in-flight
 /// handlers to finish.
 /// `ack_wait` is the consumer's: "in progress" goes out every third of it.
+/// Acknowledgements leave in bursts every `settle_window` (`settle`).
 pub async fn run(
     handler: Handler,
     consumer: PullConsumer,
     concurrency: usize,
     ack_wait: Duration,
+    settle_window: Duration,
     deps: Arc<Deps>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let progress_every = ack_wait / 3;
+    let (settler, sending) = Settler::start(handler.name(), settle_window, concurrency);
     let handler = Arc::new(handler);
     let permits = Arc::new(Semaphore::new(concurrency));
     'outer: while !*shutdown.borrow() {
@@ -137,9 +140,9 @@ pub async fn run(
             };
             match next {
                 Some(Ok(msg)) => {
-                    let (deps, handler) = (deps.clone(), handler.clone());
+                    let (deps, handler, settler) = (deps.clone(), handler.clone(), settler.clone());
                     tokio::spawn(async move {
-                        handle_one(&handler, progress_every, deps, msg).await;
+                        handle_one(&handler, progress_every, &settler, deps, msg).await;
                         drop(permit);
                     });
                 }
@@ -168,6 +171,11 @@ pub async fn run(
             _ = shutdown.changed() => break,
         }
     }
-    // Drain: every permit back means every handler is done.
+    // Drain: every permit back means every handler is done; then the last
+    // burst of acknowledgements goes out.
     let _ = permits.acquire_many(concurrency as u32).await;
+    drop(settler);
+    if let Some(sending) = sending {
+        let _ = sending.await;
+    }
 }

@@ -10,6 +10,7 @@ pub mod contract;
 pub mod demo;
 pub mod http;
 pub mod operator;
+pub mod settle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -230,12 +231,13 @@ pub async fn run_until(
             crate::adapters::nats::CANCEL_ACK_WAIT,
         ),
     ];
+    let settle_window = Duration::from_millis(args.settle_window_ms);
     for (handler, consumer, concurrency, ack_wait) in loops {
         let guard = consumer_watch.loop_guard(handler.name(), stop_rx.clone());
         let (deps, stop_rx) = (deps.clone(), stop_rx.clone());
         tasks.spawn(async move {
             let _guard = guard;
-            consumer::run(handler, consumer, concurrency, ack_wait, deps, stop_rx).await;
+            consumer::run(handler, consumer, concurrency, ack_wait, settle_window, deps, stop_rx).await;
         });
     }
     tasks.spawn(crate::jobs::reconciler::run(
