@@ -297,14 +297,20 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
 /// success and the build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_measure_ticks_calls_lateness_and_detection() {
-    let system = System::start_with(&[("RECONCILER_INTERVAL_MS", "1000"), ("SWEEPER_INTERVAL_MS", "1000")]).await;
+    let system = System::start_with(&[
+        ("RECONCILER_INTERVAL_MS", "1000"),
+        ("SWEEPER_INTERVAL_MS", "1000"),
+        // Rowset checks for about 27 s (200 ms doubling to 1 s, 30 times).
+        ("POLL_ROWSET_READY_MAX_ATTEMPTS", "30"),
+    ])
+    .await;
     system.sim.script(
         "Late",
         Scenario {
-            // Longer than the tests' longest poll delay (2 s): the first
-            // tick that sees the query complete finds its rows not ready;
-            // shorter than the rowset checks' 4.4 s, so the run is ready.
-            rowset_delay: Duration::from_secs(3),
+            // Well past the tests' longest poll delay (2 s), so that even a
+            // late tick that sees the query complete finds its rows not
+            // ready; well inside the rowset checks' 27 s, so the run is ready.
+            rowset_delay: Duration::from_secs(6),
             ..Scenario::completes_after(Duration::from_secs(2), 3)
         },
     );
