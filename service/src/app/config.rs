@@ -574,7 +574,7 @@ pub mod defaults {
     pub const POLL_ROW_PROBE_MIN_INTERVAL_MS: u64 = 15000;
     pub const POLL_SCHEDULE: &str = "adaptive";
     pub const EXECUTE_CONCURRENCY: u32 = 16;
-    pub const POLL_CONCURRENCY: u32 = 1024;
+    pub const POLL_CONCURRENCY: u32 = 2048;
     pub const TENANT_CONCURRENCY_INITIAL: u32 = 8;
     pub const TENANT_CONCURRENCY_MAX: u32 = 64;
     pub const STATUS_BATCH_WINDOW_MS: u64 = 20;
@@ -1094,7 +1094,7 @@ mod tests {
         assert_eq!(poll.rowset_ready_max_attempts, 6);
         assert_eq!(run.poll_max_ack_pending, 1_000_000);
         assert_eq!(run.execute_concurrency, 16);
-        assert_eq!(run.poll_concurrency, 1024);
+        assert_eq!(run.poll_concurrency, 2048);
         assert_eq!((run.tenant_concurrency_initial, run.tenant_concurrency_max), (8, 64));
         assert_eq!(run.nats.subject_prefix, "shell_query");
         assert_eq!(run.http_addr.port(), 8080);
