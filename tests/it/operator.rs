@@ -318,7 +318,7 @@ async fn the_metrics_measure_ticks_calls_lateness_and_detection() {
     assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
     let worker = system.worker.as_ref().unwrap();
     // The run is ready as soon as its last tick publishes so; the tick's
-    // duration is measured once it has also answered its delivery.
+    // duration is measured after it has also deleted the QueryDefinition.
     let settled = |t: &str| {
         t.contains("shell_query_sweeper_last_success_timestamp_seconds ")
             && t.contains("shell_query_reconciler_last_success_timestamp_seconds ")
