@@ -16,7 +16,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked -p service -p mce-sim \
+    cargo build --release --locked --no-default-features -p service -p mce-sim \
     && mkdir -p /out \
     && cp target/release/shell-query-worker target/release/mce-sim /out/
 

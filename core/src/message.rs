@@ -117,19 +117,7 @@ pub struct ExecuteMessage {
     pub target_update_type: Option<String>,
 }
 
-/// A business unit's MID: digits only, trimmed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mid(String);
-
-impl Mid {
-    pub fn parse(s: &str) -> Option<Mid> {
-        let s = s.trim();
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| Mid(s.to_string()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+pub use crate::account::Mid;
 
 /// Where the query text comes from: exactly one of the two.
 #[derive(Clone, Debug, PartialEq, Eq)]

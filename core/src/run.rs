@@ -5,7 +5,9 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::account::Account;
 use crate::poll::decide::{FailReason, PollState, ReadyVia};
+use crate::schema::UpdateType;
 
 /// The row's `status` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,9 +85,8 @@ impl Task {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
     pub id: Uuid,
-    pub tenant_id: Uuid,
-    pub user_id: Option<Uuid>,
-    pub mid: String,
+    /// Whom its MCE calls act as.
+    pub account: Account,
     pub snippet_name: Option<String>,
     pub sql_text_hash: String,
     /// `None` when the caller did not ask for it (a poll tick never reads it).
@@ -95,7 +96,8 @@ pub struct Run {
     pub query_definition_id: Option<String>,
     pub query_customer_key: Option<String>,
     pub target_de_customer_key: Option<String>,
-    pub target_update_type: Option<String>,
+    /// A run-to-target's update type, as the row names it.
+    pub update_type: Option<UpdateType>,
     pub poll_started_at: Option<DateTime<Utc>>,
     /// Encrypted, client-safe.
     pub error_message: Option<String>,

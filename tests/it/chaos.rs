@@ -311,6 +311,91 @@ async fn a_batch_survives_a_nats_server_restart() {
 }
 
 /// Poll deliveries the worker has handled (its `/metrics`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_its_nats_server_waits_for_it() {
+    let mut system = System::start().await;
+    system.kill_worker();
+    system.nats.stop();
+    let mut env = system.env();
+    env.extend(system.extra.iter().cloned());
+
+    // Started with no server to talk to: alive, not ready, waiting.
+    let worker = tests::Worker::spawn(&env);
+    wait_for(
+        "/healthz to answer while NATS is down",
+        Duration::from_secs(30),
+        || async { worker.http_get("/healthz").await.is_some_and(|b| b == "starting") },
+    )
+    .await;
+    assert!(!worker.ready().await, "/readyz is not 200 while starting");
+    let why = worker.http_get("/readyz").await.unwrap_or_default();
+    assert!(why.starts_with("starting"), "{why}");
+    wait_for("the worker to say it waits", Duration::from_secs(30), || async {
+        worker.log().contains("NATS is not ready yet")
+    })
+    .await;
+
+    // A worker whose STARTUP_TIMEOUT_MS runs out exits 1, saying why.
+    let mut short = env.clone();
+    short.push(("STARTUP_TIMEOUT_MS".into(), "1500".into()));
+    let mut impatient = tests::Worker::spawn(&short);
+    assert_eq!(impatient.wait_exit(Duration::from_secs(30)).await, Some(1));
+    assert!(
+        impatient
+            .log()
+            .contains("NATS was not ready within STARTUP_TIMEOUT_MS (1500 ms)"),
+        "{}",
+        impatient.log()
+    );
+
+    // The server comes up: the first worker declares, becomes ready, works.
+    system.nats.resume().await;
+    wait_for("/readyz once NATS is up", Duration::from_secs(60), || async {
+        worker.ready().await
+    })
+    .await;
+    system.worker = Some(worker);
+    let id = system.submit("SELECT Email FROM X", None).await;
+    assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+}
+
+/// The default `POLL_ACK_WAIT_MS` (a third of it between "in progress"
+/// acknowledgements) brings back a tick cut short by SIGKILL within 15 s of
+/// a replica being up, rather than a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_status_call_was_cut_by_sigkill_is_checked_again_within_15_s() {
+    let mut system = System::start().await;
+    system
+        .sim
+        .script("Long", Scenario::completes_after(Duration::from_secs(300), 3));
+    let id = system.submit("SELECT Long FROM X", None).await;
+    wait_for("the run's first status check", Duration::from_secs(60), || async {
+        let task = system.run(id).await.and_then(|r| r.task_id);
+        task.is_some_and(|t| !system.status_checks(&t).is_empty())
+    })
+    .await;
+    let task = system.run(id).await.and_then(|r| r.task_id).expect("a TaskID");
+    // The next status call is answered only after a minute: the worker is
+    // killed while it waits for it.
+    let mut hang = mce_sim::Fault::new("soap:Retrieve:AsyncActivityStatus", 0, 1);
+    hang.delay = Duration::from_secs(60);
+    system.sim.inject(hang);
+    let before = system.status_checks(&task).len();
+    wait_for("a status call in flight", Duration::from_secs(60), || async {
+        system.status_checks(&task).len() > before
+    })
+    .await;
+    system.kill_worker();
+    system.start_worker().await;
+    let up = std::time::Instant::now();
+    wait_for("the run checked again", Duration::from_secs(15), || async {
+        system.status_checks(&task).iter().any(|at| *at > up)
+    })
+    .await;
+    let row = system.run(id).await.expect("the row");
+    assert_eq!(row.status, "running", "the run goes on");
+}
+
 async fn poll_ticks(system: &System) -> u64 {
     let worker = system.worker.as_ref().expect("a worker");
     worker.metric("shell_query_poll_ticks_total ").await.unwrap_or(0.0) as u64

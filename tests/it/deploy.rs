@@ -724,3 +724,47 @@ fn metric_names_are_read_from_promql() {
     assert!(names.iter().all(|n| is_exported(n, &exported)));
     assert!(!is_exported("shell_query_nope_total", &exported));
 }
+
+/// The image's build leaves the simulator and the demo out of the worker:
+/// the Dockerfile turns the default `demo` feature off, and without it the
+/// service's dependency tree holds no mce-sim.
+#[test]
+fn the_production_build_holds_no_simulator() {
+    let dockerfile = text("Dockerfile");
+    let build = dockerfile
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("the Dockerfile builds with cargo");
+    assert!(build.contains("--no-default-features"), "{build}");
+    let tree = |extra: &[&str]| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "tree",
+                "--offline",
+                "-p",
+                "service",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+                "--format",
+                "{p}",
+            ])
+            .args(extra)
+            .output()
+            .expect("cargo tree runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let holds_sim = |tree: &str| tree.lines().any(|l| l.starts_with("mce-sim "));
+    assert!(
+        holds_sim(&tree(&[])),
+        "the default build (cargo run, the tests) has the demo"
+    );
+    assert!(
+        !holds_sim(&tree(&["--no-default-features"])),
+        "the image's build has no simulator"
+    );
+}

@@ -194,3 +194,58 @@ async fn a_task_an_in_answer_leaves_out_is_asked_alone() {
             >= count(&system, "soap:Retrieve:AsyncActivityStatus:IN-request")
     );
 }
+
+/// Group commit: a tenant whose calls wait for their place at its gate (one
+/// call at a time here, each taking about 300 ms at MCE once every run is
+/// polling) asks the checks that fall due meanwhile in the waiting call, so
+/// its batches grow with the congestion: far fewer calls than checks, and
+/// every run still ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_congested_tenant_s_batches_grow_while_they_wait_for_a_place() {
+    let system = System::start_with(&[
+        ("TENANT_CONCURRENCY_INITIAL", "1"),
+        ("TENANT_CONCURRENCY_MAX", "1"),
+        ("POLL_SCHEDULE", "exponential"),
+        ("POLL_INITIAL_DELAY_MS", "500"),
+        ("POLL_MAX_DELAY_MS", "1000"),
+        ("POLL_JITTER_RANGE", "0.5"),
+        // No row probes: this counts status checks.
+        ("POLL_ROW_PROBE_MIN_RUNTIME_MS", "600000"),
+    ])
+    .await;
+    system
+        .sim
+        .script("FROM Crowd", Scenario::completes_after(Duration::from_secs(25), 2));
+    let ids: Vec<_> = futures::future::join_all((0..24).map(|_| system.submit("SELECT A FROM Crowd", None))).await;
+    tests::wait_for("every run polling", Duration::from_secs(60), || async {
+        for id in &ids {
+            if system.run(*id).await.is_none_or(|r| r.task_id.is_none()) {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    system.sim.clear_calls();
+    system.sim.set_load(Load {
+        latency: Some((Duration::from_millis(300), Duration::from_millis(600))),
+        ..Load::default()
+    });
+    for id in &ids {
+        assert_eq!(
+            system.wait_terminal(*id, Duration::from_secs(120)).await.status,
+            "ready",
+            "worker log:\n{}",
+            system.log()
+        );
+    }
+    let single = count(&system, "soap:Retrieve:AsyncActivityStatus");
+    let requests = count(&system, "soap:Retrieve:AsyncActivityStatus:IN-request");
+    let checks = single + count(&system, "soap:Retrieve:AsyncActivityStatus:IN");
+    eprintln!("{single} single calls and {requests} IN requests for {checks} status checks");
+    assert!(checks >= 2 * ids.len(), "{checks} checks");
+    assert!(
+        (single + requests) * 5 < checks,
+        "{single} single calls and {requests} IN requests for {checks} status checks"
+    );
+}

@@ -103,7 +103,7 @@ async fn stored_refresh_token(f: &Fixture) -> String {
 #[tokio::test]
 async fn a_token_is_granted_once_cached_and_its_rotated_refresh_token_stored() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     assert_eq!(
         session
             .find_folder("Data Extensions", Some("dataextension"))
@@ -124,7 +124,7 @@ async fn a_token_is_granted_once_cached_and_its_rotated_refresh_token_stored() {
 #[tokio::test]
 async fn login_failed_and_http_401_refresh_once_and_retry_once() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     session.find_folder("Data Extensions", None).await.unwrap();
 
     f.sim.expire_access_tokens();
@@ -149,7 +149,7 @@ async fn login_failed_and_http_401_refresh_once_and_retry_once() {
 #[tokio::test]
 async fn a_revoked_refresh_token_is_a_clear_auth_error() {
     let f = fixture("revoked").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     let err = session.validate("SELECT 1").await.unwrap_err();
     assert!(matches!(err, MceError::AuthExpired { .. }), "{err:?}");
     assert_eq!(
@@ -163,7 +163,7 @@ async fn a_revoked_refresh_token_is_a_clear_auth_error() {
 #[tokio::test]
 async fn server_errors_are_retried_then_reported() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     f.sim.inject(Fault::new("rest:validate", 503, 2));
     assert!(session.validate("SELECT 1").await.unwrap().valid);
     assert_eq!(f.sim.count("rest:validate"), 3);
@@ -188,7 +188,7 @@ async fn server_errors_are_retried_then_reported() {
 #[tokio::test]
 async fn concurrent_callers_share_one_refresh() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     let calls = (0..8).map(|_| session.find_folder("Data Extensions", None));
     for result in futures::future::join_all(calls).await {
         assert_eq!(result.unwrap(), Some(1));
@@ -200,10 +200,10 @@ async fn concurrent_callers_share_one_refresh() {
 async fn an_unknown_tenant_or_missing_credentials_are_named() {
     let f = fixture("valid-refresh").await;
     assert!(matches!(
-        f.mce.session(Uuid::new_v4(), Some(f.user), MID).await,
+        f.mce.session(&account(Uuid::new_v4(), Some(f.user))).await,
         Err(MceError::TenantNotFound)
     ));
-    let session = f.mce.session(f.tenant, Some(Uuid::new_v4()), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(Uuid::new_v4()))).await.unwrap();
     assert_eq!(
         session.validate("SELECT 1").await.unwrap_err(),
         MceError::CredentialsMissing
@@ -213,7 +213,7 @@ async fn an_unknown_tenant_or_missing_credentials_are_named() {
 #[tokio::test]
 async fn retry_after_is_honoured_as_seconds_or_a_date_and_capped() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     session.validate("SELECT 1").await.unwrap();
 
     // One second asked: the retry waits for it (the backoff alone would be ~20 ms).
@@ -249,7 +249,7 @@ async fn retry_after_is_honoured_as_seconds_or_a_date_and_capped() {
 #[tokio::test]
 async fn login_failed_sent_with_http_500_still_refreshes_once() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     session.find_folder("Data Extensions", None).await.unwrap();
     f.sim.inject(Fault::login_failed("soap:Retrieve:DataFolder", 500, 1));
     assert_eq!(session.find_folder("Data Extensions", None).await.unwrap(), Some(1));
@@ -269,7 +269,7 @@ async fn two_replicas_refreshing_the_same_credentials_make_one_token_call() {
     f.sim.inject(Fault::slow_answer("token", Duration::from_millis(300), 1));
     let mut sessions = Vec::new();
     for mce in &replicas {
-        sessions.push(mce.session(f.tenant, Some(f.user), MID).await.unwrap());
+        sessions.push(mce.session(&account(f.tenant, Some(f.user))).await.unwrap());
     }
     let calls = sessions.iter().map(|s| s.find_folder("Data Extensions", None));
     for result in futures::future::join_all(calls).await {
@@ -291,7 +291,7 @@ async fn two_replicas_refreshing_the_same_credentials_make_one_token_call() {
 #[tokio::test]
 async fn timeouts_and_cut_connections_are_retried_for_reads() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     session.find_folder("Data Extensions", None).await.unwrap();
 
     // An answer slower than the 400 ms deadline: timed out, retried.
@@ -327,7 +327,7 @@ async fn timeouts_and_cut_connections_are_retried_for_reads() {
 #[tokio::test]
 async fn perform_is_resent_only_when_mce_surely_did_not_get_it() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     const PERFORM: &str = "soap:Perform:QueryDefinition";
 
     // Answered too late: MCE may have started it, so no second Perform.
@@ -366,7 +366,7 @@ async fn perform_is_resent_only_when_mce_surely_did_not_get_it() {
             ..RetryPolicy::default()
         },
     );
-    let session = nowhere.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = nowhere.session(&account(f.tenant, Some(f.user))).await.unwrap();
     let err = session.perform_start("qd-1").await.unwrap_err();
     assert!(
         matches!(err, MceError::Unreachable { .. }) && err.surely_not_received(),
@@ -377,7 +377,7 @@ async fn perform_is_resent_only_when_mce_surely_did_not_get_it() {
 #[tokio::test]
 async fn a_fresh_token_refused_again_is_transient_not_a_revocation() {
     let f = fixture("valid-refresh").await;
-    let session = f.mce.session(f.tenant, Some(f.user), MID).await.unwrap();
+    let session = f.mce.session(&account(f.tenant, Some(f.user))).await.unwrap();
     session.find_folder("Data Extensions", None).await.unwrap();
     // Refused, refreshed, refused again: the grant worked, so the credentials
     // are fine; the call is tried again later instead of failing the run.
@@ -392,4 +392,13 @@ async fn a_fresh_token_refused_again_is_transient_not_a_revocation() {
         matches!(err, MceError::TokenRefused { .. }) && err.is_transient() && !err.is_unrecoverable(),
         "{err:?}"
     );
+}
+
+/// The account a session acts as: the fixture's business unit.
+fn account(tenant: Uuid, user: Option<Uuid>) -> shell_query_core::account::Account {
+    shell_query_core::account::Account::new(
+        tenant,
+        user,
+        shell_query_core::account::Mid::parse(MID).expect("a numeric MID"),
+    )
 }

@@ -13,6 +13,50 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }
 
+/// The levels of the worker's JSON log lines, and the lines below INFO.
+fn below_info(log: &str) -> (usize, Vec<&str>) {
+    let levels: Vec<(&str, String)> = log
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((l, v["level"].as_str()?.to_string()))
+        })
+        .collect();
+    let below = levels
+        .iter()
+        .filter(|(_, level)| level == "DEBUG" || level == "TRACE")
+        .map(|(l, _)| *l)
+        .collect();
+    (levels.len(), below)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_log_level_writes_nothing_below_info() {
+    // RUST_LOG unset (as in production), then RUST_LOG=info: a run each.
+    let mut system = System::start_with(&[("RUST_LOG", "")]).await;
+    for rust_log in ["", "info"] {
+        if !rust_log.is_empty() {
+            system.extra = vec![("RUST_LOG".into(), rust_log.into())];
+            system.start_worker().await;
+        }
+        let id = system.submit("SELECT Email FROM X", None).await;
+        assert_eq!(system.wait_terminal(id, MINUTE).await.status, "ready");
+        let log = system.worker().log();
+        let (lines, below) = below_info(&log);
+        assert!(
+            log.contains("shell-query-worker running"),
+            "RUST_LOG={rust_log:?}: the INFO lines are written:\n{log}"
+        );
+        assert!(lines > 0, "RUST_LOG={rust_log:?}: the log is JSON lines");
+        assert!(
+            below.is_empty(),
+            "RUST_LOG={rust_log:?}: {} of {lines} lines below INFO, the first:\n{}",
+            below.len(),
+            below.iter().take(5).copied().collect::<Vec<_>>().join("\n")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happened() {
     let mut system = System::start().await;

@@ -162,7 +162,7 @@ async fn rows_read_together(url: &str) {
         }
         let row = row.expect("a known run's row");
         let i = ids.iter().position(|x| x == id).unwrap();
-        assert_eq!((row.id, row.mid.as_str()), (*id, format!("51{i:07}").as_str()));
+        assert_eq!((row.id, row.account.mid.as_str()), (*id, format!("51{i:07}").as_str()));
         assert_eq!(row.sql_text_encrypted, None, "a tick never loads the SQL text");
     }
     // A lone tick, after its window, reads its row alone.

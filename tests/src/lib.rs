@@ -449,10 +449,99 @@ impl Drop for Relay {
 
 /// A database URL on the test PostgreSQL (`TEST_DATABASE_URL`, default the
 /// local trust-auth server) naming a database no one has used; the service
-/// creates it.
+/// creates it. Every database named here is dropped when this process
+/// exits, whether its tests passed or failed; those of a process that was
+/// killed are dropped by the next test process to start.
 pub fn fresh_database_url() -> String {
-    let base = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    format!("{}/sqw_test_{}", base.trim_end_matches('/'), Uuid::new_v4().simple())
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    SETUP.call_once(|| {
+        drop_databases(|name| !owner_alive(name));
+        // SAFETY: registers a plain `extern "C" fn()` with no arguments.
+        unsafe { libc::atexit(drop_made_databases) };
+    });
+    let name = format!(
+        "{TEST_DATABASE_PREFIX}{}_{}",
+        std::process::id(),
+        Uuid::new_v4().simple()
+    );
+    made_databases()
+        .lock()
+        .expect("the list of databases")
+        .push(name.clone());
+    format!("{}/{name}", test_server_url())
+}
+
+/// The test databases' names: `sqw_test_<pid of the test process>_<uuid>`.
+pub const TEST_DATABASE_PREFIX: &str = "sqw_test_";
+
+fn test_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+fn made_databases() -> &'static std::sync::Mutex<Vec<String>> {
+    static MADE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    &MADE
+}
+
+extern "C" fn drop_made_databases() {
+    let made: Vec<String> = std::mem::take(&mut *made_databases().lock().unwrap_or_else(|p| p.into_inner()));
+    if !made.is_empty() {
+        drop_databases(move |name| made.iter().any(|m| m == name));
+    }
+}
+
+/// Whether the test process a database's name carries is still running (a
+/// name without one is from an older harness, and nobody's).
+fn owner_alive(name: &str) -> bool {
+    let pid = name
+        .strip_prefix(TEST_DATABASE_PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok());
+    // Signal 0 only asks whether the process exists.
+    pid.is_some_and(|pid| {
+        // SAFETY: as above.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    })
+}
+
+/// Drops the test databases `which` picks, on a runtime of its own (it runs
+/// at exit too, outside any test's runtime). Best effort: a server that is
+/// gone has nothing to keep.
+fn drop_databases(which: impl Fn(&str) -> bool + Send + 'static) {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let url = format!("{}/postgres", test_server_url());
+    let dropping = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async move {
+            let db = Database::connect(&url).await.ok()?;
+            let rows = db
+                .query_all_raw(Statement::from_string(
+                    sea_orm::DatabaseBackend::Postgres,
+                    format!("SELECT datname FROM pg_database WHERE starts_with(datname, '{TEST_DATABASE_PREFIX}')"),
+                ))
+                .await
+                .ok()?;
+            for row in rows {
+                let Ok(name) = row.try_get::<String>("", "datname") else {
+                    continue;
+                };
+                if which(&name) {
+                    let _ = db
+                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            }
+            db.close().await.ok()
+        })
+    });
+    let _ = dropping.join();
 }
 
 /// The `shell-query-worker` binary next to this test binary, built if missing.
@@ -563,7 +652,8 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub async fn start(env: &[(String, String)]) -> Self {
+    /// Starts the worker without waiting for anything.
+    pub fn spawn(env: &[(String, String)]) -> Self {
         let dir = TempDir::new("worker");
         let log = dir.0.join("worker.log");
         let http_port = free_port();
@@ -575,21 +665,34 @@ impl Worker {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        if !env.iter().any(|(k, _)| k == "RUST_LOG") {
-            cmd.env("RUST_LOG", "info,service=debug");
+        // The tests read the service's debug lines; `RUST_LOG` set to ""
+        // leaves it unset, as in production.
+        match env.iter().find(|(k, _)| k == "RUST_LOG") {
+            None => {
+                cmd.env("RUST_LOG", "info,service=debug");
+            }
+            Some((_, v)) if v.is_empty() => {
+                cmd.env_remove("RUST_LOG");
+            }
+            Some(_) => {}
         }
         cmd.env("HTTP_ADDR", format!("127.0.0.1:{http_port}"))
             .env("LOG_FORMAT", "json")
             .stdout(file.try_clone().expect("cloning the log handle"))
             .stderr(file);
         let child = cmd.spawn().expect("spawning shell-query-worker run");
-        let worker = Self {
+        Self {
             child,
             http_port,
             log,
             _dir: dir,
-        };
-        let url = format!("http://127.0.0.1:{http_port}/readyz");
+        }
+    }
+
+    /// Starts the worker and waits until `/readyz` answers 200.
+    pub async fn start(env: &[(String, String)]) -> Self {
+        let worker = Self::spawn(env);
+        let url = format!("http://127.0.0.1:{}/readyz", worker.http_port);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if http_ok(&url).await {

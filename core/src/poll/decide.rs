@@ -1,6 +1,7 @@
-//! The poll decision (DESIGN.md "Poll"): from the run's persisted poll state
-//! and what MCE has said so far this tick, to the next thing to ask or the
-//! tick's outcome. No I/O; time and the jitter draw are parameters.
+//! The poll decision (ARCHITECTURE.md, "How a run moves: Poll"): from the
+//! run's persisted poll state and what MCE has said so far this tick, to
+//! the next thing to ask or the tick's outcome. No I/O; time and the
+//! jitter draw are parameters.
 //!
 //! A tick calls [`decide`] repeatedly: each answer is either
 //! [`Decision::Ask`] with a [`Question`] for MCE, whose answer the caller

@@ -1,4 +1,5 @@
-//! What a query returns and what it reads (DESIGN.md "Execute", step 4).
+//! What a query returns and what it reads (ARCHITECTURE.md, "How a run
+//! moves: Execute", step 2).
 //!
 //! `SELECT *` and `alias.*` are expanded in the SQL text itself (only the
 //! star is replaced, so the rest of the query reaches MCE exactly as
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use sqlparser::ast::{Statement, Visit, Visitor};
 
 pub use depth::{MAX_DEPTH, MAX_NESTING};
-pub use target::{TargetField, TargetMode, check_target};
+pub use target::{TargetField, TargetMode, UpdateType, check_target};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {

@@ -11,6 +11,43 @@ pub enum TargetMode {
     Update,
 }
 
+/// The update type a run-to-target's row names: a mode, or text that is
+/// none (kept as written, so that resubmitting the row sends it unchanged
+/// and the run fails on it as the first delivery would have).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateType {
+    Mode(TargetMode),
+    Unknown(String),
+}
+
+impl UpdateType {
+    /// From a row's text.
+    pub fn from_stored(text: &str) -> Self {
+        match TargetMode::parse(Some(text)) {
+            Some(mode) => Self::Mode(mode),
+            None => Self::Unknown(text.to_string()),
+        }
+    }
+
+    /// The text to store or send.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Mode(mode) => mode.as_mce(),
+            Self::Unknown(text) => text,
+        }
+    }
+
+    /// The mode a row's update type asks for: none named is `Overwrite`
+    /// (MCE's default); text that is no mode is `None`.
+    pub fn mode_of(update_type: Option<&Self>) -> Option<TargetMode> {
+        match update_type {
+            None => Some(TargetMode::Overwrite),
+            Some(Self::Mode(mode)) => Some(*mode),
+            Some(Self::Unknown(_)) => None,
+        }
+    }
+}
+
 impl TargetMode {
     /// `Overwrite` (default), `Append` or `Update`, any case.
     pub fn parse(s: Option<&str>) -> Option<Self> {

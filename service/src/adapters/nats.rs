@@ -649,6 +649,21 @@ pub async fn last_status(
     }
 }
 
+/// A consumer that reads `subject` of `stream` for an operator (the
+/// events `runs show` prints): ephemeral, nothing acknowledged, removed by
+/// the server 10 s after its last read. The service's own consumers are
+/// [`declare`]d and [`ensure_consumer`]d.
+pub async fn reading_consumer(stream: &stream::Stream, subject: &str) -> Result<PullConsumer, stream::ConsumerError> {
+    stream
+        .create_consumer(pull::Config {
+            filter_subject: subject.to_string(),
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await
+}
+
 /// Copies a message the service gave up on to the DLQ with the reason.
 pub async fn publish_dlq(
     js: &jetstream::Context,

@@ -147,14 +147,20 @@ impl Telemetry {
     }
 }
 
-/// The NATS client logs whole message payloads (execute messages carry
-/// SQL) at trace level: it is capped at debug unless `RUST_LOG` names
-/// `async_nats` itself.
+/// The NATS client logs every protocol line at debug and whole message
+/// payloads (execute messages carry SQL) at trace: it is capped at info
+/// unless `RUST_LOG` names `async_nats` itself. A filter that lets nothing
+/// below info through needs no cap (and a quieter one, the demo's `warn`,
+/// is not raised).
 fn capped(rust_log: Option<&str>, filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::filter::LevelFilter;
     if rust_log.is_some_and(|l| l.contains("async_nats")) {
         return filter;
     }
-    filter.add_directive("async_nats=debug".parse().expect("a static directive parses"))
+    if filter.max_level_hint().is_some_and(|max| max <= LevelFilter::INFO) {
+        return filter;
+    }
+    filter.add_directive("async_nats=info".parse().expect("a static directive parses"))
 }
 
 /// Installs the subscriber: `format` is `json`, `pretty` or unset (JSON
@@ -315,10 +321,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_nats_client_s_payload_logging_is_capped_unless_asked_for() {
-        let f = |rust_log: &str| capped(Some(rust_log), tracing_subscriber::EnvFilter::new(rust_log)).to_string();
-        assert!(f("trace").contains("async_nats=debug"), "{}", f("trace"));
-        assert!(f("info").contains("async_nats=debug"));
-        assert!(!f("trace,async_nats=trace").contains("async_nats=debug"));
+    fn the_nats_client_is_capped_at_info_unless_asked_for() {
+        use tracing_subscriber::filter::LevelFilter;
+        let f = |rust_log: &str| capped(Some(rust_log), tracing_subscriber::EnvFilter::new(rust_log));
+        for verbose in ["trace", "debug", "info,service=debug"] {
+            assert!(f(verbose).to_string().contains("async_nats=info"), "{}", f(verbose));
+        }
+        // Nothing below info gets through: nothing to cap, nothing raised.
+        for quiet in ["info", "warn", "error"] {
+            assert!(!f(quiet).to_string().contains("async_nats"), "{}", f(quiet));
+        }
+        assert_eq!(f("warn").max_level_hint(), Some(LevelFilter::WARN));
+        // Named, it is the user's choice.
+        assert!(!f("info,async_nats=trace").to_string().contains("async_nats=info"));
     }
 }

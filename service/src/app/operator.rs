@@ -85,7 +85,7 @@ pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
                     "{:<24}  {:<36}  {:<36}  {:<8}  {:>5}  {}",
                     time(Some(run.created_at)),
                     run.id,
-                    run.tenant_id,
+                    run.account.tenant,
                     run.status.as_str(),
                     run.poll.poll_count,
                     run.snippet_name.as_deref().unwrap_or("-")
@@ -138,9 +138,9 @@ pub fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
     let lines = [
         ("run", run.id.to_string()),
         ("status", run.status.as_str().to_string()),
-        ("tenant", run.tenant_id.to_string()),
-        ("user", run.user_id.map_or_else(|| "-".into(), |u| u.to_string())),
-        ("business unit", run.mid.clone()),
+        ("tenant", run.account.tenant.to_string()),
+        ("user", run.account.user.map_or_else(|| "-".into(), |u| u.to_string())),
+        ("business unit", run.account.mid.to_string()),
         ("snippet", run.snippet_name.clone().unwrap_or_else(|| "-".into())),
         ("created", time(Some(run.created_at))),
         ("started", time(run.started_at)),
@@ -217,14 +217,7 @@ async fn nats_state(n: &NatsArgs, run_id: Uuid) -> String {
 async fn status_events(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<String>> {
     use futures::StreamExt as _;
     let stream = js.get_stream(nats_adapter::STATUS_STREAM).await?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            filter_subject: subject.to_string(),
-            ack_policy: jetstream::consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(10),
-            ..Default::default()
-        })
-        .await?;
+    let consumer = nats_adapter::reading_consumer(&stream, subject).await?;
     let mut lines = Vec::new();
     let mut batch = consumer
         .fetch()
@@ -558,7 +551,12 @@ pub async fn doctor(args: DoctorArgs) -> bool {
                             .await
                             .map_err(|e| crate::adapters::mce::MceError::CredentialsUnavailable(e.to_string()))?,
                     };
-                    let session = mce.session(tenant, user, mid).await?;
+                    let account = shell_query_core::account::Account::new(
+                        tenant,
+                        user,
+                        shell_query_core::account::Mid::stored(mid.to_string()),
+                    );
+                    let session = mce.session(&account).await?;
                     session.check_token().await
                 }
                 .await;

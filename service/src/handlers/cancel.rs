@@ -1,8 +1,9 @@
-//! One delivery of `P.cancel.<runId>` (DESIGN.md "Cancel"): compare-and-set
-//! the row to `canceled` (a run already ready or failed stays so), publish
-//! `canceled`, delete the run's QueryDefinition. An execute in progress
-//! stops before Perform (its own compare-and-set fails); the run's pending
-//! poll message acks without calling MCE when it next comes back.
+//! One delivery of `P.cancel.<runId>` (ARCHITECTURE.md, "How a run moves:
+//! Cancel"): compare-and-set the row to `canceled` (a run already ready or
+//! failed stays so), publish `canceled`, delete the run's QueryDefinition.
+//! An execute in progress stops before Perform (its own compare-and-set
+//! fails); the run's pending poll message acks without calling MCE when it
+//! next comes back.
 
 use chrono::Utc;
 use shell_query_core::message::CancelMessage;
@@ -11,7 +12,7 @@ use tracing::Instrument as _;
 
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::delivery::{Delivery, Disposition, note_ignored_fields};
+use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span, note_ignored_fields};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::end_run;
 
@@ -23,22 +24,7 @@ pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
         }
         Err(reason) => return Disposition::DeadLetter(reason),
     };
-    let span = tracing::info_span!(
-        "cancel",
-        otel.name = "process shell_query.cancel",
-        otel.kind = "consumer",
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        run_id = %msg.run_id,
-        tenant_id = %msg.tenant_id,
-        run.id = %msg.run_id,
-        tenant.id = %msg.tenant_id,
-        messaging.system = "nats",
-        messaging.destination.name = %delivery.subject,
-        messaging.operation.type = "process",
-    );
-    crate::adapters::telemetry::set_parent(&span, delivery.headers.as_ref());
-    crate::adapters::telemetry::record_ids(&span);
+    let span = delivery_span(Consumed::Cancel, delivery, msg.run_id, Some(msg.tenant_id));
     match cancel(deps, &msg).instrument(span).await {
         Ok(d) => d,
         Err(e) => {
@@ -74,7 +60,7 @@ async fn cancel(deps: &Deps, msg: &CancelMessage) -> Result<Disposition, StoreEr
             }
         }
     };
-    if run.tenant_id != msg.tenant_id || run.user_id != msg.user_id {
+    if !run.account.owned_by(msg.tenant_id, msg.user_id) {
         return Ok(Disposition::DeadLetter(
             "cancel for a run of another tenant or user".into(),
         ));

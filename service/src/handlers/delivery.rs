@@ -38,3 +38,71 @@ pub fn note_ignored_fields(kind: &'static str, names: &[String]) {
         }
     }
 }
+
+/// Which consumer a delivery came from, for its span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consumed {
+    Execute,
+    Poll,
+    Cancel,
+}
+
+impl Consumed {
+    /// The span's name by the messaging conventions: `process <destination template>`.
+    fn operation(self) -> &'static str {
+        match self {
+            Self::Execute => "process shell_query.execute",
+            Self::Poll => "process shell_query.poll",
+            Self::Cancel => "process shell_query.cancel",
+        }
+    }
+}
+
+/// The span of one delivery of a run's message: every handler opens its
+/// span here. Execute and cancel continue the publisher's trace (the
+/// API's); a poll tick starts a trace of its own, linked to it. The run's
+/// tenant is recorded when the message names it (a poll tick records it
+/// once it has read the row), and the fields a tick fills in later
+/// (`mce.status`, `poll.decision`, `otel.status_code`) start empty.
+pub fn delivery_span(
+    consumed: Consumed,
+    delivery: &Delivery,
+    run_id: uuid::Uuid,
+    tenant_id: Option<uuid::Uuid>,
+) -> tracing::Span {
+    use tracing::field::{Empty, display};
+    let span = tracing::info_span!(
+        "delivery",
+        otel.name = consumed.operation(),
+        otel.kind = "consumer",
+        trace_id = Empty,
+        span_id = Empty,
+        run_id = %run_id,
+        run.id = %run_id,
+        tenant_id = Empty,
+        tenant.id = Empty,
+        poll.count = Empty,
+        mce.status = Empty,
+        poll.decision = Empty,
+        otel.status_code = Empty,
+        messaging.system = "nats",
+        messaging.destination.name = %delivery.subject,
+        messaging.operation.type = "process",
+        messaging.message.delivery_count = delivery.delivered,
+    );
+    if let Some(tenant) = tenant_id {
+        span.record("tenant_id", display(tenant));
+        span.record("tenant.id", display(tenant));
+    }
+    match consumed {
+        Consumed::Poll => {
+            span.record("poll.count", delivery.delivered);
+            crate::adapters::telemetry::link(&span, delivery.headers.as_ref());
+        }
+        Consumed::Execute | Consumed::Cancel => {
+            crate::adapters::telemetry::set_parent(&span, delivery.headers.as_ref());
+        }
+    }
+    crate::adapters::telemetry::record_ids(&span);
+    span
+}

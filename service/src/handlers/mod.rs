@@ -1,6 +1,6 @@
 //! One delivery (or one request) each: decode, do the work through the
 //! adapters, and say what should become of the message. Handlers never
-//! acknowledge anything themselves: the consumer loop (`app::consumer`)
+//! acknowledge anything themselves: the consumer loop (`runtime::consumer`)
 //! applies the [`Disposition`] they return.
 
 pub mod cancel;

@@ -1,10 +1,11 @@
-//! One delivery of `P.poll.<runId>` (DESIGN.md "Poll"): load the row, ask
-//! MCE what the pure [`decide`] asks for, carry out its outcome. The
-//! decision lives in `shell_query_core::poll`; this module does the I/O.
+//! One delivery of `P.poll.<runId>` (ARCHITECTURE.md, "How a run moves:
+//! Poll"): load the row, ask MCE what the pure [`decide`] asks for, carry
+//! out its outcome. The decision lives in `shell_query_core::poll`; this
+//! module does the I/O.
 
 use chrono::Utc;
 use shell_query_core::event::{EventStatus, StatusEvent};
-use shell_query_core::message::{PollMessage, decode_for_run};
+use shell_query_core::message::{PollMessage, Subjects, decode_for_run};
 use shell_query_core::naming;
 use shell_query_core::poll::PollConfig;
 use shell_query_core::poll::decide::{
@@ -17,9 +18,9 @@ use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::adapters::mce::MceError;
+use crate::adapters::mce::{MceError, Session};
 use crate::adapters::store::{StoreError, runs};
-use crate::handlers::delivery::{Delivery, Disposition};
+use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::{end_run, publish_owed_event};
 
@@ -103,7 +104,7 @@ impl Poll {
 
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
         let started = Instant::now();
-        let run_id = run_id_of(&delivery.subject);
+        let run_id = Subjects::run_id_of(&delivery.subject);
         let previous = run_id.and_then(|id| self.due.lock().expect("due lock").remove(&id));
         if let Some((count, due)) = previous
             && count + 1 == delivery.delivered
@@ -132,11 +133,6 @@ impl Poll {
     }
 }
 
-/// The run a poll subject (`<prefix>.poll.<runId>`) names.
-fn run_id_of(subject: &str) -> Option<Uuid> {
-    subject.rsplit('.').next().and_then(|id| Uuid::parse_str(id).ok())
-}
-
 async fn handle(
     deps: &Deps,
     config: &PollConfig,
@@ -150,25 +146,7 @@ async fn handle(
         };
     deps.metrics.inc(crate::adapters::metrics::POLL_TICKS, &[]);
     // Each tick is its own trace, linked to the run's execute span.
-    let span = tracing::info_span!(
-        "poll",
-        otel.name = "process shell_query.poll",
-        otel.kind = "consumer",
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        run_id = %msg.run_id,
-        run.id = %msg.run_id,
-        tenant.id = tracing::field::Empty,
-        poll.count = delivery.delivered,
-        mce.status = tracing::field::Empty,
-        poll.decision = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        messaging.system = "nats",
-        messaging.destination.name = %delivery.subject,
-        messaging.operation.type = "process",
-    );
-    crate::adapters::telemetry::link(&span, delivery.headers.as_ref());
-    crate::adapters::telemetry::record_ids(&span);
+    let span = delivery_span(Consumed::Poll, delivery, msg.run_id, None);
     match tick(deps, config, msg.run_id, delivery, place).instrument(span).await {
         Ok(d) => d,
         Err(e) => {
@@ -186,6 +164,10 @@ fn refused(e: &MceError) -> Option<String> {
     e.is_unrecoverable().then(|| e.client_message())
 }
 
+/// One tick, in its steps: [`load`] the row (an ended or never-started run
+/// needs no MCE), [`observe_from`] its persisted state, take the tenant's
+/// place ([`admit`]), open an MCE session ([`open_session`]), then [`ask`]
+/// MCE what [`decide`] asks until it decides, and [`conclude`].
 async fn tick(
     deps: &Deps,
     config: &PollConfig,
@@ -193,78 +175,37 @@ async fn tick(
     delivery: &Delivery,
     place: impl FnOnce(Uuid) -> Option<TickPlace>,
 ) -> Result<Disposition, StoreError> {
-    let Some(run) = runs::get_run_for_poll(&deps.store, run_id).await? else {
-        return Ok(Disposition::DeadLetter("poll message for an unknown run".into()));
+    let (run, task) = match load(deps, config, run_id, delivery).await? {
+        Loaded::Live(run, task) => (*run, task),
+        Loaded::Settled(disposition) => return Ok(disposition),
     };
-    let canceled = run.cancel_pending();
-    if run.status.is_terminal() && !canceled {
-        // Ended; its event may still be owed (a crash after the ending).
-        if run.owes_terminal_event() && !publish_owed_event(deps, &run, Utc::now()).await? {
-            let n = u32::try_from(delivery.delivered - 1).unwrap_or(0);
-            return Ok(Disposition::Retry(config.backoff.delay(n, fastrand::f64())));
-        }
-        return Ok(Disposition::Ack);
-    }
-    let (StartPhase::Started(task), Some(de_key)) = (&run.start, run.target_de_customer_key.clone()) else {
-        return Ok(Disposition::DeadLetter(
-            "poll message for a run that was never started".into(),
-        ));
-    };
-    tracing::Span::current().record("tenant.id", tracing::field::display(run.tenant_id));
     let now = Utc::now();
-    let state = run.poll_state(u32::try_from(delivery.delivered).unwrap_or(u32::MAX), now);
-    let temp_de = de_key == naming::temp_de_key(run_id);
-    let mut object_id = run.query_definition().map(str::to_string);
-    let mut tick = Tick::new(state, &de_key, temp_de, object_id.is_some());
-    tick.canceled = canceled;
-    // An interrupted start may have lost the TaskID (see execute's resume).
-    tick.task_known = matches!(task, Task::Known(_));
-    let task_id = task.id().unwrap_or_default().to_string();
-    if config.schedule == Schedule::Adaptive && !canceled {
-        tick.history = deps
-            .histories
-            .get(&deps.store, run.tenant_id, &run.sql_text_hash)
-            .await?;
-    }
-
-    // The tenant's share of ticks in flight; past it, this check is
-    // skipped and the run comes back after its usual delay (the others of
-    // the tenant are waiting on MCE already).
+    let mut tick = observe_from(deps, config, &run, &task, delivery, now).await?;
+    let canceled = tick.canceled;
     // A canceled run's tick asks MCE nothing and is never held back.
-    let _place = match (canceled, place(run.tenant_id)) {
+    let _place = match (canceled, place(run.account.tenant_id())) {
         (true, place) => place,
         (false, Some(place)) => Some(place),
         (false, None) => {
+            // Past the tenant's share of ticks in flight (the others of the
+            // tenant are waiting on MCE already): this check is skipped and
+            // the run comes back after its usual delay.
             deps.metrics.inc(crate::adapters::metrics::POLL_TICKS_DEFERRED, &[]);
             return Ok(Disposition::Retry(deferred_delay(&tick, config, now, fastrand::f64())));
         }
     };
-    let session = if canceled {
-        None
-    } else {
-        match deps.mce.session(run.tenant_id, run.user_id, &run.mid).await {
-            Ok(s) => Some(s),
-            Err(e) => match refused(&e) {
-                Some(message) => {
-                    tick.refused = Some(message);
-                    None
-                }
-                None => {
-                    tracing::warn!(error = %e, "no MCE session this tick");
-                    return Ok(Disposition::Retry(
-                        config
-                            .backoff
-                            .delay(tick.state.poll_count.saturating_sub(1), fastrand::f64()),
-                    ));
-                }
-            },
-        }
+    let session = match open_session(deps, config, &run, &mut tick).await {
+        Ok(session) => session,
+        Err(disposition) => return Ok(disposition),
     };
-
+    let mut asked = Asked {
+        task_id: task.id().unwrap_or_default().to_string(),
+        object_id: run.query_definition().map(str::to_string),
+    };
     loop {
         let question = match decide(&tick, config, Utc::now(), fastrand::f64()) {
             Decision::Ask(question) => question,
-            Decision::Done(outcome) => return conclude(deps, &run, object_id.as_deref(), outcome).await,
+            Decision::Done(outcome) => return conclude(deps, &run, asked.object_id.as_deref(), outcome).await,
         };
         let Some(session) = session.as_ref() else {
             // `decide` ends a canceled or refused tick before asking; should
@@ -274,98 +215,215 @@ async fn tick(
                 config.backoff.delay(tick.state.poll_count, fastrand::f64()),
             ));
         };
-        match question {
-            Question::CheckStatus => {
-                let answer = session.async_status_batched(&task_id).await;
-                if let Ok(s) = &answer {
-                    tracing::Span::current().record("mce.status", s.status.as_deref().unwrap_or(""));
-                }
-                tick.status = Some(match answer {
-                    Ok(s) => StatusObservation::Read {
-                        status: s.status,
-                        error_msg: s.error_msg,
-                        completed_date: s.completed_date,
-                    },
-                    Err(e) => {
-                        tick.refused = refused(&e);
-                        tracing::warn!(error = %e, "status check failed");
-                        StatusObservation::Unavailable
-                    }
-                });
+        ask(deps, &run, session, question, &mut tick, &mut asked).await?;
+    }
+}
+
+/// What [`load`] found.
+enum Loaded {
+    /// A started run still to check, with its task.
+    Live(Box<Run>, Task),
+    /// Nothing to ask MCE: the delivery's fate is known.
+    Settled(Disposition),
+}
+
+/// The run's row, unless the run needs no check: unknown or never started
+/// (dead-lettered), or ended (acked once any owed event is out).
+async fn load(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Delivery) -> Result<Loaded, StoreError> {
+    let Some(run) = runs::get_run_for_poll(&deps.store, run_id).await? else {
+        return Ok(Loaded::Settled(Disposition::DeadLetter(
+            "poll message for an unknown run".into(),
+        )));
+    };
+    if run.status.is_terminal() && !run.cancel_pending() {
+        // Ended; its event may still be owed (a crash after the ending).
+        if run.owes_terminal_event() && !publish_owed_event(deps, &run, Utc::now()).await? {
+            let n = u32::try_from(delivery.delivered - 1).unwrap_or(0);
+            return Ok(Loaded::Settled(Disposition::Retry(
+                config.backoff.delay(n, fastrand::f64()),
+            )));
+        }
+        return Ok(Loaded::Settled(Disposition::Ack));
+    }
+    let (StartPhase::Started(task), Some(_)) = (&run.start, &run.target_de_customer_key) else {
+        return Ok(Loaded::Settled(Disposition::DeadLetter(
+            "poll message for a run that was never started".into(),
+        )));
+    };
+    let task = task.clone();
+    Ok(Loaded::Live(Box::new(run), task))
+}
+
+/// The tick's starting point from the run's persisted poll state: its
+/// destination, whether it is canceled, whether its task is known, and
+/// (for the adaptive schedule) its query's recent durations.
+async fn observe_from(
+    deps: &Deps,
+    config: &PollConfig,
+    run: &Run,
+    task: &Task,
+    delivery: &Delivery,
+    now: chrono::DateTime<Utc>,
+) -> Result<Tick, StoreError> {
+    tracing::Span::current().record("tenant.id", tracing::field::display(run.account.tenant));
+    let de_key = run.target_de_customer_key.as_deref().unwrap_or_default();
+    let state = run.poll_state(u32::try_from(delivery.delivered).unwrap_or(u32::MAX), now);
+    let temp_de = de_key == naming::temp_de_key(run.id);
+    let mut tick = Tick::new(state, de_key, temp_de, run.query_definition().is_some());
+    tick.canceled = run.cancel_pending();
+    // An interrupted start may have lost the TaskID (see execute's resume).
+    tick.task_known = matches!(task, Task::Known(_));
+    if config.schedule == Schedule::Adaptive && !tick.canceled {
+        tick.history = deps
+            .histories
+            .get(&deps.store, run.account.tenant_id(), &run.sql_text_hash)
+            .await?;
+    }
+    Ok(tick)
+}
+
+/// The run's MCE session; none for a canceled run (it asks nothing) or
+/// when MCE refuses for good (recorded in the tick, which then fails the
+/// run). A session that is briefly unavailable sends the run back later.
+async fn open_session<'a>(
+    deps: &'a Deps,
+    config: &PollConfig,
+    run: &'a Run,
+    tick: &mut Tick,
+) -> Result<Option<Session<'a>>, Disposition> {
+    if tick.canceled {
+        return Ok(None);
+    }
+    match deps.mce.session(&run.account).await {
+        Ok(session) => Ok(Some(session)),
+        Err(e) => match refused(&e) {
+            Some(message) => {
+                tick.refused = Some(message);
+                Ok(None)
             }
-            Question::ProbeRows => {
-                tick.probe = Some(match session.rowset(&de_key, 1, 1).await {
-                    Ok(r) if r.count > 0 || !r.items.is_empty() => ProbeObservation::Rows { count: r.count },
-                    Ok(_) => ProbeObservation::NoSignal,
-                    Err(e) => {
-                        tick.refused = refused(&e);
-                        ProbeObservation::NoSignal
-                    }
-                });
+            None => {
+                tracing::warn!(error = %e, "no MCE session this tick");
+                Err(Disposition::Retry(
+                    config
+                        .backoff
+                        .delay(tick.state.poll_count.saturating_sub(1), fastrand::f64()),
+                ))
             }
-            Question::CheckIsRunning => {
-                let id = object_id.as_deref().unwrap_or_default();
-                tick.is_running = Some(match session.is_running(id).await {
-                    Ok(true) => IsRunningObservation::Running,
-                    Ok(false) => IsRunningObservation::NotRunning,
-                    Err(MceError::BadRequest { .. }) => IsRunningObservation::BadId,
-                    Err(e) => {
-                        tick.refused = refused(&e);
-                        tracing::debug!(error = %e, "isRunning gave no answer");
-                        IsRunningObservation::Unavailable
-                    }
-                });
-                let answer = match tick.is_running {
-                    Some(IsRunningObservation::Running) => "running",
-                    Some(IsRunningObservation::NotRunning) => "not_running",
-                    Some(IsRunningObservation::BadId) => "bad_id",
-                    _ => "unavailable",
-                };
-                deps.metrics
-                    .inc(crate::adapters::metrics::IS_RUNNING_CHECKS, &[("answer", answer)]);
-                if answer == "not_running" {
-                    deps.metrics
-                        .inc(crate::adapters::metrics::NOT_RUNNING_CONFIRMATIONS, &[]);
-                }
+        },
+    }
+}
+
+/// What the tick knows of the run's MCE handles as it asks.
+struct Asked {
+    task_id: String,
+    /// The QueryDefinition's ObjectID, once known (it may be recovered).
+    object_id: Option<String>,
+}
+
+/// Asks MCE one question and records the answer in the tick.
+async fn ask(
+    deps: &Deps,
+    run: &Run,
+    session: &Session<'_>,
+    question: Question,
+    tick: &mut Tick,
+    asked: &mut Asked,
+) -> Result<(), StoreError> {
+    let de_key = run.target_de_customer_key.as_deref().unwrap_or_default();
+    match question {
+        Question::CheckStatus => {
+            let answer = session.async_status_batched(&asked.task_id).await;
+            if let Ok(s) = &answer {
+                tracing::Span::current().record("mce.status", s.status.as_deref().unwrap_or(""));
             }
-            Question::RecoverObjectId => {
-                tick.recovery_tried = true;
-                let key = run
-                    .query_customer_key
-                    .clone()
-                    .unwrap_or_else(|| naming::query_key(run_id));
-                match session.find_query_definition(&key).await {
-                    Ok(Some(found)) => {
-                        tracing::info!("QueryDefinition ObjectID recovered by CustomerKey");
-                        runs::set_query_definition_id(&deps.store, run_id, &found).await?;
-                        object_id = Some(found);
-                    }
-                    Ok(None) => tracing::warn!("no QueryDefinition with the run's CustomerKey"),
-                    Err(e) => {
-                        tick.refused = refused(&e);
-                        tracing::warn!(error = %e, "QueryDefinition lookup failed");
-                    }
+            tick.status = Some(match answer {
+                Ok(s) => StatusObservation::Read {
+                    status: s.status,
+                    error_msg: s.error_msg,
+                    completed_date: s.completed_date,
+                },
+                Err(e) => {
+                    tick.refused = refused(&e);
+                    tracing::warn!(error = %e, "status check failed");
+                    StatusObservation::Unavailable
                 }
-            }
-            Question::CheckRowset { first } => {
-                if first {
-                    deps.publish_event(&StatusEvent::new(run_id, EventStatus::FetchingResults, Utc::now()))
-                        .await;
+            });
+        }
+        Question::ProbeRows => {
+            tick.probe = Some(match session.rowset(de_key, 1, 1).await {
+                Ok(r) if r.count > 0 || !r.items.is_empty() => ProbeObservation::Rows { count: r.count },
+                Ok(_) => ProbeObservation::NoSignal,
+                Err(e) => {
+                    tick.refused = refused(&e);
+                    ProbeObservation::NoSignal
                 }
-                tick.rowset = Some(match session.rowset(&de_key, 1, 1).await {
-                    Ok(r) => RowsetObservation::Queryable { count: r.count },
-                    Err(e) => {
-                        tick.refused = refused(&e);
-                        tracing::debug!(error = %e, "results not queryable yet");
-                        RowsetObservation::NotYet
-                    }
-                });
-                if tick.rowset == Some(RowsetObservation::NotYet) {
-                    deps.metrics
-                        .inc(crate::adapters::metrics::ROWSET_READINESS_RETRIES, &[]);
+            });
+        }
+        Question::CheckIsRunning => check_is_running(deps, session, tick, asked.object_id.as_deref()).await,
+        Question::RecoverObjectId => {
+            tick.recovery_tried = true;
+            let key = run
+                .query_customer_key
+                .clone()
+                .unwrap_or_else(|| naming::query_key(run.id));
+            match session.find_query_definition(&key).await {
+                Ok(Some(found)) => {
+                    tracing::info!("QueryDefinition ObjectID recovered by CustomerKey");
+                    runs::set_query_definition_id(&deps.store, run.id, &found).await?;
+                    asked.object_id = Some(found);
+                }
+                Ok(None) => tracing::warn!("no QueryDefinition with the run's CustomerKey"),
+                Err(e) => {
+                    tick.refused = refused(&e);
+                    tracing::warn!(error = %e, "QueryDefinition lookup failed");
                 }
             }
         }
+        Question::CheckRowset { first } => {
+            if first {
+                deps.publish_event(&StatusEvent::new(run.id, EventStatus::FetchingResults, Utc::now()))
+                    .await;
+            }
+            tick.rowset = Some(match session.rowset(de_key, 1, 1).await {
+                Ok(r) => RowsetObservation::Queryable { count: r.count },
+                Err(e) => {
+                    tick.refused = refused(&e);
+                    tracing::debug!(error = %e, "results not queryable yet");
+                    RowsetObservation::NotYet
+                }
+            });
+            if tick.rowset == Some(RowsetObservation::NotYet) {
+                deps.metrics
+                    .inc(crate::adapters::metrics::ROWSET_READINESS_RETRIES, &[]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// REST isRunning on the QueryDefinition, counted by its answer.
+async fn check_is_running(deps: &Deps, session: &Session<'_>, tick: &mut Tick, object_id: Option<&str>) {
+    tick.is_running = Some(match session.is_running(object_id.unwrap_or_default()).await {
+        Ok(true) => IsRunningObservation::Running,
+        Ok(false) => IsRunningObservation::NotRunning,
+        Err(MceError::BadRequest { .. }) => IsRunningObservation::BadId,
+        Err(e) => {
+            tick.refused = refused(&e);
+            tracing::debug!(error = %e, "isRunning gave no answer");
+            IsRunningObservation::Unavailable
+        }
+    });
+    let answer = match tick.is_running {
+        Some(IsRunningObservation::Running) => "running",
+        Some(IsRunningObservation::NotRunning) => "not_running",
+        Some(IsRunningObservation::BadId) => "bad_id",
+        _ => "unavailable",
+    };
+    deps.metrics
+        .inc(crate::adapters::metrics::IS_RUNNING_CHECKS, &[("answer", answer)]);
+    if answer == "not_running" {
+        deps.metrics
+            .inc(crate::adapters::metrics::NOT_RUNNING_CONFIRMATIONS, &[]);
     }
 }
 

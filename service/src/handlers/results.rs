@@ -53,7 +53,7 @@ async fn owned_run(deps: &Deps, run_id: Uuid, tenant_id: Uuid, user_id: Option<U
         .await
         .map_err(|_| ApiError::Unavailable("The run store is unavailable. Please try again.".into()))?
         .ok_or(ApiError::NotFound)?;
-    if run.tenant_id != tenant_id || run.user_id != user_id {
+    if !run.account.owned_by(tenant_id, user_id) {
         return Err(ApiError::NotFound);
     }
     Ok(run)
@@ -110,11 +110,7 @@ async fn results(deps: &Deps, req: ResultsRequest) -> Result<ResultsReply, ApiEr
     }
     let key = run.target_de_customer_key.clone().ok_or(ApiError::NotFound)?;
     let mce_error = |e: crate::adapters::mce::MceError| ApiError::Unavailable(e.client_message());
-    let session = deps
-        .mce
-        .session(run.tenant_id, run.user_id, &run.mid)
-        .await
-        .map_err(mce_error)?;
+    let session = deps.mce.session(&run.account).await.map_err(mce_error)?;
     let fields = session.data_extension_fields(&key).await.map_err(mce_error)?;
     let rowset = session.rowset(&key, page, page_size).await.map_err(mce_error)?;
     let mut columns: Vec<String> = fields

@@ -1,8 +1,8 @@
-//! The reconciler (DESIGN.md "Reconciler and sweeper"): every interval, on
-//! the one replica holding the lease, finds runs that should be moving and
-//! are not, and moves them: a lost poll message is published again, a
-//! stale queued run is re-submitted or failed, a run stuck before Perform
-//! is failed.
+//! The reconciler (ARCHITECTURE.md, "How a run moves: Reconciler and
+//! sweeper"): every interval, on the one replica holding the lease, finds
+//! runs that should be moving and are not, and moves them: a lost poll
+//! message is published again, a stale queued run is re-submitted or
+//! failed, a run stuck before Perform is failed.
 
 use std::time::Duration;
 use tracing::Instrument as _;
@@ -178,21 +178,21 @@ async fn reconcile_run(
 /// when the row cannot rebuild the request (no SQL, no MID, or an update
 /// type without its target): the run is then failed, never left queued.
 async fn resubmit(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, NatsError> {
-    let (Some(sql), false) = (run.sql_text_encrypted.clone(), run.mid.is_empty()) else {
+    let (Some(sql), false) = (run.sql_text_encrypted.clone(), run.account.mid.is_empty()) else {
         return Ok(false);
     };
-    if run.target_de_customer_key.is_none() && run.target_update_type.is_some() {
+    if run.target_de_customer_key.is_none() && run.update_type.is_some() {
         return Ok(false);
     }
     let msg = ExecuteMessage {
         run_id: run.id,
-        tenant_id: run.tenant_id,
-        user_id: run.user_id,
-        mid: run.mid.clone(),
+        tenant_id: run.account.tenant_id(),
+        user_id: run.account.user_id(),
+        mid: run.account.mid.to_string(),
         sql_text_encrypted: Some(sql),
         snippet_name: run.snippet_name.clone(),
         target_de_customer_key: run.target_de_customer_key.clone(),
-        target_update_type: run.target_update_type.clone(),
+        target_update_type: run.update_type.as_ref().map(|u| u.as_str().to_string()),
         ..Default::default()
     };
     let msg_id = format!("execute:{}:{}", run.id, now.timestamp_millis());

@@ -1,15 +1,16 @@
-//! The sweeper (DESIGN.md "Reconciler and sweeper"): every interval, on the
-//! one replica holding the lease, deletes the QueryDefinitions this service
-//! made (key `QPP_Q_…`) in each business unit's results folder that are
-//! older than `SWEEPER_MIN_AGE` and belong to no live run (by ObjectID, or
-//! by the CustomerKey a live run's start creates before the row names it).
-//! A backstop for clean-ups that failed; one business unit's failure does
-//! not stop the rest.
+//! The sweeper (ARCHITECTURE.md, "How a run moves: Reconciler and
+//! sweeper"): every interval, on the one replica holding the lease,
+//! deletes the QueryDefinitions this service made (key `QPP_Q_…`) in each
+//! business unit's results folder that are older than `SWEEPER_MIN_AGE`
+//! and belong to no live run (by ObjectID, or by the CustomerKey a live
+//! run's start creates before the row names it). A backstop for clean-ups
+//! that failed; one business unit's failure does not stop the rest.
 
 use std::time::Duration;
 use tracing::Instrument as _;
 
 use chrono::{DateTime, Utc};
+use shell_query_core::account::{Account, Mid};
 use shell_query_core::naming::is_our_query_key;
 
 use crate::adapters::mce::MceError;
@@ -32,7 +33,10 @@ pub async fn sweep_once(deps: &Deps, min_age: Duration, now: DateTime<Utc>) -> R
             continue;
         };
         let result = async {
-            let session = deps.mce.session(tenant_id, Some(user), &mid).await?;
+            let session = deps
+                .mce
+                .session(&Account::new(tenant_id, Some(user), Mid::stored(mid.clone())))
+                .await?;
             let mut deleted = 0;
             for (object_id, key) in session.query_definitions_in_folder(folder, before).await? {
                 if !is_our_query_key(&key) || live.holds(&object_id, &key) {

@@ -89,11 +89,10 @@ pub async fn announce_ending(
     record_metrics(deps, &ending, run, now);
     publish_terminal(deps, &event, now).await?;
     if matches!(ending, Ending::Ready { .. }) {
-        deps.histories.forget(run.tenant_id, &run.sql_text_hash);
+        deps.histories.forget(run.account.tenant_id(), &run.sql_text_hash);
     }
     if let Some(qd) = query_definition.filter(|q| !q.trim().is_empty()) {
-        deps.delete_query_definition(run.tenant_id, run.user_id, &run.mid, qd)
-            .await;
+        deps.delete_query_definition(&run.account, qd).await;
     }
     Ok(())
 }

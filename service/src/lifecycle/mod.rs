@@ -40,14 +40,8 @@ impl Deps {
 
     /// Deletes a QueryDefinition of a run's business unit (never another
     /// run's). A failure is logged and left to the sweeper.
-    pub async fn delete_query_definition(
-        &self,
-        tenant_id: uuid::Uuid,
-        user_id: Option<uuid::Uuid>,
-        mid: &str,
-        object_id: &str,
-    ) {
-        let result = match self.mce.session(tenant_id, user_id, mid).await {
+    pub async fn delete_query_definition(&self, account: &shell_query_core::account::Account, object_id: &str) {
+        let result = match self.mce.session(account).await {
             Ok(session) => session.delete_query_definition(object_id).await,
             Err(e) => Err(e),
         };

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use uuid::Uuid;
 
 use super::error::{MceError, Op};
 use crate::adapters::crypto::Cipher;
@@ -24,12 +23,8 @@ use crate::adapters::store::credentials::CredentialStore;
 /// A cached token is used until this long before it expires.
 const EXPIRY_SKEW: ChronoDuration = ChronoDuration::seconds(60);
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TokenKey {
-    pub tenant_id: Uuid,
-    pub user_id: Option<Uuid>,
-    pub mid: String,
-}
+/// Tokens are cached per account: a tenant's user in one business unit.
+pub type TokenKey = shell_query_core::account::Account;
 
 #[derive(Clone)]
 struct Cached {
@@ -134,7 +129,7 @@ impl Auth {
         let unavailable = |e: StoreError| MceError::CredentialsUnavailable(e.to_string());
         let locked = self
             .credentials
-            .lock(key.tenant_id, key.user_id, &key.mid)
+            .lock(key.tenant_id(), key.user_id(), key.mid.as_str())
             .await
             .map_err(unavailable)?
             .ok_or(MceError::CredentialsMissing)?;

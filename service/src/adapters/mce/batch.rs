@@ -1,7 +1,10 @@
 //! Status checks that fall due together share one call. The first tick of a
 //! tenant, user and business unit to ask opens a batch and waits a short
-//! window (`STATUS_BATCH_WINDOW_MS`); the ticks of the same key that ask
-//! meanwhile join it, up to `STATUS_BATCH_MAX`. Then one `Retrieve
+//! window (`STATUS_BATCH_WINDOW_MS`), then for its place at the tenant's
+//! gate; the ticks of the same key that ask meanwhile join it, up to
+//! `STATUS_BATCH_MAX`. So a batch grows with congestion (group commit): the
+//! longer a tenant's calls wait for a place, the more checks each one
+//! answers, and the fewer calls the tenant makes per check. Then one `Retrieve
 //! AsyncActivityStatus` with a `TaskID IN (...)` filter answers them all,
 //! each result matched back by the TaskID it names. A task the answer leaves
 //! out is asked alone; a tenant whose MCE refuses the `IN` filter is asked
@@ -15,7 +18,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
-use super::client::Session;
 use super::error::MceError;
 use super::soap::AsyncStatus;
 
@@ -24,7 +26,30 @@ use super::soap::AsyncStatus;
 pub const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
 
 type Answer = Result<AsyncStatus, MceError>;
-type Key = (Uuid, Option<Uuid>, String);
+type Key = shell_query_core::account::Account;
+
+/// What a batch asks MCE through: one account's session (`client::Session`,
+/// whose `Mce` holds the batcher).
+pub trait StatusSource: Sync {
+    /// A place at the tenant's gate, held for one call.
+    type Place: Send;
+    /// The account it speaks for.
+    fn key(&self) -> Key;
+    /// Waits for a place at the tenant's gate; `Err` when the tenant holds
+    /// its share already (the answer every check of the batch then gets).
+    fn place(&self) -> impl Future<Output = Result<Self::Place, MceError>> + Send;
+    /// One task's status (the call takes its own place).
+    fn async_status(&self, task_id: &str) -> impl Future<Output = Answer> + Send;
+    /// One task's status, in a place already held.
+    fn async_status_in(&self, place: Self::Place, task_id: &str) -> impl Future<Output = Answer> + Send;
+    /// The statuses of several tasks in one call, by TaskID, in a place
+    /// already held.
+    fn async_statuses_in(
+        &self,
+        place: Self::Place,
+        task_ids: &[&str],
+    ) -> impl Future<Output = Result<HashMap<String, AsyncStatus>, MceError>> + Send;
+}
 
 struct Batch {
     items: Mutex<Vec<(String, oneshot::Sender<Answer>)>>,
@@ -61,7 +86,7 @@ impl StatusBatcher {
 
     /// The status of one task, asked together with the other tasks of the
     /// same key that fall due within the window.
-    pub async fn status(&self, session: &Session<'_>, task_id: &str) -> Answer {
+    pub async fn status(&self, session: &impl StatusSource, task_id: &str) -> Answer {
         let key = session.key();
         match self.join(&key, task_id) {
             Role::Alone => session.async_status(task_id).await,
@@ -71,6 +96,9 @@ impl StatusBatcher {
                     _ = tokio::time::sleep(self.window) => {}
                     _ = batch.full.notified() => {}
                 }
+                // The batch stays open while its call waits for a place:
+                // the checks that fall due meanwhile join it (until full).
+                let place = session.place().await;
                 {
                     let mut open = self.open.lock().expect("batch lock");
                     if open.get(&key).is_some_and(|b| Arc::ptr_eq(b, &batch)) {
@@ -78,7 +106,14 @@ impl StatusBatcher {
                     }
                 }
                 let items = std::mem::take(&mut *batch.items.lock().expect("batch lock"));
-                self.answer(session, items).await;
+                match place {
+                    Ok(place) => self.answer(session, place, items).await,
+                    Err(e) => {
+                        for (_, tx) in items {
+                            let _ = tx.send(Err(e.clone()));
+                        }
+                    }
+                }
                 answer.await.unwrap_or_else(|_| session_lost())
             }
         }
@@ -90,10 +125,10 @@ impl StatusBatcher {
         }
         {
             let mut refused = self.refused.lock().expect("batch lock");
-            match refused.get(&key.0) {
+            match refused.get(&key.tenant_id()) {
                 Some(until) if *until > Instant::now() => return Role::Alone,
                 Some(_) => {
-                    refused.remove(&key.0);
+                    refused.remove(&key.tenant_id());
                 }
                 None => {}
             }
@@ -121,15 +156,21 @@ impl StatusBatcher {
         Role::Leader(batch, rx)
     }
 
-    /// Asks MCE for every item and sends each its answer.
-    async fn answer(&self, session: &Session<'_>, items: Vec<(String, oneshot::Sender<Answer>)>) {
+    /// Asks MCE for every item, in the place the leader holds, and sends
+    /// each its answer.
+    async fn answer<S: StatusSource>(
+        &self,
+        session: &S,
+        place: S::Place,
+        items: Vec<(String, oneshot::Sender<Answer>)>,
+    ) {
         if items.len() == 1 {
             let (task, tx) = items.into_iter().next().expect("one item");
-            let _ = tx.send(session.async_status(&task).await);
+            let _ = tx.send(session.async_status_in(place, &task).await);
             return;
         }
         let ids: Vec<&str> = items.iter().map(|(t, _)| t.as_str()).collect();
-        let mut found = match session.async_statuses(&ids).await {
+        let mut found = match session.async_statuses_in(place, &ids).await {
             Ok(found) => found,
             Err(e) if e.is_transient() => {
                 for (_, tx) in items {
@@ -143,7 +184,7 @@ impl StatusBatcher {
                 self.refused
                     .lock()
                     .expect("batch lock")
-                    .insert(session.key().0, Instant::now() + REFUSAL_MEMORY);
+                    .insert(session.key().tenant_id(), Instant::now() + REFUSAL_MEMORY);
                 HashMap::new()
             }
         };

@@ -9,11 +9,13 @@ use uuid::Uuid;
 
 use super::auth::{Auth, Grant, TokenKey, read_grant};
 use super::error::{MceError, Op, Timeouts};
+use super::gate::Permit;
 use super::rest::{self, Rowset, Validation};
 use super::soap::{self, AsyncStatus, DataExtensionInfo, DeTarget, FieldInfo, QueryDefinitionSpec, ReadError, Verb};
 use super::xml::{self, Element};
 use crate::adapters::crypto::Cipher;
 use crate::adapters::store::credentials::CredentialStore;
+use shell_query_core::account::Account;
 use shell_query_core::backoff::Backoff;
 use shell_query_core::schema::DeField;
 
@@ -210,8 +212,9 @@ impl Mce {
         self
     }
 
-    /// A session for one tenant, user and business unit.
-    pub async fn session(&self, tenant_id: Uuid, user_id: Option<Uuid>, mid: &str) -> Result<Session<'_>, MceError> {
+    /// A session for one account: a tenant's user in one business unit.
+    pub async fn session(&self, account: &Account) -> Result<Session<'_>, MceError> {
+        let tenant_id = account.tenant_id();
         let cached = self.tssds.lock().expect("tssd cache lock").get(&tenant_id).cloned();
         let tssd = match cached {
             Some(tssd) => tssd,
@@ -233,11 +236,7 @@ impl Mce {
         };
         Ok(Session {
             mce: self,
-            key: TokenKey {
-                tenant_id,
-                user_id,
-                mid: mid.to_string(),
-            },
+            key: account.clone(),
             tssd,
         })
     }
@@ -250,10 +249,44 @@ pub struct Session<'a> {
     tssd: String,
 }
 
+/// The batcher asks MCE through the session it was handed, in the place
+/// its leader waited for.
+impl super::batch::StatusSource for Session<'_> {
+    type Place = Permit;
+
+    fn key(&self) -> Account {
+        Session::key(self).clone()
+    }
+
+    fn place(&self) -> impl Future<Output = Result<Permit, MceError>> + Send {
+        self.place_for(Op::AsyncStatuses)
+    }
+
+    fn async_status(&self, task_id: &str) -> impl Future<Output = Result<AsyncStatus, MceError>> + Send {
+        Session::async_status(self, task_id)
+    }
+
+    fn async_status_in(
+        &self,
+        place: Permit,
+        task_id: &str,
+    ) -> impl Future<Output = Result<AsyncStatus, MceError>> + Send {
+        Session::async_status_in(self, Some(place), task_id)
+    }
+
+    fn async_statuses_in(
+        &self,
+        place: Permit,
+        task_ids: &[&str],
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, AsyncStatus>, MceError>> + Send {
+        Session::async_statuses_in(self, Some(place), task_ids)
+    }
+}
+
 impl Session<'_> {
-    /// The tenant, user and business unit this session speaks for.
-    pub fn key(&self) -> (Uuid, Option<Uuid>, String) {
-        (self.key.tenant_id, self.key.user_id, self.key.mid.clone())
+    /// The account this session speaks for.
+    pub fn key(&self) -> &Account {
+        &self.key
     }
 
     /// A task's status, asked together with the other tasks of this
@@ -317,6 +350,29 @@ impl Session<'_> {
         F: FnMut(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<Attempt<T>, MceError>>,
     {
+        self.call_in(None, op, exchange).await
+    }
+
+    /// The tenant's place at MCE (its adaptive limit of calls in flight);
+    /// a tenant holding its share of places already is told to slow down.
+    async fn place_for(&self, op: Op) -> Result<Permit, MceError> {
+        self.mce
+            .gate
+            .enter(self.key.tenant_id())
+            .await
+            .ok_or(MceError::RateLimited {
+                op: op.name(),
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            })
+    }
+
+    /// [`Session::call`] in a place already held (`Some`), or in one it
+    /// waits for.
+    async fn call_in<T, F, Fut>(&self, place: Option<Permit>, op: Op, exchange: F) -> Result<T, MceError>
+    where
+        F: FnMut(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<T>, MceError>>,
+    {
         use tracing::Instrument as _;
         // OpenTelemetry's client span of a remote call, named by operation.
         let span = tracing::info_span!(
@@ -330,13 +386,9 @@ impl Session<'_> {
             otel.status_code = tracing::field::Empty,
         );
         let started = std::time::Instant::now();
-        // The tenant's place at MCE (its adaptive limit of calls in flight);
-        // a tenant holding its share of places already is told to slow down.
-        let Some(_place) = self.mce.gate.enter(self.key.tenant_id).await else {
-            return Err(MceError::RateLimited {
-                op: op.name(),
-                retry_after: Some(std::time::Duration::from_secs(1)),
-            });
+        let _place = match place {
+            Some(place) => place,
+            None => self.place_for(op).await?,
         };
         let result = self.call_inner(op, exchange).instrument(span).await;
         self.mce.metrics.observe(
@@ -356,7 +408,7 @@ impl Session<'_> {
             Err(MceError::Unavailable { .. } | MceError::Unreachable { .. }) => Signal::Failed,
             Err(_) => return,
         };
-        self.mce.gate.record(self.key.tenant_id, signal);
+        self.mce.gate.record(self.key.tenant_id(), signal);
     }
 
     async fn call_inner<T, F, Fut>(&self, op: Op, mut exchange: F) -> Result<T, MceError>
@@ -420,8 +472,14 @@ impl Session<'_> {
 
     /// One SOAP call; the parsed envelope on success.
     async fn soap(&self, op: Op, verb: Verb, body: &str) -> Result<Element, MceError> {
+        self.soap_in(None, op, verb, body).await
+    }
+
+    /// A SOAP call in `place` (a place at the tenant's gate the caller
+    /// already holds), or in a place of its own when `None`.
+    async fn soap_in(&self, place: Option<Permit>, op: Op, verb: Verb, body: &str) -> Result<Element, MceError> {
         let url = self.url(&self.mce.urls.soap, "/Service.asmx");
-        self.call(op, |token| {
+        self.call_in(place, op, |token| {
             let envelope = soap::envelope(token.expose_secret(), body);
             let request = self
                 .mce
@@ -539,8 +597,17 @@ impl Session<'_> {
     }
 
     pub async fn async_status(&self, task_id: &str) -> Result<AsyncStatus, MceError> {
+        self.async_status_in(None, task_id).await
+    }
+
+    async fn async_status_in(&self, place: Option<Permit>, task_id: &str) -> Result<AsyncStatus, MceError> {
         let root = self
-            .soap(Op::AsyncStatus, Verb::Retrieve, &soap::retrieve_async_status(task_id))
+            .soap_in(
+                place,
+                Op::AsyncStatus,
+                Verb::Retrieve,
+                &soap::retrieve_async_status(task_id),
+            )
             .await?;
         soap::read_async_status(&root).map_err(|e| read_error(Op::AsyncStatus, e))
     }
@@ -551,8 +618,17 @@ impl Session<'_> {
         &self,
         task_ids: &[&str],
     ) -> Result<std::collections::HashMap<String, AsyncStatus>, MceError> {
+        self.async_statuses_in(None, task_ids).await
+    }
+
+    async fn async_statuses_in(
+        &self,
+        place: Option<Permit>,
+        task_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, AsyncStatus>, MceError> {
         let root = self
-            .soap(
+            .soap_in(
+                place,
                 Op::AsyncStatuses,
                 Verb::Retrieve,
                 &soap::retrieve_async_statuses(task_ids),

@@ -16,14 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, DbErr};
-use shell_query_core::run::Run;
+use entities::shell_query_runs as runs;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QuerySelect};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::error::StoreError;
 
-type RunRow = entities::shell_query_runs::Model;
+type RunRow = runs::Model;
 
 /// How long the first tick of a batch waits for others.
 pub const WINDOW: Duration = Duration::from_millis(2);
@@ -32,7 +33,7 @@ pub const MAX: usize = 64;
 /// Batch statements in flight at once (each holds a pool connection).
 const IN_FLIGHT: usize = 4;
 
-type Answer = Result<Option<Run>, StoreError>;
+type Answer = Result<Option<RunRow>, StoreError>;
 type Request = (Uuid, oneshot::Sender<Answer>);
 
 /// The batcher of one [`super::Store`]; its driver task starts with the
@@ -55,7 +56,8 @@ impl RowBatcher {
         self.statements.load(Ordering::Relaxed)
     }
 
-    /// The row of `id` as a poll tick reads it, read with the others due now.
+    /// The row of `id` as a poll tick reads it, read with the others due now
+    /// (`runs::get_run_for_poll` makes it a `Run`).
     pub(super) async fn get(&self, db: &DatabaseConnection, id: Uuid) -> Answer {
         let requests = self.requests.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -71,7 +73,7 @@ impl RowBatcher {
         // The driver is gone (its runtime ended, as between tests that share
         // a store): read alone rather than fail the tick.
         self.statements.fetch_add(1, Ordering::Relaxed);
-        answer_for(&read(db, &[id]).await?, id)
+        Ok(answer_for(&read(db, &[id]).await?, id))
     }
 }
 
@@ -98,7 +100,7 @@ async fn drive(db: DatabaseConnection, mut requests: mpsc::UnboundedReceiver<Req
             match read(&db, &ids).await {
                 Ok(rows) => {
                     for (id, reply) in batch {
-                        let _ = reply.send(answer_for(&rows, id));
+                        let _ = reply.send(Ok(answer_for(&rows, id)));
                     }
                 }
                 Err(e) => {
@@ -115,14 +117,29 @@ async fn drive(db: DatabaseConnection, mut requests: mpsc::UnboundedReceiver<Req
 
 /// The rows of `ids`, by id.
 async fn read(db: &DatabaseConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, RunRow>, StoreError> {
-    let rows = super::runs::poll_rows(db, pad(ids)).await?;
+    let rows = poll_rows(db, pad(ids)).await?;
     Ok(rows.into_iter().map(|m| (m.id, m)).collect())
 }
 
-/// One request's answer (the same run asked twice in a batch gets its row
-/// twice; a row that cannot be read is that request's error).
-fn answer_for(rows: &HashMap<Uuid, RunRow>, id: Uuid) -> Answer {
-    rows.get(&id).cloned().map(super::runs::to_run).transpose()
+/// The rows of `ids` as `runs::get_run_for_poll` reads them, in one
+/// statement: everything but the SQL text.
+#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_runs_for_poll", db.batch.size = ids.len()))]
+async fn poll_rows(db: &DatabaseConnection, ids: Vec<Uuid>) -> Result<Vec<RunRow>, StoreError> {
+    use sea_orm::Iterable as _;
+    Ok(runs::Entity::find()
+        .select_only()
+        .columns(runs::Column::iter().filter(|c| !matches!(c, runs::Column::SqlTextEncrypted)))
+        .column_as(Expr::value(Option::<String>::None), "sql_text_encrypted")
+        .filter(runs::Column::Id.is_in(ids))
+        .all(db)
+        .await?)
+}
+
+/// One request's row (the same run asked twice in a batch gets its row
+/// twice; `runs::get_run_for_poll` reports a row that cannot be read as
+/// that request's error).
+fn answer_for(rows: &HashMap<Uuid, RunRow>, id: Uuid) -> Option<RunRow> {
+    rows.get(&id).cloned()
 }
 
 /// `ids` lengthened to the next power of two by repeating the last.

@@ -6,6 +6,7 @@
 
 mod batch;
 pub mod credentials;
+mod error;
 pub mod folders;
 pub mod runs;
 pub mod tenants;
@@ -13,21 +14,14 @@ pub mod tenants;
 use migration::MigratorTrait;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
 
+pub use error::StoreError;
+
 /// The database, as handlers and jobs hold it.
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
     /// Poll ticks' row reads, batched.
     poll_rows: std::sync::Arc<batch::RowBatcher>,
-}
-
-/// A statement failed, or a row held what the schema forbids.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{0}")]
-    Database(#[from] DbErr),
-    #[error("a row could not be read: {0}")]
-    Corrupt(String),
 }
 
 impl Store {

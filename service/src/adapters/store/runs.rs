@@ -6,8 +6,10 @@ use chrono::{DateTime, Utc};
 use entities::shell_query_runs as runs;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+use shell_query_core::account::{Account, Mid};
 use shell_query_core::poll::decide::PollState;
 use shell_query_core::run::{Run, RunStatus, StartPhase, Task};
+use shell_query_core::schema::UpdateType;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -17,7 +19,7 @@ const LIVE: [&str; 2] = [RunStatus::LIVE[0].as_str(), RunStatus::LIVE[1].as_str(
 
 /// The domain run of a row. A status outside the CHECK constraint is a
 /// corrupt row, reported, never guessed.
-pub(super) fn to_run(m: runs::Model) -> Result<Run, StoreError> {
+fn to_run(m: runs::Model) -> Result<Run, StoreError> {
     let status = RunStatus::parse(&m.status)
         .ok_or_else(|| StoreError::Corrupt(format!("run {}: unknown status {:?}", m.id, m.status)))?;
     let start = match (m.task_id, m.perform_requested_at) {
@@ -29,9 +31,7 @@ pub(super) fn to_run(m: runs::Model) -> Result<Run, StoreError> {
     let count = |v: i32| u32::try_from(v).unwrap_or(0);
     Ok(Run {
         id: m.id,
-        tenant_id: m.tenant_id,
-        user_id: m.user_id,
-        mid: m.mid,
+        account: Account::new(m.tenant_id, m.user_id, Mid::stored(m.mid)),
         snippet_name: m.snippet_name,
         sql_text_hash: m.sql_text_hash,
         sql_text_encrypted: m.sql_text_encrypted,
@@ -40,7 +40,7 @@ pub(super) fn to_run(m: runs::Model) -> Result<Run, StoreError> {
         query_definition_id: m.query_definition_id,
         query_customer_key: m.query_customer_key,
         target_de_customer_key: m.target_de_customer_key,
-        target_update_type: m.target_update_type,
+        update_type: m.target_update_type.as_deref().map(UpdateType::from_stored),
         poll_started_at: m.poll_started_at,
         error_message: m.error_message,
         row_count: m.row_count.map(i64::from),
@@ -124,23 +124,7 @@ pub async fn get_run(store: &Store, id: Uuid) -> Result<Option<Run>, StoreError>
 /// 256 KB encrypted), which a tick never reads. Read together with the
 /// other ticks' rows due at the same moment ([`super::batch`]).
 pub async fn get_run_for_poll(store: &Store, id: Uuid) -> Result<Option<Run>, StoreError> {
-    store.poll_rows.get(&store.db, id).await
-}
-
-/// The rows of `ids` as [`get_run_for_poll`] reads them, in one statement.
-#[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "get_runs_for_poll", db.batch.size = ids.len()))]
-pub(super) async fn poll_rows(
-    db: &sea_orm::DatabaseConnection,
-    ids: Vec<Uuid>,
-) -> Result<Vec<runs::Model>, StoreError> {
-    use sea_orm::Iterable as _;
-    Ok(runs::Entity::find()
-        .select_only()
-        .columns(runs::Column::iter().filter(|c| !matches!(c, runs::Column::SqlTextEncrypted)))
-        .column_as(Expr::value(Option::<String>::None), "sql_text_encrypted")
-        .filter(runs::Column::Id.is_in(ids))
-        .all(db)
-        .await?)
+    store.poll_rows.get(&store.db, id).await?.map(to_run).transpose()
 }
 
 /// The newest runs first, optionally of one status and tenant, without

@@ -10,7 +10,7 @@
 use shell_query_core::message::ExecuteRequest;
 use shell_query_core::schema::{self, Analysis, Catalog, SchemaError};
 
-use super::{Failure, best_effort};
+use super::failure::{Failure, best_effort};
 use crate::adapters::mce::Session;
 
 /// What the analysis made of the query.

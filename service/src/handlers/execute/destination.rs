@@ -10,8 +10,8 @@ use shell_query_core::naming::{temp_de_key, temp_de_name};
 use shell_query_core::schema;
 
 use super::analyse::Analysed;
+use super::failure::{Failure, best_effort};
 use super::folder::{Folder, with_folder};
-use super::{Failure, best_effort};
 use crate::adapters::mce::{DeTarget, Session};
 use crate::lifecycle::Deps;
 

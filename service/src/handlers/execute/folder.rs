@@ -6,7 +6,7 @@ use shell_query_core::message::ExecuteRequest;
 use shell_query_core::naming::{FOLDER_CONTENT_TYPE, FOLDER_NAME, ROOT_FOLDER_NAME};
 use uuid::Uuid;
 
-use super::Failure;
+use super::failure::Failure;
 use crate::adapters::mce::{MceError, Session};
 use crate::adapters::store::folders;
 use crate::lifecycle::Deps;

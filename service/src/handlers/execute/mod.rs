@@ -1,4 +1,5 @@
-//! One delivery of `P.execute.<runId>` (DESIGN.md "Execute"), in its steps:
+//! One delivery of `P.execute.<runId>` (ARCHITECTURE.md, "How a run
+//! moves: Execute"), in its steps:
 //!
 //! 1. [`prepare`]: the row exists before anything can fail, the SQL is
 //!    read, and an earlier delivery's progress is honoured;
@@ -14,6 +15,7 @@
 
 mod analyse;
 mod destination;
+mod failure;
 mod folder;
 mod perform;
 mod prepare;
@@ -23,18 +25,18 @@ use chrono::Utc;
 use shell_query_core::backoff::Backoff;
 use shell_query_core::event::{EventStatus, StatusEvent, clip_error};
 use shell_query_core::message::{ExecuteRequest, MAX_EXECUTE_BYTES, Subjects};
-use shell_query_core::run::{CancelSource, Ending, FailCause};
+use shell_query_core::run::{Ending, FailCause};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::adapters::mce::MceError;
-use crate::adapters::nats::{EXECUTE_MAX_DELIVER, NatsError};
+use crate::adapters::nats::EXECUTE_MAX_DELIVER;
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::delivery::{Delivery, Disposition, note_ignored_fields};
+use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span, note_ignored_fields};
 use crate::lifecycle::Deps;
-use crate::lifecycle::end::{announce_ending, end_run, publish_owed_event};
+use crate::lifecycle::end::{announce_ending, end_run};
 
+use failure::Failure;
 pub use perform::{APPEND_UNCONFIRMED, INTERRUPTED};
 
 /// The execute handler and its settings.
@@ -56,37 +58,6 @@ impl Default for Execute {
     }
 }
 
-/// Why this delivery could not finish.
-#[derive(Debug)]
-enum Failure {
-    /// Worth another delivery: MCE 5xx/429/timeout, database, NATS.
-    Transient(String),
-    /// The run cannot succeed; the client-safe reason.
-    Permanent(String),
-}
-
-impl From<MceError> for Failure {
-    fn from(e: MceError) -> Self {
-        if e.is_transient() {
-            Failure::Transient(e.to_string())
-        } else {
-            Failure::Permanent(e.client_message())
-        }
-    }
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        Failure::Transient(format!("database: {e}"))
-    }
-}
-
-impl From<NatsError> for Failure {
-    fn from(e: NatsError) -> Self {
-        Failure::Transient(e.to_string())
-    }
-}
-
 impl Execute {
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
         if delivery.payload.len() > MAX_EXECUTE_BYTES {
@@ -104,24 +75,7 @@ impl Execute {
             }
             Err(reason) => return malformed(deps, delivery, reason).await,
         };
-        let span = tracing::info_span!(
-            "execute",
-            otel.name = "process shell_query.execute",
-            otel.kind = "consumer",
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            run_id = %req.run_id,
-            tenant_id = %req.tenant_id,
-            run.id = %req.run_id,
-            tenant.id = %req.tenant_id,
-            messaging.system = "nats",
-            messaging.destination.name = %delivery.subject,
-            messaging.operation.type = "process",
-            messaging.message.delivery_count = delivery.delivered,
-            otel.status_code = tracing::field::Empty,
-        );
-        crate::adapters::telemetry::set_parent(&span, delivery.headers.as_ref());
-        crate::adapters::telemetry::record_ids(&span);
+        let span = delivery_span(Consumed::Execute, delivery, req.run_id, Some(req.tenant_id));
         self.handle_decoded(deps, delivery, req).instrument(span).await
     }
 
@@ -215,8 +169,7 @@ async fn fail_run(deps: &Deps, run_id: Uuid, reason: &str, created_qd: Option<&s
         // Another path ended the run first: the QueryDefinition this
         // delivery made, which the row may not name, is still ours to delete.
         if !ended && let Some(qd) = created_qd.filter(|qd| Some(*qd) != run.query_definition()) {
-            deps.delete_query_definition(run.tenant_id, run.user_id, &run.mid, qd)
-                .await;
+            deps.delete_query_definition(&run.account, qd).await;
         }
         Ok::<bool, StoreError>(ended)
     }
@@ -236,7 +189,7 @@ async fn execute(deps: &Deps, req: &ExecuteRequest, created_qd: &mut Option<Stri
     let (sql, session) = match prepare::prepare(deps, req).await? {
         prepare::Prepared::Fresh { sql, session } => (sql, session),
         prepare::Prepared::Handled => return Ok(()),
-        prepare::Prepared::Ended => return stop_for_cancel(deps, req.run_id, None).await,
+        prepare::Prepared::Ended => return perform::stop_for_cancel(deps, req.run_id, None).await,
         prepare::Prepared::Interrupted { run, session } => {
             *created_qd = run.query_definition_id.clone();
             return perform::resume_interrupted(deps, &session, &run).await;
@@ -250,41 +203,4 @@ async fn execute(deps: &Deps, req: &ExecuteRequest, created_qd: &mut Option<Stri
     let qd = query_definition::create(deps, &session, req, &analysis, &destination, &mut folder).await?;
     *created_qd = Some(qd.object_id.clone());
     perform::perform(deps, &session, req.run_id, &qd, &destination).await
-}
-
-/// The run left `running` while this delivery worked on it (a cancel):
-/// stop, never Perform. A cancel the API made is handled here (its event,
-/// the QueryDefinition's deletion); after any other ending, the
-/// QueryDefinition this delivery made and could not record is deleted.
-async fn stop_for_cancel(deps: &Deps, run_id: Uuid, made_here: Option<&str>) -> Result<(), Failure> {
-    let Some(run) = runs::get_run(&deps.store, run_id).await? else {
-        return Ok(());
-    };
-    if run.cancel_pending() {
-        let qd = made_here.or(run.query_definition());
-        end_run(deps, &run, Ending::Canceled(CancelSource::Api), qd, Utc::now()).await?;
-        return Ok(());
-    }
-    if run.owes_terminal_event() {
-        publish_owed_event(deps, &run, Utc::now()).await?;
-    }
-    if let Some(qd) = made_here.filter(|qd| Some(*qd) != run.query_definition()) {
-        deps.delete_query_definition(run.tenant_id, run.user_id, &run.mid, qd)
-            .await;
-    }
-    Ok(())
-}
-
-/// Clean-up and lookup steps may fail without failing the run, unless MCE
-/// is briefly away (retry the delivery) or nothing can work (credentials
-/// gone, access denied).
-fn best_effort<T>(result: Result<T, MceError>) -> Result<Option<T>, Failure> {
-    match result {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_unrecoverable() || e.is_transient() => Err(e.into()),
-        Err(e) => {
-            tracing::debug!(error = %e, "best-effort MCE step failed");
-            Ok(None)
-        }
-    }
 }

@@ -8,17 +8,19 @@
 use chrono::Utc;
 use shell_query_core::event::{EventStatus, StatusEvent};
 use shell_query_core::naming::temp_de_key;
-use shell_query_core::run::{Run, RunStatus, StartPhase, Task};
-use shell_query_core::schema::TargetMode;
+use shell_query_core::resume::{self, Resume};
+use shell_query_core::run::{CancelSource, Ending, Run, RunStatus, StartPhase, Task};
+use shell_query_core::schema::UpdateType;
 use uuid::Uuid;
 
-use super::Failure;
 use super::destination::Destination;
+use super::failure::Failure;
 use super::query_definition::QueryDefinition;
 use crate::adapters::mce::Session;
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, Started};
 use crate::lifecycle::Deps;
+use crate::lifecycle::end::{end_run, publish_owed_event};
 
 /// The client-safe text of a run whose start left nothing to resume from
 /// (its row does not name its QueryDefinition and destination).
@@ -52,7 +54,7 @@ pub(super) async fn perform(
     .await?;
     if !prepared {
         tracing::info!("run no longer running before Perform; stopping");
-        return super::stop_for_cancel(deps, run_id, Some(&qd.object_id)).await;
+        return stop_for_cancel(deps, run_id, Some(&qd.object_id)).await;
     }
     deps.publish_event(&StatusEvent::new(run_id, EventStatus::ExecutingQuery, Utc::now()))
         .await;
@@ -150,7 +152,7 @@ async fn started(
     .await?;
     if !recorded {
         tracing::info!("run left `running` during Perform; its poll will not start");
-        return super::stop_for_cancel(deps, run_id, Some(qd_id)).await;
+        return stop_for_cancel(deps, run_id, Some(qd_id)).await;
     }
     tracing::info!(task_id = %started.task_id, "query started");
     crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, run_id, &format!("poll:{run_id}")).await?;
@@ -159,16 +161,11 @@ async fn started(
 
 /// An earlier delivery sent (or was about to send) Perform and did not
 /// learn its TaskID: MCE failed to answer (5xx, timeout, a cut connection)
-/// or the worker died. MCE is asked what happened:
-///
-/// - the query is running (REST isRunning on the QueryDefinition), or the
-///   run's own temp DE already holds rows: it started; the run is polled
-///   without a TaskID (by isRunning and the rowset);
-/// - it is not running and the destination makes a second Perform harmless
-///   (the run's own temp DE, a target with `Overwrite` or `Update`): Perform
-///   is sent again;
-/// - a target with `Append` is never performed twice: the run fails with a
-///   message that says its rows may or may not have been added.
+/// or the worker died. MCE is asked what happened, as
+/// `shell_query_core::resume::decide` asks: a query that started is polled
+/// without a TaskID (by isRunning and the rowset), a second Perform is sent
+/// only where it is harmless, and a target in `Append` mode fails with a
+/// message that says its rows may or may not have been added.
 pub(super) async fn resume_interrupted(deps: &Deps, session: &Session<'_>, run: &Run) -> Result<(), Failure> {
     let (Some(qd_id), Some(qd_key), Some(de_key)) = (
         run.query_definition_id.clone(),
@@ -177,35 +174,62 @@ pub(super) async fn resume_interrupted(deps: &Deps, session: &Session<'_>, run: 
     ) else {
         return Err(Failure::Permanent(INTERRUPTED.into()));
     };
-    let running = match session.is_running(&qd_id).await {
-        Ok(r) => r,
-        Err(e) if e.is_transient() => return Err(e.into()),
-        Err(_) => false,
-    };
-    let temp = de_key == temp_de_key(run.id);
-    let has_rows = !running && temp && session.rowset(&de_key, 1, 1).await.is_ok_and(|r| r.count > 0);
-    if running || has_rows {
-        tracing::warn!("resuming a run whose TaskID was lost: polling by isRunning and rowset");
-        return started(deps, run.id, String::new(), &qd_id, &qd_key, &de_key).await;
-    }
-    let repeatable = temp
-        || matches!(
-            TargetMode::parse(run.target_update_type.as_deref()),
-            Some(TargetMode::Overwrite | TargetMode::Update)
-        );
-    if !repeatable {
-        return Err(Failure::Permanent(APPEND_UNCONFIRMED.into()));
+    let mut facts = resume::Facts::new(
+        de_key == temp_de_key(run.id),
+        UpdateType::mode_of(run.update_type.as_ref()),
+    );
+    loop {
+        match resume::decide(&facts) {
+            Resume::Ask(resume::Question::IsRunning) => {
+                facts.running = Some(match session.is_running(&qd_id).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_transient() => return Err(e.into()),
+                    Err(_) => false,
+                });
+            }
+            Resume::Ask(resume::Question::HasRows) => {
+                facts.has_rows = Some(session.rowset(&de_key, 1, 1).await.is_ok_and(|r| r.count > 0));
+            }
+            Resume::Poll => {
+                tracing::warn!("resuming a run whose TaskID was lost: polling by isRunning and rowset");
+                return started(deps, run.id, String::new(), &qd_id, &qd_key, &de_key).await;
+            }
+            Resume::Refuse => return Err(Failure::Permanent(APPEND_UNCONFIRMED.into())),
+            Resume::PerformAgain => break,
+        }
     }
     // Canceled since this delivery read the row: no second Perform.
     let still_running = runs::get_run(&deps.store, run.id)
         .await?
         .is_some_and(|r| r.status == RunStatus::Running);
     if !still_running {
-        return super::stop_for_cancel(deps, run.id, None).await;
+        return stop_for_cancel(deps, run.id, None).await;
     }
     tracing::warn!(
         "Perform was not confirmed and the query is not running; a second Perform is harmless here: sending it"
     );
     let task_id = session.perform_start(&qd_id).await?;
     started(deps, run.id, task_id, &qd_id, &qd_key, &de_key).await
+}
+
+/// The run left `running` while this delivery worked on it (a cancel):
+/// stop, never Perform. A cancel the API made is handled here (its event,
+/// the QueryDefinition's deletion); after any other ending, the
+/// QueryDefinition this delivery made and could not record is deleted.
+pub(super) async fn stop_for_cancel(deps: &Deps, run_id: Uuid, made_here: Option<&str>) -> Result<(), Failure> {
+    let Some(run) = runs::get_run(&deps.store, run_id).await? else {
+        return Ok(());
+    };
+    if run.cancel_pending() {
+        let qd = made_here.or(run.query_definition());
+        end_run(deps, &run, Ending::Canceled(CancelSource::Api), qd, Utc::now()).await?;
+        return Ok(());
+    }
+    if run.owes_terminal_event() {
+        publish_owed_event(deps, &run, Utc::now()).await?;
+    }
+    if let Some(qd) = made_here.filter(|qd| Some(*qd) != run.query_definition()) {
+        deps.delete_query_definition(&run.account, qd).await;
+    }
+    Ok(())
 }

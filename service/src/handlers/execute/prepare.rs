@@ -5,11 +5,12 @@
 //! performed twice.
 
 use chrono::Utc;
+use shell_query_core::account::Account;
 use shell_query_core::event::{EventStatus, StatusEvent};
 use shell_query_core::message::{ExecuteRequest, MAX_SQL_BYTES, SqlSource};
 use shell_query_core::run::{Run, RunStatus, StartPhase};
 
-use super::Failure;
+use super::failure::Failure;
 use crate::adapters::mce::Session;
 use crate::adapters::store::runs::{self, NewRun};
 use crate::lifecycle::Deps;
@@ -86,7 +87,10 @@ pub(super) async fn prepare<'a>(deps: &'a Deps, req: &ExecuteRequest) -> Result<
         crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, req.run_id, &msg_id).await?;
         return Ok(Prepared::Handled);
     }
-    let session = deps.mce.session(req.tenant_id, req.user_id, req.mid.as_str()).await?;
+    let session = deps
+        .mce
+        .session(&Account::new(req.tenant_id, req.user_id, req.mid.clone()))
+        .await?;
     if let StartPhase::PerformRequested { .. } = run.start {
         return Ok(Prepared::Interrupted {
             run: Box::new(run),

@@ -7,8 +7,8 @@ use shell_query_core::naming::query_key;
 
 use super::analyse::Analysed;
 use super::destination::Destination;
+use super::failure::{Failure, best_effort};
 use super::folder::{Folder, with_folder};
-use super::{Failure, best_effort};
 use crate::adapters::mce::Session;
 use crate::lifecycle::Deps;
 

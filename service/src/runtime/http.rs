@@ -1,6 +1,6 @@
-//! `/healthz` (alive: every consumer loop running) and `/readyz` (NATS
-//! connected, every consumer loop running and every consumer confirmed,
-//! database reachable, not draining).
+//! `/healthz` (alive: every consumer loop running, or still starting) and
+//! `/readyz` (started, NATS connected, every consumer loop running and every
+//! consumer confirmed, database reachable, not draining).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +19,9 @@ pub struct Health {
     pub nats: async_nats::Client,
     pub draining: Arc<AtomicBool>,
     pub metrics: Arc<crate::adapters::metrics::Metrics>,
-    pub consumers: Arc<super::consumer_watch::Watch>,
+    /// Set once the streams and consumers are declared: until then the
+    /// service is starting (alive, not ready).
+    pub consumers: Arc<std::sync::OnceLock<Arc<super::consumer_watch::Watch>>>,
 }
 
 async fn metrics(State(h): State<Health>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
@@ -30,7 +32,10 @@ async fn metrics(State(h): State<Health>) -> ([(axum::http::header::HeaderName, 
 }
 
 async fn healthz(State(h): State<Health>) -> (StatusCode, String) {
-    match h.consumers.dead_loop() {
+    let Some(consumers) = h.consumers.get() else {
+        return (StatusCode::OK, "starting".into());
+    };
+    match consumers.dead_loop() {
         Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
         None => (StatusCode::OK, "ok".into()),
     }
@@ -41,10 +46,13 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
     if h.draining.load(Ordering::SeqCst) {
         return unavailable("draining");
     }
+    let Some(consumers) = h.consumers.get() else {
+        return unavailable("starting: waiting for NATS and its streams");
+    };
     if h.nats.connection_state() != async_nats::connection::State::Connected {
         return unavailable("nats disconnected");
     }
-    if let Some(why) = h.consumers.dead_loop().or_else(|| h.consumers.unready()) {
+    if let Some(why) = consumers.dead_loop().or_else(|| consumers.unready()) {
         return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
     // A database that does not answer is as unready as one that refuses.
