@@ -221,6 +221,52 @@ fn optional<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// The most characters each text field of an execute message may hold
+/// (the SQL text is bounded by the message's size and `MAX_SQL_BYTES`).
+pub const MAX_SNIPPET_NAME_CHARS: usize = 512;
+pub const MAX_CUSTOMER_KEY_CHARS: usize = 200;
+pub const MAX_UPDATE_TYPE_CHARS: usize = 32;
+pub const MAX_MID_CHARS: usize = 20;
+pub const MAX_EID_CHARS: usize = 64;
+/// No bound but the message's own size.
+const UNBOUNDED: usize = usize::MAX;
+
+/// Text the database (and MCE's XML) can carry: no NUL character, at most
+/// `max` characters. (JSON text is Unicode already: a lone surrogate
+/// escape makes the whole message unreadable.)
+pub fn storable(s: &str, max: usize) -> bool {
+    !s.contains('\0') && (max == UNBOUNDED || s.chars().count() <= max)
+}
+
+/// An optional text field that must be [`storable`]; the error names it.
+fn text(
+    kind: &str,
+    map: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    max: usize,
+) -> Result<Option<String>, String> {
+    let value: Option<String> = optional(kind, map, name, "a string")?;
+    match value {
+        Some(v) if v.contains('\0') => Err(format!(
+            "invalid {kind} message: field `{name}` contains a NUL character"
+        )),
+        Some(v) if !storable(&v, max) => Err(format!(
+            "invalid {kind} message: field `{name}` is longer than {max} characters"
+        )),
+        v => Ok(v),
+    }
+}
+
+/// Whether any text in a JSON value (keys included) holds a NUL character.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        _ => false,
+    }
+}
+
 /// The run id a subject names must be the body's.
 fn same_run(subject: &str, run_id: Uuid) -> Result<(), String> {
     match Subjects::run_id_of(subject) == Some(run_id) {
@@ -235,28 +281,33 @@ impl ExecuteRequest {
     pub fn decode(subject: &str, payload: &[u8]) -> Result<Decoded<ExecuteRequest>, String> {
         const K: &str = "execute";
         let map = object(K, payload)?;
-        let text = "a string";
         let run_id: Uuid = required(K, &map, "runId", "a UUID")?;
         same_run(subject, run_id)?;
-        let sql_text: Option<String> = optional(K, &map, "sqlText", text)?;
-        let sql_text_encrypted: Option<String> = optional(K, &map, "sqlTextEncrypted", text)?;
+        let sql_text = text(K, &map, "sqlText", UNBOUNDED)?;
+        let sql_text_encrypted = text(K, &map, "sqlTextEncrypted", UNBOUNDED)?;
         let sql = match (sql_text, sql_text_encrypted) {
             (Some(_), Some(_)) => return Err("both sqlText and sqlTextEncrypted are present".into()),
             (None, None) => return Err("neither sqlText nor sqlTextEncrypted is present".into()),
             (Some(plain), None) => SqlSource::Plain(plain),
             (None, Some(encrypted)) => SqlSource::Encrypted(encrypted),
         };
-        let mid: String = required(K, &map, "mid", text)?;
-        let mid = Mid::parse(&mid).ok_or("mid must be a numeric MID")?;
-        let _eid: Option<String> = optional(K, &map, "eid", text)?;
-        let target_update_type = optional(K, &map, "targetUpdateType", text)?;
+        let mid =
+            text(K, &map, "mid", MAX_MID_CHARS)?.ok_or_else(|| format!("invalid {K} message: missing field `mid`"))?;
+        let mid = Mid::parse(&mid).ok_or("invalid execute message: field `mid` must be a numeric MID")?;
+        let _eid = text(K, &map, "eid", MAX_EID_CHARS)?;
+        let target_update_type = text(K, &map, "targetUpdateType", MAX_UPDATE_TYPE_CHARS)?;
+        if map.get("tableMetadata").is_some_and(holds_nul) {
+            return Err(format!(
+                "invalid {K} message: field `tableMetadata` contains a NUL character"
+            ));
+        }
         let request = ExecuteRequest {
             run_id,
             tenant_id: required(K, &map, "tenantId", "a UUID")?,
             user_id: optional(K, &map, "userId", "a UUID")?,
             mid,
             sql,
-            snippet_name: optional(K, &map, "snippetName", text)?,
+            snippet_name: text(K, &map, "snippetName", MAX_SNIPPET_NAME_CHARS)?,
             table_metadata: optional(
                 K,
                 &map,
@@ -264,7 +315,7 @@ impl ExecuteRequest {
                 "an object of tables, each a list of fields with a Name",
             )?
             .unwrap_or_default(),
-            target: optional::<String>(K, &map, "targetDeCustomerKey", text)?.map(|customer_key| TargetRequest {
+            target: text(K, &map, "targetDeCustomerKey", MAX_CUSTOMER_KEY_CHARS)?.map(|customer_key| TargetRequest {
                 customer_key,
                 update_type: target_update_type,
             }),
@@ -410,6 +461,106 @@ mod tests {
         let cancel = format!(r#"{{"runId":"{RUN}","tenantId":"{RUN}","reason":"user"}}"#);
         let decoded = CancelMessage::decode(&format!("shell_query.cancel.{RUN}"), cancel.as_bytes()).unwrap();
         assert_eq!(decoded.ignored_fields, vec!["reason".to_string()]);
+    }
+
+    /// Every field of an execute message.
+    const FIELDS: [&str; 11] = [
+        "runId",
+        "tenantId",
+        "userId",
+        "mid",
+        "eid",
+        "sqlText",
+        "sqlTextEncrypted",
+        "snippetName",
+        "tableMetadata",
+        "targetDeCustomerKey",
+        "targetUpdateType",
+    ];
+
+    /// Any JSON value: text of any characters (NUL included), numbers,
+    /// UUIDs and digits where they are expected, nested arrays and objects.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[0-9]{0,40}".prop_map(Value::from),
+            "\\PC{0,600}".prop_map(Value::from),
+            Just(Value::from(RUN)),
+            Just(Value::from("a\u{0}b")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(any::<String>(), inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_value_in_any_field_decodes_to_a_storable_request_or_is_refused_naming_the_field(
+            field in proptest::sample::select(FIELDS.to_vec()),
+            value in any_json(),
+        ) {
+            let subject = format!("shell_query.execute.{RUN}");
+            let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body("")).unwrap();
+            map.insert(field.to_string(), value);
+            let payload = serde_json::to_vec(&map).unwrap();
+            match ExecuteRequest::decode(&subject, &payload) {
+                Ok(decoded) => {
+                    let r = decoded.message;
+                    let sql = match &r.sql {
+                        SqlSource::Plain(s) | SqlSource::Encrypted(s) => s,
+                    };
+                    proptest::prop_assert!(storable(sql, usize::MAX));
+                    proptest::prop_assert!(storable(r.mid.as_str(), MAX_MID_CHARS));
+                    proptest::prop_assert!(r.snippet_name.as_deref().is_none_or(|s| storable(s, MAX_SNIPPET_NAME_CHARS)));
+                    if let Some(t) = &r.target {
+                        proptest::prop_assert!(storable(&t.customer_key, MAX_CUSTOMER_KEY_CHARS));
+                        proptest::prop_assert!(t.update_type.as_deref().is_none_or(|s| storable(s, MAX_UPDATE_TYPE_CHARS)));
+                    }
+                }
+                Err(reason) => proptest::prop_assert!(reason.contains(field), "{field}: {reason}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nul_characters_and_over_long_text_are_refused_naming_the_field() {
+        let subject = format!("shell_query.execute.{RUN}");
+        for (field, value) in [
+            ("snippetName", "a\u{0}b".to_string()),
+            ("targetDeCustomerKey", "k\u{0}".to_string()),
+            ("sqlText", "SELECT 1\u{0}".to_string()),
+            ("snippetName", "x".repeat(MAX_SNIPPET_NAME_CHARS + 1)),
+            ("targetDeCustomerKey", "k".repeat(MAX_CUSTOMER_KEY_CHARS + 1)),
+            ("mid", "1".repeat(MAX_MID_CHARS + 1)),
+        ] {
+            let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body("")).unwrap();
+            map.insert(field.into(), value.into());
+            let error = ExecuteRequest::decode(&subject, &serde_json::to_vec(&map).unwrap()).unwrap_err();
+            assert!(error.contains(&format!("`{field}`")), "{error}");
+            assert!(error.contains("NUL") || error.contains("longer than"), "{error}");
+        }
+        let nested = body(r#","tableMetadata":{"T":[{"Name":"a\u0000"}]}"#);
+        let error = ExecuteRequest::decode(&subject, nested.as_bytes()).unwrap_err();
+        assert!(error.contains("`tableMetadata`"), "{error}");
+        // A lone surrogate escape is no Unicode text: the message is unreadable.
+        let lone = body(r#","snippetName":"\ud800""#);
+        assert!(
+            ExecuteRequest::decode(&subject, lone.as_bytes())
+                .unwrap_err()
+                .starts_with("invalid execute message")
+        );
     }
 
     #[test]

@@ -656,3 +656,53 @@ async fn a_message_that_stops_the_worker_every_time_fails_its_run_and_goes_to_th
     .await;
     assert_eq!(system.sim.count("soap:Perform:QueryDefinition"), 0);
 }
+
+/// The API inserts a run's row before it publishes the run's execute
+/// message. A message for that run naming another tenant, user or business
+/// unit is refused to the DLQ: no MCE call is made with its credentials,
+/// and the row waits untouched for its real message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_message_never_runs_as_a_tenant_other_than_its_row_s() {
+    let system = System::start().await;
+    let intruder = system.add_tenant("510000777");
+    let id = system.insert_queued_run("SELECT Email FROM X", &[]).await;
+    let calls_before = system.sim.calls().len();
+    let forged = serde_json::json!({
+        "runId": id, "tenantId": intruder.0, "userId": intruder.1, "mid": intruder.2,
+        "sqlText": "SELECT Email FROM Secrets",
+    });
+    publish_execute(&system, id, &forged, &format!("execute:{id}:forged")).await;
+    tests::wait_for("the forged message in the DLQ", Duration::from_secs(30), || async {
+        system
+            .dlq_copies()
+            .await
+            .iter()
+            .any(|c| c.subject.ends_with(&id.to_string()))
+    })
+    .await;
+    let copy = system
+        .dlq_copies()
+        .await
+        .into_iter()
+        .find(|c| c.subject.ends_with(&id.to_string()))
+        .unwrap();
+    assert!(copy.reason.contains("tenant, user or business unit"), "{}", copy.reason);
+    assert_eq!(
+        system.sim.calls().len(),
+        calls_before,
+        "no MCE call: {:?}",
+        system.sim.calls()
+    );
+    let row = system.run(id).await.expect("the row");
+    assert_eq!(row.status, "queued", "the row waits for its real message");
+    assert_eq!(row.tenant_id, system.tenant_id);
+    assert!(system.events(id).await.is_empty(), "no event for the forged message");
+
+    // The real message then runs as the row says.
+    let real = serde_json::json!({
+        "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "mid": system.mid,
+        "sqlText": "SELECT Email FROM X",
+    });
+    publish_execute(&system, id, &real, &format!("execute:{id}")).await;
+    assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+}

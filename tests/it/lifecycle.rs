@@ -271,6 +271,12 @@ async fn results_page_through_all_rows_in_de_column_order() {
 
     let (code, text) = system.request("results", ask(0, 10)).await.unwrap_err();
     assert_eq!(code, "400", "{text}");
+    // A page past 32 bits is refused, not cut to another page.
+    for page in [1_000_000_000_000_000_000, 1 << 32] {
+        let (code, text) = system.request("results", ask(page, 10)).await.unwrap_err();
+        assert_eq!(code, "400", "{text}");
+        assert!(text.contains(&page.to_string()), "{text}");
+    }
     let other_user = serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "userId": Uuid::new_v4() });
     let missing =
         serde_json::json!({ "runId": Uuid::new_v4(), "tenantId": system.tenant_id, "userId": system.user_id });

@@ -224,7 +224,7 @@ async fn doctor_passes_on_a_healthy_system_and_names_what_fails() {
     ));
     broken.push(("NATS_URL".into(), format!("nats://127.0.0.1:{closed}")));
     let (code, out, _) = command(&["doctor", "--tenant", &tenant, "--mid", &system.mid], broken).await;
-    assert_eq!(code, 1, "{out}");
+    assert_eq!(code, 2, "bad settings exit 2, every check still printed: {out}");
     for check in [
         "FAIL  settings: MCE_CLIENT_ID",
         "FAIL  database",

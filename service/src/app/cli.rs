@@ -38,13 +38,7 @@ pub async fn main(cli: Cli) -> i32 {
         }
         Command::Runs(command) => crate::app::operator::runs(command).await,
         Command::Dlq(command) => crate::app::operator::dlq(command).await,
-        Command::Doctor(args) => {
-            return if crate::app::operator::doctor(*args).await {
-                0
-            } else {
-                1
-            };
-        }
+        Command::Doctor(args) => return crate::app::operator::doctor(*args).await,
         Command::Config(ConfigCommand::Print(_)) => match crate::app::operator::config_print(std::env::args_os()) {
             Ok(text) => {
                 print!("{text}");

@@ -444,8 +444,10 @@ pub fn shown_body(payload: &[u8], redaction: Option<&str>, cipher: Option<&Ciphe
     }
 }
 
-/// `doctor`: one line per check; false if any failed.
-pub async fn doctor(args: DoctorArgs) -> bool {
+/// `doctor`: one line per check; the exit code: 2 when the settings are
+/// bad (every other check still runs and prints), else 1 if any check
+/// failed, else 0.
+pub async fn doctor(args: DoctorArgs) -> i32 {
     let mut ok = true;
     let mut line = |pass: bool, what: &str, detail: String| {
         ok &= pass;
@@ -568,7 +570,11 @@ pub async fn doctor(args: DoctorArgs) -> bool {
             _ => line(false, &what, "needs valid settings and the database".into()),
         }
     }
-    ok
+    match (settings.is_ok(), ok) {
+        (false, _) => 2,
+        (true, false) => 1,
+        (true, true) => 0,
+    }
 }
 
 /// `config print`: every setting of `run` as `NAME=value  (source)`, by

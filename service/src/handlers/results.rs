@@ -67,9 +67,11 @@ fn decrypted_error(deps: &Deps, run: &Run) -> Option<String> {
 
 /// Checks the paging of a results request (pure).
 pub fn check_paging(page: i64, page_size: i64) -> Result<(u32, u32), ApiError> {
-    if page < 1 || !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+    // A page past u32 (MCE's page numbers) is refused, never cut short.
+    if !(1..=i64::from(u32::MAX)).contains(&page) || !(1..=MAX_PAGE_SIZE).contains(&page_size) {
         return Err(ApiError::BadRequest(format!(
-            "page must be 1 or more and pageSize between 1 and {MAX_PAGE_SIZE} (got page {page}, pageSize {page_size})."
+            "page must be between 1 and {} and pageSize between 1 and {MAX_PAGE_SIZE} (got page {page}, pageSize {page_size}).",
+            u32::MAX
         )));
     }
     Ok((page as u32, page_size as u32))
@@ -287,7 +289,14 @@ mod tests {
     fn paging_is_checked() {
         assert_eq!(check_paging(1, 50), Ok((1, 50)));
         assert_eq!(check_paging(3, 2500), Ok((3, 2500)));
-        for (page, size) in [(0, 50), (1, 0), (1, 2501), (-1, 10)] {
+        for (page, size) in [
+            (0, 50),
+            (1, 0),
+            (1, 2501),
+            (-1, 10),
+            (1_000_000_000_000_000_000, 10),
+            (1 << 32, 10),
+        ] {
             assert!(
                 matches!(check_paging(page, size), Err(ApiError::BadRequest(_))),
                 "{page} {size}"

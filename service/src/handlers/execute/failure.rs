@@ -12,6 +12,9 @@ pub(super) enum Failure {
     Transient(String),
     /// The run cannot succeed; the client-safe reason.
     Permanent(String),
+    /// The message itself is refused (it is not its run's to act on): to
+    /// the DLQ with the reason, the run left as it is.
+    Refused(String),
 }
 
 impl From<MceError> for Failure {
@@ -25,8 +28,15 @@ impl From<MceError> for Failure {
 }
 
 impl From<StoreError> for Failure {
+    /// A database briefly away is worth another delivery; one that refuses
+    /// the data itself refuses it every time.
     fn from(e: StoreError) -> Self {
-        Failure::Transient(format!("database: {e}"))
+        if e.is_refused_data() {
+            tracing::warn!(error = %e, "the database refused the run's data");
+            Failure::Permanent("The run request holds data that cannot be stored.".into())
+        } else {
+            Failure::Transient(format!("database: {e}"))
+        }
     }
 }
 

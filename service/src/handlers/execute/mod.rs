@@ -99,9 +99,17 @@ impl Execute {
                 tracing::info!("run failed permanently");
                 fail_run(deps, req.run_id, &reason, created_qd.as_deref()).await
             }
+            Err(Failure::Refused(reason)) => {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+                tracing::warn!(reason, "execute message refused; its run is left as it is");
+                Disposition::DeadLetter(reason)
+            }
         }
     }
 }
+
+/// The longest text of a malformed message kept in its failed row.
+const MAX_STORED_CHARS: usize = 1024;
 
 /// A message that does not decode: to the DLQ, and when its subject names a
 /// run that has no row yet, that run is recorded `failed` with the reason.
@@ -113,7 +121,14 @@ async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposit
         true => serde_json::from_slice(&delivery.payload).unwrap_or_default(),
         false => serde_json::Value::Null,
     };
-    let field = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    // Only what the database can store: a field the decoder refused (a
+    // NUL, an over-long value) is left out of the failed row.
+    let field = |name: &str| {
+        body.get(name)
+            .and_then(|v| v.as_str())
+            .filter(|v| shell_query_core::message::storable(v, MAX_STORED_CHARS))
+            .map(str::to_string)
+    };
     let uuid = |name: &str| field(name).and_then(|v| Uuid::parse_str(&v).ok());
     if let Some(run_id) = Subjects::run_id_of(&delivery.subject) {
         let now = Utc::now();
@@ -156,6 +171,9 @@ async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposit
 
 /// Ends the run `failed` and deletes the QueryDefinition this delivery
 /// created. A database error here leaves the message for another delivery.
+/// The message is acknowledged only once its run's row has ended: a run
+/// with no row (its insert was refused) goes to the DLQ with the reason,
+/// so no run request ever vanishes.
 async fn fail_run(deps: &Deps, run_id: Uuid, reason: &str, created_qd: Option<&str>) -> Disposition {
     let ending = Ending::Failed {
         message: reason.to_string(),
@@ -163,7 +181,7 @@ async fn fail_run(deps: &Deps, run_id: Uuid, reason: &str, created_qd: Option<&s
     };
     let ended = async {
         let Some(run) = runs::get_run(&deps.store, run_id).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         let ended = end_run(deps, &run, ending, created_qd, Utc::now()).await?;
         // Another path ended the run first: the QueryDefinition this
@@ -171,11 +189,15 @@ async fn fail_run(deps: &Deps, run_id: Uuid, reason: &str, created_qd: Option<&s
         if !ended && let Some(qd) = created_qd.filter(|qd| Some(*qd) != run.query_definition()) {
             deps.delete_query_definition(&run.account, qd).await;
         }
-        Ok::<bool, StoreError>(ended)
+        Ok::<Option<bool>, StoreError>(Some(ended))
     }
     .await;
     match ended {
-        Ok(_) => Disposition::Ack,
+        Ok(Some(_)) => Disposition::Ack,
+        Ok(None) => {
+            tracing::error!(%run_id, "the run has no row to end: its request goes to the DLQ");
+            Disposition::DeadLetter(format!("the run could not be recorded: {reason}"))
+        }
         Err(e) => {
             tracing::error!(error = %e, "could not mark the run failed");
             Disposition::Retry(std::time::Duration::from_secs(5))

@@ -59,6 +59,17 @@ pub(super) async fn prepare<'a>(deps: &'a Deps, req: &ExecuteRequest) -> Result<
         now,
     )
     .await?;
+    let run = runs::get_run(&deps.store, req.run_id)
+        .await?
+        .ok_or_else(|| Failure::Transient("the run row vanished".into()))?;
+    // The API inserts the row first: a message naming another tenant, user
+    // or business unit is not this run's, and nothing is done under its
+    // credentials.
+    if run.account != Account::new(req.tenant_id, req.user_id, req.mid.clone()) {
+        return Err(Failure::Refused(
+            "the message's tenant, user or business unit differs from its run's row".into(),
+        ));
+    }
     let sql = sql?;
     if sql.trim().is_empty() {
         return Err(Failure::Permanent("The query text is empty.".into()));
@@ -70,9 +81,6 @@ pub(super) async fn prepare<'a>(deps: &'a Deps, req: &ExecuteRequest) -> Result<
             MAX_SQL_BYTES / 1024
         )));
     }
-    let run = runs::get_run(&deps.store, req.run_id)
-        .await?
-        .ok_or_else(|| Failure::Transient("the run row vanished".into()))?;
     if run.status.is_terminal() {
         tracing::info!(status = run.status.as_str(), "run already finished; nothing to do");
         return Ok(if run.cancel_pending() || run.owes_terminal_event() {
@@ -87,10 +95,7 @@ pub(super) async fn prepare<'a>(deps: &'a Deps, req: &ExecuteRequest) -> Result<
         crate::adapters::nats::publish_poll(&deps.js, &deps.subjects, req.run_id, &msg_id).await?;
         return Ok(Prepared::Handled);
     }
-    let session = deps
-        .mce
-        .session(&Account::new(req.tenant_id, req.user_id, req.mid.clone()))
-        .await?;
+    let session = deps.mce.session(&run.account).await?;
     if let StartPhase::PerformRequested { .. } = run.start {
         return Ok(Prepared::Interrupted {
             run: Box::new(run),
