@@ -8,6 +8,7 @@ mod m20261128_000002_perform_requested_at;
 mod m20261128_000003_recent_runs_index;
 mod m20261130_000001_terminal_event_confirmed;
 mod m20261130_000002_cancel_handled;
+mod m20261204_000001_deliveries;
 
 pub struct Migrator;
 
@@ -67,6 +68,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_recent_runs_index::Migration),
             Box::new(m20261130_000001_terminal_event_confirmed::Migration),
             Box::new(m20261130_000002_cancel_handled::Migration),
+            Box::new(m20261204_000001_deliveries::Migration),
         ]
     }
 }

@@ -706,3 +706,57 @@ async fn an_execute_message_never_runs_as_a_tenant_other_than_its_row_s() {
     publish_execute(&system, id, &real, &format!("execute:{id}")).await;
     assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
 }
+
+/// A max-deliveries advisory is checked, not believed: one the admin user
+/// forges for a healthy run's pending message (naming the execute
+/// consumer, the poll consumer, or another stream) is dropped; the run, its
+/// message and the DLQ are left alone, and the run ends `ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_max_deliveries_advisory_leaves_a_healthy_run_alone() {
+    let system = System::start().await;
+    system
+        .sim
+        .script("Long", Scenario::completes_after(Duration::from_secs(12), 3));
+    let id = system.submit("SELECT Long FROM X", None).await;
+    tests::wait_for("the run polling", MINUTE, || async {
+        system.run(id).await.is_some_and(|r| r.task_id.is_some()) && system.poll_pending(id).await
+    })
+    .await;
+    let stream = system.js.get_stream("SHELL_QUERY_JOBS").await.unwrap();
+    let seq = stream
+        .direct_get_last_for_subject(format!("{PREFIX}.poll.{id}"))
+        .await
+        .expect("the run's poll message")
+        .sequence;
+    for (stream, consumer) in [
+        ("SHELL_QUERY_JOBS", "shell-query-execute"),
+        ("SHELL_QUERY_JOBS", "shell-query-poll"),
+        ("SHELL_QUERY_JOBS", "shell-query-cancel"),
+    ] {
+        let advisory = serde_json::json!({
+            "type": "io.nats.jetstream.advisory.v1.max_deliver",
+            "id": Uuid::new_v4().simple().to_string(),
+            "timestamp": "2026-12-04T00:00:00Z",
+            "stream": stream, "consumer": consumer, "stream_seq": seq, "deliveries": 5,
+        });
+        system
+            .js
+            .publish(
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"),
+                advisory.to_string().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    tests::wait_for("the forged advisories dropped", MINUTE, || async {
+        let log = system.log();
+        log.matches("do not bear out").count() == 2 && log.contains("for no consumer of the service")
+    })
+    .await;
+    assert!(system.dlq().await.is_empty(), "no DLQ copy");
+    assert_eq!(system.run(id).await.unwrap().status, "running");
+    assert_eq!(system.wait_terminal(id, MINUTE).await.status, "ready");
+    assert!(system.dlq().await.is_empty(), "no DLQ copy");
+}

@@ -320,3 +320,127 @@ async fn deeply_nested_sql_fails_its_run_and_never_crashes_the_worker() {
         "the same worker is still up"
     );
 }
+
+/// Every text field of an execute message holding what PostgreSQL or MCE's
+/// XML cannot carry (a NUL, a lone surrogate escape) or more than its
+/// bound: each run ends `failed` with a row and a DLQ copy naming the
+/// field; none vanishes, and the worker goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_the_database_cannot_store_is_refused_naming_the_field() {
+    let system = System::start().await;
+    let long = |n: usize| "7".repeat(n);
+    let mut cases: Vec<(String, String, &str)> = Vec::new();
+    for field in [
+        "snippetName",
+        "targetDeCustomerKey",
+        "targetUpdateType",
+        "mid",
+        "eid",
+        "sqlText",
+        "sqlTextEncrypted",
+    ] {
+        // With sqlTextEncrypted, the plain text goes.
+        let base = |value: serde_json::Value| {
+            let mut extra = serde_json::json!({ field: value });
+            if field == "sqlTextEncrypted" {
+                extra["sqlText"] = serde_json::Value::Null;
+            }
+            extra
+        };
+        cases.push((
+            format!("{field} NUL"),
+            body(&system, Uuid::nil(), base("a\u{0}b".into())).to_string(),
+            "NUL",
+        ));
+        let lone = body(&system, Uuid::nil(), base("LONE".into()))
+            .to_string()
+            .replace("\"LONE\"", "\"\\ud800\"");
+        cases.push((format!("{field} lone surrogate"), lone, "invalid execute message"));
+        let bound = match field {
+            "snippetName" => Some(513),
+            "targetDeCustomerKey" => Some(201),
+            "targetUpdateType" => Some(33),
+            "mid" => Some(21),
+            "eid" => Some(65),
+            _ => None,
+        };
+        if let Some(n) = bound {
+            cases.push((
+                format!("{field} over-long"),
+                body(&system, Uuid::nil(), base(long(n).into())).to_string(),
+                "longer than",
+            ));
+        }
+    }
+    let mut ids = Vec::new();
+    for (what, text, _) in &cases {
+        let id = Uuid::new_v4();
+        system
+            .publish_raw(
+                format!("{PREFIX}.execute.{id}"),
+                text.replace(&Uuid::nil().to_string(), &id.to_string()),
+            )
+            .await;
+        ids.push((id, what.clone()));
+    }
+    for ((id, what), (_, _, reason)) in ids.iter().zip(&cases) {
+        let error = error_of(&system, *id).await;
+        assert!(
+            error.starts_with("The run request is invalid:") && error.contains(reason),
+            "{what}: {error}"
+        );
+        if *reason != "invalid execute message" {
+            let field = what.split(' ').next().unwrap();
+            assert!(error.contains(&format!("`{field}`")), "{what} names its field: {error}");
+        }
+    }
+    tests::wait_for("a DLQ copy of each", MINUTE, || async {
+        let copies = system.dlq().await;
+        ids.iter()
+            .all(|(id, _)| copies.iter().any(|(s, _)| s == &format!("{PREFIX}.dlq.execute.{id}")))
+    })
+    .await;
+    let good = system.submit("SELECT Email FROM X", None).await;
+    assert_eq!(system.wait_terminal(good, MINUTE).await.status, "ready");
+}
+
+/// A database that refuses a run's data itself (SQLSTATE class 22, here a
+/// trigger standing in for it) is not retried as if it were away: with no
+/// row to end, the message goes to the DLQ at once, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_the_database_refuses_goes_to_the_dlq_not_away() {
+    let system = System::start().await;
+    for sql in [
+        "CREATE FUNCTION refuse_marked() RETURNS trigger AS $$ BEGIN \
+         IF NEW.snippet_name = 'refuse me' THEN RAISE EXCEPTION 'refused' USING ERRCODE = '22023'; END IF; \
+         RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_marked BEFORE INSERT ON shell_query_runs FOR EACH ROW EXECUTE FUNCTION refuse_marked()",
+    ] {
+        system
+            .db
+            .execute_raw(Statement::from_string(DbBackend::Postgres, sql.to_string()))
+            .await
+            .unwrap();
+    }
+    let id = Uuid::new_v4();
+    system
+        .publish_raw(
+            format!("{PREFIX}.execute.{id}"),
+            body(&system, id, serde_json::json!({ "snippetName": "refuse me" })).to_string(),
+        )
+        .await;
+    tests::wait_for("the DLQ copy", MINUTE, || async {
+        system
+            .dlq()
+            .await
+            .iter()
+            .any(|(s, r)| s == &format!("{PREFIX}.dlq.execute.{id}") && r.contains("could not be recorded"))
+    })
+    .await;
+    assert!(
+        !system.log().contains("execute failed transiently"),
+        "refused on its first delivery, never retried as a database outage:\n{}",
+        system.log()
+    );
+    assert!(system.run(id).await.is_none(), "no row could be written");
+}

@@ -65,7 +65,21 @@ enum Action {
     SubscribeServiceInbox,
     SubscribeApiInbox,
     ServerReport,
+    /// A durable consumer on SHELL_QUERY_STATUS with one of the API's
+    /// names (`api-0` ... `api-7`), and a pull from it.
+    StatusApiNamedConsumer,
+    /// Deleting that consumer again.
+    DeleteApiStatusConsumer,
+    /// A durable consumer on SHELL_QUERY_STATUS with another name.
+    StatusOtherNamedConsumer,
+    /// Deleting a consumer of SHELL_QUERY_STATUS someone else made.
+    DeleteOtherStatusConsumer,
+    /// `$SRV.PING.shell-query`: discovering the results service.
+    ServiceDiscovery,
 }
+
+/// The consumer on SHELL_QUERY_STATUS the seed makes (an operator's).
+const OPERATOR_CONSUMER: &str = "ops-seed";
 
 /// The subject a denial of the action names.
 fn subject(action: Action) -> String {
@@ -94,6 +108,11 @@ fn subject(action: Action) -> String {
         Action::SubscribeServiceInbox => "_INBOX.shell_query_service.>".into(),
         Action::SubscribeApiInbox => "_INBOX.shell_query_api.>".into(),
         Action::ServerReport => "$SYS.REQ.SERVER.PING.JSZ".into(),
+        Action::StatusApiNamedConsumer => "$JS.API.CONSUMER.CREATE.SHELL_QUERY_STATUS.api-0".into(),
+        Action::DeleteApiStatusConsumer => "$JS.API.CONSUMER.DELETE.SHELL_QUERY_STATUS.api-0".into(),
+        Action::StatusOtherNamedConsumer => "$JS.API.CONSUMER.CREATE.SHELL_QUERY_STATUS.ops-watch".into(),
+        Action::DeleteOtherStatusConsumer => format!("$JS.API.CONSUMER.DELETE.SHELL_QUERY_STATUS.{OPERATOR_CONSUMER}"),
+        Action::ServiceDiscovery => "$SRV.PING.shell-query".into(),
     }
 }
 
@@ -263,6 +282,38 @@ async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
             .request(subject(action), "{}".into())
             .await
             .is_ok_and(|r| !r.payload.is_empty()),
+        Action::StatusApiNamedConsumer | Action::StatusOtherNamedConsumer => {
+            let name = subject(action).rsplit('.').next().unwrap().to_string();
+            let Ok(s) = js.get_stream_no_info("SHELL_QUERY_STATUS").await else {
+                return false;
+            };
+            let Ok(consumer) = s
+                .create_consumer(pull::Config {
+                    durable_name: Some(name),
+                    ack_policy: jetstream::consumer::AckPolicy::None,
+                    ..Default::default()
+                })
+                .await
+            else {
+                return false;
+            };
+            let Ok(mut batch) = consumer.fetch().max_messages(1).messages().await else {
+                return false;
+            };
+            matches!(batch.next().await, Some(Ok(_)))
+        }
+        Action::DeleteApiStatusConsumer | Action::DeleteOtherStatusConsumer => {
+            let name = subject(action).rsplit('.').next().unwrap().to_string();
+            match js.get_stream_no_info("SHELL_QUERY_STATUS").await {
+                Ok(s) => s.delete_consumer(&name).await.is_ok(),
+                Err(_) => false,
+            }
+        }
+        Action::ServiceDiscovery => client
+            .nats
+            .request(subject(action), "".into())
+            .await
+            .is_ok_and(|r| r.payload.as_ref() == b"answer"),
     }
 }
 
@@ -289,9 +340,23 @@ async fn seed(server: &NatsServer, admin: &Client) {
     }
     let kv = admin.js.get_key_value("SHELL_QUERY_LEASES").await.unwrap();
     kv.put("reconciler", "0".into()).await.unwrap();
+    admin
+        .js
+        .get_stream_no_info("SHELL_QUERY_STATUS")
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            durable_name: Some(OPERATOR_CONSUMER.into()),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let responder = server.admin().await;
-    let mut requests = responder.subscribe("shell_query.api.>").await.unwrap();
+    let requests = responder.subscribe("shell_query.api.>").await.unwrap();
+    let discovery = responder.subscribe("$SRV.PING.shell-query").await.unwrap();
     responder.flush().await.unwrap();
+    let mut requests = futures::stream::select(requests, discovery);
     tokio::spawn(async move {
         while let Some(request) = requests.next().await {
             if let Some(reply) = request.reply {
@@ -306,7 +371,11 @@ async fn seed(server: &NatsServer, admin: &Client) {
 async fn check_user(server: &NatsServer, admin: &Client, user: &str, allowed: &[Action], denied: &[Action]) {
     let client = connect(server, user).await;
     for &action in allowed {
-        assert!(attempt(&client, admin, action).await, "{user} may {action:?}");
+        assert!(
+            attempt(&client, admin, action).await,
+            "{user} may {action:?}; the server said: {:?}",
+            client.violations.lock().unwrap()
+        );
     }
     for &action in denied {
         let worked = attempt(&client, admin, action).await;
@@ -353,6 +422,10 @@ async fn each_user_may_do_only_its_own_part() {
         UpdateJobsStream,
         CreateStream,
         SubscribeAllInboxes,
+        StatusApiNamedConsumer,
+        DeleteApiStatusConsumer,
+        StatusOtherNamedConsumer,
+        ServiceDiscovery,
     ];
     for action in every {
         assert!(attempt(&admin, &admin, action).await, "the admin may {action:?}");
@@ -375,11 +448,16 @@ async fn each_user_may_do_only_its_own_part() {
             PublishCancel,
             RequestResults,
             StatusDirectGet,
-            StatusOwnConsumer,
             StatusSubscribe,
             SubscribeApiInbox,
+            StatusApiNamedConsumer,
+            DeleteApiStatusConsumer,
+            ServiceDiscovery,
         ],
         &[
+            StatusOwnConsumer,
+            StatusOtherNamedConsumer,
+            DeleteOtherStatusConsumer,
             PublishPoll,
             PublishStatus,
             CreateStream,
@@ -433,4 +511,58 @@ async fn each_user_may_do_only_its_own_part() {
         !attempt(&sys, &admin, StatusSubscribe).await,
         "the system account is another account: it sees no status events"
     );
+}
+
+/// The API holds at most its eight named consumers on SHELL_QUERY_STATUS
+/// (a ninth name, or an unnamed one, is refused), and the stream itself
+/// holds at most `STATUS_STREAM_MAX_CONSUMERS` (128 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_holds_a_bounded_number_of_status_consumers() {
+    let server = NatsServer::start().await;
+    let admin = connect(&server, ADMIN_USER).await;
+    seed(&server, &admin).await;
+    let api = connect(&server, API_USER).await;
+    let stream = api.js.get_stream_no_info("SHELL_QUERY_STATUS").await.unwrap();
+    let create = |name: String| {
+        let stream = stream.clone();
+        async move {
+            stream
+                .create_consumer(pull::Config {
+                    durable_name: Some(name),
+                    ack_policy: jetstream::consumer::AckPolicy::None,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    for n in 0..8 {
+        create(format!("api-{n}")).await.expect("one of the API's names");
+    }
+    assert!(create("api-8".into()).await.is_err(), "a ninth name is refused");
+    wait_for("the server to refuse api-8", Duration::from_secs(5), || async {
+        violated(&api, "$JS.API.CONSUMER.CREATE.SHELL_QUERY_STATUS.api-8")
+    })
+    .await;
+    let mut status = admin.js.get_stream("SHELL_QUERY_STATUS").await.unwrap();
+    assert_eq!(status.info().await.unwrap().config.max_consumers, 128);
+    // The admin fills the rest (the seed's consumer and the API's eight are
+    // there already): the next is refused by the stream itself.
+    let admin_stream = admin.js.get_stream_no_info("SHELL_QUERY_STATUS").await.unwrap();
+    let mut made = 9;
+    let refused = loop {
+        let created = admin_stream
+            .create_consumer(pull::Config {
+                durable_name: Some(format!("ops-{made}")),
+                ack_policy: jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => made += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(made <= 128, "more than 128 consumers");
+    };
+    assert_eq!(made, 128, "{refused}");
+    assert!(refused.contains("maximum consumers limit reached"), "{refused}");
 }

@@ -76,6 +76,9 @@ pub struct StreamLimits {
     pub replicas: usize,
     pub jobs_max_bytes: i64,
     pub status_max_bytes: i64,
+    /// The most consumers `SHELL_QUERY_STATUS` holds (the API's own and
+    /// operators'): a client cannot fill the server with them.
+    pub status_max_consumers: i32,
     pub dlq_max_bytes: i64,
     pub dlq_max_age: Duration,
     pub advisories_max_bytes: i64,
@@ -193,6 +196,7 @@ fn stream_configs(subjects: &Subjects, limits: &StreamLimits) -> [stream::Config
             max_age: Duration::from_secs(24 * 3600),
             max_messages_per_subject: 100,
             max_bytes: limits.status_max_bytes,
+            max_consumers: limits.status_max_consumers,
             duplicate_window: Duration::from_secs(120),
             allow_direct: true,
             num_replicas: limits.replicas,
@@ -307,6 +311,18 @@ pub fn keep_raised(mut wanted: stream::Config, existing: &stream::Config) -> (st
             "max_messages_per_subject {} (settings {}: a rule of the service, set back)",
             existing.max_messages_per_subject, wanted.max_messages_per_subject
         ));
+    }
+    // Consumers as sizes: none set (older versions) gets the setting's.
+    let (have, want) = (i64::from(existing.max_consumers), i64::from(wanted.max_consumers));
+    if bytes_allowance(have) != bytes_allowance(want) {
+        differences.push(format!(
+            "max_consumers {} (settings {})",
+            show_count(have),
+            show_count(want)
+        ));
+        if bytes_allowance(have) > bytes_allowance(want) {
+            wanted.max_consumers = existing.max_consumers;
+        }
     }
     if age_allowance(existing.max_age) != age_allowance(wanted.max_age) {
         differences.push(format!(
@@ -708,6 +724,7 @@ mod tests {
             replicas: 1,
             jobs_max_bytes: 1 << 30,
             status_max_bytes: 1 << 30,
+            status_max_consumers: 128,
             dlq_max_bytes: 512 << 20,
             dlq_max_age: Duration::from_secs(14 * 24 * 3600),
             advisories_max_bytes: 64 << 20,

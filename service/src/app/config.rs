@@ -306,6 +306,10 @@ pub struct StreamArgs {
     /// Size limit of SHELL_QUERY_STATUS; when full, the oldest events go.
     #[arg(long, env = "STATUS_STREAM_MAX_BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub status_stream_max_bytes: i64,
+    /// The most consumers SHELL_QUERY_STATUS may hold (the API's and
+    /// operators'); past it, creating one is refused.
+    #[arg(long, env = "STATUS_STREAM_MAX_CONSUMERS", default_value_t = 128, value_parser = clap::value_parser!(i32).range(1..=100_000))]
+    pub status_stream_max_consumers: i32,
     /// Size limit of SHELL_QUERY_DLQ; when full, the oldest copies go.
     #[arg(long, env = "DLQ_MAX_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
     pub dlq_max_bytes: i64,
@@ -363,6 +367,7 @@ impl StreamArgs {
             replicas: self.stream_replicas,
             jobs_max_bytes: self.jobs_stream_max_bytes,
             status_max_bytes: self.status_stream_max_bytes,
+            status_max_consumers: self.status_stream_max_consumers,
             dlq_max_bytes: self.dlq_max_bytes,
             dlq_max_age: Duration::from_millis(self.dlq_max_age_ms),
             advisories_max_bytes: self.advisories_stream_max_bytes,

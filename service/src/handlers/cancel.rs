@@ -12,11 +12,14 @@ use tracing::Instrument as _;
 
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span, note_ignored_fields};
+use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span, note_delivery, note_ignored_fields};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::end_run;
 
 pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
+    if let Err(later) = note_delivery(deps, delivery).await {
+        return later;
+    }
     let msg = match CancelMessage::decode(&delivery.subject, &delivery.payload) {
         Ok(decoded) => {
             note_ignored_fields("cancel", &decoded.ignored_fields);

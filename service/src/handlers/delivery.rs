@@ -21,8 +21,23 @@ pub struct Delivery {
     pub payload: Bytes,
     /// 1-based; every delayed nak is a delivery.
     pub delivered: i64,
+    /// The message's sequence in its stream.
+    pub stream_seq: u64,
     /// Carries the publisher's `traceparent`.
     pub headers: Option<async_nats::HeaderMap>,
+}
+
+/// Records, before anything else is done with it, that an execute or
+/// cancel message was delivered once more: a max-deliveries advisory is
+/// believed only up to what was recorded here. `Err` is a disposition: the
+/// database did not take the record, and the message comes back later.
+pub async fn note_delivery(deps: &crate::lifecycle::Deps, delivery: &Delivery) -> Result<(), Disposition> {
+    crate::adapters::store::deliveries::note(&deps.store, delivery.stream_seq, delivery.delivered, chrono::Utc::now())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "could not record the delivery; will retry");
+            Disposition::Retry(Duration::from_secs(5))
+        })
 }
 
 /// Logs at debug, once per process and field name, a field a message

@@ -84,6 +84,9 @@ pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Res
             break;
         }
     }
+    // Delivery records of messages settled long ago (an advisory comes
+    // within an ack wait of the last delivery).
+    crate::adapters::store::deliveries::prune(&deps.store, now - chrono::Duration::days(1)).await?;
     for run in runs::pending_cancels(&deps.store, now - grace).await? {
         let ending = Ending::Canceled(CancelSource::Api);
         if end_run(deps, &run, ending, run.query_definition(), now).await? {

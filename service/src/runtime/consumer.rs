@@ -19,11 +19,12 @@ use crate::handlers::delivery::{Delivery, Disposition};
 use crate::lifecycle::Deps;
 
 async fn handle_one(handler: &Handler, progress_every: Duration, settler: &Settler, deps: Arc<Deps>, msg: Message) {
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let (delivered, stream_seq) = msg.info().map(|i| (i.delivered, i.stream_sequence)).unwrap_or((1, 0));
     let delivery = Delivery {
         subject: msg.subject.to_string(),
         payload: msg.payload.clone(),
         delivered,
+        stream_seq,
         headers: msg.headers.clone(),
     };
     let (msg, acker) = msg.split();

@@ -1,11 +1,12 @@
 //! Every SQL statement of the service, behind one door per table:
-//! [`runs`], [`tenants`], [`credentials`] and [`folders`]. Rows come out as
+//! [`runs`], [`tenants`], [`credentials`], [`folders`] and [`deliveries`]. Rows come out as
 //! domain types; `sea_orm` types and errors never leave this module. State
 //! changes are compare-and-set in SQL: losing one is a normal outcome
 //! (`false`), not an error.
 
 mod batch;
 pub mod credentials;
+pub mod deliveries;
 mod error;
 pub mod folders;
 pub mod runs;

@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::adapters::nats::EXECUTE_MAX_DELIVER;
 use crate::adapters::store::StoreError;
 use crate::adapters::store::runs::{self, NewRun};
-use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span, note_ignored_fields};
+use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span, note_delivery, note_ignored_fields};
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::{announce_ending, end_run};
 
@@ -60,6 +60,9 @@ impl Default for Execute {
 
 impl Execute {
     pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+        if let Err(later) = note_delivery(deps, delivery).await {
+            return later;
+        }
         if delivery.payload.len() > MAX_EXECUTE_BYTES {
             let reason = format!(
                 "the execute message is {} KB; the most accepted is {} KB",
