@@ -98,7 +98,7 @@ impl Cipher {
 }
 
 /// SHA-256 hex of a text: what may be logged or stored instead of the SQL.
-pub fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }

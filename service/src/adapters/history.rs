@@ -19,12 +19,12 @@ const HISTORY_CAPACITY: usize = 10_000;
 type QueryKey = (Uuid, String);
 
 #[derive(Default)]
-pub struct HistoryCache {
+pub(crate) struct HistoryCache {
     entries: Mutex<HashMap<QueryKey, (Instant, Option<History>)>>,
 }
 
 impl HistoryCache {
-    pub async fn get(
+    pub(crate) async fn get(
         &self,
         store: &Store,
         tenant_id: Uuid,
@@ -48,7 +48,7 @@ impl HistoryCache {
 
     /// A run of this query just finished here: the next read sees it.
     /// (Other replicas see it within a minute.)
-    pub fn forget(&self, tenant_id: Uuid, sql_text_hash: &str) {
+    pub(crate) fn forget(&self, tenant_id: Uuid, sql_text_hash: &str) {
         self.entries
             .lock()
             .expect("history cache lock")

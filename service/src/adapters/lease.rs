@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
-pub const BUCKET: &str = "SHELL_QUERY_LEASES";
+pub(crate) const BUCKET: &str = "SHELL_QUERY_LEASES";
 
 /// The bucket, declared at start with the streams (adapters/nats.rs).
 pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, async_nats::jetstream::context::KeyValueError> {
@@ -17,7 +17,7 @@ pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, async_nats::je
 }
 
 /// Whether a stored lease (its expiry) is still held at `now`. Pure.
-pub fn held(value: &[u8], now: DateTime<Utc>) -> bool {
+pub(crate) fn held(value: &[u8], now: DateTime<Utc>) -> bool {
     std::str::from_utf8(value)
         .ok()
         .and_then(|v| v.trim().parse::<i64>().ok())
@@ -41,7 +41,7 @@ pub async fn try_take(store: &kv::Store, name: &str, hold: Duration, now: DateTi
 
 /// Runs `pass` every `interval` on the one replica holding the lease `name`
 /// for that interval, until `shutdown` turns true.
-pub async fn periodically<F, Fut>(
+pub(crate) async fn periodically<F, Fut>(
     js: &jetstream::Context,
     name: &'static str,
     interval: Duration,

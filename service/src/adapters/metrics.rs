@@ -8,35 +8,35 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Counter names.
-pub const RUNS: &str = "shell_query_runs_total";
-pub const POLL_TICKS: &str = "shell_query_poll_ticks_total";
-pub const POLL_TICKS_DEFERRED: &str = "shell_query_poll_ticks_deferred_total";
-pub const IS_RUNNING_CHECKS: &str = "shell_query_isrunning_checks_total";
-pub const NOT_RUNNING_CONFIRMATIONS: &str = "shell_query_not_running_confirmations_total";
-pub const FAST_PATH_COMPLETIONS: &str = "shell_query_fast_path_completions_total";
-pub const ROWSET_READINESS_RETRIES: &str = "shell_query_rowset_readiness_retries_total";
-pub const POLL_TIMEOUTS: &str = "shell_query_poll_timeouts_total";
-pub const RECONCILER_ACTIONS: &str = "shell_query_reconciler_actions_total";
-pub const SWEEPER_DELETIONS: &str = "shell_query_sweeper_deletions_total";
-pub const MCE_CALLS: &str = "shell_query_mce_calls_total";
-pub const TOKEN_REFRESHES: &str = "shell_query_token_refreshes_total";
-pub const DLQ_MESSAGES: &str = "shell_query_dlq_messages_total";
-pub const CONSUMER_REDECLARED: &str = "shell_query_consumer_redeclared_total";
-pub const RECONCILER_LAST_SUCCESS: &str = "shell_query_reconciler_last_success_timestamp_seconds";
-pub const SWEEPER_LAST_SUCCESS: &str = "shell_query_sweeper_last_success_timestamp_seconds";
-pub const BUILD_INFO: &str = "shell_query_build_info";
-pub const TENANTS_THROTTLED: &str = "shell_query_tenants_throttled";
+pub(crate) const RUNS: &str = "shell_query_runs_total";
+pub(crate) const POLL_TICKS: &str = "shell_query_poll_ticks_total";
+pub(crate) const POLL_TICKS_DEFERRED: &str = "shell_query_poll_ticks_deferred_total";
+pub(crate) const IS_RUNNING_CHECKS: &str = "shell_query_isrunning_checks_total";
+pub(crate) const NOT_RUNNING_CONFIRMATIONS: &str = "shell_query_not_running_confirmations_total";
+pub(crate) const FAST_PATH_COMPLETIONS: &str = "shell_query_fast_path_completions_total";
+pub(crate) const ROWSET_READINESS_RETRIES: &str = "shell_query_rowset_readiness_retries_total";
+pub(crate) const POLL_TIMEOUTS: &str = "shell_query_poll_timeouts_total";
+pub(crate) const RECONCILER_ACTIONS: &str = "shell_query_reconciler_actions_total";
+pub(crate) const SWEEPER_DELETIONS: &str = "shell_query_sweeper_deletions_total";
+pub(crate) const MCE_CALLS: &str = "shell_query_mce_calls_total";
+pub(crate) const TOKEN_REFRESHES: &str = "shell_query_token_refreshes_total";
+pub(crate) const DLQ_MESSAGES: &str = "shell_query_dlq_messages_total";
+pub(crate) const CONSUMER_REDECLARED: &str = "shell_query_consumer_redeclared_total";
+pub(crate) const RECONCILER_LAST_SUCCESS: &str = "shell_query_reconciler_last_success_timestamp_seconds";
+pub(crate) const SWEEPER_LAST_SUCCESS: &str = "shell_query_sweeper_last_success_timestamp_seconds";
+pub(crate) const BUILD_INFO: &str = "shell_query_build_info";
+pub(crate) const TENANTS_THROTTLED: &str = "shell_query_tenants_throttled";
 /// Histogram names.
-pub const RUN_DURATION: &str = "shell_query_run_duration_seconds";
-pub const POLL_TICK_DURATION: &str = "shell_query_poll_tick_duration_seconds";
-pub const POLL_TICK_LATENESS: &str = "shell_query_poll_tick_lateness_seconds";
-pub const MCE_CALL_DURATION: &str = "shell_query_mce_call_duration_seconds";
-pub const DETECTION_DELAY: &str = "shell_query_detection_delay_seconds";
+pub(crate) const RUN_DURATION: &str = "shell_query_run_duration_seconds";
+pub(crate) const POLL_TICK_DURATION: &str = "shell_query_poll_tick_duration_seconds";
+pub(crate) const POLL_TICK_LATENESS: &str = "shell_query_poll_tick_lateness_seconds";
+pub(crate) const MCE_CALL_DURATION: &str = "shell_query_mce_call_duration_seconds";
+pub(crate) const DETECTION_DELAY: &str = "shell_query_detection_delay_seconds";
 /// Gauge name.
-pub const CONSUMER_PENDING: &str = "shell_query_consumer_pending";
+pub(crate) const CONSUMER_PENDING: &str = "shell_query_consumer_pending";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     Histogram,
@@ -234,28 +234,28 @@ struct Histogram {
 }
 
 #[derive(Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
 }
 
 impl Metrics {
-    pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+    pub(crate) fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
         self.add(name, labels, 1);
     }
 
-    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
+    pub(crate) fn add(&self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
         let key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
         *self.counters.lock().expect("metrics lock").entry(key).or_default() += n;
     }
 
-    pub fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
+    pub(crate) fn set(&self, name: &'static str, labels: &[(&'static str, &str)], value: f64) {
         let key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
         self.gauges.lock().expect("metrics lock").insert(key, value);
     }
 
-    pub fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], value: Duration) {
+    pub(crate) fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], value: Duration) {
         let key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
         let secs = value.as_secs_f64();
         let mut histograms = self.histograms.lock().expect("metrics lock");
@@ -275,7 +275,7 @@ impl Metrics {
 
     /// Shows the counters alerts watch at 0 from the start, so the first
     /// DLQ copy or refused token is an increase.
-    pub fn start_at_zero(&self) {
+    pub(crate) fn start_at_zero(&self) {
         for consumer in ["execute", "poll", "cancel", "undeliverable"] {
             self.add(DLQ_MESSAGES, &[("consumer", consumer)], 0);
         }
@@ -287,12 +287,12 @@ impl Metrics {
     }
 
     /// Sets `shell_query_build_info{version}` to 1.
-    pub fn record_build(&self, version: &str) {
+    pub(crate) fn record_build(&self, version: &str) {
         self.set(BUILD_INFO, &[("version", version)], 1.0);
     }
 
     /// Sets a gauge to the current Unix time (a job's last success).
-    pub fn set_now(&self, name: &'static str) {
+    pub(crate) fn set_now(&self, name: &'static str) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -301,7 +301,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything recorded, then the
     /// process families.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
         // Read before any lock is taken: no tick waits on /proc.
@@ -387,7 +387,7 @@ fn labels_text(labels: &Labels, extra: Option<(&str, String)>) -> String {
 /// The process families, read from /proc/self in `PROCESS_FAMILIES`'
 /// order; `None` where this system does not tell.
 mod process {
-    pub fn sample() -> [Option<f64>; 6] {
+    pub(crate) fn sample() -> [Option<f64>; 6] {
         #[cfg(target_os = "linux")]
         {
             linux()

@@ -13,7 +13,7 @@ pub mod telemetry;
 /// Installs ring as rustls's process-wide crypto provider (once). reqwest
 /// (MCE calls, OTLP over HTTP) takes the process default; async-nats and
 /// sqlx bring ring too, so the process holds one TLS implementation.
-pub fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Err means another provider is installed already: that one serves.

@@ -21,27 +21,27 @@ use shell_query_core::event::StatusEvent;
 pub use shell_query_core::message::Subjects;
 use shell_query_core::message::{ExecuteMessage, PollMessage};
 
-pub const JOBS_STREAM: &str = "SHELL_QUERY_JOBS";
-pub const STATUS_STREAM: &str = "SHELL_QUERY_STATUS";
-pub const DLQ_STREAM: &str = "SHELL_QUERY_DLQ";
-pub const EXECUTE_CONSUMER: &str = "shell-query-execute";
-pub const POLL_CONSUMER: &str = "shell-query-poll";
-pub const CANCEL_CONSUMER: &str = "shell-query-cancel";
+pub(crate) const JOBS_STREAM: &str = "SHELL_QUERY_JOBS";
+pub(crate) const STATUS_STREAM: &str = "SHELL_QUERY_STATUS";
+pub(crate) const DLQ_STREAM: &str = "SHELL_QUERY_DLQ";
+pub(crate) const EXECUTE_CONSUMER: &str = "shell-query-execute";
+pub(crate) const POLL_CONSUMER: &str = "shell-query-poll";
+pub(crate) const CANCEL_CONSUMER: &str = "shell-query-cancel";
 /// Keeps the server's max-deliveries advisories of the jobs stream: a
 /// message no delivery could finish (it crashed or stalled the worker each
 /// time) is announced here even while every replica is down.
-pub const ADVISORY_STREAM: &str = "SHELL_QUERY_ADVISORIES";
-pub const UNDELIVERABLE_CONSUMER: &str = "shell-query-undeliverable";
+pub(crate) const ADVISORY_STREAM: &str = "SHELL_QUERY_ADVISORIES";
+pub(crate) const UNDELIVERABLE_CONSUMER: &str = "shell-query-undeliverable";
 
-pub const HEADER_ERROR: &str = "Shell-Query-Error";
-pub const HEADER_ORIGINAL_SUBJECT: &str = "Shell-Query-Original-Subject";
+pub(crate) const HEADER_ERROR: &str = "Shell-Query-Error";
+pub(crate) const HEADER_ORIGINAL_SUBJECT: &str = "Shell-Query-Original-Subject";
 /// How a DLQ copy was redacted (no SQL text leaves in plain text).
-pub const HEADER_REDACTED: &str = "Shell-Query-Redacted";
+pub(crate) const HEADER_REDACTED: &str = "Shell-Query-Redacted";
 
 /// Deliveries of one execute message before the run is given up.
 pub const EXECUTE_MAX_DELIVER: i64 = 5;
-pub const CANCEL_ACK_WAIT: Duration = Duration::from_secs(30);
-pub const CANCEL_MAX_DELIVER: i64 = 10;
+pub(crate) const CANCEL_ACK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CANCEL_MAX_DELIVER: i64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -64,7 +64,7 @@ pub struct Consumers {
 
 /// The subject of the server's advisories for jobs-stream messages that
 /// reached their consumer's `max_deliver`.
-pub fn max_deliveries_subject() -> String {
+pub(crate) fn max_deliveries_subject() -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.*")
 }
 
@@ -85,7 +85,7 @@ pub struct StreamLimits {
 }
 
 /// The lease bucket holds two small keys.
-pub const LEASES_MAX_BYTES: i64 = 1024 * 1024;
+pub(crate) const LEASES_MAX_BYTES: i64 = 1024 * 1024;
 
 /// How the service's durable consumers are set up.
 #[derive(Clone, Debug)]
@@ -106,7 +106,7 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.config.durable_name.as_deref().unwrap_or_default()
     }
 }
@@ -261,7 +261,7 @@ fn show_age(v: Duration) -> String {
 /// except that a limit the existing stream has higher (replicas, bytes,
 /// messages, age: an operator raised it) is kept, never lowered. Also
 /// returns each difference, for one log line. Pure.
-pub fn keep_raised(mut wanted: stream::Config, existing: &stream::Config) -> (stream::Config, Vec<String>) {
+pub(crate) fn keep_raised(mut wanted: stream::Config, existing: &stream::Config) -> (stream::Config, Vec<String>) {
     let mut differences = Vec::new();
     if existing.num_replicas != wanted.num_replicas {
         differences.push(format!(
@@ -404,7 +404,7 @@ async fn declare_leases(js: &jetstream::Context, limits: &StreamLimits) -> Resul
 
 /// What making sure of a consumer found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ensured {
+pub(crate) enum Ensured {
     /// It exists as the service declares it.
     Confirmed,
     /// It was missing (deleted) and is created again.
@@ -430,7 +430,7 @@ fn same_consumer(have: &async_nats::jetstream::consumer::Config, want: &pull::Co
 /// it is missing, updates it in place if it differs; returns what it found
 /// and the consumer's state. A consumer is never deleted (that would lose
 /// every pending delay).
-pub async fn ensure_consumer(
+pub(crate) async fn ensure_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
 ) -> Result<(Ensured, async_nats::jetstream::consumer::Info), NatsError> {
@@ -482,7 +482,7 @@ pub async fn declare(
 
 /// Declares the streams and the lease bucket (at start, and again when a
 /// stream was deleted).
-pub async fn declare_streams(
+pub(crate) async fn declare_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
     limits: &StreamLimits,
@@ -512,7 +512,7 @@ fn not_found(e: &async_nats::jetstream::stream::DirectGetError) -> bool {
 
 /// A message of the jobs stream by its sequence: its subject and body;
 /// `None` when it is gone.
-pub async fn job_message(js: &jetstream::Context, seq: u64) -> Result<Option<(String, Bytes)>, NatsError> {
+pub(crate) async fn job_message(js: &jetstream::Context, seq: u64) -> Result<Option<(String, Bytes)>, NatsError> {
     match jobs_stream(js).await?.direct_get(seq).await {
         Ok(msg) => Ok(Some((msg.subject.to_string(), msg.payload))),
         Err(e) if not_found(&e) => Ok(None),
@@ -521,7 +521,7 @@ pub async fn job_message(js: &jetstream::Context, seq: u64) -> Result<Option<(St
 }
 
 /// Whether the jobs stream holds a message on `subject`.
-pub async fn holds_message_on(js: &jetstream::Context, subject: String) -> Result<bool, NatsError> {
+pub(crate) async fn holds_message_on(js: &jetstream::Context, subject: String) -> Result<bool, NatsError> {
     match jobs_stream(js).await?.direct_get_last_for_subject(subject).await {
         Ok(_) => Ok(true),
         Err(e) if not_found(&e) => Ok(false),
@@ -530,7 +530,7 @@ pub async fn holds_message_on(js: &jetstream::Context, subject: String) -> Resul
 }
 
 /// Removes a message from the jobs stream (one that no delivery can finish).
-pub async fn delete_job_message(js: &jetstream::Context, seq: u64) -> Result<(), NatsError> {
+pub(crate) async fn delete_job_message(js: &jetstream::Context, seq: u64) -> Result<(), NatsError> {
     let stream = jobs_stream(js).await?;
     match stream.delete_message(seq).await {
         Ok(_) => Ok(()),
@@ -555,7 +555,7 @@ pub enum PollPublished {
 /// stream alike ("maximum bytes exceeded", "maximum messages exceeded"):
 /// only the description tells them apart, and a full stream must surface
 /// as an error, not as a poll already pending.
-pub fn subject_already_holds_one(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn subject_already_holds_one(e: &(dyn std::error::Error + 'static)) -> bool {
     e.source()
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
         .is_some_and(|j| {
@@ -621,7 +621,7 @@ async fn publish_json<T: serde::Serialize>(
 
 /// Publishes an execute message (the reconciler's resubmission), under a
 /// fresh message id.
-pub async fn publish_execute(
+pub(crate) async fn publish_execute(
     js: &jetstream::Context,
     subjects: &Subjects,
     msg: &ExecuteMessage,
@@ -632,7 +632,7 @@ pub async fn publish_execute(
 
 /// Publishes a status event, deduplicated per (run, status) so a re-publish
 /// after a crash is harmless.
-pub async fn publish_status(
+pub(crate) async fn publish_status(
     js: &jetstream::Context,
     subjects: &Subjects,
     event: &StatusEvent,
@@ -643,7 +643,7 @@ pub async fn publish_status(
 
 /// The status of the last event on a run's status subject, if any (the
 /// stream keeps them for 24 hours).
-pub async fn last_status(
+pub(crate) async fn last_status(
     js: &jetstream::Context,
     subjects: &Subjects,
     run: Uuid,
@@ -669,7 +669,10 @@ pub async fn last_status(
 /// events `runs show` prints): ephemeral, nothing acknowledged, removed by
 /// the server 10 s after its last read. The service's own consumers are
 /// [`declare`]d and [`ensure_consumer`]d.
-pub async fn reading_consumer(stream: &stream::Stream, subject: &str) -> Result<PullConsumer, stream::ConsumerError> {
+pub(crate) async fn reading_consumer(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<PullConsumer, stream::ConsumerError> {
     stream
         .create_consumer(pull::Config {
             filter_subject: subject.to_string(),
@@ -681,7 +684,7 @@ pub async fn reading_consumer(stream: &stream::Stream, subject: &str) -> Result<
 }
 
 /// Copies a message the service gave up on to the DLQ with the reason.
-pub async fn publish_dlq(
+pub(crate) async fn publish_dlq(
     js: &jetstream::Context,
     subjects: &Subjects,
     original_subject: &str,

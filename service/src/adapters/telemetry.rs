@@ -16,7 +16,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// The service's name in traces unless `OTEL_SERVICE_NAME` (or a
 /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES`) names it otherwise.
-pub const SERVICE_NAME: &str = "shell-query-worker";
+pub(crate) const SERVICE_NAME: &str = "shell-query-worker";
 /// The version in `service.version`, `/metrics`' build info and `--version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -132,13 +132,13 @@ fn resource() -> opentelemetry_sdk::Resource {
 }
 
 /// Keeps the trace exporter alive; `shutdown` flushes it.
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Exports every span still buffered.
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Some(provider) = self.provider
             && let Err(e) = provider.shutdown()
         {
@@ -165,7 +165,7 @@ fn capped(rust_log: Option<&str>, filter: tracing_subscriber::EnvFilter) -> trac
 
 /// Installs the subscriber: `format` is `json`, `pretty` or unset (JSON
 /// unless stdout is a terminal); `default_level` applies without `RUST_LOG`.
-pub fn init(format: Option<&str>, default_level: &str) -> Telemetry {
+pub(crate) fn init(format: Option<&str>, default_level: &str) -> Telemetry {
     use std::io::IsTerminal as _;
     let filter = capped(
         std::env::var("RUST_LOG").ok().as_deref(),
@@ -236,7 +236,7 @@ impl Injector for HeaderInjector<'_> {
 }
 
 /// The trace context a message carries (empty when it has none).
-pub fn extract(headers: Option<&HeaderMap>) -> opentelemetry::Context {
+pub(crate) fn extract(headers: Option<&HeaderMap>) -> opentelemetry::Context {
     match headers {
         Some(h) => TraceContextPropagator::new().extract(&HeaderExtractor(h)),
         None => opentelemetry::Context::new(),
@@ -251,14 +251,14 @@ tokio::task_local! {
 
 /// Runs `work` with the message's trace context at hand, so everything it
 /// publishes carries the trace on, exported or not.
-pub async fn with_incoming<F: std::future::Future>(headers: Option<&HeaderMap>, work: F) -> F::Output {
+pub(crate) async fn with_incoming<F: std::future::Future>(headers: Option<&HeaderMap>, work: F) -> F::Output {
     INCOMING.scope(extract(headers), work).await
 }
 
 /// Writes the current trace context into outgoing headers: the current
 /// span's when traces are exported; otherwise a child of the handled
 /// message's context (same trace, a fresh span id).
-pub fn inject(headers: &mut HeaderMap) {
+pub(crate) fn inject(headers: &mut HeaderMap) {
     let cx = tracing::Span::current().context();
     if cx.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
@@ -288,7 +288,7 @@ pub fn inject(headers: &mut HeaderMap) {
 }
 
 /// Makes `span` a child of the message's context (execute, cancel).
-pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
+pub(crate) fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let cx = extract(headers);
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
@@ -297,7 +297,7 @@ pub fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
 
 /// Links `span` to the message's context without making it the parent (a
 /// poll tick is its own trace, linked to the run's execute span).
-pub fn link(span: &tracing::Span, headers: Option<&HeaderMap>) {
+pub(crate) fn link(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let cx = extract(headers);
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {
@@ -307,7 +307,7 @@ pub fn link(span: &tracing::Span, headers: Option<&HeaderMap>) {
 
 /// Writes the span's trace and span ids into its `trace_id` and `span_id`
 /// fields, so log lines carry them (only when traces are exported).
-pub fn record_ids(span: &tracing::Span) {
+pub(crate) fn record_ids(span: &tracing::Span) {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
     if sc.is_valid() {

@@ -325,7 +325,7 @@ impl NatsArgs {
     /// The servers of NATS_URL (comma-separated: every server of a cluster,
     /// or some of them; the others are learnt from the cluster), once the
     /// TLS files given exist.
-    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
+    pub(crate) fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
         let bad = |reason: String| ConfigError {
             setting: "NATS_URL",
             reason,
@@ -583,7 +583,7 @@ pub struct ConfigError {
 }
 
 impl KeyArgs {
-    pub fn cipher(&self) -> Result<Cipher, ConfigError> {
+    pub(crate) fn cipher(&self) -> Result<Cipher, ConfigError> {
         let (setting, value) = match (&self.encryption_keys, &self.encryption_key) {
             (Some(keys), _) => ("ENCRYPTION_KEYS", keys),
             (None, Some(key)) => ("ENCRYPTION_KEY", key),
@@ -645,7 +645,7 @@ impl PollArgs {
 
 impl MceArgs {
     /// The client id and secret, which `run` requires.
-    pub fn client(&self) -> Result<(String, SecretString), ConfigError> {
+    pub(crate) fn client(&self) -> Result<(String, SecretString), ConfigError> {
         let id = self.mce_client_id.clone().filter(|s| !s.trim().is_empty());
         let secret = self
             .mce_client_secret
@@ -666,7 +666,7 @@ impl MceArgs {
 
     /// The base URLs, each `https://` unless MCE_ALLOW_HTTP: a token and
     /// refresh tokens never travel in clear text by accident.
-    pub fn checked_base_urls(&self) -> Result<crate::adapters::mce::BaseUrls, ConfigError> {
+    pub(crate) fn checked_base_urls(&self) -> Result<crate::adapters::mce::BaseUrls, ConfigError> {
         for (setting, url) in [
             ("MCE_AUTH_BASE_URL", &self.mce_auth_base_url),
             ("MCE_SOAP_BASE_URL", &self.mce_soap_base_url),
@@ -686,7 +686,7 @@ impl MceArgs {
         })
     }
 
-    pub fn timeouts(&self) -> crate::adapters::mce::Timeouts {
+    pub(crate) fn timeouts(&self) -> crate::adapters::mce::Timeouts {
         crate::adapters::mce::Timeouts {
             token: Duration::from_millis(self.mce_token_timeout_ms),
             rowset: Duration::from_millis(self.mce_rowset_timeout_ms),

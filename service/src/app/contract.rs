@@ -83,7 +83,7 @@ fn reference(to: &str) -> Value {
 }
 
 /// The AsyncAPI 3 document, for subjects under the default prefix.
-pub fn asyncapi() -> Value {
+pub(crate) fn asyncapi() -> Value {
     let traceparent = ("traceparent", "W3C trace context; the service continues the trace.");
     let run_id = json!({ "description": "The run's id (a UUID)." });
     let channel = |address: &str, description: &str, messages: &[&str]| {
@@ -180,7 +180,7 @@ pub fn asyncapi() -> Value {
 }
 
 /// Every generated file: its path under the docs folder and its text.
-pub fn files() -> Vec<(String, String)> {
+pub(crate) fn files() -> Vec<(String, String)> {
     let mut files: Vec<(String, String)> = schemas()
         .into_iter()
         .map(|s| {
@@ -197,7 +197,7 @@ pub fn files() -> Vec<(String, String)> {
 }
 
 /// Writes every file under `dir`.
-pub fn write(dir: &Path) -> std::io::Result<Vec<String>> {
+pub(crate) fn write(dir: &Path) -> std::io::Result<Vec<String>> {
     std::fs::create_dir_all(dir.join("schemas"))?;
     let mut written = Vec::new();
     for (path, text) in files() {

@@ -220,7 +220,7 @@ impl Drop for TempDir {
 /// Runs the demo; `Ok(true)` when every run ended as expected. Its steps:
 /// the infrastructure, the tenant, the service, the batch, watching it
 /// end, the summary.
-pub async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
+pub(crate) async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let dir = TempDir(std::env::temp_dir().join(format!("shell-query-demo-{}", Uuid::new_v4().simple())));
     std::fs::create_dir_all(&dir.0)?;
     let runs = batch();

@@ -100,13 +100,13 @@ pub(crate) async fn nats_options(n: &crate::app::config::NatsArgs) -> anyhow::Re
 }
 
 /// `shell-query-worker run`.
-pub async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
+pub(crate) async fn run(args: RunArgs, settings: Validated) -> anyhow::Result<()> {
     run_until(args, settings, shutdown_signal()).await
 }
 
 /// The service until `shutdown` completes (SIGTERM/SIGINT for `run`; the
 /// demo's own end for `demo`).
-pub async fn run_until(
+pub(crate) async fn run_until(
     args: RunArgs,
     settings: Validated,
     shutdown: impl std::future::Future<Output = ()>,

@@ -65,7 +65,7 @@ fn time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// `runs list`, `runs show`, `runs cancel`.
-pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
+pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<()> {
     match command {
         RunsCommand::List {
             status,
@@ -120,7 +120,7 @@ pub async fn runs(command: RunsCommand) -> anyhow::Result<()> {
 
 /// The row, in the order an operator reads it. The error text is
 /// decrypted when the key is at hand; the SQL text is never shown.
-pub fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
+pub(crate) fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
     let mut out = String::new();
     let task = match &run.start {
         StartPhase::NotRequested => "not started".to_string(),
@@ -245,7 +245,7 @@ async fn status_events(js: &jetstream::Context, subject: &str) -> anyhow::Result
 }
 
 /// `dlq list`, `dlq show`, `dlq replay`.
-pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+pub(crate) async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     let (nats_args, keys) = match &command {
         DlqCommand::List { nats, .. } => (nats, None),
         DlqCommand::Show { nats, keys, .. } | DlqCommand::Replay { nats, keys, .. } => (nats, Some(keys)),
@@ -383,7 +383,7 @@ fn replayable_subject(prefix: &str, subject: &str) -> anyhow::Result<()> {
 }
 
 /// The body as it was published, undoing the DLQ's redaction.
-pub fn original_body<'a>(
+pub(crate) fn original_body<'a>(
     payload: &[u8],
     redaction: Option<&str>,
     cipher: impl FnOnce() -> anyhow::Result<&'a Cipher>,
@@ -416,7 +416,7 @@ pub fn original_body<'a>(
 
 /// The body for an operator's eyes: decrypted where the key allows, with
 /// every SQL text replaced by its length.
-pub fn shown_body(payload: &[u8], redaction: Option<&str>, cipher: Option<&Cipher>) -> String {
+pub(crate) fn shown_body(payload: &[u8], redaction: Option<&str>, cipher: Option<&Cipher>) -> String {
     let restored = match (redaction, cipher) {
         (Some("body encrypted" | "sqlText encrypted"), None) => {
             return format!(
@@ -447,7 +447,7 @@ pub fn shown_body(payload: &[u8], redaction: Option<&str>, cipher: Option<&Ciphe
 /// `doctor`: one line per check; the exit code: 2 when the settings are
 /// bad (every other check still runs and prints), else 1 if any check
 /// failed, else 0.
-pub async fn doctor(args: DoctorArgs) -> i32 {
+pub(crate) async fn doctor(args: DoctorArgs) -> i32 {
     let mut ok = true;
     let mut line = |pass: bool, what: &str, detail: String| {
         ok &= pass;
@@ -580,7 +580,7 @@ pub async fn doctor(args: DoctorArgs) -> i32 {
 /// `config print`: every setting of `run` as `NAME=value  (source)`, by
 /// heading; secrets show only whether they are set, and a database URL
 /// shows without its password.
-pub fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<String> {
+pub(crate) fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyhow::Result<String> {
     use clap::CommandFactory as _;
     use clap::parser::ValueSource;
     let command = Cli::command();
@@ -633,7 +633,7 @@ pub fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -> anyho
 }
 
 /// `contract write` / `contract check`: 0, or 1 when files are stale.
-pub fn contract(command: ContractCommand) -> i32 {
+pub(crate) fn contract(command: ContractCommand) -> i32 {
     match command {
         ContractCommand::Write { dir } => match crate::app::contract::write(&dir) {
             Ok(written) => {

@@ -16,7 +16,7 @@ use crate::handlers::delivery::{Consumed, Delivery, Disposition, delivery_span, 
 use crate::lifecycle::Deps;
 use crate::lifecycle::end::end_run;
 
-pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
+pub(crate) async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     if let Err(later) = note_delivery(deps, delivery).await {
         return later;
     }

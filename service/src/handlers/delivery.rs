@@ -31,7 +31,7 @@ pub struct Delivery {
 /// cancel message was delivered once more: a max-deliveries advisory is
 /// believed only up to what was recorded here. `Err` is a disposition: the
 /// database did not take the record, and the message comes back later.
-pub async fn note_delivery(deps: &crate::lifecycle::Deps, delivery: &Delivery) -> Result<(), Disposition> {
+pub(crate) async fn note_delivery(deps: &crate::lifecycle::Deps, delivery: &Delivery) -> Result<(), Disposition> {
     crate::adapters::store::deliveries::note(&deps.store, delivery.stream_seq, delivery.delivered, chrono::Utc::now())
         .await
         .map_err(|e| {
@@ -43,7 +43,7 @@ pub async fn note_delivery(deps: &crate::lifecycle::Deps, delivery: &Delivery) -
 /// Logs at debug, once per process and field name, a field a message
 /// carried that the service ignores (the API may add fields before the
 /// service knows them). Bounded: at most 256 names are remembered.
-pub fn note_ignored_fields(kind: &'static str, names: &[String]) {
+pub(crate) fn note_ignored_fields(kind: &'static str, names: &[String]) {
     static SEEN: std::sync::Mutex<std::collections::BTreeSet<String>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -56,7 +56,7 @@ pub fn note_ignored_fields(kind: &'static str, names: &[String]) {
 
 /// Which consumer a delivery came from, for its span.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Consumed {
+pub(crate) enum Consumed {
     Execute,
     Poll,
     Cancel,
@@ -79,7 +79,7 @@ impl Consumed {
 /// tenant is recorded when the message names it (a poll tick records it
 /// once it has read the row), and the fields a tick fills in later
 /// (`mce.status`, `poll.decision`, `otel.status_code`) start empty.
-pub fn delivery_span(
+pub(crate) fn delivery_span(
     consumed: Consumed,
     delivery: &Delivery,
     run_id: uuid::Uuid,

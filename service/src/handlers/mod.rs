@@ -15,7 +15,7 @@ use crate::lifecycle::Deps;
 
 /// The handler a consumer runs, with the settings only it needs: a closed
 /// set, dispatched in one `match`.
-pub enum Handler {
+pub(crate) enum Handler {
     Execute(execute::Execute),
     Poll(Box<poll::Poll>),
     Cancel,
@@ -24,7 +24,7 @@ pub enum Handler {
 }
 
 impl Handler {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Handler::Execute(_) => "execute",
             Handler::Poll(_) => "poll",
@@ -33,7 +33,7 @@ impl Handler {
         }
     }
 
-    pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+    pub(crate) async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
         match self {
             Handler::Execute(h) => h.handle(deps, delivery).await,
             Handler::Poll(h) => h.handle(deps, delivery).await,

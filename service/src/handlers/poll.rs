@@ -25,7 +25,7 @@ use crate::lifecycle::Deps;
 use crate::lifecycle::end::{end_run, publish_owed_event};
 
 /// The poll handler and its settings.
-pub struct Poll {
+pub(crate) struct Poll {
     pub config: PollConfig,
     /// For each run whose last tick ran here: that tick's delivery count
     /// and when the next delivery is due (the delay its negative
@@ -102,7 +102,7 @@ impl Poll {
         }
     }
 
-    pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+    pub(crate) async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
         let started = Instant::now();
         let run_id = Subjects::run_id_of(&delivery.subject);
         let previous = run_id.and_then(|id| self.due.lock().expect("due lock").remove(&id));

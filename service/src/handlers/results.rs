@@ -23,7 +23,7 @@ use shell_query_core::api::{ResultsReply, ResultsRequest, StatusReply, StatusReq
 
 /// An error reply: the text a user may see and a code.
 #[derive(Debug, PartialEq, Eq)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     BadRequest(String),
     NotFound,
     NotReady(String),
@@ -66,7 +66,7 @@ fn decrypted_error(deps: &Deps, run: &Run) -> Option<String> {
 }
 
 /// Checks the paging of a results request (pure).
-pub fn check_paging(page: i64, page_size: i64) -> Result<(u32, u32), ApiError> {
+pub(crate) fn check_paging(page: i64, page_size: i64) -> Result<(u32, u32), ApiError> {
     // A page past u32 (MCE's page numbers) is refused, never cut short.
     if !(1..=i64::from(u32::MAX)).contains(&page) || !(1..=MAX_PAGE_SIZE).contains(&page_size) {
         return Err(ApiError::BadRequest(format!(
@@ -79,7 +79,7 @@ pub fn check_paging(page: i64, page_size: i64) -> Result<(u32, u32), ApiError> {
 
 /// Orders a row's values by the DE's columns, matching names without
 /// regard to case (MCE may lower-case them).
-pub fn order_row(columns: &[String], values: &Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn order_row(columns: &[String], values: &Map<String, Value>) -> Map<String, Value> {
     columns
         .iter()
         .map(|c| {
@@ -155,7 +155,7 @@ async fn status(deps: &Deps, req: StatusRequest) -> Result<StatusReply, ApiError
 
 /// The reply's body, unless it is larger than the server carries: then a
 /// clear error instead of a reply that could not be sent at all.
-pub fn fitting(body: Vec<u8>, max_payload: usize) -> Result<Bytes, ApiError> {
+pub(crate) fn fitting(body: Vec<u8>, max_payload: usize) -> Result<Bytes, ApiError> {
     if body.len() <= max_payload {
         return Ok(Bytes::from(body));
     }
@@ -197,7 +197,7 @@ fn request_span(name: &'static str, request: &Request) -> tracing::Span {
 }
 
 /// Starts the service; it answers until `shutdown` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     deps: Arc<Deps>,
     client: async_nats::Client,
     prefix: &str,

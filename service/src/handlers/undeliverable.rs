@@ -57,7 +57,7 @@ enum Error {
     Nats(#[from] NatsError),
 }
 
-pub async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
+pub(crate) async fn handle(deps: &Deps, delivery: &Delivery) -> Disposition {
     let advisory: MaxDeliveries = match serde_json::from_slice(&delivery.payload) {
         Ok(a) => a,
         Err(_) => {

@@ -18,7 +18,7 @@ use crate::lifecycle::end::{end_run, publish_owed_event};
 
 /// What one pass did, for logs, metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub polls_republished: u32,
     pub executes_republished: u32,
     pub runs_failed: u32,
@@ -30,7 +30,7 @@ pub struct Report {
 }
 
 #[derive(Clone, Copy, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     /// Runs younger than this are left alone.
     pub grace: Duration,
     /// A run `running` without a TaskID for this long has no execute left.
@@ -68,7 +68,7 @@ async fn fail(deps: &Deps, run: &Run, message: &str, now: DateTime<Utc>) -> Resu
 }
 
 /// One pass over the live runs.
-pub async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Result<Report, StoreError> {
+pub(crate) async fn reconcile_once(deps: &Deps, cfg: Config, now: DateTime<Utc>) -> Result<Report, StoreError> {
     let mut report = Report::default();
     let grace = chrono::Duration::from_std(cfg.grace).unwrap_or_default();
     let deadline = chrono::Duration::from_std(cfg.start_deadline).unwrap_or_default();
@@ -204,7 +204,7 @@ async fn resubmit(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, Na
 }
 
 /// Runs passes every `interval` while this replica holds the lease.
-pub async fn run(
+pub(crate) async fn run(
     deps: std::sync::Arc<Deps>,
     cfg: Config,
     interval: Duration,

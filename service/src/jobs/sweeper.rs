@@ -19,12 +19,12 @@ use crate::lifecycle::Deps;
 
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub deleted: u32,
     pub failed_units: u32,
 }
 
-pub async fn sweep_once(deps: &Deps, min_age: Duration, now: DateTime<Utc>) -> Result<Report, StoreError> {
+pub(crate) async fn sweep_once(deps: &Deps, min_age: Duration, now: DateTime<Utc>) -> Result<Report, StoreError> {
     let mut report = Report::default();
     let live = runs::live_query_definitions(&deps.store).await?;
     let before = now - chrono::Duration::from_std(min_age).unwrap_or_default();
@@ -66,7 +66,7 @@ pub async fn sweep_once(deps: &Deps, min_age: Duration, now: DateTime<Utc>) -> R
 }
 
 /// Runs passes every `interval` while this replica holds the lease.
-pub async fn run(
+pub(crate) async fn run(
     deps: std::sync::Arc<Deps>,
     min_age: Duration,
     interval: Duration,

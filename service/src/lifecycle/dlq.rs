@@ -16,11 +16,11 @@ use crate::adapters::crypto::{Cipher, sha256_hex};
 
 /// The largest body copied (redacted) to the DLQ: the largest execute
 /// message the service reads.
-pub const MAX_COPY_BYTES: usize = shell_query_core::message::MAX_EXECUTE_BYTES;
+pub(crate) const MAX_COPY_BYTES: usize = shell_query_core::message::MAX_EXECUTE_BYTES;
 
 /// The body of a DLQ copy, and how it was redacted (`None`: as it came).
 /// `carries_sql`: the message is an execute message.
-pub fn redacted(cipher: &Cipher, carries_sql: bool, payload: &[u8]) -> (Bytes, Option<&'static str>) {
+pub(crate) fn redacted(cipher: &Cipher, carries_sql: bool, payload: &[u8]) -> (Bytes, Option<&'static str>) {
     if payload.len() > MAX_COPY_BYTES {
         let summary = serde_json::json!({
             "size": payload.len(),

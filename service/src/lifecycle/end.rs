@@ -30,7 +30,7 @@ use crate::adapters::store::runs::{self, Terminal};
 /// Ends `run` as `ending` says. `query_definition` is the QueryDefinition to
 /// delete, if any (the run's recorded one, or the one an execute delivery
 /// made before it could record it). True if this call ended the run.
-pub async fn end_run(
+pub(crate) async fn end_run(
     deps: &Deps,
     run: &Run,
     ending: Ending,
@@ -65,7 +65,7 @@ pub async fn end_run(
 /// history reset, the QueryDefinition's deletion. [`end_run`] calls it after
 /// winning the compare-and-set; a row made terminal by its own insert (a
 /// broken request) calls it directly.
-pub async fn announce_ending(
+pub(crate) async fn announce_ending(
     deps: &Deps,
     run: &Run,
     ending: Ending,
@@ -119,7 +119,7 @@ async fn publish_terminal(deps: &Deps, event: &StatusEvent, now: DateTime<Utc>) 
 
 /// Publishes the terminal event a run still owes, rebuilt from its row.
 /// True once the stream confirmed it.
-pub async fn publish_owed_event(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(crate) async fn publish_owed_event(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let at = run.completed_at.unwrap_or(now);
     let event = match run.status {
         RunStatus::Ready => StatusEvent {

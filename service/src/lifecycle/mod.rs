@@ -18,7 +18,7 @@ use crate::adapters::store::Store;
 
 /// The handles every handler and job needs, built once by the app. What
 /// only one handler needs (its settings) stays with that handler.
-pub struct Deps {
+pub(crate) struct Deps {
     pub store: Store,
     pub js: jetstream::Context,
     pub subjects: Subjects,
@@ -32,7 +32,7 @@ pub struct Deps {
 impl Deps {
     /// Publishes a status event after the change it describes. A failure is
     /// logged: the row, not the event, is the truth.
-    pub async fn publish_event(&self, event: &StatusEvent) {
+    pub(crate) async fn publish_event(&self, event: &StatusEvent) {
         if let Err(e) = crate::adapters::nats::publish_status(&self.js, &self.subjects, event).await {
             tracing::warn!(run_id = %event.run_id, status = event.status.as_str(), error = %e, "status event not published");
         }
@@ -40,7 +40,7 @@ impl Deps {
 
     /// Deletes a QueryDefinition of a run's business unit (never another
     /// run's). A failure is logged and left to the sweeper.
-    pub async fn delete_query_definition(&self, account: &shell_query_core::account::Account, object_id: &str) {
+    pub(crate) async fn delete_query_definition(&self, account: &shell_query_core::account::Account, object_id: &str) {
         let result = match self.mce.session(account).await {
             Ok(session) => session.delete_query_definition(object_id).await,
             Err(e) => Err(e),

@@ -99,7 +99,7 @@ async fn handle_one(handler: &Handler, progress_every: Duration, settler: &Settl
 /// handlers to finish.
 /// `ack_wait` is the consumer's: "in progress" goes out every third of it.
 /// Acknowledgements leave in bursts every `settle_window` (`settle`).
-pub async fn run(
+pub(crate) async fn run(
     handler: Handler,
     consumer: PullConsumer,
     concurrency: usize,

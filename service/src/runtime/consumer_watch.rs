@@ -31,7 +31,7 @@ struct Entry {
 }
 
 /// What the consumer checks and loops last reported, for the probes.
-pub struct Watch {
+pub(crate) struct Watch {
     started: Instant,
     interval: Duration,
     entries: Vec<Entry>,
@@ -75,7 +75,7 @@ impl Watch {
 
     /// Why the service is not ready, if a consumer has gone unconfirmed for
     /// three checks.
-    pub fn unready(&self) -> Option<String> {
+    pub(crate) fn unready(&self) -> Option<String> {
         self.unready_at(self.now())
     }
 
@@ -88,7 +88,7 @@ impl Watch {
     }
 
     /// The consumer loop that stopped without a shutdown, if one did.
-    pub fn dead_loop(&self) -> Option<String> {
+    pub(crate) fn dead_loop(&self) -> Option<String> {
         self.entries
             .iter()
             .find(|e| !e.loop_alive.load(Ordering::SeqCst))
@@ -97,7 +97,7 @@ impl Watch {
 
     /// A guard the consumer loop `role` holds: dropped (returned or
     /// panicked) while `shutdown` is still false, it marks the loop dead.
-    pub fn loop_guard(self: &Arc<Self>, role: &'static str, shutdown: watch::Receiver<bool>) -> LoopGuard {
+    pub(crate) fn loop_guard(self: &Arc<Self>, role: &'static str, shutdown: watch::Receiver<bool>) -> LoopGuard {
         LoopGuard {
             watch: self.clone(),
             role,
@@ -106,7 +106,7 @@ impl Watch {
     }
 }
 
-pub struct LoopGuard {
+pub(crate) struct LoopGuard {
     watch: Arc<Watch>,
     role: &'static str,
     shutdown: watch::Receiver<bool>,
@@ -143,7 +143,7 @@ async fn check(
 }
 
 /// Checks every consumer each interval until `shutdown`.
-pub async fn run(
+pub(crate) async fn run(
     watch: Arc<Watch>,
     js: jetstream::Context,
     subjects: Subjects,

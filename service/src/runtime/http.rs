@@ -14,7 +14,7 @@ use axum::routing::get;
 use crate::adapters::store::Store;
 
 #[derive(Clone)]
-pub struct Health {
+pub(crate) struct Health {
     pub store: Store,
     pub nats: async_nats::Client,
     pub draining: Arc<AtomicBool>,
@@ -64,7 +64,7 @@ async fn readyz(State(h): State<Health>) -> (StatusCode, String) {
 }
 
 /// Binds and serves in the background.
-pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub(crate) async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let app = Router::new()
         .route("/healthz", get(healthz))

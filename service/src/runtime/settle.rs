@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 /// How a delivery ends.
 #[derive(Debug, Clone, Copy)]
-pub enum Settlement {
+pub(crate) enum Settlement {
     Ack,
     /// Comes back at this instant.
     NakUntil(Instant),
@@ -46,7 +46,7 @@ impl Settlement {
 
 /// One consumer's outgoing acknowledgements.
 #[derive(Clone)]
-pub struct Settler {
+pub(crate) struct Settler {
     consumer: &'static str,
     /// `None`: each leaves at once (a window of 0).
     queue: Option<mpsc::Sender<(Acker, Settlement)>>,
@@ -61,7 +61,7 @@ impl Settler {
     /// concurrency: a full queue holds the handlers, so the consumer stops
     /// pulling). The task ends, having sent everything, once every clone of
     /// the settler is dropped.
-    pub fn start(consumer: &'static str, window: Duration, capacity: usize) -> (Self, Option<JoinHandle<()>>) {
+    pub(crate) fn start(consumer: &'static str, window: Duration, capacity: usize) -> (Self, Option<JoinHandle<()>>) {
         if window.is_zero() {
             return (Self { consumer, queue: None }, None);
         }
@@ -76,7 +76,7 @@ impl Settler {
         )
     }
 
-    pub async fn settle(&self, acker: Acker, settlement: Settlement) {
+    pub(crate) async fn settle(&self, acker: Acker, settlement: Settlement) {
         let acker = match &self.queue {
             Some(queue) => match queue.send((acker, settlement)).await {
                 Ok(()) => return,

@@ -24,7 +24,7 @@ use crate::adapters::store::credentials::CredentialStore;
 const EXPIRY_SKEW: ChronoDuration = ChronoDuration::seconds(60);
 
 /// Tokens are cached per account: a tenant's user in one business unit.
-pub type TokenKey = shell_query_core::account::Account;
+pub(crate) type TokenKey = shell_query_core::account::Account;
 
 #[derive(Clone)]
 struct Cached {
@@ -38,7 +38,7 @@ impl Cached {
     }
 }
 
-pub struct Auth {
+pub(crate) struct Auth {
     pub(super) credentials: CredentialStore,
     pub(super) cipher: Cipher,
     pub(super) client_id: String,
@@ -62,7 +62,7 @@ fn default_expires_in() -> i64 {
 }
 
 /// What one call to the token endpoint produced.
-pub enum Grant {
+pub(crate) enum Grant {
     Granted {
         access_token: String,
         refresh_token: Option<String>,
@@ -99,7 +99,12 @@ impl Auth {
     /// A usable access token. `refused` is a token MCE just refused: it is
     /// never handed out again, and a refresh happens unless another caller
     /// already replaced it.
-    pub async fn token<F, Fut>(&self, key: &TokenKey, refused: Option<&str>, grant: F) -> Result<SecretString, MceError>
+    pub(crate) async fn token<F, Fut>(
+        &self,
+        key: &TokenKey,
+        refused: Option<&str>,
+        grant: F,
+    ) -> Result<SecretString, MceError>
     where
         F: FnOnce(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<Grant, MceError>>,
@@ -177,7 +182,7 @@ impl Auth {
 }
 
 /// Reads the token endpoint's answer: 200 with a token, or a refusal.
-pub fn read_grant(status: u16, body: &str) -> Result<Grant, MceError> {
+pub(crate) fn read_grant(status: u16, body: &str) -> Result<Grant, MceError> {
     match status {
         200..=299 => {
             let parsed: TokenResponse = serde_json::from_str(body).map_err(|e| MceError::Protocol {

@@ -23,14 +23,14 @@ use super::soap::AsyncStatus;
 
 /// How long a tenant whose MCE refused an `IN` filter is asked one task at
 /// a time.
-pub const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
+pub(crate) const REFUSAL_MEMORY: Duration = Duration::from_secs(600);
 
 type Answer = Result<AsyncStatus, MceError>;
 type Key = shell_query_core::account::Account;
 
 /// What a batch asks MCE through: one account's session (`client::Session`,
 /// whose `Mce` holds the batcher).
-pub trait StatusSource: Sync {
+pub(crate) trait StatusSource: Sync {
     /// A place at the tenant's gate, held for one call.
     type Place: Send;
     /// The account it speaks for.
@@ -58,7 +58,7 @@ struct Batch {
 
 /// Every open batch, by tenant, user and business unit.
 #[derive(Default)]
-pub struct StatusBatcher {
+pub(crate) struct StatusBatcher {
     window: Duration,
     max: usize,
     open: Mutex<HashMap<Key, Arc<Batch>>>,
@@ -86,7 +86,7 @@ impl StatusBatcher {
 
     /// The status of one task, asked together with the other tasks of the
     /// same key that fall due within the window.
-    pub async fn status(&self, session: &impl StatusSource, task_id: &str) -> Answer {
+    pub(crate) async fn status(&self, session: &impl StatusSource, task_id: &str) -> Answer {
         let key = session.key();
         match self.join(&key, task_id) {
             Role::Alone => session.async_status(task_id).await,

@@ -193,7 +193,7 @@ impl Mce {
 
     /// Admits each tenant's calls through this gate (default: 8 a tenant
     /// growing to 64, unbounded waiting).
-    pub fn with_gate(mut self, gate: super::gate::Gate) -> Self {
+    pub(crate) fn with_gate(mut self, gate: super::gate::Gate) -> Self {
         self.gate = gate;
         self
     }
@@ -201,13 +201,13 @@ impl Mce {
     /// Asks the status of tasks of one tenant, user and business unit that
     /// fall due within `window` in one call, at most `max` at a time (`window`
     /// zero: one call per task).
-    pub fn with_status_batching(mut self, window: std::time::Duration, max: usize) -> Self {
+    pub(crate) fn with_status_batching(mut self, window: std::time::Duration, max: usize) -> Self {
         self.statuses = std::sync::Arc::new(super::batch::StatusBatcher::new(window, max));
         self
     }
 
     /// Records calls and token refreshes in these metrics.
-    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::adapters::metrics::Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: std::sync::Arc<crate::adapters::metrics::Metrics>) -> Self {
         self.metrics = metrics;
         self
     }
@@ -285,13 +285,13 @@ impl super::batch::StatusSource for Session<'_> {
 
 impl Session<'_> {
     /// The account this session speaks for.
-    pub fn key(&self) -> &Account {
+    pub(crate) fn key(&self) -> &Account {
         &self.key
     }
 
     /// A task's status, asked together with the other tasks of this
     /// session's key that fall due at the same time (`adapters/mce/batch.rs`).
-    pub async fn async_status_batched(&self, task_id: &str) -> Result<AsyncStatus, MceError> {
+    pub(crate) async fn async_status_batched(&self, task_id: &str) -> Result<AsyncStatus, MceError> {
         let statuses = self.mce.statuses.clone();
         statuses.status(self, task_id).await
     }
@@ -332,7 +332,7 @@ impl Session<'_> {
 
     /// Gets an access token (the stored one while it is valid, else a
     /// grant): `doctor`'s check of a tenant's credentials.
-    pub async fn check_token(&self) -> Result<(), MceError> {
+    pub(crate) async fn check_token(&self) -> Result<(), MceError> {
         self.token(None).await.map(|_| ())
     }
 
@@ -586,7 +586,7 @@ impl Session<'_> {
         })
     }
 
-    pub async fn rowset(&self, de_key: &str, page: u32, page_size: u32) -> Result<Rowset, MceError> {
+    pub(crate) async fn rowset(&self, de_key: &str, page: u32, page_size: u32) -> Result<Rowset, MceError> {
         let (_, body) = self
             .rest(Op::Rowset, &rest::rowset_path(de_key, page, page_size), None)
             .await?;
@@ -596,7 +596,7 @@ impl Session<'_> {
         })
     }
 
-    pub async fn async_status(&self, task_id: &str) -> Result<AsyncStatus, MceError> {
+    pub(crate) async fn async_status(&self, task_id: &str) -> Result<AsyncStatus, MceError> {
         self.async_status_in(None, task_id).await
     }
 
@@ -612,15 +612,8 @@ impl Session<'_> {
         soap::read_async_status(&root).map_err(|e| read_error(Op::AsyncStatus, e))
     }
 
-    /// The statuses of several tasks in one call, by TaskID; a task MCE
-    /// leaves out is missing from the map.
-    pub async fn async_statuses(
-        &self,
-        task_ids: &[&str],
-    ) -> Result<std::collections::HashMap<String, AsyncStatus>, MceError> {
-        self.async_statuses_in(None, task_ids).await
-    }
-
+    /// The statuses of several tasks in one call, by TaskID, in a place at
+    /// the tenant's gate; a task MCE leaves out is missing from the map.
     async fn async_statuses_in(
         &self,
         place: Option<Permit>,
@@ -654,14 +647,14 @@ impl Session<'_> {
             .and_then(|id| id.parse().ok()))
     }
 
-    pub async fn create_folder(&self, name: &str, parent_id: i64) -> Result<i64, MceError> {
+    pub(crate) async fn create_folder(&self, name: &str, parent_id: i64) -> Result<i64, MceError> {
         let body = soap::create_folder(name, parent_id, "Temporary storage for Query++ results");
         let root = self.soap(Op::CreateFolder, Verb::Create, &body).await?;
         soap::read_create_new_id(&root).map_err(|e| read_error(Op::CreateFolder, e))
     }
 
     /// Deletes a DE by key; a DE that does not exist is fine.
-    pub async fn delete_data_extension_if_exists(&self, customer_key: &str) -> Result<(), MceError> {
+    pub(crate) async fn delete_data_extension_if_exists(&self, customer_key: &str) -> Result<(), MceError> {
         let root = self
             .soap(
                 Op::DeleteDataExtension,
@@ -676,7 +669,7 @@ impl Session<'_> {
     }
 
     /// Creates a DE; returns its ObjectID.
-    pub async fn create_data_extension(
+    pub(crate) async fn create_data_extension(
         &self,
         name: &str,
         key: &str,
@@ -689,7 +682,11 @@ impl Session<'_> {
     }
 
     /// A DataExtension by Name (`by_key` false) or CustomerKey.
-    pub async fn find_data_extension(&self, value: &str, by_key: bool) -> Result<Option<DataExtensionInfo>, MceError> {
+    pub(crate) async fn find_data_extension(
+        &self,
+        value: &str,
+        by_key: bool,
+    ) -> Result<Option<DataExtensionInfo>, MceError> {
         let property = if by_key { "CustomerKey" } else { "Name" };
         let root = self
             .soap(
@@ -702,14 +699,14 @@ impl Session<'_> {
     }
 
     /// The fields of the DataExtension with this CustomerKey.
-    pub async fn data_extension_fields(&self, customer_key: &str) -> Result<Vec<FieldInfo>, MceError> {
+    pub(crate) async fn data_extension_fields(&self, customer_key: &str) -> Result<Vec<FieldInfo>, MceError> {
         let body = soap::retrieve_data_extension_fields(customer_key);
         let root = self.soap(Op::RetrieveFields, Verb::Retrieve, &body).await?;
         soap::read_fields(&root).map_err(|e| read_error(Op::RetrieveFields, e))
     }
 
     /// The ObjectID of the QueryDefinition with this key, if it exists.
-    pub async fn find_query_definition(&self, customer_key: &str) -> Result<Option<String>, MceError> {
+    pub(crate) async fn find_query_definition(&self, customer_key: &str) -> Result<Option<String>, MceError> {
         let body = soap::retrieve_query_definition(customer_key);
         let root = self.soap(Op::RetrieveQueryDefinition, Verb::Retrieve, &body).await?;
         let retrieved = soap::read_retrieve(&root).map_err(|e| read_error(Op::RetrieveQueryDefinition, e))?;
@@ -722,7 +719,7 @@ impl Session<'_> {
 
     /// `(ObjectID, CustomerKey)` of the QueryDefinitions in a folder created
     /// before `created_before`, following `MoreDataAvailable` pages.
-    pub async fn query_definitions_in_folder(
+    pub(crate) async fn query_definitions_in_folder(
         &self,
         category_id: i64,
         created_before: chrono::DateTime<chrono::Utc>,
@@ -752,7 +749,7 @@ impl Session<'_> {
     }
 
     /// Creates a QueryDefinition; returns its ObjectID.
-    pub async fn create_query_definition(
+    pub(crate) async fn create_query_definition(
         &self,
         key: &str,
         query_text: &str,
@@ -771,7 +768,7 @@ impl Session<'_> {
         soap::read_create_object_id(&root).map_err(|e| read_error(Op::CreateQueryDefinition, e))
     }
 
-    pub async fn delete_query_definition(&self, object_id: &str) -> Result<(), MceError> {
+    pub(crate) async fn delete_query_definition(&self, object_id: &str) -> Result<(), MceError> {
         let root = self
             .soap(
                 Op::DeleteQueryDefinition,

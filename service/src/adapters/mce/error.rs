@@ -26,7 +26,7 @@ pub enum Op {
 
 impl Op {
     /// A stable name for logs, spans and metric labels.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Op::Token => "token",
             Op::Validate => "validate",
@@ -51,7 +51,7 @@ impl Op {
     /// whose answer was lost may have been carried out: the client retries it
     /// only when MCE surely did not act (429, no connection), and leaves the
     /// rest to the next delivery, which looks before it creates or starts.
-    pub fn is_idempotent(self) -> bool {
+    pub(crate) fn is_idempotent(self) -> bool {
         !matches!(
             self,
             Op::CreateFolder | Op::CreateDataExtension | Op::CreateQueryDefinition | Op::Perform
@@ -79,7 +79,7 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    pub fn of(&self, op: Op) -> Duration {
+    pub(crate) fn of(&self, op: Op) -> Duration {
         match op {
             Op::Token => self.token,
             Op::Rowset => self.rowset,

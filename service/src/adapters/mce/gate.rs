@@ -23,7 +23,7 @@ struct Tenant {
 
 /// Every tenant's limit. Cloned handles share it.
 #[derive(Clone)]
-pub struct Gate {
+pub(crate) struct Gate {
     inner: Arc<Inner>,
 }
 
@@ -39,7 +39,7 @@ struct Inner {
 }
 
 /// A tenant's place: dropping it lets the next tick of the tenant in.
-pub struct Permit {
+pub(crate) struct Permit {
     gate: Gate,
     tenant: Uuid,
 }
@@ -94,7 +94,7 @@ impl Gate {
 
     /// Keeps `shell_query_tenants_throttled` up to date. Call before the
     /// gate is shared.
-    pub fn with_metrics(mut self, metrics: Arc<crate::adapters::metrics::Metrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::adapters::metrics::Metrics>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.metrics = Some(metrics.clone());
         }
@@ -108,7 +108,7 @@ impl Gate {
 
     /// Waits for a place under the tenant's limit; `None` when the tenant
     /// holds its share of places already.
-    pub async fn enter(&self, tenant: Uuid) -> Option<Permit> {
+    pub(crate) async fn enter(&self, tenant: Uuid) -> Option<Permit> {
         // Counts this tick among the tenant's waiting ones until it gets a
         // place or is dropped (a cancelled wait never leaks a count).
         let mut queued: Option<Queued> = None;
@@ -154,7 +154,7 @@ impl Gate {
     }
 
     /// Takes one MCE call's outcome for the tenant's limit.
-    pub fn record(&self, tenant: Uuid, signal: Signal) {
+    pub(crate) fn record(&self, tenant: Uuid, signal: Signal) {
         let now = self.now();
         let mut tenants = self.inner.tenants.lock().expect("gate lock");
         let Some(t) = tenants.get_mut(&tenant) else {
@@ -172,19 +172,14 @@ impl Gate {
         }
     }
 
-    /// (tenant, current limit, in flight, waiting), for metrics and tests.
-    pub fn snapshot(&self) -> Vec<(Uuid, u32, u32, u32)> {
+    /// (tenant, current limit, in flight, waiting), for tests.
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> Vec<(Uuid, u32, u32, u32)> {
         let tenants = self.inner.tenants.lock().expect("gate lock");
         tenants
             .iter()
             .map(|(id, t)| (*id, t.limit.current(), t.in_flight, t.waiting))
             .collect()
-    }
-
-    /// Tenants held below their starting limit.
-    pub fn throttled_tenants(&self) -> usize {
-        let tenants = self.inner.tenants.lock().expect("gate lock");
-        tenants.values().filter(|t| t.limit.throttled()).count()
     }
 }
 

@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 /// `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )` is escaped.
-pub fn encode_component(s: &str) -> String {
+pub(crate) fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
@@ -15,9 +15,9 @@ pub fn encode_component(s: &str) -> String {
     out
 }
 
-pub const VALIDATE_PATH: &str = "/automation/v1/queries/actions/validate/";
+pub(crate) const VALIDATE_PATH: &str = "/automation/v1/queries/actions/validate/";
 
-pub fn is_running_path(query_definition_id: &str) -> String {
+pub(crate) fn is_running_path(query_definition_id: &str) -> String {
     format!(
         "/automation/v1/queries/{}/actions/isrunning/",
         encode_component(query_definition_id)
@@ -25,7 +25,7 @@ pub fn is_running_path(query_definition_id: &str) -> String {
 }
 
 /// The `$` stays literal: MCE's tolerance of `%24` is untested.
-pub fn rowset_path(de_key: &str, page: u32, page_size: u32) -> String {
+pub(crate) fn rowset_path(de_key: &str, page: u32, page_size: u32) -> String {
     format!(
         "/data/v1/customobjectdata/key/{}/rowset?$page={page}&$pageSize={page_size}",
         encode_component(de_key)
@@ -39,7 +39,7 @@ pub struct Validation {
     pub errors: Vec<String>,
 }
 
-pub fn read_validation(body: &Value) -> Validation {
+pub(crate) fn read_validation(body: &Value) -> Validation {
     if body.get("queryValid").and_then(Value::as_bool) == Some(true) {
         return Validation {
             valid: true,
@@ -70,7 +70,7 @@ pub fn read_validation(body: &Value) -> Validation {
     Validation { valid: false, errors }
 }
 
-pub fn read_is_running(body: &Value) -> Option<bool> {
+pub(crate) fn read_is_running(body: &Value) -> Option<bool> {
     body.get("isRunning").and_then(Value::as_bool)
 }
 
@@ -82,7 +82,7 @@ pub struct Rowset {
     pub items: Vec<serde_json::Map<String, Value>>,
 }
 
-pub fn read_rowset(body: &Value) -> Option<Rowset> {
+pub(crate) fn read_rowset(body: &Value) -> Option<Rowset> {
     let count = body
         .get("count")
         .and_then(|c| c.as_i64().or_else(|| c.as_str()?.parse().ok()))?;

@@ -4,11 +4,11 @@
 use super::xml::{Element, escape};
 use shell_query_core::schema::{DeField, FieldType};
 
-pub const PARTNER_NS: &str = "http://exacttarget.com/wsdl/partnerAPI";
+pub(crate) const PARTNER_NS: &str = "http://exacttarget.com/wsdl/partnerAPI";
 
 /// The SOAPAction header values MCE expects: bare verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verb {
+pub(crate) enum Verb {
     Retrieve,
     Create,
     Delete,
@@ -16,7 +16,7 @@ pub enum Verb {
 }
 
 impl Verb {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Verb::Retrieve => "Retrieve",
             Verb::Create => "Create",
@@ -27,7 +27,7 @@ impl Verb {
 }
 
 /// Wraps an operation body in the envelope with the OAuth token header.
-pub fn envelope(access_token: &str, body: &str) -> String {
+pub(crate) fn envelope(access_token: &str, body: &str) -> String {
     format!(
         concat!(
             r#"<?xml version="1.0" encoding="UTF-8"?>"#,
@@ -60,7 +60,7 @@ fn retrieve(object_type: &str, properties: &[&str], filter: &str) -> String {
     )
 }
 
-pub fn retrieve_async_status(task_id: &str) -> String {
+pub(crate) fn retrieve_async_status(task_id: &str) -> String {
     retrieve(
         "AsyncActivityStatus",
         &["Status", "ErrorMsg", "CompletedDate"],
@@ -70,7 +70,7 @@ pub fn retrieve_async_status(task_id: &str) -> String {
 
 /// The status of several tasks in one call: a `TaskID` `IN` filter, with
 /// `TaskID` among the properties so each result names its task.
-pub fn retrieve_async_statuses(task_ids: &[&str]) -> String {
+pub(crate) fn retrieve_async_statuses(task_ids: &[&str]) -> String {
     let values: String = task_ids
         .iter()
         .map(|id| format!("<Value>{}</Value>", escape(id)))
@@ -85,7 +85,7 @@ pub fn retrieve_async_statuses(task_ids: &[&str]) -> String {
 }
 
 /// Folders by name, optionally narrowed to a content type.
-pub fn retrieve_folder(name: &str, content_type: Option<&str>) -> String {
+pub(crate) fn retrieve_folder(name: &str, content_type: Option<&str>) -> String {
     let filter = match content_type {
         None => simple_filter("Filter", "Name", "equals", name),
         Some(ct) => format!(
@@ -97,7 +97,7 @@ pub fn retrieve_folder(name: &str, content_type: Option<&str>) -> String {
     retrieve("DataFolder", &["ID", "Name", "ParentFolder.ID", "ContentType"], &filter)
 }
 
-pub fn create_folder(name: &str, parent_id: i64, description: &str) -> String {
+pub(crate) fn create_folder(name: &str, parent_id: i64, description: &str) -> String {
     format!(
         r#"<CreateRequest xmlns="{PARTNER_NS}"><Objects xsi:type="DataFolder"><Name>{n}</Name><CustomerKey>{n}_{parent_id}</CustomerKey><Description>{}</Description><ContentType>dataextension</ContentType><ParentFolder><ID>{parent_id}</ID></ParentFolder></Objects></CreateRequest>"#,
         escape(description),
@@ -105,7 +105,7 @@ pub fn create_folder(name: &str, parent_id: i64, description: &str) -> String {
     )
 }
 
-pub fn delete_data_extension(customer_key: &str) -> String {
+pub(crate) fn delete_data_extension(customer_key: &str) -> String {
     format!(
         r#"<DeleteRequest xmlns="{PARTNER_NS}"><Objects xsi:type="DataExtension"><CustomerKey>{}</CustomerKey></Objects></DeleteRequest>"#,
         escape(customer_key)
@@ -138,7 +138,7 @@ fn field_xml(field: &DeField) -> String {
 }
 
 /// The temp results DE: one-day retention, no primary key.
-pub fn create_data_extension(name: &str, customer_key: &str, folder_id: i64, fields: &[DeField]) -> String {
+pub(crate) fn create_data_extension(name: &str, customer_key: &str, folder_id: i64, fields: &[DeField]) -> String {
     let fields: String = fields.iter().map(field_xml).collect();
     format!(
         concat!(
@@ -157,7 +157,7 @@ pub fn create_data_extension(name: &str, customer_key: &str, folder_id: i64, fie
 }
 
 /// A DataExtension by `Name` or `CustomerKey`.
-pub fn retrieve_data_extension(property: &str, value: &str) -> String {
+pub(crate) fn retrieve_data_extension(property: &str, value: &str) -> String {
     retrieve(
         "DataExtension",
         &["ObjectID", "CustomerKey", "Name"],
@@ -166,7 +166,7 @@ pub fn retrieve_data_extension(property: &str, value: &str) -> String {
 }
 
 /// The fields of the DataExtension with this CustomerKey.
-pub fn retrieve_data_extension_fields(customer_key: &str) -> String {
+pub(crate) fn retrieve_data_extension_fields(customer_key: &str) -> String {
     retrieve(
         "DataExtensionField",
         &["Name", "FieldType", "MaxLength", "IsPrimaryKey", "IsRequired"],
@@ -175,7 +175,7 @@ pub fn retrieve_data_extension_fields(customer_key: &str) -> String {
 }
 
 /// QueryDefinition by CustomerKey. `ID` is never requested: MCE rejects it.
-pub fn retrieve_query_definition(customer_key: &str) -> String {
+pub(crate) fn retrieve_query_definition(customer_key: &str) -> String {
     retrieve(
         "QueryDefinition",
         &["ObjectID", "CustomerKey", "Name"],
@@ -191,7 +191,7 @@ pub struct DeTarget {
     pub name: String,
 }
 
-pub struct QueryDefinitionSpec<'a> {
+pub(crate) struct QueryDefinitionSpec<'a> {
     pub key: &'a str,
     pub query_text: &'a str,
     pub target: &'a DeTarget,
@@ -200,7 +200,7 @@ pub struct QueryDefinitionSpec<'a> {
     pub category_id: Option<i64>,
 }
 
-pub fn create_query_definition(spec: &QueryDefinitionSpec<'_>) -> String {
+pub(crate) fn create_query_definition(spec: &QueryDefinitionSpec<'_>) -> String {
     let category = spec
         .category_id
         .filter(|c| *c > 0)
@@ -225,7 +225,7 @@ pub fn create_query_definition(spec: &QueryDefinitionSpec<'_>) -> String {
 }
 
 /// QueryDefinitions in a folder created before a time (the sweeper).
-pub fn retrieve_query_definitions_in_folder(category_id: i64, created_before: &str) -> String {
+pub(crate) fn retrieve_query_definitions_in_folder(category_id: i64, created_before: &str) -> String {
     let filter = format!(
         r#"<Filter xsi:type="ComplexFilterPart">{}<LogicalOperator>AND</LogicalOperator>{}</Filter>"#,
         simple_filter("LeftOperand", "CategoryID", "equals", &category_id.to_string()),
@@ -238,7 +238,7 @@ pub fn retrieve_query_definitions_in_folder(category_id: i64, created_before: &s
     )
 }
 
-pub fn delete_query_definition(object_id: &str) -> String {
+pub(crate) fn delete_query_definition(object_id: &str) -> String {
     format!(
         r#"<DeleteRequest xmlns="{PARTNER_NS}"><Objects xsi:type="QueryDefinition"><ObjectID>{}</ObjectID></Objects></DeleteRequest>"#,
         escape(object_id)
@@ -256,7 +256,7 @@ pub fn perform_start(object_id: &str) -> String {
 
 /// Why a response could not be used; the client turns it into an `MceError`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// A SOAP Fault other than "Login Failed".
     Fault { code: String, message: String },
     /// The operation answered with a status other than OK.
@@ -266,7 +266,7 @@ pub enum ReadError {
 }
 
 /// A SOAP Fault in the body, if any.
-pub fn fault(root: &Element) -> Option<(String, String)> {
+pub(crate) fn fault(root: &Element) -> Option<(String, String)> {
     let f = root.path(&["Body", "Fault"])?;
     Some((
         f.text_at(&["faultcode"]).unwrap_or("").to_string(),
@@ -275,7 +275,7 @@ pub fn fault(root: &Element) -> Option<(String, String)> {
 }
 
 /// The fault MCE sends for an expired or invalid token.
-pub fn is_login_failed(root: &Element) -> bool {
+pub(crate) fn is_login_failed(root: &Element) -> bool {
     fault(root).is_some_and(|(code, message)| {
         code.to_ascii_lowercase().contains("security") && message.to_ascii_lowercase().contains("login failed")
     })
@@ -291,14 +291,14 @@ fn body_message<'a>(root: &'a Element, name: &str) -> Result<&'a Element, ReadEr
 
 /// A Retrieve answer: its status, continuation id and results.
 #[derive(Debug)]
-pub struct Retrieved<'a> {
+pub(crate) struct Retrieved<'a> {
     pub overall_status: String,
     pub request_id: Option<String>,
     pub results: Vec<&'a Element>,
 }
 
 impl Retrieved<'_> {
-    pub fn more_data(&self) -> bool {
+    pub(crate) fn more_data(&self) -> bool {
         self.overall_status.eq_ignore_ascii_case("MoreDataAvailable")
     }
 }
@@ -306,7 +306,7 @@ impl Retrieved<'_> {
 /// Reads a Retrieve answer. `OK` and `MoreDataAvailable` succeed; a bare
 /// `Error` with no results is "not found" (MCE answers so for some unknown
 /// keys); any other status is an error with its text.
-pub fn read_retrieve(root: &Element) -> Result<Retrieved<'_>, ReadError> {
+pub(crate) fn read_retrieve(root: &Element) -> Result<Retrieved<'_>, ReadError> {
     let msg = body_message(root, "RetrieveResponseMsg")?;
     let overall_status = msg.text_at(&["OverallStatus"]).unwrap_or("").to_string();
     let results: Vec<&Element> = msg.children("Results").collect();
@@ -326,7 +326,7 @@ pub fn read_retrieve(root: &Element) -> Result<Retrieved<'_>, ReadError> {
     })
 }
 
-pub fn continue_retrieve(request_id: &str) -> String {
+pub(crate) fn continue_retrieve(request_id: &str) -> String {
     format!(
         r#"<RetrieveRequestMsg xmlns="{PARTNER_NS}"><ContinueRequest>{}</ContinueRequest></RetrieveRequestMsg>"#,
         escape(request_id)
@@ -354,7 +354,7 @@ fn status_result<'a>(root: &'a Element, message: &str) -> Result<&'a Element, Re
 }
 
 /// Create answer → `NewObjectID` (QueryDefinition, DataExtension; `NewID` is unreliable there).
-pub fn read_create_object_id(root: &Element) -> Result<String, ReadError> {
+pub(crate) fn read_create_object_id(root: &Element) -> Result<String, ReadError> {
     let result = status_result(root, "CreateResponse")?;
     result
         .non_empty_at(&["NewObjectID"])
@@ -363,7 +363,7 @@ pub fn read_create_object_id(root: &Element) -> Result<String, ReadError> {
 }
 
 /// Create answer → `NewID` (DataFolder; a folder id must be positive).
-pub fn read_create_new_id(root: &Element) -> Result<i64, ReadError> {
+pub(crate) fn read_create_new_id(root: &Element) -> Result<i64, ReadError> {
     let result = status_result(root, "CreateResponse")?;
     result
         .text_at(&["NewID"])
@@ -372,12 +372,12 @@ pub fn read_create_new_id(root: &Element) -> Result<i64, ReadError> {
         .ok_or_else(|| ReadError::Shape("no usable NewID".into()))
 }
 
-pub fn read_delete(root: &Element) -> Result<(), ReadError> {
+pub(crate) fn read_delete(root: &Element) -> Result<(), ReadError> {
     status_result(root, "DeleteResponse").map(|_| ())
 }
 
 /// Perform answer → TaskID (`Result/TaskID`, else `Result/Task/ID`).
-pub fn read_perform(root: &Element) -> Result<String, ReadError> {
+pub(crate) fn read_perform(root: &Element) -> Result<String, ReadError> {
     let msg = body_message(root, "PerformResponseMsg")?;
     let result = msg
         .path(&["Results", "Result"])
@@ -408,7 +408,7 @@ pub struct DataExtensionInfo {
     pub name: String,
 }
 
-pub fn read_data_extension(root: &Element) -> Result<Option<DataExtensionInfo>, ReadError> {
+pub(crate) fn read_data_extension(root: &Element) -> Result<Option<DataExtensionInfo>, ReadError> {
     let retrieved = read_retrieve(root)?;
     Ok(retrieved.results.first().map(|r| DataExtensionInfo {
         object_id: r.text_at(&["ObjectID"]).unwrap_or("").to_string(),
@@ -428,7 +428,7 @@ pub struct FieldInfo {
     pub is_required: bool,
 }
 
-pub fn read_fields(root: &Element) -> Result<Vec<FieldInfo>, ReadError> {
+pub(crate) fn read_fields(root: &Element) -> Result<Vec<FieldInfo>, ReadError> {
     let retrieved = read_retrieve(root)?;
     Ok(retrieved
         .results
@@ -458,14 +458,14 @@ pub struct AsyncStatus {
 /// AsyncActivityStatus answer: properties as a list or a single one, or
 /// `Status`/`ErrorMsg` as direct children. A missing `Results` is an empty
 /// status (the task is not known yet).
-pub fn read_async_status(root: &Element) -> Result<AsyncStatus, ReadError> {
+pub(crate) fn read_async_status(root: &Element) -> Result<AsyncStatus, ReadError> {
     let retrieved = read_retrieve(root)?;
     Ok(retrieved.results.first().map(|r| status_of(r).1).unwrap_or_default())
 }
 
 /// The statuses of an `IN` retrieve, by the TaskID each result names; a
 /// result without a TaskID cannot be matched and is left out.
-pub fn read_async_statuses(root: &Element) -> Result<std::collections::HashMap<String, AsyncStatus>, ReadError> {
+pub(crate) fn read_async_statuses(root: &Element) -> Result<std::collections::HashMap<String, AsyncStatus>, ReadError> {
     let retrieved = read_retrieve(root)?;
     Ok(retrieved
         .results

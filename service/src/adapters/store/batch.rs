@@ -27,9 +27,9 @@ use super::error::StoreError;
 type RunRow = runs::Model;
 
 /// How long the first tick of a batch waits for others.
-pub const WINDOW: Duration = Duration::from_millis(2);
+pub(crate) const WINDOW: Duration = Duration::from_millis(2);
 /// The most rows one statement reads.
-pub const MAX: usize = 64;
+pub(crate) const MAX: usize = 64;
 /// Batch statements in flight at once (each holds a pool connection).
 const IN_FLIGHT: usize = 4;
 

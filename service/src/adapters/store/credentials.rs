@@ -25,14 +25,14 @@ impl CredentialStore {
     }
 
     /// The tenant's subdomain as stored (`None`: no such tenant).
-    pub async fn tenant_tssd(&self, tenant_id: Uuid) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn tenant_tssd(&self, tenant_id: Uuid) -> Result<Option<String>, StoreError> {
         super::tenants::tssd(&self.store, tenant_id).await
     }
 
     /// Locks the credentials row of (tenant, user, MID) (`SELECT … FOR
     /// UPDATE`) until the returned lock is released; `None`: no such row.
     #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "lock_credentials"))]
-    pub async fn lock(
+    pub(crate) async fn lock(
         &self,
         tenant_id: Uuid,
         user_id: Option<Uuid>,
@@ -60,7 +60,7 @@ impl CredentialStore {
 
 /// One credentials row, locked until [`release`](Self::release),
 /// [`abandon`](Self::abandon) or [`store_tokens`](Self::store_tokens).
-pub struct LockedCredentials {
+pub(crate) struct LockedCredentials {
     txn: DatabaseTransaction,
     row: credentials::Model,
     store: Store,
@@ -68,22 +68,22 @@ pub struct LockedCredentials {
 
 impl LockedCredentials {
     /// The stored access token (encrypted), if any, and when it expires.
-    pub fn access_token(&self) -> Option<(&str, DateTime<Utc>)> {
+    pub(crate) fn access_token(&self) -> Option<(&str, DateTime<Utc>)> {
         self.row.access_token.as_deref().map(|t| (t, self.row.expires_at))
     }
 
     /// The stored refresh token (encrypted).
-    pub fn refresh_token(&self) -> &str {
+    pub(crate) fn refresh_token(&self) -> &str {
         &self.row.refresh_token
     }
 
     /// Nothing changed: ends the lock.
-    pub async fn release(self) -> Result<(), StoreError> {
+    pub(crate) async fn release(self) -> Result<(), StoreError> {
         Ok(self.txn.commit().await?)
     }
 
     /// The refresh was refused: ends the lock without a change.
-    pub async fn abandon(self) -> Result<(), StoreError> {
+    pub(crate) async fn abandon(self) -> Result<(), StoreError> {
         Ok(self.txn.rollback().await?)
     }
 
@@ -91,7 +91,7 @@ impl LockedCredentials {
     /// token is spent, so a rotated one must not be lost: if the locked
     /// write fails, it is tried again outside the transaction; what still
     /// fails is logged (the credentials then need renewing).
-    pub async fn store_tokens(
+    pub(crate) async fn store_tokens(
         self,
         access_token: String,
         rotated_refresh_token: Option<String>,
@@ -123,7 +123,7 @@ impl LockedCredentials {
 }
 
 /// A user with credentials for the business unit (the most recently refreshed).
-pub async fn credential_user(store: &Store, tenant_id: Uuid, mid: &str) -> Result<Option<Uuid>, StoreError> {
+pub(crate) async fn credential_user(store: &Store, tenant_id: Uuid, mid: &str) -> Result<Option<Uuid>, StoreError> {
     Ok(credentials::Entity::find()
         .filter(credentials::Column::TenantId.eq(tenant_id))
         .filter(credentials::Column::Mid.eq(mid))

@@ -31,7 +31,7 @@ fn statement(store: &Store, postgres: &str, values: Vec<Value>) -> Statement {
 /// Records that the message at `stream_seq` was delivered `delivered`
 /// times (a count never goes down).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "note_delivery"))]
-pub async fn note(store: &Store, stream_seq: u64, delivered: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(crate) async fn note(store: &Store, stream_seq: u64, delivered: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
     let seq = i64::try_from(stream_seq).unwrap_or(i64::MAX);
     store
         .db
@@ -48,7 +48,7 @@ pub async fn note(store: &Store, stream_seq: u64, delivered: i64, now: DateTime<
 
 /// The most deliveries of the message at `stream_seq` the service saw.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "seen_deliveries"))]
-pub async fn seen(store: &Store, stream_seq: u64) -> Result<Option<i64>, StoreError> {
+pub(crate) async fn seen(store: &Store, stream_seq: u64) -> Result<Option<i64>, StoreError> {
     let seq = i64::try_from(stream_seq).unwrap_or(i64::MAX);
     let row = store
         .db
@@ -66,7 +66,7 @@ pub async fn seen(store: &Store, stream_seq: u64) -> Result<Option<i64>, StoreEr
 
 /// Forgets the message at `stream_seq` (settled).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "forget_delivery"))]
-pub async fn forget(store: &Store, stream_seq: u64) -> Result<(), StoreError> {
+pub(crate) async fn forget(store: &Store, stream_seq: u64) -> Result<(), StoreError> {
     let seq = i64::try_from(stream_seq).unwrap_or(i64::MAX);
     store
         .db
@@ -82,7 +82,7 @@ pub async fn forget(store: &Store, stream_seq: u64) -> Result<(), StoreError> {
 /// Forgets every message last seen before `before` (its advisory, if any,
 /// came long ago); how many.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "prune_deliveries"))]
-pub async fn prune(store: &Store, before: DateTime<Utc>) -> Result<u64, StoreError> {
+pub(crate) async fn prune(store: &Store, before: DateTime<Utc>) -> Result<u64, StoreError> {
     let result = store
         .db
         .execute_raw(statement(

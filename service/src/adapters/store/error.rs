@@ -16,7 +16,7 @@ impl StoreError {
     /// exception": a NUL byte or an invalid byte sequence in text, a value
     /// out of range): the same statement fails every time, so it is not
     /// worth another delivery.
-    pub fn is_refused_data(&self) -> bool {
+    pub(crate) fn is_refused_data(&self) -> bool {
         let StoreError::Database(DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e))) = self
         else {
             return false;

@@ -9,7 +9,7 @@ use super::{Store, StoreError};
 
 /// Forgets the cached results folder (MCE no longer has it).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "forget_folder"))]
-pub async fn forget_folder(store: &Store, tenant_id: Uuid, mid: &str) -> Result<(), StoreError> {
+pub(crate) async fn forget_folder(store: &Store, tenant_id: Uuid, mid: &str) -> Result<(), StoreError> {
     tenant_settings::Entity::delete_by_id((tenant_id, mid.to_string()))
         .exec(&store.db)
         .await?;
@@ -17,7 +17,7 @@ pub async fn forget_folder(store: &Store, tenant_id: Uuid, mid: &str) -> Result<
 }
 
 /// Every (tenant, MID, folder) with a results folder.
-pub async fn folders(store: &Store) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
+pub(crate) async fn folders(store: &Store) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
     Ok(tenant_settings::Entity::find()
         .all(&store.db)
         .await?
@@ -30,7 +30,7 @@ pub async fn folders(store: &Store) -> Result<Vec<(Uuid, String, i64)>, StoreErr
 /// replicas: a PostgreSQL advisory lock held by the returned transaction
 /// until it ends. SQLite (the demo) has one process: nothing is held.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "folder_lock"))]
-pub async fn folder_lock(store: &Store, tenant_id: Uuid, mid: &str) -> Result<FolderLock, StoreError> {
+pub(crate) async fn folder_lock(store: &Store, tenant_id: Uuid, mid: &str) -> Result<FolderLock, StoreError> {
     if store.db.get_database_backend() != DbBackend::Postgres {
         return Ok(FolderLock(None));
     }
@@ -47,11 +47,11 @@ pub async fn folder_lock(store: &Store, tenant_id: Uuid, mid: &str) -> Result<Fo
 }
 
 /// Held while a business unit's results folder is found or created.
-pub struct FolderLock(Option<sea_orm::DatabaseTransaction>);
+pub(crate) struct FolderLock(Option<sea_orm::DatabaseTransaction>);
 
 impl FolderLock {
     /// Ends the lock (the transaction holds nothing else).
-    pub async fn release(self) -> Result<(), StoreError> {
+    pub(crate) async fn release(self) -> Result<(), StoreError> {
         if let Some(txn) = self.0 {
             txn.commit().await?;
         }

@@ -27,7 +27,7 @@ pub struct Store {
 
 impl Store {
     /// The names of migrations not yet applied.
-    pub async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
         Ok(migration::Migrator::get_pending_migrations(&self.db)
             .await?
             .iter()
@@ -36,7 +36,7 @@ impl Store {
     }
 
     /// True if the database answers a trivial query.
-    pub async fn ping(&self) -> bool {
+    pub(crate) async fn ping(&self) -> bool {
         self.db.ping().await.is_ok()
     }
 
@@ -45,18 +45,13 @@ impl Store {
     pub fn poll_row_statements(&self) -> u64 {
         self.poll_rows.statements()
     }
-
-    /// Whether this is the demo's embedded SQLite database.
-    pub fn is_sqlite(&self) -> bool {
-        self.db.get_database_backend() == DbBackend::Sqlite
-    }
 }
 
 /// A PostgreSQL URL on the loopback interface that does not ask for a TLS
 /// mode gets `sslmode=disable`: the default (`prefer`) negotiates TLS on
 /// every connection to a server on the same machine, where it protects
 /// nothing. Any URL that names an `sslmode` keeps it.
-pub fn loopback_without_tls(url: &str) -> String {
+pub(crate) fn loopback_without_tls(url: &str) -> String {
     let Ok(mut parsed) = reqwest::Url::parse(url) else {
         return url.to_string();
     };
@@ -82,7 +77,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreErro
 
 /// Connects to a database that must exist (operators' commands: a typo in
 /// its name is an error, not a new empty database).
-pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
     let mut options = ConnectOptions::new(loopback_without_tls(url));
     // SQLite (the demo) has one writer: a single connection avoids the
     // deadlock of two deferred transactions upgrading to write at once.

@@ -130,7 +130,7 @@ pub async fn get_run_for_poll(store: &Store, id: Uuid) -> Result<Option<Run>, St
 /// The newest runs first, optionally of one status and tenant, without
 /// their SQL text (operators' `runs list`).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "list_runs"))]
-pub async fn list(
+pub(crate) async fn list(
     store: &Store,
     status: Option<RunStatus>,
     tenant_id: Option<Uuid>,
@@ -161,7 +161,7 @@ pub async fn list(
 /// `completed_at`; the service then claims it ([`claim_api_cancel`]),
 /// deletes its assets and publishes the event. False if the run had ended.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "cancel_as_api"))]
-pub async fn cancel_as_api(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(crate) async fn cancel_as_api(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled.as_str()))
         .col_expr(runs::Column::CompletedAt, Expr::value(now))
@@ -189,7 +189,7 @@ pub async fn mark_running(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result
 /// `perform_requested_at` before Perform is sent. False if the row is no
 /// longer running (canceled meanwhile).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "record_prepared"))]
-pub async fn record_prepared(
+pub(crate) async fn record_prepared(
     store: &Store,
     id: Uuid,
     query_definition_id: &str,
@@ -222,7 +222,7 @@ pub async fn record_prepared(
 /// Perform was surely not received by MCE (no connection, 429, token
 /// failure): the marker goes, so a later delivery may send it.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "clear_perform_requested"))]
-pub async fn clear_perform_requested(store: &Store, id: Uuid) -> Result<(), StoreError> {
+pub(crate) async fn clear_perform_requested(store: &Store, id: Uuid) -> Result<(), StoreError> {
     runs::Entity::update_many()
         .col_expr(
             runs::Column::PerformRequestedAt,
@@ -315,7 +315,7 @@ pub async fn finish(store: &Store, id: Uuid, terminal: Terminal, now: DateTime<U
 /// `cancel_handled_at`, and `completed_at` if the API left it empty. Only
 /// the winner publishes `canceled` and deletes MCE assets.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "claim_api_cancel"))]
-pub async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
+pub(crate) async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let completed = sea_orm::sea_query::Func::coalesce([Expr::col(runs::Column::CompletedAt), Expr::value(now)]);
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::CancelHandledAt, Expr::value(now))
@@ -333,7 +333,7 @@ pub async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>) -> Re
 /// cancel the service has not handled (at most 1000 a pass). A handler
 /// meets a fresh cancel first; these are the ones no message brings back.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "pending_cancels"))]
-pub async fn pending_cancels(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
+pub(crate) async fn pending_cancels(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
     use sea_orm::Condition;
     let canceled_before = Condition::any().add(runs::Column::CompletedAt.lt(cutoff)).add(
         Condition::all()
@@ -353,7 +353,7 @@ pub async fn pending_cancels(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec
 /// run), unless a row with its id exists. True if this call made the row:
 /// a broken message never finishes a run it did not create.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "insert_failed_if_absent"))]
-pub async fn insert_failed_if_absent(
+pub(crate) async fn insert_failed_if_absent(
     store: &Store,
     run: NewRun,
     error_message_encrypted: String,
@@ -393,7 +393,7 @@ pub async fn save_poll_state(store: &Store, id: Uuid, s: &PollState) -> Result<b
 
 /// Persists a QueryDefinition ObjectID recovered by CustomerKey.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "set_query_definition_id"))]
-pub async fn set_query_definition_id(store: &Store, id: Uuid, object_id: &str) -> Result<(), StoreError> {
+pub(crate) async fn set_query_definition_id(store: &Store, id: Uuid, object_id: &str) -> Result<(), StoreError> {
     runs::Entity::update_many()
         .col_expr(runs::Column::QueryDefinitionId, Expr::value(object_id.to_string()))
         .filter(runs::Column::Id.eq(id))
@@ -404,7 +404,7 @@ pub async fn set_query_definition_id(store: &Store, id: Uuid, object_id: &str) -
 
 /// Records that the run's terminal event was confirmed by the stream.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "confirm_terminal_event"))]
-pub async fn confirm_terminal_event(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub(crate) async fn confirm_terminal_event(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
     runs::Entity::update_many()
         .col_expr(runs::Column::TerminalEventAt, Expr::value(now))
         .filter(runs::Column::Id.eq(id))
@@ -417,7 +417,7 @@ pub async fn confirm_terminal_event(store: &Store, id: Uuid, now: DateTime<Utc>)
 /// How far back the service settles what a run still owes (an event, a
 /// cancel): the status stream keeps events for 24 hours, and no run lives
 /// that long.
-pub const SETTLE_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+pub(crate) const SETTLE_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 /// Terminal runs that ended before `cutoff` (and within [`SETTLE_WINDOW`])
 /// and still owe their terminal event, oldest first (at most 1000 a pass).
@@ -484,19 +484,19 @@ async fn first_thousand(store: &Store, query: sea_orm::Select<runs::Entity>) -> 
 /// database outage holds a QueryDefinition its row does not name yet. The
 /// sweeper leaves them alone.
 #[derive(Debug, Default)]
-pub struct LiveQueryDefinitions {
+pub(crate) struct LiveQueryDefinitions {
     pub object_ids: HashSet<String>,
     pub keys: HashSet<String>,
 }
 
 impl LiveQueryDefinitions {
-    pub fn holds(&self, object_id: &str, key: &str) -> bool {
+    pub(crate) fn holds(&self, object_id: &str, key: &str) -> bool {
         self.object_ids.contains(object_id) || self.keys.contains(key)
     }
 }
 
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "live_query_definitions"))]
-pub async fn live_query_definitions(store: &Store) -> Result<LiveQueryDefinitions, StoreError> {
+pub(crate) async fn live_query_definitions(store: &Store) -> Result<LiveQueryDefinitions, StoreError> {
     let rows: Vec<(Uuid, Option<String>)> = runs::Entity::find()
         .select_only()
         .columns([runs::Column::Id, runs::Column::QueryDefinitionId])
@@ -515,7 +515,7 @@ pub async fn live_query_definitions(store: &Store) -> Result<LiveQueryDefinition
 /// How long the tenant's last `limit` ready runs of the same query took,
 /// from the start of polling to completion, newest first.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "recent_durations"))]
-pub async fn recent_durations(
+pub(crate) async fn recent_durations(
     store: &Store,
     tenant_id: Uuid,
     sql_text_hash: &str,

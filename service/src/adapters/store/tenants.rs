@@ -26,6 +26,6 @@ pub async fn upsert_tenant(store: &Store, id: Uuid, eid: &str, tssd: &str) -> Re
 
 /// The tenant's subdomain as stored (`None`: no such tenant).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "tenant_tssd"))]
-pub async fn tssd(store: &Store, id: Uuid) -> Result<Option<String>, StoreError> {
+pub(crate) async fn tssd(store: &Store, id: Uuid) -> Result<Option<String>, StoreError> {
     Ok(tenants::Entity::find_by_id(id).one(&store.db).await?.map(|t| t.tssd))
 }

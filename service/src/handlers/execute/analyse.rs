@@ -25,7 +25,7 @@ pub(super) enum Analysed {
 
 impl Analysed {
     /// The SQL the QueryDefinition carries.
-    pub fn sql(&self) -> &str {
+    pub(crate) fn sql(&self) -> &str {
         match self {
             Analysed::Parsed(a) => &a.sql,
             Analysed::Unparsed { sql } => sql,

@@ -40,7 +40,7 @@ use failure::Failure;
 pub use perform::{APPEND_UNCONFIRMED, INTERRUPTED};
 
 /// The execute handler and its settings.
-pub struct Execute {
+pub(crate) struct Execute {
     /// Delays between deliveries of an execute message that failed transiently.
     pub backoff: Backoff,
 }
@@ -59,7 +59,7 @@ impl Default for Execute {
 }
 
 impl Execute {
-    pub async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
+    pub(crate) async fn handle(&self, deps: &Deps, delivery: &Delivery) -> Disposition {
         if let Err(later) = note_delivery(deps, delivery).await {
             return later;
         }
