@@ -188,3 +188,39 @@ async fn a_consumer_that_stops_delivering_fails_readiness_until_it_delivers_agai
     })
     .await;
 }
+
+/// nats.conf cannot check where a push consumer delivers: the service
+/// deletes, at its consumer checks, a push consumer of the status stream
+/// that delivers outside the API's inbox (here into the jobs stream's poll
+/// subjects), and leaves one delivering to the inbox alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_push_consumer_delivering_outside_the_api_inbox_is_deleted() {
+    use async_nats::jetstream::consumer::push;
+    let mut system = System::start_with(&[("CONSUMER_CHECK_INTERVAL_MS", "500")]).await;
+    let api = system.nats.connect_as(tests::API_USER).await.unwrap();
+    let js = jetstream::new(api);
+    let stream = js.get_stream_no_info("SHELL_QUERY_STATUS").await.unwrap();
+    for (name, deliver) in [
+        ("api-1", format!("shell_query.poll.{}", uuid::Uuid::new_v4())),
+        ("api-2", "_INBOX.shell_query_api.events".to_string()),
+    ] {
+        stream
+            .create_consumer(push::Config {
+                durable_name: Some(name.into()),
+                deliver_subject: deliver,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("the API creates {name}: {e}"));
+    }
+    wait_for("the stray push consumer deleted", Duration::from_secs(30), || async {
+        stream.consumer_info("api-1").await.is_err()
+    })
+    .await;
+    assert!(stream.consumer_info("api-2").await.is_ok(), "the inbox one stays");
+    let removed = system
+        .worker()
+        .metric("shell_query_stray_consumers_removed_total ")
+        .await;
+    assert_eq!(removed, Some(1.0));
+}

@@ -22,6 +22,7 @@ pub(crate) const MCE_CALLS: &str = "shell_query_mce_calls_total";
 pub(crate) const TOKEN_REFRESHES: &str = "shell_query_token_refreshes_total";
 pub(crate) const DLQ_MESSAGES: &str = "shell_query_dlq_messages_total";
 pub(crate) const CONSUMER_REDECLARED: &str = "shell_query_consumer_redeclared_total";
+pub(crate) const STRAY_CONSUMERS_REMOVED: &str = "shell_query_stray_consumers_removed_total";
 pub(crate) const RECONCILER_LAST_SUCCESS: &str = "shell_query_reconciler_last_success_timestamp_seconds";
 pub(crate) const SWEEPER_LAST_SUCCESS: &str = "shell_query_sweeper_last_success_timestamp_seconds";
 pub(crate) const BUILD_INFO: &str = "shell_query_build_info";
@@ -127,6 +128,12 @@ const FAMILIES: &[(&str, Kind, &str, &[f64])] = &[
         CONSUMER_REDECLARED,
         Kind::Counter,
         "Consumers found deleted or changed and declared again, by consumer.",
+        &[],
+    ),
+    (
+        STRAY_CONSUMERS_REMOVED,
+        Kind::Counter,
+        "Push consumers of SHELL_QUERY_STATUS deleted for delivering outside the API's inbox.",
         &[],
     ),
     (
@@ -284,6 +291,7 @@ impl Metrics {
         }
         self.add(POLL_TICKS, &[], 0);
         self.add(POLL_TICKS_DEFERRED, &[], 0);
+        self.add(STRAY_CONSUMERS_REMOVED, &[], 0);
     }
 
     /// Sets `shell_query_build_info{version}` to 1.

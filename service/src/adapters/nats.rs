@@ -683,6 +683,45 @@ pub(crate) async fn reading_consumer(
         .await
 }
 
+/// Where the API's push consumers on `SHELL_QUERY_STATUS` may deliver: its
+/// own inbox, the only subjects it may subscribe to.
+pub(crate) const API_DELIVER_PREFIX: &str = "_INBOX.shell_query_api.";
+
+/// Deletes every push consumer of `SHELL_QUERY_STATUS` that delivers
+/// anywhere but under `allowed_prefix`. nats.conf cannot check a consumer's
+/// deliver subject, and the server would publish the stream's events there
+/// (into the jobs stream's subjects, the lease bucket, a request subject).
+/// The names deleted.
+pub(crate) async fn remove_stray_push_consumers(
+    js: &jetstream::Context,
+    allowed_prefix: &str,
+) -> Result<Vec<String>, NatsError> {
+    use futures::StreamExt as _;
+    let failed = |e: &dyn std::fmt::Display| declare_error("status consumer", STATUS_STREAM, e);
+    let stream = js.get_stream_no_info(STATUS_STREAM).await.map_err(|e| failed(&e))?;
+    let mut stray = Vec::new();
+    let mut consumers = stream.consumers();
+    while let Some(info) = consumers.next().await {
+        let info = info.map_err(|e| failed(&e))?;
+        if info
+            .config
+            .deliver_subject
+            .as_deref()
+            .is_some_and(|subject| !subject.starts_with(allowed_prefix))
+        {
+            stray.push(info.name);
+        }
+    }
+    let mut removed = Vec::new();
+    for name in stray {
+        match stream.delete_consumer(&name).await {
+            Ok(_) => removed.push(name),
+            Err(e) => tracing::warn!(consumer = %name, error = %e, "could not delete a stray push consumer"),
+        }
+    }
+    Ok(removed)
+}
+
 /// Copies a message the service gave up on to the DLQ with the reason.
 pub(crate) async fn publish_dlq(
     js: &jetstream::Context,

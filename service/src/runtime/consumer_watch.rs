@@ -187,6 +187,17 @@ pub(crate) async fn run(
                 Err(e) => tracing::warn!(consumer = spec.name(), error = %e, "cannot confirm the consumer"),
             }
         }
+        // A push consumer on the status stream delivering outside the
+        // API's inbox would have the server publish events anywhere.
+        match nats::remove_stray_push_consumers(&js, nats::API_DELIVER_PREFIX).await {
+            Ok(removed) => {
+                for name in removed {
+                    tracing::warn!(consumer = %name, "deleted a status push consumer delivering outside the API's inbox");
+                    metrics.inc(metrics::STRAY_CONSUMERS_REMOVED, &[]);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the status stream's push consumers"),
+        }
     }
 }
 
