@@ -53,6 +53,151 @@ pub enum NatsError {
     /// brings it back.
     #[error("stream {0} not found")]
     StreamMissing(&'static str),
+    /// An operator's read of a stream or consumer failed.
+    #[error("{what}: {detail}")]
+    Read { what: String, detail: String },
+}
+
+impl NatsError {
+    /// What went wrong, without the name of what was read (a line that
+    /// names it already).
+    pub(crate) fn detail(&self) -> String {
+        match self {
+            NatsError::Read { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+fn read_error(what: impl Into<String>, e: impl std::fmt::Display) -> NatsError {
+    NatsError::Read {
+        what: what.into(),
+        detail: e.to_string(),
+    }
+}
+
+/// A stored message as an operator sees it.
+pub(crate) struct StoredMessage {
+    pub(crate) subject: String,
+    pub(crate) time: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) payload: Bytes,
+}
+
+/// The first and last sequence and the message count of a stream.
+pub(crate) async fn stream_range(js: &jetstream::Context, name: &str) -> Result<(u64, u64, u64), NatsError> {
+    let mut stream = js.get_stream(name).await.map_err(|e| read_error(name, e))?;
+    let state = stream.info().await.map_err(|e| read_error(name, e))?.state.clone();
+    Ok((state.first_sequence, state.last_sequence, state.messages))
+}
+
+/// The message count and replicas of a stream.
+pub(crate) async fn stream_summary(js: &jetstream::Context, name: &str) -> Result<(u64, usize), NatsError> {
+    let mut stream = js.get_stream(name).await.map_err(|e| read_error(name, e))?;
+    let info = stream.info().await.map_err(|e| read_error(name, e))?;
+    Ok((info.state.messages, info.config.num_replicas))
+}
+
+/// A durable consumer's state.
+pub(crate) async fn consumer_state(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Result<jetstream::consumer::Info, NatsError> {
+    let mut c: PullConsumer = js
+        .get_consumer_from_stream(consumer, stream)
+        .await
+        .map_err(|e| read_error(consumer, e))?;
+    Ok(c.info().await.map_err(|e| read_error(consumer, e))?.clone())
+}
+
+/// The message at `seq` of a stream; `None` when it is gone (removed by
+/// age, size or hand).
+pub(crate) async fn stored_message(
+    js: &jetstream::Context,
+    name: &str,
+    seq: u64,
+) -> Result<Option<StoredMessage>, NatsError> {
+    let stream = js.get_stream_no_info(name).await.map_err(|e| read_error(name, e))?;
+    match stream.get_raw_message(seq).await {
+        Ok(m) => Ok(Some(StoredMessage {
+            subject: m.subject.to_string(),
+            time: m.time.to_string(),
+            headers: m.headers,
+            payload: m.payload,
+        })),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(read_error(format!("{name} message {seq}"), e)),
+    }
+}
+
+/// Every message on `subject` of the status stream, oldest first (an
+/// operator's ephemeral consumer reads them).
+pub(crate) async fn status_payloads(js: &jetstream::Context, subject: &str) -> Result<Vec<Bytes>, NatsError> {
+    use futures::StreamExt as _;
+    let what = || STATUS_STREAM.to_string();
+    let stream = js.get_stream(STATUS_STREAM).await.map_err(|e| read_error(what(), e))?;
+    let consumer = reading_consumer(&stream, subject)
+        .await
+        .map_err(|e| read_error(what(), e))?;
+    let mut batch = consumer
+        .fetch()
+        .max_messages(1000)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .map_err(|e| read_error(what(), e))?;
+    let mut payloads = Vec::new();
+    while let Some(message) = batch.next().await {
+        let message = message.map_err(|e| read_error(what(), e))?;
+        let last = message.info().map(|i| i.pending == 0).unwrap_or(false);
+        payloads.push(message.payload.clone());
+        if last {
+            break;
+        }
+    }
+    Ok(payloads)
+}
+
+/// Why a replay was not stored.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReplayError {
+    #[error("{0} holds a message already (the run's poll is pending): nothing replayed")]
+    AlreadyHolds(String),
+    #[error("no stream takes {0}: is the service's SUBJECT_PREFIX the same?")]
+    NoStream(String),
+    #[error("publishing to {0}: {1}")]
+    Other(String, String),
+}
+
+/// Publishes a DLQ copy's original body to its original subject again,
+/// under the message id `replay:<seq>:<millis>`; the stream and sequence
+/// that stored it.
+pub(crate) async fn replay(
+    js: &jetstream::Context,
+    subject: &str,
+    seq: u64,
+    body: Bytes,
+    now_millis: i64,
+) -> Result<(String, u64), ReplayError> {
+    let mut headers = HeaderMap::new();
+    let id = format!("replay:{seq}:{now_millis}");
+    headers.insert("Nats-Msg-Id", id.as_str());
+    headers.insert("Shell-Query-Replayed-From", seq.to_string().as_str());
+    let other = |e: &dyn std::fmt::Display| ReplayError::Other(subject.to_string(), e.to_string());
+    let ack = js
+        .publish_with_headers(subject.to_string(), headers, body)
+        .await
+        .map_err(|e| other(&e))?
+        .await;
+    match ack {
+        Ok(ack) => Ok((ack.stream, ack.sequence)),
+        Err(e) if subject_already_holds_one(&e) => Err(ReplayError::AlreadyHolds(subject.to_string())),
+        Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+            Err(ReplayError::NoStream(subject.to_string()))
+        }
+        Err(e) => Err(other(&e)),
+    }
 }
 
 pub struct Consumers {

@@ -215,19 +215,9 @@ async fn nats_state(n: &NatsArgs, run_id: Uuid) -> String {
 
 /// Every status event on `subject`, one line each.
 async fn status_events(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<String>> {
-    use futures::StreamExt as _;
-    let stream = js.get_stream(nats_adapter::STATUS_STREAM).await?;
-    let consumer = nats_adapter::reading_consumer(&stream, subject).await?;
     let mut lines = Vec::new();
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1000)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await?;
-    while let Some(message) = batch.next().await {
-        let message = message.map_err(|e| anyhow!("{e}"))?;
-        let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap_or_default();
+    for payload in nats_adapter::status_payloads(js, subject).await? {
+        let event: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
         let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
         let mut line = format!("{}  {:<24}  {}", text("timestamp"), text("status"), text("message"));
         if let Some(error) = event["errorMessage"].as_str() {
@@ -237,9 +227,6 @@ async fn status_events(js: &jetstream::Context, subject: &str) -> anyhow::Result
             let _ = write!(line, " ({rows} rows)");
         }
         lines.push(line);
-        if message.info().map(|i| i.pending == 0).unwrap_or(false) {
-            break;
-        }
     }
     Ok(lines)
 }
@@ -252,21 +239,29 @@ pub(crate) async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     };
     let (_client, js) = nats(nats_args).await?;
     let dlq_hint = || "reading SHELL_QUERY_DLQ (NATS_USER must be allowed to: shell_query_admin is)";
-    let mut stream = js.get_stream(nats_adapter::DLQ_STREAM).await.context(dlq_hint())?;
+    let (first, last, count) = nats_adapter::stream_range(&js, nats_adapter::DLQ_STREAM)
+        .await
+        .context(dlq_hint())?;
+    let copy = |seq: u64| {
+        let js = js.clone();
+        async move {
+            nats_adapter::stored_message(&js, nats_adapter::DLQ_STREAM, seq)
+                .await
+                .context(dlq_hint())?
+                .ok_or_else(|| anyhow!("DLQ message {seq}: not found"))
+        }
+    };
     match command {
         DlqCommand::List { limit, .. } => {
-            let info = stream.info().await.context(dlq_hint())?.state.clone();
             println!("{:<8}  {:<24}  {:<60}  reason", "seq", "time", "original subject");
             let mut shown = 0;
-            let mut seq = info.last_sequence;
-            while shown < limit && seq >= info.first_sequence.max(1) {
-                let found = match stream.get_raw_message(seq).await {
-                    Ok(message) => Some(message),
-                    // Removed by age or size (or by hand): the next one.
-                    Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => None,
-                    Err(e) => return Err(anyhow!("{e}")).context(dlq_hint()),
-                };
-                if let Some(message) = found {
+            let mut seq = last;
+            while shown < limit && seq >= first.max(1) {
+                // Removed by age or size (or by hand): the next one.
+                if let Some(message) = nats_adapter::stored_message(&js, nats_adapter::DLQ_STREAM, seq)
+                    .await
+                    .context(dlq_hint())?
+                {
                     let header = |name: &str| {
                         message
                             .headers
@@ -284,14 +279,11 @@ pub(crate) async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
                 }
                 seq -= 1;
             }
-            println!("{shown} of {} message(s)", info.messages);
+            println!("{shown} of {count} message(s)");
             Ok(())
         }
         DlqCommand::Show { seq, .. } => {
-            let message = stream
-                .get_raw_message(seq)
-                .await
-                .with_context(|| format!("DLQ message {seq}"))?;
+            let message = copy(seq).await?;
             println!("{:<17} {seq}", "seq");
             println!("{:<17} {}", "time", message.time);
             println!("{:<17} {}", "subject", message.subject);
@@ -313,10 +305,7 @@ pub(crate) async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DlqCommand::Replay { seq, .. } => {
-            let message = stream
-                .get_raw_message(seq)
-                .await
-                .with_context(|| format!("DLQ message {seq}"))?;
+            let message = copy(seq).await?;
             let subject = message
                 .headers
                 .get(nats_adapter::HEADER_ORIGINAL_SUBJECT)
@@ -337,32 +326,13 @@ pub(crate) async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
                     .into()
                 })
             })?;
-            let mut headers = async_nats::HeaderMap::new();
-            let id = format!("replay:{seq}:{}", Utc::now().timestamp_millis());
-            headers.insert("Nats-Msg-Id", id.as_str());
-            headers.insert("Shell-Query-Replayed-From", seq.to_string().as_str());
-            let ack = js
-                .publish_with_headers(subject.clone(), headers, body)
-                .await
-                .with_context(|| format!("publishing to {subject}"))?
-                .await;
-            match ack {
-                Ok(ack) => {
-                    println!(
-                        "DLQ message {seq} published to {subject} ({} sequence {}); the service handles it as any \
-                         delivery (a run that has ended is not started again)",
-                        ack.stream, ack.sequence
-                    );
-                    Ok(())
-                }
-                Err(e) if nats_adapter::subject_already_holds_one(&e) => {
-                    bail!("{subject} holds a message already (the run's poll is pending): nothing replayed")
-                }
-                Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
-                    bail!("no stream takes {subject}: is the service's SUBJECT_PREFIX the same?")
-                }
-                Err(e) => Err(anyhow!("publishing to {subject}: {e}")),
-            }
+            let (stream, sequence) =
+                nats_adapter::replay(&js, &subject, seq, body, Utc::now().timestamp_millis()).await?;
+            println!(
+                "DLQ message {seq} published to {subject} ({stream} sequence {sequence}); the service handles it as \
+                 any delivery (a run that has ended is not started again)"
+            );
+            Ok(())
         }
     }
 }
@@ -490,19 +460,13 @@ pub(crate) async fn doctor(args: DoctorArgs) -> i32 {
                 nats_adapter::ADVISORY_STREAM,
                 &format!("KV_{}", crate::adapters::lease::BUCKET),
             ] {
-                match js.get_stream(name).await {
-                    Ok(mut s) => match s.info().await {
-                        Ok(info) => line(
-                            true,
-                            &format!("stream {name}"),
-                            format!(
-                                "{} message(s), {} replica(s)",
-                                info.state.messages, info.config.num_replicas
-                            ),
-                        ),
-                        Err(e) => line(false, &format!("stream {name}"), e.to_string()),
-                    },
-                    Err(e) => line(false, &format!("stream {name}"), e.to_string()),
+                match nats_adapter::stream_summary(&js, name).await {
+                    Ok((messages, replicas)) => line(
+                        true,
+                        &format!("stream {name}"),
+                        format!("{messages} message(s), {replicas} replica(s)"),
+                    ),
+                    Err(e) => line(false, &format!("stream {name}"), e.detail()),
                 }
             }
             for (stream, consumer) in [
@@ -511,20 +475,14 @@ pub(crate) async fn doctor(args: DoctorArgs) -> i32 {
                 (nats_adapter::JOBS_STREAM, nats_adapter::CANCEL_CONSUMER),
                 (nats_adapter::ADVISORY_STREAM, nats_adapter::UNDELIVERABLE_CONSUMER),
             ] {
-                let info = async {
-                    let mut c: jetstream::consumer::PullConsumer =
-                        js.get_consumer_from_stream(consumer, stream).await?;
-                    anyhow::Ok(c.info().await?.clone())
-                }
-                .await;
-                match info {
+                match nats_adapter::consumer_state(&js, stream, consumer).await {
                     Ok(i) if i.paused => line(false, &format!("consumer {consumer}"), "paused".into()),
                     Ok(i) => line(
                         true,
                         &format!("consumer {consumer}"),
                         format!("{} pending, {} waiting for an ack", i.num_pending, i.num_ack_pending),
                     ),
-                    Err(e) => line(false, &format!("consumer {consumer}"), format!("{e:#}")),
+                    Err(e) => line(false, &format!("consumer {consumer}"), e.detail()),
                 }
             }
         }
