@@ -463,21 +463,6 @@ mod tests {
         assert_eq!(decoded.ignored_fields, vec!["reason".to_string()]);
     }
 
-    /// Every field of an execute message.
-    const FIELDS: [&str; 11] = [
-        "runId",
-        "tenantId",
-        "userId",
-        "mid",
-        "eid",
-        "sqlText",
-        "sqlTextEncrypted",
-        "snippetName",
-        "tableMetadata",
-        "targetDeCustomerKey",
-        "targetUpdateType",
-    ];
-
     /// Any JSON value: text of any characters (NUL included), numbers,
     /// UUIDs and digits where they are expected, nested arrays and objects.
     fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
@@ -508,7 +493,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_value_in_any_field_decodes_to_a_storable_request_or_is_refused_naming_the_field(
-            field in proptest::sample::select(FIELDS.to_vec()),
+            field in proptest::sample::select(EXECUTE_FIELDS.to_vec()),
             value in any_json(),
         ) {
             let subject = format!("shell_query.execute.{RUN}");

@@ -369,12 +369,11 @@ async fn a_run_whose_status_call_was_cut_by_sigkill_is_checked_again_within_15_s
         .sim
         .script("Long", Scenario::completes_after(Duration::from_secs(300), 3));
     let id = system.submit("SELECT Long FROM X", None).await;
+    let task = system.started(id).await;
     wait_for("the run's first status check", Duration::from_secs(60), || async {
-        let task = system.run(id).await.and_then(|r| r.task_id);
-        task.is_some_and(|t| !system.status_checks(&t).is_empty())
+        !system.status_checks(&task).is_empty()
     })
     .await;
-    let task = system.run(id).await.and_then(|r| r.task_id).expect("a TaskID");
     // The next status call is answered only after a minute: the worker is
     // killed while it waits for it.
     let mut hang = mce_sim::Fault::new("soap:Retrieve:AsyncActivityStatus", 0, 1);

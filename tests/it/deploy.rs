@@ -736,35 +736,12 @@ fn the_production_build_holds_no_simulator() {
         .find(|l| l.contains("cargo build"))
         .expect("the Dockerfile builds with cargo");
     assert!(build.contains("--no-default-features"), "{build}");
-    let tree = |extra: &[&str]| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = std::process::Command::new(cargo)
-            .current_dir(workspace_root())
-            .args([
-                "tree",
-                "--offline",
-                "-p",
-                "service",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-                "--format",
-                "{p}",
-            ])
-            .args(extra)
-            .output()
-            .expect("cargo tree runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let holds_sim = |tree: &str| tree.lines().any(|l| l.starts_with("mce-sim "));
     assert!(
-        holds_sim(&tree(&[])),
+        tests::dependency_tree("service", &[]).contains("mce-sim"),
         "the default build (cargo run, the tests) has the demo"
     );
     assert!(
-        !holds_sim(&tree(&["--no-default-features"])),
+        !tests::dependency_tree("service", &["--no-default-features"]).contains("mce-sim"),
         "the image's build has no simulator"
     );
 }

@@ -718,10 +718,8 @@ async fn a_forged_max_deliveries_advisory_leaves_a_healthy_run_alone() {
         .sim
         .script("Long", Scenario::completes_after(Duration::from_secs(12), 3));
     let id = system.submit("SELECT Long FROM X", None).await;
-    tests::wait_for("the run polling", MINUTE, || async {
-        system.run(id).await.is_some_and(|r| r.task_id.is_some()) && system.poll_pending(id).await
-    })
-    .await;
+    system.started(id).await;
+    tests::wait_for("the run polling", MINUTE, || async { system.poll_pending(id).await }).await;
     let stream = system.js.get_stream("SHELL_QUERY_JOBS").await.unwrap();
     let seq = stream
         .direct_get_last_for_subject(format!("{PREFIX}.poll.{id}"))

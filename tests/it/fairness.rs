@@ -23,15 +23,9 @@ async fn a_throttled_tenant_slows_only_itself() {
         .sim
         .script("FROM Busy", Scenario::completes_after(Duration::from_secs(4), 1));
     let busy: Vec<_> = futures::future::join_all((0..30).map(|_| system.submit("SELECT A FROM Busy", None))).await;
-    tests::wait_for("every busy run polling", Duration::from_secs(60), || async {
-        for id in &busy {
-            if system.run(*id).await.is_none_or(|r| r.task_id.is_none()) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    for id in &busy {
+        system.started(*id).await;
+    }
     // From now on MCE answers in about 50 ms and lets the busy tenant's
     // business unit make 3 calls a second.
     system.sim.set_load(Load {
@@ -217,15 +211,9 @@ async fn a_congested_tenant_s_batches_grow_while_they_wait_for_a_place() {
         .sim
         .script("FROM Crowd", Scenario::completes_after(Duration::from_secs(25), 2));
     let ids: Vec<_> = futures::future::join_all((0..24).map(|_| system.submit("SELECT A FROM Crowd", None))).await;
-    tests::wait_for("every run polling", Duration::from_secs(60), || async {
-        for id in &ids {
-            if system.run(*id).await.is_none_or(|r| r.task_id.is_none()) {
-                return false;
-            }
-        }
-        true
-    })
-    .await;
+    for id in &ids {
+        system.started(*id).await;
+    }
     system.sim.clear_calls();
     system.sim.set_load(Load {
         latency: Some((Duration::from_millis(300), Duration::from_millis(600))),

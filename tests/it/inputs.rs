@@ -416,11 +416,7 @@ async fn a_run_the_database_refuses_goes_to_the_dlq_not_away() {
          RETURN NEW; END $$ LANGUAGE plpgsql",
         "CREATE TRIGGER refuse_marked BEFORE INSERT ON shell_query_runs FOR EACH ROW EXECUTE FUNCTION refuse_marked()",
     ] {
-        system
-            .db
-            .execute_raw(Statement::from_string(DbBackend::Postgres, sql.to_string()))
-            .await
-            .unwrap();
+        system.execute_sql(sql.to_string()).await;
     }
     let id = Uuid::new_v4();
     system

@@ -47,14 +47,8 @@ const ADAPTER_CRATES: &[&str] = &[
 const STORE: &str = "service/src/adapters/store/";
 
 /// The consumer loop, the only files that name `AckKind` (`settle.rs` sends
-/// the acknowledgements the loop decides). Where it lives now and where it
-/// lived: a file that does not exist is skipped.
-const CONSUMER_LOOP: &[&str] = &[
-    "service/src/runtime/consumer.rs",
-    "service/src/runtime/settle.rs",
-    "service/src/app/consumer.rs",
-    "service/src/app/settle.rs",
-];
+/// the acknowledgements the loop decides).
+const CONSUMER_LOOP: &[&str] = &["service/src/runtime/consumer.rs", "service/src/runtime/settle.rs"];
 
 /// Where a run ends (`end_run`), the only caller of the store's functions
 /// that move a run into a terminal state.
@@ -93,34 +87,15 @@ fn root() -> PathBuf {
 
 #[test]
 fn the_core_crate_depends_on_no_adapter_crate() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .current_dir(root())
-        .args([
-            "tree",
-            "--offline",
-            "-p",
-            "shell-query-core",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
-        ])
-        .output()
-        .expect("cargo tree runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let tree = String::from_utf8_lossy(&out.stdout);
-    let names: BTreeSet<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let names = tests::dependency_tree("shell-query-core", &[]);
     assert!(
         names.contains("shell-query-core") && names.contains("sqlparser"),
-        "{tree}"
+        "{names:?}"
     );
     for forbidden in ADAPTER_CRATES {
         assert!(
-            !names.contains(forbidden),
-            "the core crate reaches {forbidden}:\n{tree}"
+            !names.contains(*forbidden),
+            "the core crate reaches {forbidden}: {names:?}"
         );
     }
 }
@@ -639,14 +614,9 @@ fn only_the_store_names_sea_orm() {
 
 #[test]
 fn only_the_consumer_loop_names_ack_kind() {
-    let here: Vec<&str> = CONSUMER_LOOP
-        .iter()
-        .copied()
-        .filter(|f| root().join(f).exists())
-        .collect();
     let all = places(&sources(), "AckKind");
     assert!(
-        all.iter().any(|p| here.contains(&p.file.as_str())),
+        all.iter().any(|p| CONSUMER_LOOP.contains(&p.file.as_str())),
         "AckKind is looked for at all (the consumer loop: {CONSUMER_LOOP:?})"
     );
     let wrong: Vec<&Place> = all
@@ -656,7 +626,7 @@ fn only_the_consumer_loop_names_ack_kind() {
     assert!(
         wrong.is_empty(),
         "`AckKind` named outside the consumer loop ({}):\n{}",
-        here.join(", "),
+        CONSUMER_LOOP.join(", "),
         listed(&wrong)
     );
 }

@@ -142,6 +142,28 @@ async fn last_on(js: &jetstream::Context, stream: &str, subject: String) -> bool
     }
 }
 
+/// Whether a consumer on SHELL_QUERY_STATUS (unnamed, or durable with
+/// this name) can be made and a status event pulled from it.
+async fn pulls_one_status_event(js: &jetstream::Context, durable_name: Option<String>) -> bool {
+    let Ok(s) = js.get_stream_no_info("SHELL_QUERY_STATUS").await else {
+        return false;
+    };
+    let Ok(consumer) = s
+        .create_consumer(pull::Config {
+            durable_name,
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+    else {
+        return false;
+    };
+    let Ok(mut batch) = consumer.fetch().max_messages(1).messages().await else {
+        return false;
+    };
+    matches!(batch.next().await, Some(Ok(_)))
+}
+
 async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
     let js = &client.js;
     match action {
@@ -160,24 +182,7 @@ async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
             .await
             .is_ok_and(|r| r.payload.as_ref() == b"answer"),
         Action::StatusDirectGet => last_on(js, "SHELL_QUERY_STATUS", format!("shell_query.status.{RUN}")).await,
-        Action::StatusOwnConsumer => {
-            let Ok(s) = js.get_stream_no_info("SHELL_QUERY_STATUS").await else {
-                return false;
-            };
-            let Ok(consumer) = s
-                .create_consumer(pull::Config {
-                    ack_policy: jetstream::consumer::AckPolicy::None,
-                    ..Default::default()
-                })
-                .await
-            else {
-                return false;
-            };
-            let Ok(mut batch) = consumer.fetch().max_messages(1).messages().await else {
-                return false;
-            };
-            matches!(batch.next().await, Some(Ok(_)))
-        }
+        Action::StatusOwnConsumer => pulls_one_status_event(js, None).await,
         Action::StatusSubscribe => {
             receives(
                 client,
@@ -284,23 +289,7 @@ async fn attempt(client: &Client, admin: &Client, action: Action) -> bool {
             .is_ok_and(|r| !r.payload.is_empty()),
         Action::StatusApiNamedConsumer | Action::StatusOtherNamedConsumer => {
             let name = subject(action).rsplit('.').next().unwrap().to_string();
-            let Ok(s) = js.get_stream_no_info("SHELL_QUERY_STATUS").await else {
-                return false;
-            };
-            let Ok(consumer) = s
-                .create_consumer(pull::Config {
-                    durable_name: Some(name),
-                    ack_policy: jetstream::consumer::AckPolicy::None,
-                    ..Default::default()
-                })
-                .await
-            else {
-                return false;
-            };
-            let Ok(mut batch) = consumer.fetch().max_messages(1).messages().await else {
-                return false;
-            };
-            matches!(batch.next().await, Some(Ok(_)))
+            pulls_one_status_event(js, Some(name)).await
         }
         Action::DeleteApiStatusConsumer | Action::DeleteOtherStatusConsumer => {
             let name = subject(action).rsplit('.').next().unwrap().to_string();

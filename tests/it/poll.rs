@@ -28,18 +28,6 @@ async fn execute_sql(system: &System, sql: &str) {
         .expect("a test statement");
 }
 
-/// Waits until the run has a TaskID (Perform happened); returns it.
-async fn started(system: &System, id: Uuid) -> String {
-    let deadline = Instant::now() + MINUTE;
-    loop {
-        if let Some(task) = system.run(id).await.and_then(|r| r.task_id) {
-            return task;
-        }
-        assert!(Instant::now() < deadline, "run {id} never started:\n{}", system.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fatal_error_without_a_message_fails_with_the_status() {
     let system = System::start().await;
@@ -75,7 +63,7 @@ async fn stuck_on_queued_with_an_early_completed_date_completes_through_two_not_
         },
     );
     let id = system.submit("SELECT Stuck FROM [X]", None).await;
-    let task = started(&system, id).await;
+    let task = system.started(id).await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "ready", "{}", system.log());
     assert_eq!(run.row_count, Some(7));
@@ -127,7 +115,7 @@ async fn a_missing_or_refused_object_id_is_recovered_by_customer_key_and_persist
 
     // The row lost its ObjectID: recovered by CustomerKey and written back.
     let missing = system.submit("SELECT Missing FROM [X]", None).await;
-    started(&system, missing).await;
+    system.started(missing).await;
     let object_id = system.run(missing).await.unwrap().query_definition_id.unwrap();
     execute_sql(
         &system,
@@ -218,7 +206,7 @@ async fn the_duration_budget_fails_the_run_and_deletes_its_query_definition() {
         .sim
         .script("Long", Scenario::completes_after(Duration::from_secs(600), 1));
     let id = system.submit("SELECT Long FROM [X]", None).await;
-    let task = started(&system, id).await;
+    let task = system.started(id).await;
     let run = system.wait_terminal(id, MINUTE).await;
     assert_eq!(run.status, "failed");
     assert_eq!(system.error_message(id).await, "Query timed out after 1 minute");
@@ -237,7 +225,7 @@ async fn a_row_canceled_mid_poll_stops_polling_within_one_interval() {
         .sim
         .script("Cancel", Scenario::completes_after(Duration::from_secs(600), 1));
     let id = system.submit("SELECT Cancel FROM [X]", None).await;
-    let task = started(&system, id).await;
+    let task = system.started(id).await;
     tests::wait_for("two status checks", MINUTE, || async {
         system.status_checks(&task).len() >= 2
     })
@@ -282,7 +270,7 @@ async fn a_worker_killed_between_ticks_is_replaced_and_the_run_completes() {
         .sim
         .script("Survive", Scenario::completes_after(Duration::from_secs(6), 5));
     let id = system.submit("SELECT Survive FROM [X]", None).await;
-    let task = started(&system, id).await;
+    let task = system.started(id).await;
     tests::wait_for("two status checks", MINUTE, || async {
         system.status_checks(&task).len() >= 2
     })
@@ -373,7 +361,7 @@ async fn a_tick_that_cannot_read_the_status_is_rescheduled_not_failed() {
 /// The gap between the last two status checks of a run (the one that saw
 /// it finish and the one before).
 async fn last_gap(system: &System, id: Uuid) -> Duration {
-    let task = started(system, id).await;
+    let task = system.started(id).await;
     assert_eq!(
         system.wait_terminal(id, MINUTE).await.status,
         "ready",

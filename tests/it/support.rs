@@ -375,6 +375,22 @@ impl System {
             .expect("reading the run")
     }
 
+    /// Waits until the run has a TaskID (Perform happened); returns it.
+    pub async fn started(&self, id: Uuid) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(task) = self.run(id).await.and_then(|r| r.task_id) {
+                return task;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {id} never started:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the run leaves `queued`/`running`; returns its row.
     pub async fn wait_terminal(&self, id: Uuid, timeout: Duration) -> entities::shell_query_runs::Model {
         let deadline = std::time::Instant::now() + timeout;

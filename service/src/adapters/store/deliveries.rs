@@ -6,42 +6,34 @@
 //! the worker each time is counted each time.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+use entities::shell_query_deliveries::{self as deliveries, Column};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
 
 use super::{Store, StoreError};
 
-/// `$n` for PostgreSQL, `?` for SQLite (the demo).
-fn sql(store: &Store, postgres: &str) -> String {
-    match store.db.get_database_backend() {
-        DbBackend::Postgres => postgres.to_string(),
-        _ => {
-            let mut text = postgres.to_string();
-            for n in (1..=3).rev() {
-                text = text.replace(&format!("${n}"), "?");
-            }
-            text
-        }
-    }
-}
-
-fn statement(store: &Store, postgres: &str, values: Vec<Value>) -> Statement {
-    Statement::from_sql_and_values(store.db.get_database_backend(), sql(store, postgres), values)
+/// A stream sequence as the table holds it.
+fn key(stream_seq: u64) -> i64 {
+    i64::try_from(stream_seq).unwrap_or(i64::MAX)
 }
 
 /// Records that the message at `stream_seq` was delivered `delivered`
 /// times (a count never goes down).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "note_delivery"))]
 pub(crate) async fn note(store: &Store, stream_seq: u64, delivered: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-    let seq = i64::try_from(stream_seq).unwrap_or(i64::MAX);
-    store
-        .db
-        .execute_raw(statement(
-            store,
-            "INSERT INTO shell_query_deliveries (stream_seq, deliveries, seen_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (stream_seq) DO UPDATE SET deliveries = excluded.deliveries, seen_at = excluded.seen_at \
-             WHERE shell_query_deliveries.deliveries < excluded.deliveries",
-            vec![seq.into(), delivered.into(), now.into()],
-        ))
+    let row = deliveries::ActiveModel {
+        stream_seq: Set(key(stream_seq)),
+        deliveries: Set(delivered),
+        seen_at: Set(now),
+    };
+    deliveries::Entity::insert(row)
+        .on_conflict(
+            OnConflict::column(Column::StreamSeq)
+                .update_columns([Column::Deliveries, Column::SeenAt])
+                .action_and_where(Expr::col((deliveries::Entity, Column::Deliveries)).lt(delivered))
+                .to_owned(),
+        )
+        .exec_without_returning(&store.db)
         .await?;
     Ok(())
 }
@@ -49,32 +41,17 @@ pub(crate) async fn note(store: &Store, stream_seq: u64, delivered: i64, now: Da
 /// The most deliveries of the message at `stream_seq` the service saw.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "seen_deliveries"))]
 pub(crate) async fn seen(store: &Store, stream_seq: u64) -> Result<Option<i64>, StoreError> {
-    let seq = i64::try_from(stream_seq).unwrap_or(i64::MAX);
-    let row = store
-        .db
-        .query_one_raw(statement(
-            store,
-            "SELECT deliveries FROM shell_query_deliveries WHERE stream_seq = $1",
-            vec![seq.into()],
-        ))
-        .await?;
-    Ok(match row {
-        Some(row) => Some(row.try_get::<i64>("", "deliveries")?),
-        None => None,
-    })
+    Ok(deliveries::Entity::find_by_id(key(stream_seq))
+        .one(&store.db)
+        .await?
+        .map(|row| row.deliveries))
 }
 
 /// Forgets the message at `stream_seq` (settled).
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "forget_delivery"))]
 pub(crate) async fn forget(store: &Store, stream_seq: u64) -> Result<(), StoreError> {
-    let seq = i64::try_from(stream_seq).unwrap_or(i64::MAX);
-    store
-        .db
-        .execute_raw(statement(
-            store,
-            "DELETE FROM shell_query_deliveries WHERE stream_seq = $1",
-            vec![seq.into()],
-        ))
+    deliveries::Entity::delete_by_id(key(stream_seq))
+        .exec(&store.db)
         .await?;
     Ok(())
 }
@@ -83,13 +60,9 @@ pub(crate) async fn forget(store: &Store, stream_seq: u64) -> Result<(), StoreEr
 /// came long ago); how many.
 #[tracing::instrument(name = "db", skip_all, fields(db.operation.name = "prune_deliveries"))]
 pub(crate) async fn prune(store: &Store, before: DateTime<Utc>) -> Result<u64, StoreError> {
-    let result = store
-        .db
-        .execute_raw(statement(
-            store,
-            "DELETE FROM shell_query_deliveries WHERE seen_at < $1",
-            vec![before.into()],
-        ))
+    let result = deliveries::Entity::delete_many()
+        .filter(Column::SeenAt.lt(before))
+        .exec(&store.db)
         .await?;
-    Ok(result.rows_affected())
+    Ok(result.rows_affected)
 }

@@ -164,9 +164,16 @@ async fn malformed(deps: &Deps, delivery: &Delivery, reason: String) -> Disposit
             announce_ending(deps, &run, ending, None, now).await
         }
         .await;
-        if let Err(e) = recorded {
-            tracing::warn!(run_id = %run_id, error = %e, "could not record the malformed run; will retry");
-            return Disposition::Retry(std::time::Duration::from_secs(5));
+        match recorded {
+            Ok(()) => {}
+            // Refused every time: the DLQ copy below is the record.
+            Err(e) if e.is_refused_data() => {
+                tracing::warn!(run_id = %run_id, error = %e, "the database refused the malformed run's row");
+            }
+            Err(e) => {
+                tracing::warn!(run_id = %run_id, error = %e, "could not record the malformed run; will retry");
+                return Disposition::Retry(std::time::Duration::from_secs(5));
+            }
         }
     }
     Disposition::DeadLetter(reason)
