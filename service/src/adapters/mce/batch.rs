@@ -92,20 +92,22 @@ impl StatusBatcher {
             Role::Alone => session.async_status(task_id).await,
             Role::Follower(answer) => answer.await.unwrap_or_else(|_| session_lost()),
             Role::Leader(batch, answer) => {
+                // Closed when the leader is done with it, or dropped (a
+                // cancelled tick): then its members hear "abandoned" and
+                // the next check opens a new batch, none waits forever.
+                let mut lead = Lead {
+                    open: &self.open,
+                    key,
+                    batch,
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(self.window) => {}
-                    _ = batch.full.notified() => {}
+                    _ = lead.batch.full.notified() => {}
                 }
                 // The batch stays open while its call waits for a place:
                 // the checks that fall due meanwhile join it (until full).
                 let place = session.place().await;
-                {
-                    let mut open = self.open.lock().expect("batch lock");
-                    if open.get(&key).is_some_and(|b| Arc::ptr_eq(b, &batch)) {
-                        open.remove(&key);
-                    }
-                }
-                let items = std::mem::take(&mut *batch.items.lock().expect("batch lock"));
+                let items = lead.close();
                 match place {
                     Ok(place) => self.answer(session, place, items).await,
                     Err(e) => {
@@ -204,10 +206,102 @@ impl StatusBatcher {
     }
 }
 
+/// A batch as its leader holds it.
+struct Lead<'a> {
+    open: &'a Mutex<HashMap<Key, Arc<Batch>>>,
+    key: Key,
+    batch: Arc<Batch>,
+}
+
+impl Lead<'_> {
+    /// Stops the batch taking members; its members so far.
+    fn close(&mut self) -> Vec<(String, oneshot::Sender<Answer>)> {
+        {
+            let mut open = self.open.lock().expect("batch lock");
+            if open.get(&self.key).is_some_and(|b| Arc::ptr_eq(b, &self.batch)) {
+                open.remove(&self.key);
+            }
+        }
+        std::mem::take(&mut *self.batch.items.lock().expect("batch lock"))
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        // Dropping the members' senders answers them "abandoned".
+        drop(self.close());
+    }
+}
+
 /// The leader went away before answering (its tick was dropped).
 fn session_lost() -> Answer {
     Err(MceError::Unavailable {
         op: super::error::Op::AsyncStatuses.name(),
         detail: "the batch's call was abandoned".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shell_query_core::account::{Account, Mid};
+
+    /// A source whose gate never gives a place (a congested tenant).
+    struct Stuck(Account);
+
+    impl StatusSource for Stuck {
+        type Place = ();
+        fn key(&self) -> Key {
+            self.0.clone()
+        }
+        async fn place(&self) -> Result<(), MceError> {
+            std::future::pending().await
+        }
+        async fn async_status(&self, _: &str) -> Answer {
+            std::future::pending().await
+        }
+        async fn async_status_in(&self, _: (), _: &str) -> Answer {
+            std::future::pending().await
+        }
+        async fn async_statuses_in(&self, _: (), _: &[&str]) -> Result<HashMap<String, AsyncStatus>, MceError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_leader_dropped_while_it_waits_for_a_place_leaves_no_member_waiting() {
+        let batcher = Arc::new(StatusBatcher::new(Duration::from_millis(1), 50));
+        let source = Arc::new(Stuck(Account::new(Uuid::new_v4(), None, Mid::parse("1").unwrap())));
+        let leader = {
+            let (batcher, source) = (batcher.clone(), source.clone());
+            tokio::spawn(async move { batcher.status(&*source, "t1").await })
+        };
+        // The leader's window passes; it waits for its place, the batch open.
+        while batcher.open.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        let member = {
+            let (batcher, source) = (batcher.clone(), source.clone());
+            tokio::spawn(async move { batcher.status(&*source, "t2").await })
+        };
+        while batcher
+            .open
+            .lock()
+            .unwrap()
+            .values()
+            .all(|b| b.items.lock().unwrap().len() < 2)
+        {
+            tokio::task::yield_now().await;
+        }
+        leader.abort();
+        let answer = tokio::time::timeout(Duration::from_secs(10), member)
+            .await
+            .expect("the member is answered, not left waiting")
+            .expect("the member's task ends");
+        assert!(matches!(answer, Err(MceError::Unavailable { .. })), "{answer:?}");
+        assert!(
+            batcher.open.lock().unwrap().is_empty(),
+            "the next check opens a new batch"
+        );
+    }
 }
