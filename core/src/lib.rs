@@ -6,6 +6,7 @@
 //! compiler keeps it free of I/O.
 
 pub mod account;
+pub mod admission;
 pub mod api;
 pub mod backoff;
 pub mod event;

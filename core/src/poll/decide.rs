@@ -29,7 +29,9 @@ pub struct PollState {
     pub rowset_attempts: u32,
     pub rowset_first_at: Option<DateTime<Utc>>,
     pub probe_attempts: u32,
-    pub last_probe_at: Option<DateTime<Utc>>,
+    /// When the last look past the status was made: a row probe or an
+    /// isRunning check (see [`in_doubt`]).
+    pub last_look_at: Option<DateTime<Utc>>,
     /// Consecutive ticks that could not read the status.
     pub transient_errors: u32,
     /// The last status seen, normalised.
@@ -46,7 +48,7 @@ impl PollState {
             rowset_attempts: 0,
             rowset_first_at: None,
             probe_attempts: 0,
-            last_probe_at: None,
+            last_look_at: None,
             transient_errors: 0,
             last_status: None,
         }
@@ -385,12 +387,15 @@ pub fn decide(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> D
         }
     };
     let ran_for = elapsed(state, now);
+    let doubt = in_doubt(tick, state, cfg, completed_date, ran_for, now);
 
-    // Row probe: a temp DE of this run only, after the minimum runtime, at
-    // most every interval. Rows present means done.
-    let probe_due = tick.temp_de
+    // Row probe: a temp DE of this run only, when the status is in doubt,
+    // after the minimum runtime, at most every interval. Rows present means
+    // done.
+    let probe_due = doubt != Doubt::None
+        && tick.temp_de
         && ran_for >= cfg.row_probe_min_runtime
-        && since(state.last_probe_at, now).is_none_or(|d| d >= cfg.row_probe_min_interval);
+        && since(state.last_look_at, now).is_none_or(|d| d >= cfg.row_probe_min_interval);
     if probe_due {
         match tick.probe {
             None => return Decision::Ask(Question::ProbeRows),
@@ -402,21 +407,25 @@ pub fn decide(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> D
             }
             Some(ProbeObservation::NoSignal) => {
                 next.probe_attempts += 1;
-                next.last_probe_at = Some(now);
+                next.last_look_at = Some(now);
                 write = true;
             }
         }
     }
 
-    // REST isRunning gate: stuck long enough, or CompletedDate after the minimum runtime.
-    let gate = !tick.task_known
-        || ran_for >= cfg.stuck_threshold
-        || (completed_date && ran_for >= cfg.completed_date_trigger_min_runtime);
-    if gate {
+    // REST isRunning gate: the same doubt.
+    if doubt != Doubt::None {
         let answer = if tick.has_object_id {
             match tick.is_running {
                 None => return Decision::Ask(Question::CheckIsRunning),
-                Some(answer) => Some(answer),
+                Some(answer) => {
+                    if doubt == Doubt::Stuck {
+                        // The stuck looks are spaced from this one.
+                        next.last_look_at = Some(now);
+                        write = true;
+                    }
+                    Some(answer)
+                }
             }
         } else {
             None
@@ -472,6 +481,59 @@ pub fn decide(tick: &Tick, cfg: &PollConfig, now: DateTime<Utc>, unit: f64) -> D
         state: next,
         write,
     })
+}
+
+/// A look past the status is spaced at least this fraction of the run's
+/// age apart while the run is merely stuck: a quarter, so a run stuck for
+/// 20 minutes is looked at about every 5.
+const STUCK_LOOK_SPACING: u32 = 4;
+
+/// Whether this tick looks past the status (row probe, isRunning). The
+/// status is the one signal while it answers as expected; the other looks
+/// are for a status that is in doubt, and each is a call no batch shares:
+/// - the task is unknown (an interrupted start): there is no status to ask;
+/// - a not-running answer waits for its confirmation;
+/// - the status carries a CompletedDate but does not say `Complete`
+///   (after `completed_date_trigger_min_runtime`);
+/// - the run has run past `stuck_threshold`: then spaced, at least
+///   `row_probe_min_interval` and a quarter of the run's age apart.
+///
+/// A run whose status says pending, without a CompletedDate, before the
+/// stuck threshold is not in doubt: its next status check answers as soon
+/// as a probe would, so a probe at every tick would only double its calls.
+pub fn in_doubt(
+    tick: &Tick,
+    state: &PollState,
+    cfg: &PollConfig,
+    completed_date: bool,
+    ran_for: Duration,
+    now: DateTime<Utc>,
+) -> Doubt {
+    if !tick.task_known
+        || state.not_running_first_at.is_some()
+        || (completed_date && ran_for >= cfg.completed_date_trigger_min_runtime)
+    {
+        return Doubt::Signal;
+    }
+    let spaced = since(state.last_look_at, now)
+        .is_none_or(|d| d >= cfg.row_probe_min_interval.max(ran_for / STUCK_LOOK_SPACING));
+    if ran_for >= cfg.stuck_threshold && spaced {
+        Doubt::Stuck
+    } else {
+        Doubt::None
+    }
+}
+
+/// Why a tick looks past the status, if it does ([`in_doubt`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doubt {
+    /// The status is trusted: no other look.
+    None,
+    /// The status itself, or an earlier look, gives a reason: look at
+    /// every tick (the probe at most every `row_probe_min_interval`).
+    Signal,
+    /// Only the run's age: a spaced look.
+    Stuck,
 }
 
 /// The delay of a tick turned back unasked because its tenant has its

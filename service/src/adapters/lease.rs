@@ -77,9 +77,111 @@ pub(crate) async fn periodically<F, Fut>(
     }
 }
 
+/// The key listing the replicas alive: a JSON object of instance id to
+/// expiry (milliseconds since the epoch), each replica renewing its own.
+const MEMBERS: &str = "replicas";
+/// How often a replica renews its entry, and how long an entry lasts.
+pub(crate) const MEMBERSHIP_BEAT: Duration = Duration::from_secs(5);
+pub(crate) const MEMBERSHIP_HOLD: Duration = Duration::from_secs(15);
+
+/// The members after `me` renews its entry until `until` (or leaves, when
+/// `None`), those expired at `now` dropped. Pure.
+pub(crate) fn renewed(value: &[u8], me: &str, until: Option<i64>, now: i64) -> std::collections::BTreeMap<String, i64> {
+    let mut members: std::collections::BTreeMap<String, i64> = serde_json::from_slice(value).unwrap_or_default();
+    members.retain(|_, expiry| *expiry > now);
+    match until {
+        Some(until) => {
+            members.insert(me.to_string(), until);
+        }
+        None => {
+            members.remove(me);
+        }
+    }
+    members
+}
+
+/// Keeps this replica listed among the live ones and tells `count` how
+/// many there are, every [`MEMBERSHIP_BEAT`], until `shutdown`; then
+/// leaves the list. Each replica takes its part of every tenant's MCE
+/// budget from the count (DECISIONS.md, "One budget across replicas").
+pub(crate) async fn keep_membership(
+    js: jetstream::Context,
+    count: impl Fn(u32) + Send + 'static,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let me = uuid::Uuid::new_v4().to_string();
+    let mut beat = tokio::time::interval(MEMBERSHIP_BEAT);
+    let mut store = None;
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        if store.is_none() {
+            store = bucket(&js).await.ok();
+        }
+        let Some(store) = &store else { continue };
+        let hold = chrono::Duration::from_std(MEMBERSHIP_HOLD).unwrap_or_default();
+        match renew(store, &me, Some((Utc::now() + hold).timestamp_millis())).await {
+            Ok(members) => count(members.max(1)),
+            // Another replica renewed at the same moment: next beat.
+            Err(e) => tracing::debug!(error = %e, "replica list not renewed this beat"),
+        }
+    }
+    if let Some(store) = &store
+        && let Err(e) = renew(store, &me, None).await
+    {
+        tracing::debug!(error = %e, "leaving the replica list; it expires instead");
+    }
+}
+
+/// One read-modify-write of the list at the revision read; the members
+/// after it.
+async fn renew(store: &kv::Store, me: &str, until: Option<i64>) -> Result<u32, String> {
+    let now = Utc::now().timestamp_millis();
+    let entry = store.entry(MEMBERS).await.map_err(|e| e.to_string())?;
+    let members = renewed(
+        entry.as_ref().map(|e| e.value.as_ref()).unwrap_or_default(),
+        me,
+        until,
+        now,
+    );
+    let value = Bytes::from(serde_json::to_vec(&members).map_err(|e| e.to_string())?);
+    match entry {
+        Some(entry) => store
+            .update(MEMBERS, value, entry.revision)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())?,
+        None => store
+            .create(MEMBERS, value)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())?,
+    }
+    Ok(u32::try_from(members.len()).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_replica_list_keeps_the_live_and_drops_the_expired() {
+        let list = renewed(b"", "a", Some(100), 0);
+        assert_eq!(list.len(), 1);
+        let list = renewed(&serde_json::to_vec(&list).unwrap(), "b", Some(150), 50);
+        assert_eq!(list.len(), 2);
+        let list = renewed(&serde_json::to_vec(&list).unwrap(), "b", Some(250), 120);
+        assert_eq!(list.keys().collect::<Vec<_>>(), ["b"], "a expired");
+        let left = renewed(&serde_json::to_vec(&list).unwrap(), "b", None, 130);
+        assert!(left.is_empty());
+        assert_eq!(
+            renewed(b"not json", "c", Some(10), 0).len(),
+            1,
+            "a garbled list starts again"
+        );
+    }
 
     #[test]
     fn a_lease_is_held_until_its_expiry() {

@@ -27,6 +27,7 @@ pub(crate) const RECONCILER_LAST_SUCCESS: &str = "shell_query_reconciler_last_su
 pub(crate) const SWEEPER_LAST_SUCCESS: &str = "shell_query_sweeper_last_success_timestamp_seconds";
 pub(crate) const BUILD_INFO: &str = "shell_query_build_info";
 pub(crate) const TENANTS_THROTTLED: &str = "shell_query_tenants_throttled";
+pub(crate) const REPLICAS: &str = "shell_query_replicas";
 /// Histogram names.
 pub(crate) const RUN_DURATION: &str = "shell_query_run_duration_seconds";
 pub(crate) const POLL_TICK_DURATION: &str = "shell_query_poll_tick_duration_seconds";
@@ -194,6 +195,12 @@ const FAMILIES: &[(&str, Kind, &str, &[f64])] = &[
         TENANTS_THROTTLED,
         Kind::Gauge,
         "Tenants whose adaptive limit of poll ticks at MCE is below where it started (429s or 5xx).",
+        &[],
+    ),
+    (
+        REPLICAS,
+        Kind::Gauge,
+        "Replicas sharing every tenant's MCE budget, as this one counts them (each takes its part).",
         &[],
     ),
 ];

@@ -174,15 +174,16 @@ pub(crate) async fn run_until(
         Duration::from_millis(args.status_batch_window_ms),
         args.status_batch_max as usize,
     )
-    .with_gate(
-        crate::adapters::mce::gate::Gate::new(
-            shell_query_core::limit::LimitConfig {
+    .with_admission(
+        crate::adapters::mce::admission::Admission::new(shell_query_core::admission::AdmissionConfig {
+            limit: shell_query_core::limit::LimitConfig {
                 initial: args.tenant_concurrency_initial.min(args.tenant_concurrency_max),
                 max: args.tenant_concurrency_max,
                 ..Default::default()
             },
-            args.poll_concurrency / 2,
-        )
+            // A tenant may hold at most half the consumer's places.
+            tick_share: args.poll_concurrency / 2,
+        })
         .with_metrics(metrics.clone()),
     );
     let deps = Arc::new(Deps {
@@ -213,7 +214,7 @@ pub(crate) async fn run_until(
             execute_ack_wait,
         ),
         (
-            Handler::Poll(Box::new(Poll::new(settings.poll, args.poll_concurrency / 2))),
+            Handler::Poll(Box::new(Poll::new(settings.poll))),
             consumers.poll,
             args.poll_concurrency as usize,
             poll_ack_wait,
@@ -249,6 +250,12 @@ pub(crate) async fn run_until(
                 * crate::adapters::nats::EXECUTE_MAX_DELIVER as u32,
         },
         Duration::from_millis(args.reconciler_interval_ms),
+        stop_rx.clone(),
+    ));
+    let admission = deps.mce.admission().clone();
+    tasks.spawn(crate::adapters::lease::keep_membership(
+        deps.js.clone(),
+        move |replicas| admission.set_replicas(replicas),
         stop_rx.clone(),
     ));
     tasks.spawn(crate::jobs::sweeper::run(

@@ -33,56 +33,6 @@ pub(crate) struct Poll {
     /// only when it is the very next one (the tick between did not run on
     /// another replica).
     due: std::sync::Mutex<std::collections::HashMap<Uuid, (i64, Instant)>>,
-    shares: TickShares,
-}
-
-/// Ticks in flight per tenant, and the most one tenant may have: its ticks
-/// wait on its MCE calls (and on each other's batched status call), so
-/// without a share one slow tenant would fill every place.
-struct TickShares {
-    ticks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
-    share: u32,
-}
-
-impl TickShares {
-    fn new(share: u32) -> Self {
-        Self {
-            ticks: Default::default(),
-            share: share.max(1),
-        }
-    }
-
-    /// A place for one more tick of `tenant`, unless it has its share.
-    fn take(&self, tenant: Uuid) -> Option<TickPlace> {
-        let mut ticks = self.ticks.lock().expect("ticks lock");
-        let n = ticks.entry(tenant).or_default();
-        if *n >= self.share {
-            return None;
-        }
-        *n += 1;
-        Some(TickPlace {
-            ticks: self.ticks.clone(),
-            tenant,
-        })
-    }
-}
-
-/// One tick of a tenant counted in flight until dropped.
-struct TickPlace {
-    ticks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Uuid, u32>>>,
-    tenant: Uuid,
-}
-
-impl Drop for TickPlace {
-    fn drop(&mut self) {
-        let mut ticks = self.ticks.lock().expect("ticks lock");
-        if let Some(n) = ticks.get_mut(&self.tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                ticks.remove(&self.tenant);
-            }
-        }
-    }
 }
 
 /// At this many remembered due times, those long overdue (their run ended,
@@ -92,13 +42,10 @@ const DUE_PRUNE_AT: usize = 200_000;
 const DUE_FORGET_AFTER: Duration = Duration::from_secs(600);
 
 impl Poll {
-    /// `tick_share`: the most ticks of one tenant in flight (half the
-    /// consumer's concurrency).
-    pub fn new(config: PollConfig, tick_share: u32) -> Self {
+    pub fn new(config: PollConfig) -> Self {
         Self {
             config,
             due: Default::default(),
-            shares: TickShares::new(tick_share),
         }
     }
 
@@ -115,7 +62,7 @@ impl Poll {
                 started.saturating_duration_since(due),
             );
         }
-        let disposition = handle(deps, &self.config, delivery, |tenant| self.shares.take(tenant)).await;
+        let disposition = handle(deps, &self.config, delivery).await;
         let finished = Instant::now();
         deps.metrics
             .observe(crate::adapters::metrics::POLL_TICK_DURATION, &[], finished - started);
@@ -133,12 +80,7 @@ impl Poll {
     }
 }
 
-async fn handle(
-    deps: &Deps,
-    config: &PollConfig,
-    delivery: &Delivery,
-    place: impl FnOnce(Uuid) -> Option<TickPlace>,
-) -> Disposition {
+async fn handle(deps: &Deps, config: &PollConfig, delivery: &Delivery) -> Disposition {
     let msg: PollMessage =
         match decode_for_run("poll", &delivery.subject, &delivery.payload, |m: &PollMessage| m.run_id) {
             Ok(m) => m,
@@ -147,7 +89,7 @@ async fn handle(
     deps.metrics.inc(crate::adapters::metrics::POLL_TICKS, &[]);
     // Each tick is its own trace, linked to the run's execute span.
     let span = delivery_span(Consumed::Poll, delivery, msg.run_id, None);
-    match tick(deps, config, msg.run_id, delivery, place).instrument(span).await {
+    match tick(deps, config, msg.run_id, delivery).instrument(span).await {
         Ok(d) => d,
         Err(e) => {
             // The database could not be read or written: come back later.
@@ -168,13 +110,7 @@ fn refused(e: &MceError) -> Option<String> {
 /// needs no MCE), [`observe_from`] its persisted state, take the tenant's
 /// place ([`admit`]), open an MCE session ([`open_session`]), then [`ask`]
 /// MCE what [`decide`] asks until it decides, and [`conclude`].
-async fn tick(
-    deps: &Deps,
-    config: &PollConfig,
-    run_id: Uuid,
-    delivery: &Delivery,
-    place: impl FnOnce(Uuid) -> Option<TickPlace>,
-) -> Result<Disposition, StoreError> {
+async fn tick(deps: &Deps, config: &PollConfig, run_id: Uuid, delivery: &Delivery) -> Result<Disposition, StoreError> {
     let (run, task) = match load(deps, config, run_id, delivery).await? {
         Loaded::Live(run, task) => (*run, task),
         Loaded::Settled(disposition) => return Ok(disposition),
@@ -183,15 +119,19 @@ async fn tick(
     let mut tick = observe_from(deps, config, &run, &task, delivery, now).await?;
     let canceled = tick.canceled;
     // A canceled run's tick asks MCE nothing and is never held back.
-    let _place = match (canceled, place(run.account.tenant_id())) {
+    let tenant = run.account.tenant_id();
+    let admission = deps.mce.admission();
+    let _place = match (canceled, admission.tick(tenant)) {
         (true, place) => place,
         (false, Some(place)) => Some(place),
         (false, None) => {
             // Past the tenant's share of ticks in flight (the others of the
             // tenant are waiting on MCE already): this check is skipped and
-            // the run comes back after its usual delay.
+            // the run comes back after its usual delay, stretched like
+            // every other of the tenant's runs.
             deps.metrics.inc(crate::adapters::metrics::POLL_TICKS_DEFERRED, &[]);
-            return Ok(Disposition::Retry(deferred_delay(&tick, config, now, fastrand::f64())));
+            let delay = deferred_delay(&tick, config, now, fastrand::f64());
+            return Ok(Disposition::Retry(admission.stretched(tenant, delay)));
         }
     };
     let session = match open_session(deps, config, &run, &mut tick).await {
@@ -463,28 +403,17 @@ async fn conclude(
                 // The run left `running` meanwhile (canceled): look again at once.
                 return Ok(Disposition::Retry(std::time::Duration::ZERO));
             }
-            return Ok(Disposition::Retry(delay));
+            // While the tenant asks for more checks than its budget serves,
+            // all its running runs wait a little longer (core/admission.rs);
+            // a readiness check or a retry after no answer keeps its backoff.
+            let running = state.rowset_attempts == 0 && state.transient_errors == 0;
+            return Ok(Disposition::Retry(if running {
+                deps.mce.admission().stretched(run.account.tenant_id(), delay)
+            } else {
+                delay
+            }));
         }
     };
     end_run(deps, run, ending, object_id, Utc::now()).await?;
     Ok(Disposition::Ack)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::TickShares;
-    use uuid::Uuid;
-
-    #[test]
-    fn a_tenant_holds_at_most_its_share_and_a_finished_tick_gives_its_place_back() {
-        let shares = TickShares::new(2);
-        let (busy, other) = (Uuid::new_v4(), Uuid::new_v4());
-        let first = shares.take(busy).expect("a first place");
-        let _second = shares.take(busy).expect("a second place");
-        assert!(shares.take(busy).is_none(), "a third is past the share");
-        assert!(shares.take(other).is_some(), "another tenant is not held back");
-        drop(first);
-        assert!(shares.take(busy).is_some(), "a place given back is taken again");
-        assert!(TickShares::new(0).take(busy).is_some(), "a share is at least one");
-    }
 }

@@ -333,7 +333,13 @@ fn a_transient_failure_reschedules_until_the_budget() {
 
 #[test]
 fn the_row_probe_is_for_temp_des_and_respects_its_gates() {
-    let mut t = tick("Processing");
+    let mut plain = tick("Processing");
+    plain.temp_de = true;
+    assert!(
+        matches!(decide_at(&plain, 60_000), Decision::Done(Outcome::Reschedule { .. })),
+        "a status not in doubt is the tick's one call"
+    );
+    let mut t = tick_with(state(1), "Processing", Some("1/16/2026 10:54:35 AM"));
     t.temp_de = true;
     assert!(
         matches!(decide_at(&t, 4999), Decision::Done(Outcome::Reschedule { .. })),
@@ -342,9 +348,10 @@ fn the_row_probe_is_for_temp_des_and_respects_its_gates() {
     assert_eq!(decide_at(&t, 5000), Decision::Ask(Question::ProbeRows));
     let mut target = t.clone();
     target.temp_de = false;
-    assert!(
-        matches!(decide_at(&target, 60_000), Decision::Done(Outcome::Reschedule { .. })),
-        "never for a target DE"
+    assert_eq!(
+        decide_at(&target, 60_000),
+        Decision::Ask(Question::CheckIsRunning),
+        "never for a target DE: isRunning alone"
     );
 
     t.probe = Some(ProbeObservation::Rows { count: 12 });
@@ -356,12 +363,14 @@ fn the_row_probe_is_for_temp_des_and_respects_its_gates() {
         })
     );
     t.probe = Some(ProbeObservation::NoSignal);
+    t.is_running = Some(IsRunningObservation::Running);
     let (_, next, write) = reschedule(decide_at(&t, 5000));
     assert!(write);
-    assert_eq!((next.probe_attempts, next.last_probe_at), (1, Some(at(5000))));
+    assert_eq!((next.probe_attempts, next.last_look_at), (1, Some(at(5000))));
 
-    let mut later = tick_with(next, "Processing", None);
+    let mut later = tick_with(next, "Processing", Some("1/16/2026 10:54:35 AM"));
     later.temp_de = true;
+    later.is_running = Some(IsRunningObservation::Running);
     assert!(
         matches!(decide_at(&later, 19_999), Decision::Done(Outcome::Reschedule { .. })),
         "just below the interval"
@@ -388,6 +397,46 @@ fn the_is_running_gate_opens_on_completed_date_or_when_stuck() {
         Decision::Done(Outcome::Reschedule { .. })
     ));
     assert_eq!(decide_at(&stuck, 180_000), Decision::Ask(Question::CheckIsRunning));
+}
+
+#[test]
+fn a_stuck_run_is_looked_past_its_status_at_spaced_ticks() {
+    let mut stuck = tick_with(state(10), "Queued", None);
+    stuck.temp_de = true;
+    // The first stuck look: probe, then isRunning, and the look is written.
+    assert_eq!(decide_at(&stuck, 200_000), Decision::Ask(Question::ProbeRows));
+    stuck.probe = Some(ProbeObservation::NoSignal);
+    assert_eq!(decide_at(&stuck, 200_000), Decision::Ask(Question::CheckIsRunning));
+    stuck.is_running = Some(IsRunningObservation::Running);
+    let (_, looked, write) = reschedule(decide_at(&stuck, 200_000));
+    assert!(write);
+    assert_eq!(looked.last_look_at, Some(at(200_000)));
+    // A quarter of its age later (at 266.7 s), not before: the status alone.
+    let next = |ms| {
+        let mut t = tick_with(looked.clone(), "Queued", None);
+        t.temp_de = true;
+        decide_at(&t, ms)
+    };
+    assert!(matches!(
+        next(266_000),
+        Decision::Done(Outcome::Reschedule { write: false, .. })
+    ));
+    assert_eq!(next(267_000), Decision::Ask(Question::ProbeRows));
+    // A target DE's stuck run: isRunning alone, spaced the same way.
+    let mut target = tick_with(state(10), "Queued", None);
+    target.is_running = Some(IsRunningObservation::Running);
+    let (_, looked, _) = reschedule(decide_at(&target, 400_000));
+    let mut again = tick_with(looked, "Queued", None);
+    assert!(matches!(
+        decide_at(&again, 533_000),
+        Decision::Done(Outcome::Reschedule { .. })
+    ));
+    assert_eq!(decide_at(&again, 534_000), Decision::Ask(Question::CheckIsRunning));
+    // A not-running answer is confirmed at the next tick, whatever the spacing.
+    again.is_running = Some(IsRunningObservation::NotRunning);
+    let (_, first, _) = reschedule(decide_at(&again, 534_000));
+    let confirm = tick_with(first, "Queued", None);
+    assert_eq!(decide_at(&confirm, 549_000), Decision::Ask(Question::CheckIsRunning));
 }
 
 #[test]

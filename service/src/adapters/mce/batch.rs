@@ -1,7 +1,7 @@
 //! Status checks that fall due together share one call. The first tick of a
 //! tenant, user and business unit to ask opens a batch and waits a short
 //! window (`STATUS_BATCH_WINDOW_MS`), then for its place at the tenant's
-//! gate; the ticks of the same key that ask meanwhile join it, up to
+//! admission; the ticks of the same key that ask meanwhile join it, up to
 //! `STATUS_BATCH_MAX`. So a batch grows with congestion (group commit): the
 //! longer a tenant's calls wait for a place, the more checks each one
 //! answers, and the fewer calls the tenant makes per check. Then one `Retrieve
@@ -31,12 +31,12 @@ type Key = shell_query_core::account::Account;
 /// What a batch asks MCE through: one account's session (`client::Session`,
 /// whose `Mce` holds the batcher).
 pub(crate) trait StatusSource: Sync {
-    /// A place at the tenant's gate, held for one call.
+    /// A place at the tenant's admission, held for one call.
     type Place: Send;
     /// The account it speaks for.
     fn key(&self) -> Key;
-    /// Waits for a place at the tenant's gate; `Err` when the tenant holds
-    /// its share already (the answer every check of the batch then gets).
+    /// Waits for a place at the tenant's admission; `Err` is the answer
+    /// every check of the batch then gets.
     fn place(&self) -> impl Future<Output = Result<Self::Place, MceError>> + Send;
     /// One task's status (the call takes its own place).
     fn async_status(&self, task_id: &str) -> impl Future<Output = Answer> + Send;
@@ -246,7 +246,7 @@ mod tests {
     use super::*;
     use shell_query_core::account::{Account, Mid};
 
-    /// A source whose gate never gives a place (a congested tenant).
+    /// A source whose admission never gives a place (a congested tenant).
     struct Stuck(Account);
 
     impl StatusSource for Stuck {

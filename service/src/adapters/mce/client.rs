@@ -7,9 +7,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::admission::Permit;
 use super::auth::{Auth, Grant, TokenKey, read_grant};
 use super::error::{MceError, Op, Timeouts};
-use super::gate::Permit;
 use super::rest::{self, Rowset, Validation};
 use super::soap::{self, AsyncStatus, DataExtensionInfo, DeTarget, FieldInfo, QueryDefinitionSpec, ReadError, Verb};
 use super::xml::{self, Element};
@@ -59,8 +59,9 @@ pub struct Mce {
     retry: RetryPolicy,
     timeouts: Timeouts,
     metrics: std::sync::Arc<crate::adapters::metrics::Metrics>,
-    /// Each tenant's adaptive limit of calls in flight at MCE.
-    gate: super::gate::Gate,
+    /// Each tenant's admission: its adaptive limit of calls in flight at
+    /// MCE, its share of ticks, its stretch.
+    admission: super::admission::Admission,
     /// Status checks that fall due together, asked in one call.
     statuses: std::sync::Arc<super::batch::StatusBatcher>,
     /// Tenant subdomains, read once per process: a poll tick reads only its run.
@@ -179,7 +180,7 @@ impl Mce {
             retry,
             timeouts: Timeouts::default(),
             metrics: Default::default(),
-            gate: Default::default(),
+            admission: Default::default(),
             statuses: Default::default(),
             tssds: Default::default(),
         }
@@ -191,11 +192,16 @@ impl Mce {
         self
     }
 
-    /// Admits each tenant's calls through this gate (default: 8 a tenant
-    /// growing to 64, unbounded waiting).
-    pub(crate) fn with_gate(mut self, gate: super::gate::Gate) -> Self {
-        self.gate = gate;
+    /// Admits each tenant's ticks and calls through this admission
+    /// (default: calls 8 a tenant growing to 64, ticks unbounded).
+    pub(crate) fn with_admission(mut self, admission: super::admission::Admission) -> Self {
+        self.admission = admission;
         self
+    }
+
+    /// The tenants' admission (the poll handler takes tick places in it).
+    pub(crate) fn admission(&self) -> &super::admission::Admission {
+        &self.admission
     }
 
     /// Asks the status of tasks of one tenant, user and business unit that
@@ -258,8 +264,8 @@ impl super::batch::StatusSource for Session<'_> {
         Session::key(self).clone()
     }
 
-    fn place(&self) -> impl Future<Output = Result<Permit, MceError>> + Send {
-        self.place_for(Op::AsyncStatuses)
+    async fn place(&self) -> Result<Permit, MceError> {
+        Ok(self.place_for().await)
     }
 
     fn async_status(&self, task_id: &str) -> impl Future<Output = Result<AsyncStatus, MceError>> + Send {
@@ -353,17 +359,10 @@ impl Session<'_> {
         self.call_in(None, op, exchange).await
     }
 
-    /// The tenant's place at MCE (its adaptive limit of calls in flight);
-    /// a tenant holding its share of places already is told to slow down.
-    async fn place_for(&self, op: Op) -> Result<Permit, MceError> {
-        self.mce
-            .gate
-            .enter(self.key.tenant_id())
-            .await
-            .ok_or(MceError::RateLimited {
-                op: op.name(),
-                retry_after: Some(std::time::Duration::from_secs(1)),
-            })
+    /// The tenant's place at MCE (this replica's part of its adaptive
+    /// limit of calls in flight).
+    async fn place_for(&self) -> Permit {
+        self.mce.admission.enter(self.key.tenant_id()).await
     }
 
     /// [`Session::call`] in a place already held (`Some`), or in one it
@@ -388,7 +387,7 @@ impl Session<'_> {
         let started = std::time::Instant::now();
         let _place = match place {
             Some(place) => place,
-            None => self.place_for(op).await?,
+            None => self.place_for().await,
         };
         let result = self.call_inner(op, exchange).instrument(span).await;
         self.mce.metrics.observe(
@@ -408,7 +407,7 @@ impl Session<'_> {
             Err(MceError::Unavailable { .. } | MceError::Unreachable { .. }) => Signal::Failed,
             Err(_) => return,
         };
-        self.mce.gate.record(self.key.tenant_id(), signal);
+        self.mce.admission.record(self.key.tenant_id(), signal);
     }
 
     async fn call_inner<T, F, Fut>(&self, op: Op, mut exchange: F) -> Result<T, MceError>
@@ -475,7 +474,7 @@ impl Session<'_> {
         self.soap_in(None, op, verb, body).await
     }
 
-    /// A SOAP call in `place` (a place at the tenant's gate the caller
+    /// A SOAP call in `place` (a place at the tenant's admission the caller
     /// already holds), or in a place of its own when `None`.
     async fn soap_in(&self, place: Option<Permit>, op: Op, verb: Verb, body: &str) -> Result<Element, MceError> {
         let url = self.url(&self.mce.urls.soap, "/Service.asmx");
@@ -613,7 +612,7 @@ impl Session<'_> {
     }
 
     /// The statuses of several tasks in one call, by TaskID, in a place at
-    /// the tenant's gate; a task MCE leaves out is missing from the map.
+    /// the tenant's admission; a task MCE leaves out is missing from the map.
     async fn async_statuses_in(
         &self,
         place: Option<Permit>,

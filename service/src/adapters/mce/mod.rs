@@ -6,11 +6,11 @@
 //! contacted, with a tenant subdomain that matched `[a-z0-9-]+`. No host is
 //! ever taken from a response or a database value.
 
+pub mod admission;
 pub mod auth;
 pub mod batch;
 pub mod client;
 pub mod error;
-pub mod gate;
 pub mod rest;
 pub mod soap;
 pub mod xml;

@@ -57,7 +57,7 @@ fn to_run(m: runs::Model) -> Result<Run, StoreError> {
             rowset_attempts: count(m.poll_rowset_attempts),
             rowset_first_at: m.poll_rowset_first_at,
             probe_attempts: count(m.poll_probe_attempts),
-            last_probe_at: m.poll_last_probe_at,
+            last_look_at: m.poll_last_probe_at,
             transient_errors: count(m.poll_transient_errors),
             last_status: m.poll_last_status,
         },
@@ -381,7 +381,7 @@ pub async fn save_poll_state(store: &Store, id: Uuid, s: &PollState) -> Result<b
         .col_expr(runs::Column::PollRowsetAttempts, Expr::value(int(s.rowset_attempts)))
         .col_expr(runs::Column::PollRowsetFirstAt, Expr::value(s.rowset_first_at))
         .col_expr(runs::Column::PollProbeAttempts, Expr::value(int(s.probe_attempts)))
-        .col_expr(runs::Column::PollLastProbeAt, Expr::value(s.last_probe_at))
+        .col_expr(runs::Column::PollLastProbeAt, Expr::value(s.last_look_at))
         .col_expr(runs::Column::PollTransientErrors, Expr::value(int(s.transient_errors)))
         .col_expr(runs::Column::PollLastStatus, Expr::value(s.last_status.clone()))
         .filter(runs::Column::Id.eq(id))
