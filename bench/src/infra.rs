@@ -31,6 +31,8 @@ pub struct Bench {
     pub mid: String,
     pub db: sea_orm::DatabaseConnection,
     pub worker: Option<Worker>,
+    /// More replicas beside `worker` (`realistic --replicas`).
+    pub others: Vec<Worker>,
 }
 
 /// The release worker next to this binary, unless `SHELL_QUERY_WORKER_BIN`
@@ -68,6 +70,7 @@ impl Bench {
             mid: "510000123".into(),
             db: sea_orm::DatabaseConnection::default(),
             worker: None,
+            others: Vec::new(),
         };
         let env = bench.env(&[]);
         let (code, _, err) = run_command(&["migrate"], &env, None);
@@ -117,9 +120,19 @@ impl Bench {
         tests::add_tenant(&self.env(&[]), &self.sim, mid).map_err(anyhow::Error::msg)
     }
 
-    /// A counter or gauge of the worker's `/metrics` (0 when absent).
+    /// A counter or gauge of the workers' `/metrics`, summed over the
+    /// replicas (0 when absent).
     pub async fn metric(&self, line_prefix: &str) -> f64 {
-        self.worker().metric(line_prefix).await.unwrap_or(0.0)
+        let mut sum = 0.0;
+        for worker in self.workers() {
+            sum += worker.metric(line_prefix).await.unwrap_or(0.0);
+        }
+        sum
+    }
+
+    /// Every running replica, the first one first.
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.worker.iter().chain(&self.others)
     }
 
     pub fn env(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
@@ -151,6 +164,17 @@ impl Bench {
         // The production default: info, not the tests' debug.
         env.push(("RUST_LOG".into(), "info".into()));
         self.worker = Some(Worker::start(&env).await);
+    }
+
+    /// `n` replicas on the same nats-server and database (the first as
+    /// [`Bench::start_worker`]).
+    pub async fn start_workers(&mut self, n: usize, extra: &[(&str, String)]) {
+        self.start_worker(extra).await;
+        let mut env = self.env(extra);
+        env.push(("RUST_LOG".into(), "info".into()));
+        for _ in 1..n {
+            self.others.push(Worker::start(&env).await);
+        }
     }
 
     pub fn worker(&self) -> &Worker {

@@ -2,7 +2,10 @@
 //! very different sizes (one holds half), every MCE call answered after a
 //! log-normal latency, each business unit limited to a rate of calls (429
 //! with `Retry-After` above it). Reports per tenant size: tick lateness,
-//! status checks, 429s; and the replica's CPU, memory and MCE calls per tick.
+//! status checks served against asked, MCE requests per check, 429s, each
+//! business unit's MCE calls per second summed over the replicas against
+//! its limit; and each replica's CPU and memory. `--refuse-in` makes the
+//! simulator refuse `TaskID IN` filters (every check a call of its own).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -35,6 +38,12 @@ pub struct Settings {
     /// The worker's STATUS_BATCH_WINDOW_MS (0: one status call per task).
     #[arg(long, default_value_t = 20)]
     pub batch_window_ms: u64,
+    /// Worker processes on the same nats-server and database.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// The simulator refuses `TaskID IN` filters.
+    #[arg(long)]
+    pub refuse_in: bool,
 }
 
 /// Runs per tenant: the first holds half; the rest share the other half
@@ -82,6 +91,7 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     bench.sim.set_load(Load {
         latency: Some((Duration::from_millis(s.median_ms), Duration::from_millis(s.p99_ms))),
         calls_per_second: Some(s.rate),
+        refuse_in_filter: s.refuse_in,
         ..Load::default()
     });
     let mut settings = worker_settings(s.delay_ms, 0.0);
@@ -90,9 +100,9 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     // one delay: the reconciler must not take a row still waiting for its
     // message for a lost one.
     settings.push(("RECONCILER_GRACE_MS", (2 * s.delay_ms + 600_000).to_string()));
-    bench.start_worker(&settings).await;
+    bench.start_workers(s.replicas.max(1), &settings).await;
     let js = jetstream::new(bench.nats.admin().await);
-    let pid = bench.worker().pid();
+    let pids: Vec<u32> = bench.workers().map(|w| w.pid()).collect();
 
     // Queries of realistic durations: log-normal, median 10 minutes, most
     // between 2 and 40 (MCE's own limit is 30), none ending inside the
@@ -142,10 +152,11 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     let throttled_before = bench.sim.throttled();
     let deferred0 = bench.metric("shell_query_poll_ticks_deferred_total ").await;
     let late0 = lateness_buckets(&bench).await;
-    let (t0, c0, at0) = (bench.ticks().await, cpu_seconds(pid)?, Instant::now());
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).collect::<anyhow::Result<Vec<f64>>>();
+    let (t0, c0, at0) = (bench.ticks().await, cpu(&pids)?, Instant::now());
     tokio::time::sleep(Duration::from_secs(s.seconds)).await;
-    let (t1, c1, elapsed) = (bench.ticks().await, cpu_seconds(pid)?, at0.elapsed().as_secs_f64());
-    let rss = rss_mib(pid)?;
+    let (t1, c1, elapsed) = (bench.ticks().await, cpu(&pids)?, at0.elapsed().as_secs_f64());
+    let rss = pids.iter().map(|p| rss_mib(*p)).collect::<anyhow::Result<Vec<f64>>>()?;
     let throttled_tenants = bench.metric("shell_query_tenants_throttled ").await;
     let deferred = bench.metric("shell_query_poll_ticks_deferred_total ").await - deferred0;
     let late1 = lateness_buckets(&bench).await;
@@ -161,6 +172,15 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     // task's tenant's; an IN request is the tenant of its first task (its
     // per-task records follow it).
     let mut requests_of = vec![0usize; tenants.len()];
+    // Per business unit (one per tenant here), requests in each second of
+    // the window, whatever replica made them.
+    let window_start = calls.first().map_or(at0, |c| c.at.min(at0));
+    let mut per_second: Vec<HashMap<u64, u32>> = vec![HashMap::new(); tenants.len()];
+    let mut count_at = |index: usize, at: Instant| {
+        *per_second[index]
+            .entry(at.saturating_duration_since(window_start).as_secs())
+            .or_default() += 1;
+    };
     let mut in_request = false;
     for call in &calls {
         if call.action.ends_with(":IN-request") {
@@ -171,6 +191,7 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
             if let Some(task) = de_task.get(&call.detail) {
                 answered.insert(task.as_str(), call.at + call.latency);
                 requests_of[owner[task]] += 1;
+                count_at(owner[task], call.at);
             }
             continue;
         }
@@ -187,6 +208,7 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
         checks[index] += 1;
         if !call.action.ends_with(":IN") || std::mem::take(&mut in_request) {
             requests_of[index] += 1;
+            count_at(index, call.at);
         }
         if let Some(previous) = answered.insert(call.detail.as_str(), call.at + call.latency) {
             let gap = call.at.saturating_duration_since(previous).as_secs_f64() * 1000.0;
@@ -200,7 +222,7 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
 
     let ticks = (t1 - t0) as f64;
     println!(
-        "{} runs in flight over {} tenants (the largest {}, the smallest {}), each polled every {} ms (no jitter); MCE answers after a log-normal latency (median {} ms, p99 {} ms) and allows each business unit {} calls/s (429 with Retry-After: 1 above it); status batching window {} ms. Measured over {} s.",
+        "{} runs in flight over {} tenants (the largest {}, the smallest {}), each polled every {} ms (no jitter); MCE answers after a log-normal latency (median {} ms, p99 {} ms) and allows each business unit {} calls/s (429 with Retry-After: 1 above it){}; status batching window {} ms; {} replica(s). Measured over {} s.",
         s.runs,
         tenants.len(),
         sizes[0],
@@ -209,35 +231,42 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
         s.median_ms,
         s.p99_ms,
         s.rate,
+        if s.refuse_in { ", refusing TaskID IN filters" } else { "" },
         s.batch_window_ms,
+        pids.len(),
         s.seconds
     );
     println!();
+    let asked = |index: usize| sizes[index] as f64 * 1000.0 / s.delay_ms as f64;
+    let peak = |index: usize| per_second[index].values().copied().max().unwrap_or(0);
     println!(
-        "| tenants | runs | status checks/s | MCE requests per check (status and row probe) | lateness p50 | p90 | p99 | max | 429s |"
+        "| tenants | runs | status checks/s | served ÷ asked | MCE requests per check (status and row probe) | lateness p50 | p90 | p99 | max | 429s | busiest business unit's peak MCE calls/s, all replicas (limit {}) |",
+        s.rate
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (label, range) in groups(tenants.len()) {
         let mut late: Vec<f64> = range.clone().flat_map(|i| lateness[i].iter().copied()).collect();
         late.sort_by(f64::total_cmp);
         let runs: usize = sizes[range.clone()].iter().sum();
         let checked: usize = checks[range.clone()].iter().sum();
         let refused: u64 = range.clone().map(refusals).sum();
+        let asked_rate: f64 = range.clone().map(asked).sum();
         println!(
-            "| {label} | {runs} | {:.0} | {:.2} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {refused} |",
+            "| {label} | {runs} | {:.0} | {:.0} % | {:.2} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms | {refused} | {} |",
             checked as f64 / elapsed,
+            100.0 * checked as f64 / elapsed / asked_rate.max(f64::MIN_POSITIVE),
             range.clone().map(|i| requests_of[i]).sum::<usize>() as f64 / checked.max(1) as f64,
             percentile(&late, 50.0),
             percentile(&late, 90.0),
             percentile(&late, 99.0),
             late.last().copied().unwrap_or(0.0),
+            range.clone().map(peak).max().unwrap_or(0),
         );
     }
     println!();
     // The target reads per tenant: p99 under 1 s for each tenant neither
     // MCE throttled (429s in the window) nor its cap held back (checked at
     // less than 90 % of the rate its runs ask), whatever those went through.
-    let asked = |index: usize| sizes[index] as f64 * 1000.0 / s.delay_ms as f64;
     let held = |index: usize| {
         if refusals(index) > 0 {
             Some("throttled by MCE")
@@ -282,19 +311,23 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "| ticks/s | of which deferred (tenant's share full) | MCE requests per tick (429s included) | worker CPU | CPU per tick | worker RSS | tenants held below their start |"
+        "| replicas | ticks/s | of which deferred (tenant's share full) | MCE requests per tick (429s included) | MCE requests per status check | worker CPU, each replica | CPU per tick | worker RSS, each replica | tenants held below their start |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     // Requests MCE received: the per-task records of IN calls are not requests.
     let requests = calls.iter().filter(|c| !c.action.ends_with(":IN")).count() as f64;
+    let cpu_used: Vec<f64> = c1.iter().zip(&c0).map(|(a, b)| a - b).collect();
+    let each = |values: Vec<String>| values.join(" / ");
     println!(
-        "| {:.0} | {:.0} | {:.2} | {:.0} % of one core | {:.0} µs | {:.0} MiB | {throttled_tenants} |",
+        "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {} | {:.0} µs | {} | {throttled_tenants} |",
+        pids.len(),
         ticks / elapsed,
         deferred / elapsed,
         requests / ticks.max(1.0),
-        100.0 * (c1 - c0) / elapsed,
-        1e6 * (c1 - c0) / ticks.max(1.0),
-        rss,
+        requests / (checks.iter().sum::<usize>() as f64).max(1.0),
+        each(cpu_used.iter().map(|c| format!("{:.0} %", 100.0 * c / elapsed)).collect()),
+        1e6 * cpu_used.iter().sum::<f64>() / ticks.max(1.0),
+        each(rss.iter().map(|r| format!("{r:.0} MiB")).collect()),
     );
     println!();
     println!(
@@ -306,17 +339,27 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The worker's own tick lateness histogram: (upper bound in seconds,
-/// ticks at most that late), cumulative.
+/// The workers' own tick lateness histogram, summed over the replicas:
+/// (upper bound in seconds, ticks at most that late), cumulative.
 async fn lateness_buckets(bench: &Bench) -> Vec<(f64, f64)> {
-    let text = bench.worker().http_get("/metrics").await.unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("shell_query_poll_tick_lateness_seconds_bucket{le=\""))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse().ok()?))
-        })
-        .collect()
+    let mut sum: Vec<(f64, f64)> = Vec::new();
+    for worker in bench.workers() {
+        let text = worker.http_get("/metrics").await.unwrap_or_default();
+        let buckets = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("shell_query_poll_tick_lateness_seconds_bucket{le=\""))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse::<f64>().ok()?))
+            });
+        for (i, (le, count)) in buckets.enumerate() {
+            match sum.get_mut(i) {
+                Some(slot) => slot.1 += count,
+                None => sum.push((le, count)),
+            }
+        }
+    }
+    sum
 }
 
 /// The smallest bucket bound holding `q` of the window's ticks.

@@ -237,3 +237,80 @@ async fn a_congested_tenant_s_batches_grow_while_they_wait_for_a_place() {
         "{single} single calls and {requests} IN requests for {checks} status checks"
     );
 }
+
+/// The most calls about status MCE held at once, from its own record.
+fn most_status_calls_at_once(system: &System) -> usize {
+    let mut edges: Vec<(Instant, i32)> = system
+        .sim
+        .calls()
+        .into_iter()
+        .filter(|c| c.action.starts_with("soap:Retrieve:AsyncActivityStatus") && !c.action.ends_with(":IN"))
+        .flat_map(|c| [(c.at, 1), (c.at + c.latency, -1)])
+        .collect();
+    // An answer leaving at the instant another call arrives is not overlap.
+    edges.sort_by_key(|(at, step)| (*at, *step));
+    let (mut now, mut most) = (0, 0);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+/// One budget across replicas: two workers polling one business unit
+/// together keep within the calls in flight one replica may make
+/// (TENANT_CONCURRENCY_MAX 4), though each alone would make 4 and the runs
+/// ask for more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_keep_a_business_unit_within_one_budget() {
+    let system = System::start_with(&[
+        ("TENANT_CONCURRENCY_INITIAL", "4"),
+        ("TENANT_CONCURRENCY_MAX", "4"),
+        // One status call per check: the runs ask about 60 calls a second.
+        ("STATUS_BATCH_WINDOW_MS", "0"),
+        ("POLL_SCHEDULE", "exponential"),
+        ("POLL_INITIAL_DELAY_MS", "400"),
+        ("POLL_MAX_DELAY_MS", "400"),
+        ("POLL_JITTER_RANGE", "0.2"),
+    ])
+    .await;
+    let second = system.extra_worker().await;
+    let first = system.worker.as_ref().unwrap();
+    for worker in [first, &second] {
+        tests::wait_for("each replica counting two", Duration::from_secs(30), || async {
+            worker.metric("shell_query_replicas ").await == Some(2.0)
+        })
+        .await;
+    }
+    system
+        .sim
+        .script("FROM Shared", Scenario::completes_after(Duration::from_secs(12), 1));
+    let ids: Vec<_> = futures::future::join_all((0..24).map(|_| system.submit("SELECT A FROM Shared", None))).await;
+    for id in &ids {
+        system.started(*id).await;
+    }
+    system.sim.clear_calls();
+    system.sim.set_load(Load {
+        latency: Some((Duration::from_millis(250), Duration::from_millis(300))),
+        ..Load::default()
+    });
+    for id in &ids {
+        assert_eq!(
+            system.wait_terminal(*id, Duration::from_secs(120)).await.status,
+            "ready",
+            "worker log:\n{}",
+            system.log()
+        );
+    }
+    let (a, b) = (
+        first.metric("shell_query_poll_ticks_total ").await.unwrap_or(0.0),
+        second.metric("shell_query_poll_ticks_total ").await.unwrap_or(0.0),
+    );
+    assert!(a > 0.0 && b > 0.0, "both replicas polled: {a} and {b} ticks");
+    let most = most_status_calls_at_once(&system);
+    assert!(most >= 2, "the runs asked for calls at once: {most}");
+    assert!(
+        most <= 4,
+        "{most} status calls at MCE at once from two replicas; one budget is 4"
+    );
+}

@@ -304,4 +304,84 @@ mod tests {
             "the next check opens a new batch"
         );
     }
+
+    /// A source whose place is given when the test says, and which answers
+    /// every task of a call, recording each call's tasks.
+    struct Gated {
+        account: Account,
+        open: tokio::sync::Semaphore,
+        calls: Mutex<Vec<usize>>,
+    }
+
+    impl StatusSource for Gated {
+        type Place = ();
+        fn key(&self) -> Key {
+            self.account.clone()
+        }
+        async fn place(&self) -> Result<(), MceError> {
+            self.open.acquire().await.expect("open").forget();
+            Ok(())
+        }
+        async fn async_status(&self, task: &str) -> Answer {
+            self.async_status_in((), task).await
+        }
+        async fn async_status_in(&self, _: (), _: &str) -> Answer {
+            self.calls.lock().unwrap().push(1);
+            Ok(AsyncStatus {
+                status: Some("Processing".into()),
+                error_msg: None,
+                completed_date: None,
+            })
+        }
+        async fn async_statuses_in(&self, _: (), ids: &[&str]) -> Result<HashMap<String, AsyncStatus>, MceError> {
+            self.calls.lock().unwrap().push(ids.len());
+            Ok(ids
+                .iter()
+                .map(|id| {
+                    let status = AsyncStatus {
+                        status: Some("Processing".into()),
+                        error_msg: None,
+                        completed_date: None,
+                    };
+                    (id.to_string(), status)
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_grows_while_its_call_waits_for_a_place_and_one_call_answers_all() {
+        let batcher = Arc::new(StatusBatcher::new(Duration::from_millis(1), 50));
+        let source = Arc::new(Gated {
+            account: Account::new(Uuid::new_v4(), None, Mid::parse("1").unwrap()),
+            open: tokio::sync::Semaphore::new(0),
+            calls: Mutex::new(Vec::new()),
+        });
+        let check = |task: String| {
+            let (batcher, source) = (batcher.clone(), source.clone());
+            tokio::spawn(async move { batcher.status(&*source, &task).await })
+        };
+        let mut checks = vec![check("t0".into())];
+        // Past its window, the leader waits for its place, the batch open...
+        while batcher.open.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // ...and the checks that fall due meanwhile join it.
+        checks.extend((1..11).map(|i| check(format!("t{i}"))));
+        while batcher
+            .open
+            .lock()
+            .unwrap()
+            .values()
+            .all(|b| b.items.lock().unwrap().len() < 11)
+        {
+            tokio::task::yield_now().await;
+        }
+        source.open.add_permits(1);
+        for c in checks {
+            assert!(c.await.unwrap().is_ok());
+        }
+        assert_eq!(*source.calls.lock().unwrap(), [11], "one call for the eleven checks");
+    }
 }
