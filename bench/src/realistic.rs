@@ -152,7 +152,11 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
     let throttled_before = bench.sim.throttled();
     let deferred0 = bench.metric("shell_query_poll_ticks_deferred_total ").await;
     let late0 = lateness_buckets(&bench).await;
-    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).collect::<anyhow::Result<Vec<f64>>>();
+    let cpu = |pids: &[u32]| {
+        pids.iter()
+            .map(|p| cpu_seconds(*p))
+            .collect::<anyhow::Result<Vec<f64>>>()
+    };
     let (t0, c0, at0) = (bench.ticks().await, cpu(&pids)?, Instant::now());
     tokio::time::sleep(Duration::from_secs(s.seconds)).await;
     let (t1, c1, elapsed) = (bench.ticks().await, cpu(&pids)?, at0.elapsed().as_secs_f64());
@@ -231,7 +235,11 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
         s.median_ms,
         s.p99_ms,
         s.rate,
-        if s.refuse_in { ", refusing TaskID IN filters" } else { "" },
+        if s.refuse_in {
+            ", refusing TaskID IN filters"
+        } else {
+            ""
+        },
         s.batch_window_ms,
         pids.len(),
         s.seconds
@@ -325,7 +333,12 @@ pub async fn realistic(s: Settings) -> anyhow::Result<()> {
         deferred / elapsed,
         requests / ticks.max(1.0),
         requests / (checks.iter().sum::<usize>() as f64).max(1.0),
-        each(cpu_used.iter().map(|c| format!("{:.0} %", 100.0 * c / elapsed)).collect()),
+        each(
+            cpu_used
+                .iter()
+                .map(|c| format!("{:.0} %", 100.0 * c / elapsed))
+                .collect()
+        ),
         1e6 * cpu_used.iter().sum::<f64>() / ticks.max(1.0),
         each(rss.iter().map(|r| format!("{r:.0} MiB")).collect()),
     );
