@@ -1,6 +1,8 @@
-//! Traces end to end: the service exports OTLP (here OTLP/HTTP JSON) to a
-//! local receiver; the execute span continues the publisher's trace, poll
-//! ticks link to it, MCE calls are spans with their operation and status.
+//! Traces end to end: the service exports OTLP (by default OTLP/HTTP
+//! protobuf) to a local receiver; one run is one trace: the execute span
+//! continues the publisher's, the poll message's PRODUCER span is its child,
+//! every tick a child of that, and MCE calls, database calls and status
+//! publishes children of the tick or step that made them.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,19 +21,42 @@ const PARENT_SPAN: &str = "00f067aa0ba902b7";
 /// OTLP's `SpanKind` numbers.
 const SPAN_KIND_SERVER: i64 = 2;
 const SPAN_KIND_CLIENT: i64 = 3;
+const SPAN_KIND_PRODUCER: i64 = 4;
 const SPAN_KIND_CONSUMER: i64 = 5;
 
-/// A few lines of OTLP/HTTP receiver: every export body, kept.
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
-    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
-    let store = bodies.clone();
+/// What an OTLP/HTTP receiver kept: every export, as OTLP/JSON (a protobuf
+/// body is decoded and re-encoded), and each request's content type.
+#[derive(Clone, Default)]
+struct Received {
+    bodies: Arc<Mutex<Vec<Value>>>,
+    content_types: Arc<Mutex<Vec<String>>>,
+}
+
+/// A few lines of OTLP/HTTP receiver, for protobuf and JSON bodies.
+async fn receiver() -> (String, Received) {
+    use prost::Message as _;
+    let received = Received::default();
+    let store = received.clone();
     let app = Router::new().route(
         "/v1/traces",
-        post(move |body: String| {
+        post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
             let store = store.clone();
             async move {
-                if let Ok(v) = serde_json::from_str(&body) {
-                    store.lock().unwrap().push(v);
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let decoded = if content_type == "application/x-protobuf" {
+                    opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body)
+                        .ok()
+                        .and_then(|r| serde_json::to_value(r).ok())
+                } else {
+                    serde_json::from_slice(&body).ok()
+                };
+                store.content_types.lock().unwrap().push(content_type);
+                if let Some(v) = decoded {
+                    store.bodies.lock().unwrap().push(v);
                 }
                 "{}"
             }
@@ -40,7 +65,7 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, bodies)
+    (url, received)
 }
 
 /// The TLS side of a receiver: the test CA's server certificate, offering
@@ -267,75 +292,156 @@ async fn publish_traced_execute(system: &System) -> Uuid {
     id
 }
 
+/// The span whose id is `id`.
+fn by_id<'a>(all: &'a [Value], id: &Value) -> Option<&'a Value> {
+    all.iter().find(|s| s["spanId"] == *id)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
-    let (url, bodies) = receiver().await;
+async fn one_run_is_one_trace_from_the_publisher_through_every_tick_to_its_ending() {
+    let (url, received) = receiver().await;
+    // No OTEL_EXPORTER_OTLP_PROTOCOL: the default, http/protobuf.
     let mut system = System::start_with(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ("RECONCILER_INTERVAL_MS", "1000"),
         ("SWEEPER_INTERVAL_MS", "1000"),
     ])
     .await;
+    let bodies = received.bodies.clone();
     let id = publish_traced_execute(&system).await;
     assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+    system.wait_event(id, "ready").await;
     let page = serde_json::json!({ "runId": id, "tenantId": system.tenant_id, "userId": system.user_id, "page": 1, "pageSize": 10 });
     system.request("results", page).await.expect("a results page");
     wait_for_passes(&bodies).await;
     // A clean stop flushes every buffered span.
     system.worker().terminate();
     assert_eq!(system.worker().wait_exit(Duration::from_secs(30)).await, Some(0));
+    let types = received.content_types.lock().unwrap().clone();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| t == "application/x-protobuf"),
+        "OTLP/HTTP protobuf by default: {types:?}"
+    );
 
     let all = spans(&bodies.lock().unwrap());
+    let run = id.to_string();
     let execute = all
         .iter()
-        .find(|s| s["name"] == "process shell_query.execute" && attr(s, "run.id").as_deref() == Some(&id.to_string()))
+        .find(|s| s["name"] == "process shell_query.execute" && attr(s, "run.id").as_deref() == Some(&run))
         .unwrap_or_else(|| panic!("no execute span among {} spans", all.len()));
     assert_eq!(
         execute["traceId"], TRACE_ID,
         "the execute span continues the publisher's trace"
     );
     assert_eq!(execute["parentSpanId"], PARENT_SPAN);
-    assert_eq!(attr(execute, "messaging.system").as_deref(), Some("nats"));
     assert_eq!(execute["kind"], SPAN_KIND_CONSUMER, "{execute}");
-    let execute_span = execute["spanId"].as_str().unwrap();
+    for (key, value) in [
+        ("messaging.system", "nats"),
+        ("messaging.operation.type", "process"),
+        ("messaging.destination.template", "shell_query.execute.{runId}"),
+        ("messaging.consumer.group.name", "shell-query-execute"),
+    ] {
+        assert_eq!(attr(execute, key).as_deref(), Some(value), "{key}: {execute}");
+    }
 
-    let polls: Vec<&Value> = all
+    // The poll message's PRODUCER span, a child of execute.
+    let poll_producer = all
         .iter()
-        .filter(|s| s["name"] == "process shell_query.poll" && attr(s, "run.id").as_deref() == Some(&id.to_string()))
+        .find(|s| s["name"] == "send shell_query.poll.{runId}")
+        .expect("a PRODUCER span for the poll publish");
+    assert_eq!(poll_producer["kind"], SPAN_KIND_PRODUCER);
+    assert_eq!(poll_producer["traceId"], TRACE_ID);
+    assert_eq!(poll_producer["parentSpanId"], execute["spanId"]);
+    assert_eq!(
+        attr(poll_producer, "messaging.destination.name"),
+        Some(format!("{PREFIX}.poll.{id}"))
+    );
+
+    // Every tick: in the run's trace, a child of the poll message's producer.
+    let ticks: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["name"] == "process shell_query.poll" && attr(s, "run.id").as_deref() == Some(&run))
         .collect();
-    assert!(!polls.is_empty(), "poll ticks are traced");
-    for poll in &polls {
-        assert_ne!(poll["traceId"], TRACE_ID, "each tick is its own trace");
-        assert_eq!(poll["kind"], SPAN_KIND_CONSUMER);
-        let links = poll["links"].as_array().expect("a link");
-        assert!(
-            links
-                .iter()
-                .any(|l| l["traceId"] == TRACE_ID && l["spanId"] == execute_span),
-            "{poll}"
+    assert!(ticks.len() >= 2, "poll ticks are traced: {}", ticks.len());
+    for tick in &ticks {
+        assert_eq!(tick["traceId"], TRACE_ID, "each tick is in the run's trace: {tick}");
+        assert_eq!(tick["parentSpanId"], poll_producer["spanId"], "{tick}");
+        assert_eq!(tick["kind"], SPAN_KIND_CONSUMER);
+        assert_eq!(
+            attr(tick, "messaging.consumer.group.name").as_deref(),
+            Some("shell-query-poll")
         );
         assert!(
-            attr(poll, "poll.count").is_some() && attr(poll, "poll.decision").is_some(),
-            "{poll}"
+            attr(tick, "poll.count").is_some() && attr(tick, "poll.decision").is_some(),
+            "{tick}"
         );
     }
+    // A tick's MCE status call and database read are its children.
+    let status_call = all
+        .iter()
+        .find(|s| s["name"] == "mce async_status" && ticks.iter().any(|t| t["spanId"] == s["parentSpanId"]))
+        .expect("a tick's status call is its child");
+    assert_eq!(status_call["kind"], SPAN_KIND_CLIENT);
+    assert_eq!(attr(status_call, "http.request.method").as_deref(), Some("POST"));
+    assert_eq!(attr(status_call, "server.address").as_deref(), Some("127.0.0.1"));
+    assert_eq!(attr(status_call, "http.response.status_code").as_deref(), Some("200"));
+    let db = all
+        .iter()
+        .find(|s| s["name"] == "UPDATE shell_query_runs" && s["traceId"] == TRACE_ID)
+        .expect("a database write in the run's trace");
+    for (key, value) in [
+        ("db.system.name", "postgresql"),
+        ("db.operation.name", "UPDATE"),
+        ("db.collection.name", "shell_query_runs"),
+    ] {
+        assert_eq!(attr(db, key).as_deref(), Some(value), "{key}: {db}");
+    }
+
+    // The status publishes: PRODUCER spans in the run's trace; the ending's
+    // is a child of the tick that ended the run.
+    let status_producers: Vec<&Value> = all
+        .iter()
+        .filter(|s| s["name"] == "send shell_query.status.{runId}" && s["traceId"] == TRACE_ID)
+        .collect();
+    assert!(
+        status_producers.len() >= 3,
+        "{} status publishes traced",
+        status_producers.len()
+    );
+    assert!(status_producers.iter().all(|s| s["kind"] == SPAN_KIND_PRODUCER));
+    let ending = ticks
+        .iter()
+        .find(|t| attr(t, "poll.decision").as_deref() == Some("ready"))
+        .expect("the tick that ended the run");
+    assert!(
+        status_producers.iter().any(|p| p["parentSpanId"] == ending["spanId"]),
+        "the ready event is published inside the ending tick"
+    );
+
+    // Walking up from any span of the run reaches the publisher's span.
+    for span in all.iter().filter(|s| s["traceId"] == TRACE_ID) {
+        let mut at = span;
+        let mut hops = 0;
+        while at["parentSpanId"] != PARENT_SPAN {
+            at = by_id(&all, &at["parentSpanId"]).unwrap_or_else(|| panic!("a broken tree at {at}"));
+            hops += 1;
+            assert!(hops < 20, "no cycle");
+        }
+    }
+    // No attribute set twice under two names.
+    assert!(
+        all.iter()
+            .all(|s| attr(s, "run_id").is_none() && attr(s, "tenant_id").is_none()),
+        "run.id and tenant.id only"
+    );
     let perform = all
         .iter()
         .find(|s| s["name"] == "mce perform" && attr(s, "mce.operation").as_deref() == Some("perform"))
         .expect("a span for the Perform call");
-    assert_eq!(
-        perform["traceId"], TRACE_ID,
-        "MCE calls are children of the execute trace"
-    );
+    assert_eq!(perform["traceId"], TRACE_ID, "MCE calls are in the run's trace");
     assert_eq!(perform["kind"], SPAN_KIND_CLIENT);
-    assert_eq!(attr(perform, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attr(perform, "mce.result").as_deref(), Some("ok"));
-    assert!(
-        all.iter()
-            .any(|s| s["name"] == "mce async_status" && attr(s, "mce.operation").as_deref() == Some("async_status"))
-    );
 
     // The results API, the reconciler and the sweeper: spans of their own,
     // each the root of its trace, with the MCE calls they make inside.
@@ -385,6 +491,32 @@ async fn spans_follow_the_run_from_the_publisher_through_every_poll() {
     for secret in tokens.chain([crate::support::REFRESH_TOKEN.to_string(), "test-secret".to_string()]) {
         assert!(!exported.contains(&secret), "spans carry no token or secret");
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=http/json` is honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_http_json_when_asked() {
+    let (url, received) = receiver().await;
+    let system = System::start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+    ])
+    .await;
+    let id = publish_traced_execute(&system).await;
+    assert_eq!(system.wait_terminal(id, Duration::from_secs(60)).await.status, "ready");
+    tests::wait_for(
+        "a JSON export with the execute span",
+        Duration::from_secs(30),
+        || async {
+            spans(&received.bodies.lock().unwrap())
+                .iter()
+                .any(|s| s["name"] == "process shell_query.execute")
+        },
+    )
+    .await;
+    let types = received.content_types.lock().unwrap().clone();
+    assert!(types.iter().all(|t| t == "application/json"), "{types:?}");
 }
 
 /// With no trace exporter configured, the publisher's W3C context still

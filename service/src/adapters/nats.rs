@@ -15,6 +15,7 @@ use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, ErrorCode};
 use bytes::Bytes;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use shell_query_core::event::StatusEvent;
@@ -717,6 +718,16 @@ pub async fn publish_poll(
     msg_id: &str,
 ) -> Result<PollPublished, NatsError> {
     let subject = subjects.poll(run);
+    let span = producer_span(&subject);
+    send_poll(js, subject, run, msg_id).instrument(span).await
+}
+
+async fn send_poll(
+    js: &jetstream::Context,
+    subject: String,
+    run: Uuid,
+    msg_id: &str,
+) -> Result<PollPublished, NatsError> {
     let body = Bytes::from(serde_json::to_vec(&PollMessage { run_id: run }).expect("a poll message serialises"));
     let mut headers = HeaderMap::new();
     crate::adapters::telemetry::inject(&mut headers);
@@ -749,19 +760,48 @@ async fn publish_json<T: serde::Serialize>(
     msg_id: String,
 ) -> Result<(), NatsError> {
     let payload = Bytes::from(serde_json::to_vec(body).expect("the service's messages serialise"));
-    let mut headers = HeaderMap::new();
-    crate::adapters::telemetry::inject(&mut headers);
-    let publish = Publish::build().payload(payload).message_id(msg_id).headers(headers);
-    let err = |detail: String| NatsError::Publish {
-        subject: subject.clone(),
-        detail,
-    };
-    js.send_publish(subject.clone(), publish)
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    Ok(())
+    let span = producer_span(&subject);
+    async move {
+        let mut headers = HeaderMap::new();
+        crate::adapters::telemetry::inject(&mut headers);
+        let publish = Publish::build().payload(payload).message_id(msg_id).headers(headers);
+        let err = |detail: String| NatsError::Publish {
+            subject: subject.clone(),
+            detail,
+        };
+        js.send_publish(subject.clone(), publish)
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// The PRODUCER span of one publish, by the messaging conventions: named
+/// `send <template>`, the `traceparent` the message carries is this
+/// span's, so whatever consumes it continues the same trace.
+fn producer_span(subject: &str) -> tracing::Span {
+    let template = destination_template(subject);
+    tracing::info_span!(
+        "publish",
+        otel.name = format!("send {template}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.destination.name = %subject,
+        messaging.destination.template = %template,
+    )
+}
+
+/// A run's subject with its run id generalised: `shell_query.poll.{runId}`.
+pub(crate) fn destination_template(subject: &str) -> String {
+    match subject.rsplit_once('.') {
+        Some((head, last)) if Uuid::parse_str(last).is_ok() => format!("{head}.{{runId}}"),
+        _ => subject.to_string(),
+    }
 }
 
 /// Publishes an execute message (the reconciler's resubmission), under a

@@ -79,9 +79,17 @@ fn exporter() -> Option<Result<opentelemetry_otlp::SpanExporter, String>> {
                 Ok(c) => c,
                 Err(e) => return Some(Err(e)),
             };
+            // Said explicitly: with both encodings compiled in, the
+            // exporter's own default is JSON.
+            let encoding = if protocol == "http/json" {
+                opentelemetry_otlp::Protocol::HttpJson
+            } else {
+                opentelemetry_otlp::Protocol::HttpBinary
+            };
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)
+                .with_protocol(encoding)
                 .with_timeout(timeout)
                 .build()
         }
@@ -292,16 +300,6 @@ pub(crate) fn set_parent(span: &tracing::Span, headers: Option<&HeaderMap>) {
     let cx = extract(headers);
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
-    }
-}
-
-/// Links `span` to the message's context without making it the parent (a
-/// poll tick is its own trace, linked to the run's execute span).
-pub(crate) fn link(span: &tracing::Span, headers: Option<&HeaderMap>) {
-    let cx = extract(headers);
-    let sc = cx.span().span_context().clone();
-    if sc.is_valid() {
-        span.add_link(sc);
     }
 }
 

@@ -71,14 +71,26 @@ impl Consumed {
             Self::Cancel => "process shell_query.cancel",
         }
     }
+
+    /// The durable consumer it came from.
+    fn consumer(self) -> &'static str {
+        match self {
+            Self::Execute => crate::adapters::nats::EXECUTE_CONSUMER,
+            Self::Poll => crate::adapters::nats::POLL_CONSUMER,
+            Self::Cancel => crate::adapters::nats::CANCEL_CONSUMER,
+        }
+    }
 }
 
 /// The span of one delivery of a run's message: every handler opens its
-/// span here. Execute and cancel continue the publisher's trace (the
-/// API's); a poll tick starts a trace of its own, linked to it. The run's
-/// tenant is recorded when the message names it (a poll tick records it
-/// once it has read the row), and the fields a tick fills in later
-/// (`mce.status`, `poll.decision`, `otel.status_code`) start empty.
+/// span here, by the messaging conventions (a CONSUMER span `process
+/// <destination template>`). Each continues the trace of the message it
+/// handles: execute and cancel the publisher's (the API's); a poll tick
+/// that of the poll message, whose PRODUCER span is a child of the execute
+/// span (DECISIONS.md, "One run, one trace"). The run's tenant is recorded
+/// when the message names it (a poll tick records it once it has read the
+/// row), and the fields a tick fills in later (`mce.status`,
+/// `poll.decision`, `otel.status_code`) start empty.
 pub(crate) fn delivery_span(
     consumed: Consumed,
     delivery: &Delivery,
@@ -92,9 +104,7 @@ pub(crate) fn delivery_span(
         otel.kind = "consumer",
         trace_id = Empty,
         span_id = Empty,
-        run_id = %run_id,
         run.id = %run_id,
-        tenant_id = Empty,
         tenant.id = Empty,
         poll.count = Empty,
         mce.status = Empty,
@@ -102,22 +112,18 @@ pub(crate) fn delivery_span(
         otel.status_code = Empty,
         messaging.system = "nats",
         messaging.destination.name = %delivery.subject,
+        messaging.destination.template = %crate::adapters::nats::destination_template(&delivery.subject),
+        messaging.consumer.group.name = consumed.consumer(),
         messaging.operation.type = "process",
         messaging.message.delivery_count = delivery.delivered,
     );
     if let Some(tenant) = tenant_id {
-        span.record("tenant_id", display(tenant));
         span.record("tenant.id", display(tenant));
     }
-    match consumed {
-        Consumed::Poll => {
-            span.record("poll.count", delivery.delivered);
-            crate::adapters::telemetry::link(&span, delivery.headers.as_ref());
-        }
-        Consumed::Execute | Consumed::Cancel => {
-            crate::adapters::telemetry::set_parent(&span, delivery.headers.as_ref());
-        }
+    if consumed == Consumed::Poll {
+        span.record("poll.count", delivery.delivered);
     }
+    crate::adapters::telemetry::set_parent(&span, delivery.headers.as_ref());
     crate::adapters::telemetry::record_ids(&span);
     span
 }

@@ -87,7 +87,7 @@ async fn handle(deps: &Deps, config: &PollConfig, delivery: &Delivery) -> Dispos
             Err(reason) => return Disposition::DeadLetter(reason),
         };
     deps.metrics.inc(crate::adapters::metrics::POLL_TICKS, &[]);
-    // Each tick is its own trace, linked to the run's execute span.
+    // Each tick continues the run's trace (the poll message's).
     let span = delivery_span(Consumed::Poll, delivery, msg.run_id, None);
     match tick(deps, config, msg.run_id, delivery).instrument(span).await {
         Ok(d) => d,

@@ -68,6 +68,19 @@ pub struct Mce {
     tssds: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
 }
 
+/// The HTTP client attributes of the current MCE call's span: its method
+/// and the host it goes to (never the path or the query, which name keys).
+fn record_request(method: &'static str, url: &str) {
+    let span = tracing::Span::current();
+    span.record("http.request.method", method);
+    if let Some(host) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+    {
+        span.record("server.address", host);
+    }
+}
+
 /// A bounded label for an MCE call's result.
 fn result_label(result: &Result<impl Sized, MceError>) -> &'static str {
     match result {
@@ -379,6 +392,8 @@ impl Session<'_> {
             otel.name = format!("mce {}", op.name()),
             otel.kind = "client",
             mce.operation = op.name(),
+            http.request.method = tracing::field::Empty,
+            server.address = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
             mce.retries = tracing::field::Empty,
             mce.result = tracing::field::Empty,
@@ -488,6 +503,7 @@ impl Session<'_> {
                 .header(reqwest::header::CONTENT_TYPE, "text/xml")
                 .header("SOAPAction", verb.as_str())
                 .body(envelope);
+            record_request("POST", &url);
             async move {
                 let response = request.send().await.map_err(|e| transport_error(op, &e))?;
                 let status = response.status().as_u16();
@@ -536,6 +552,7 @@ impl Session<'_> {
             request = request
                 .timeout(self.mce.timeouts.of(op))
                 .bearer_auth(token.expose_secret());
+            record_request(if payload.is_some() { "POST" } else { "GET" }, &url);
             async move {
                 let response = request.send().await.map_err(|e| transport_error(op, &e))?;
                 let status = response.status().as_u16();

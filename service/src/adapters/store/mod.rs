@@ -17,6 +17,15 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 
 pub use error::StoreError;
 
+/// `db.system.name` of a connection, by the database conventions.
+pub(crate) fn system_name(db: &DatabaseConnection) -> &'static str {
+    match db.get_database_backend() {
+        DbBackend::Postgres => "postgresql",
+        DbBackend::Sqlite => "sqlite",
+        _ => "other_sql",
+    }
+}
+
 /// The database, as handlers and jobs hold it.
 #[derive(Clone, Debug)]
 pub struct Store {
