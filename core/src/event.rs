@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// The `status` of a status event: the row's states plus execute's steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[schemars(title = "EventStatus")]
 pub enum EventStatus {
     Queued,
     Running,
@@ -65,8 +66,10 @@ pub struct StatusEvent {
     pub error_message: Option<String>,
     /// Only on `ready`: rows in the result.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schemars(range(min = 0))]
     pub row_count: Option<i64>,
-    /// ISO-8601 UTC with milliseconds.
+    /// RFC 3339 UTC with milliseconds (`2026-12-04T13:23:23.764Z`).
+    #[schemars(extend("format" = "date-time"))]
     pub timestamp: String,
 }
 

@@ -76,8 +76,8 @@ impl Subjects {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("oneOf" = [
-    { "required": ["sqlText"], "properties": { "sqlText": { "type": "string" }, "sqlTextEncrypted": { "type": "null" } } },
-    { "required": ["sqlTextEncrypted"], "properties": { "sqlTextEncrypted": { "type": "string" }, "sqlText": { "type": "null" } } }
+    { "title": "PlainSql", "type": "object", "required": ["sqlText"], "properties": { "sqlText": { "type": "string" }, "sqlTextEncrypted": { "type": "null" } } },
+    { "title": "EncryptedSql", "type": "object", "required": ["sqlTextEncrypted"], "properties": { "sqlTextEncrypted": { "type": "string" }, "sqlText": { "type": "null" } } }
 ]))]
 pub struct ExecuteMessage {
     /// The run's id; the subject's last token must be the same.
@@ -98,8 +98,9 @@ pub struct ExecuteMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 262144))]
     pub sql_text: Option<String>,
-    /// The query encrypted with the shared key (AES-256-GCM, `iv:tag:data`
-    /// in base64).
+    /// The query encrypted with the shared key: AES-256-GCM, sent as
+    /// base64 (standard alphabet, padded) of IV (12 bytes) ‖ tag (16 bytes) ‖
+    /// ciphertext, one string with no separator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql_text_encrypted: Option<String>,
     /// A name for the run's assets and history.
@@ -108,6 +109,7 @@ pub struct ExecuteMessage {
     /// The fields of tables the query reads, by table name, for schema
     /// inference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(title = "TableMetadata")]
     pub table_metadata: Option<TableMetadata>,
     /// Run into this existing Data Extension instead of a temporary one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,43 +21,136 @@ pub struct Schema {
     pub schema: Value,
 }
 
-fn schema_of<T: JsonSchema>(file: &'static str, message: &'static str) -> Schema {
-    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
-    let mut schema = generator.into_root_schema_for::<T>().to_value();
+/// Who writes a message decides which fields its schema requires: a message
+/// the service sends is described as it serialises (a field it always
+/// writes is required, `null` where it can be), one it receives as it
+/// deserialises (a field with a default may be left out).
+#[derive(Clone, Copy)]
+enum Direction {
+    Receives,
+    Sends,
+}
+
+fn schema_of<T: JsonSchema>(file: &'static str, message: &'static str, direction: Direction) -> Schema {
+    let settings = schemars::generate::SchemaSettings::draft07();
+    let settings = match direction {
+        Direction::Receives => settings.for_deserialize(),
+        Direction::Sends => settings.for_serialize(),
+    };
+    let mut schema = settings.into_generator().into_root_schema_for::<T>().to_value();
     if let Some(map) = schema.as_object_mut() {
         map.insert(
             "$id".into(),
             format!("https://shell-query.invalid/schemas/{file}").into(),
         );
     }
+    for (name, definition) in schema
+        .get_mut("definitions")
+        .and_then(Value::as_object_mut)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(d) = definition.as_object_mut() {
+            d.entry("title").or_insert_with(|| name.clone().into());
+        }
+    }
+    standard_formats(&mut schema);
     Schema { file, message, schema }
+}
+
+/// The formats a draft-07 validator knows (plus `uuid`, standard since
+/// 2019-09 and known to ajv-formats): anything else is an unknown format
+/// to a strict validator (ajv refuses `uint32`).
+pub const STANDARD_FORMATS: [&str; 18] = [
+    "date-time",
+    "date",
+    "time",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+    "uuid",
+];
+
+/// Replaces schemars' Rust-type formats (`int32`, `uint32`, `int64`...) by
+/// the bounds they mean, where those are exact in a double (up to 32 bits;
+/// `uint64` keeps its `minimum` of 0), and drops them.
+fn standard_formats(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let format = map.get("format").and_then(Value::as_str).map(str::to_string);
+            if let Some(format) = format.filter(|f| !STANDARD_FORMATS.contains(&f.as_str())) {
+                map.remove("format");
+                let bounds: Option<(i64, i64)> = match format.as_str() {
+                    "int8" => Some((i8::MIN.into(), i8::MAX.into())),
+                    "int16" => Some((i16::MIN.into(), i16::MAX.into())),
+                    "int32" => Some((i32::MIN.into(), i32::MAX.into())),
+                    "uint8" => Some((0, u8::MAX.into())),
+                    "uint16" => Some((0, u16::MAX.into())),
+                    "uint32" => Some((0, u32::MAX.into())),
+                    _ => None,
+                };
+                if let Some((min, max)) = bounds {
+                    map.entry("minimum").or_insert(min.into());
+                    map.entry("maximum").or_insert(max.into());
+                }
+                if format.starts_with("uint") {
+                    map.entry("minimum").or_insert(0.into());
+                }
+            }
+            map.values_mut().for_each(standard_formats);
+        }
+        Value::Array(items) => items.iter_mut().for_each(standard_formats),
+        _ => {}
+    }
 }
 
 /// Every message of the contract.
 pub fn schemas() -> Vec<Schema> {
     vec![
-        schema_of::<ExecuteMessage>("execute-message.json", "executeMessage"),
-        schema_of::<PollMessage>("poll-message.json", "pollMessage"),
-        schema_of::<CancelMessage>("cancel-message.json", "cancelMessage"),
-        schema_of::<StatusEvent>("status-event.json", "statusEvent"),
-        schema_of::<ResultsRequest>("results-request.json", "resultsRequest"),
-        schema_of::<ResultsReply>("results-reply.json", "resultsReply"),
-        schema_of::<StatusRequest>("status-request.json", "statusRequest"),
-        schema_of::<StatusReply>("status-reply.json", "statusReply"),
+        schema_of::<ExecuteMessage>("execute-message.json", "executeMessage", Direction::Receives),
+        schema_of::<PollMessage>("poll-message.json", "pollMessage", Direction::Sends),
+        schema_of::<CancelMessage>("cancel-message.json", "cancelMessage", Direction::Receives),
+        schema_of::<StatusEvent>("status-event.json", "statusEvent", Direction::Sends),
+        schema_of::<ResultsRequest>("results-request.json", "resultsRequest", Direction::Receives),
+        schema_of::<ResultsReply>("results-reply.json", "resultsReply", Direction::Sends),
+        schema_of::<StatusRequest>("status-request.json", "statusRequest", Direction::Receives),
+        schema_of::<StatusReply>("status-reply.json", "statusReply", Direction::Sends),
     ]
 }
 
 pub use shell_query_core::api::ENDPOINTS;
 
+/// `executeMessage` → `ExecuteMessage`: a message's title, the name model
+/// generators give its class (its payload schema has the same title).
+fn title_of(name: &str) -> String {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
 fn message(name: &str, summary: &str, file: &str, headers: Value) -> Value {
     let mut m = json!({
         "name": name,
+        "title": title_of(name),
         "summary": summary,
         "contentType": "application/json",
-        "payload": {
-            "schemaFormat": "application/schema+json;version=draft-07",
-            "schema": { "$ref": format!("schemas/{file}") },
-        },
+        // The schema itself, not a multi-format wrapper around it: model
+        // generators (Modelina) name a wrapped payload after its `$id`.
+        // Every schema is draft-07, which AsyncAPI's default format extends.
+        "payload": { "$ref": format!("schemas/{file}") },
     });
     if !headers.is_null() {
         m["headers"] = headers;
@@ -76,6 +169,13 @@ fn header_schema(fields: &[(&str, &str)]) -> Value {
         })
         .collect();
     json!({ "type": "object", "properties": properties })
+}
+
+/// The headers' schema of a message, titled after it.
+fn headers_of(message: &str, fields: &[(&str, &str)]) -> Value {
+    let mut schema = header_schema(fields);
+    schema["title"] = format!("{}Headers", title_of(message)).into();
+    schema
 }
 
 fn reference(to: &str) -> Value {
@@ -103,10 +203,28 @@ pub(crate) fn asyncapi() -> Value {
         }
         c
     };
-    let operation = |action: &str, channel: &str, summary: &str| json!({ "action": action, "channel": reference(&format!("#/channels/{channel}")), "summary": summary });
-    let request_reply = |channel: &str, reply: &str, summary: &str| {
-        let mut o = operation("receive", channel, summary);
-        o["reply"] = json!({ "channel": reference(&format!("#/channels/{reply}")) });
+    // Each operation names its channel's messages, and a request its
+    // reply's: generators make models of the messages operations name.
+    let messages_of = |channel: &str, messages: &[&str]| -> Value {
+        messages
+            .iter()
+            .map(|m| reference(&format!("#/channels/{channel}/messages/{m}")))
+            .collect()
+    };
+    let operation = |action: &str, channel: &str, message: &str, summary: &str| {
+        json!({
+            "action": action,
+            "channel": reference(&format!("#/channels/{channel}")),
+            "messages": messages_of(channel, &[message]),
+            "summary": summary,
+        })
+    };
+    let request_reply = |channel: &str, message: &str, reply: &str, summary: &str| {
+        let mut o = operation("receive", channel, message, summary);
+        o["reply"] = json!({
+            "channel": reference("#/channels/apiReply"),
+            "messages": messages_of("apiReply", &[reply]),
+        });
         o
     };
     json!({
@@ -122,7 +240,30 @@ pub(crate) fn asyncapi() -> Value {
         },
         "defaultContentType": "application/json",
         "servers": {
-            "nats": { "host": "nats:4222", "protocol": "nats", "description": "NATS with JetStream; see nats.conf for users." },
+            "production": {
+                "host": "{host}:{port}",
+                "protocol": "nats",
+                "title": "NATS with JetStream over TLS",
+                "description": "Clients connect with TLS: a `tls://` URL, the server's certificate checked against the CA \
+                    the deployment names (the service's NATS_TLS_CA); when the server verifies clients (`verify: true` in \
+                    nats.conf) each presents its own certificate too (NATS_TLS_CERT, NATS_TLS_KEY). Every client is a \
+                    nats.conf user with a password and only the rights its role needs: shell_query_api for the API, \
+                    shell_query_service for the service, shell_query_admin for operators.",
+                "variables": {
+                    "host": { "description": "The NATS server's name, as its certificate names it.", "default": "nats" },
+                    "port": { "description": "The client port.", "default": "4222" },
+                },
+                "security": [reference("#/components/securitySchemes/userPassword")],
+                "tags": [{ "name": "tls", "description": "TLS is required." }],
+            },
+            "development": {
+                "host": "localhost:4222",
+                "protocol": "nats",
+                "title": "Local NATS (compose.yaml), no TLS",
+                "description": "The development server of compose.yaml with the repository's nats.conf: the same users and \
+                    rights, in plain text on the loopback only.",
+                "security": [reference("#/components/securitySchemes/userPassword")],
+            },
         },
         "channels": {
             "execute": channel("shell_query.execute.{runId}", "Stream SHELL_QUERY_JOBS. The API publishes one message per run with Nats-Msg-Id `execute:<runId>`.", &["executeMessage"]),
@@ -142,29 +283,37 @@ pub(crate) fn asyncapi() -> Value {
             },
         },
         "operations": {
-            "startRun": operation("receive", "execute", "Start a run: validate, create its Data Extension and QueryDefinition, perform it."),
-            "schedulePoll": operation("send", "poll", "The one poll message of a run, deduplicated by Nats-Msg-Id `poll:<runId>`."),
-            "pollRun": operation("receive", "poll", "Check MCE once per delivery; redeliver with a delay until the run ends."),
-            "cancelRun": operation("receive", "cancel", "Cancel a run of this tenant."),
-            "publishStatus": operation("send", "status", "A run's steps and its one terminal event."),
-            "deadLetter": operation("send", "dlq", "A message no retry could handle, redacted, with its reason."),
-            "answerResults": request_reply("apiResults", "apiReply", "A page of a ready run's results."),
-            "answerStatus": request_reply("apiStatus", "apiReply", "A run's row."),
+            "startRun": operation("receive", "execute", "executeMessage", "Start a run: validate, create its Data Extension and QueryDefinition, perform it."),
+            "schedulePoll": operation("send", "poll", "pollMessage", "The one poll message of a run, deduplicated by Nats-Msg-Id `poll:<runId>`."),
+            "pollRun": operation("receive", "poll", "pollMessage", "Check MCE once per delivery; redeliver with a delay until the run ends."),
+            "cancelRun": operation("receive", "cancel", "cancelMessage", "Cancel a run of this tenant."),
+            "publishStatus": operation("send", "status", "statusEvent", "A run's steps and its one terminal event."),
+            "deadLetter": operation("send", "dlq", "deadLetter", "A message no retry could handle, redacted, with its reason."),
+            "answerResults": request_reply("apiResults", "resultsRequest", "resultsReply", "A page of a ready run's results."),
+            "answerStatus": request_reply("apiStatus", "statusRequest", "statusReply", "A run's row."),
         },
         "components": {
+            "securitySchemes": {
+                "userPassword": {
+                    "type": "userPassword",
+                    "description": "A nats.conf user and its password (NATS_USER and NATS_PASSWORD for the service). \
+                        A request outside the user's rights is refused by the server with a permissions violation.",
+                },
+            },
             "messages": {
                 "executeMessage": message("executeMessage", "Run this SQL.", "execute-message.json",
-                    header_schema(&[("Nats-Msg-Id", "`execute:<runId>` from the API (a second publish within the stream's duplicate window is dropped); `execute:<runId>:<unix ms>` from the reconciler."), traceparent])),
+                    headers_of("executeMessage", &[("Nats-Msg-Id", "`execute:<runId>` from the API (a second publish within the stream's duplicate window is dropped); `execute:<runId>:<unix ms>` from the reconciler."), traceparent])),
                 "pollMessage": message("pollMessage", "Poll this run.", "poll-message.json",
-                    header_schema(&[("Nats-Msg-Id", "`poll:<runId>` from the execute step, `poll:<runId>:<unix ms>` from the reconciler."), traceparent])),
+                    headers_of("pollMessage", &[("Nats-Msg-Id", "`poll:<runId>` from the execute step, `poll:<runId>:<unix ms>` from the reconciler."), traceparent])),
                 "cancelMessage": message("cancelMessage", "Cancel this run.", "cancel-message.json",
-                    header_schema(&[("Nats-Msg-Id", "Optional: a cancel needs no deduplication."), traceparent])),
+                    headers_of("cancelMessage", &[("Nats-Msg-Id", "Optional: a cancel needs no deduplication."), traceparent])),
                 "statusEvent": message("statusEvent", "A step of a run.", "status-event.json",
-                    header_schema(&[("Nats-Msg-Id", "`status:<runId>:<status>`"), traceparent])),
+                    headers_of("statusEvent", &[("Nats-Msg-Id", "`status:<runId>:<status>`"), traceparent])),
                 "deadLetter": {
                     "name": "deadLetter",
+                    "title": "DeadLetter",
                     "summary": "The original body, redacted: SQL is encrypted with the service's key, a body over 1.5 MiB is replaced by its size and SHA-256.",
-                    "headers": header_schema(&[
+                    "headers": headers_of("deadLetter", &[
                         ("Shell-Query-Error", "Why the service gave up, one line."),
                         ("Shell-Query-Original-Subject", "Where the message was published; `dlq replay` publishes it there again."),
                         ("Shell-Query-Redacted", "`body encrypted`, `sqlText encrypted` or `summary`; absent when the body is as it came."),

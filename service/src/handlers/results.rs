@@ -19,7 +19,9 @@ use crate::adapters::store::runs;
 use crate::lifecycle::Deps;
 
 pub use shell_query_core::api::MAX_PAGE_SIZE;
-use shell_query_core::api::{ResultsReply, ResultsRequest, StatusReply, StatusRequest};
+use shell_query_core::api::{
+    ResultsReply, ResultsRequest, ResultsRow, ResultsStatus, RunState, StatusReply, StatusRequest,
+};
 
 /// An error reply: the text a user may see and a code.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,19 +80,22 @@ pub(crate) fn check_paging(page: i64, page_size: i64) -> Result<(u32, u32), ApiE
 }
 
 /// Orders a row's values by the DE's columns, matching names without
-/// regard to case (MCE may lower-case them).
-pub(crate) fn order_row(columns: &[String], values: &Map<String, Value>) -> Map<String, Value> {
-    columns
-        .iter()
-        .map(|c| {
-            let v = values
-                .get(c)
-                .or_else(|| values.iter().find(|(k, _)| k.eq_ignore_ascii_case(c)).map(|(_, v)| v))
-                .cloned()
-                .unwrap_or(Value::Null);
-            (c.clone(), v)
-        })
-        .collect()
+/// regard to case (MCE may lower-case them). The row keeps that order on
+/// the wire (a `Map` would sort its keys).
+pub(crate) fn order_row(columns: &[String], values: &Map<String, Value>) -> ResultsRow {
+    ResultsRow(
+        columns
+            .iter()
+            .map(|c| {
+                let v = values
+                    .get(c)
+                    .or_else(|| values.iter().find(|(k, _)| k.eq_ignore_ascii_case(c)).map(|(_, v)| v))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                (c.clone(), v)
+            })
+            .collect(),
+    )
 }
 
 async fn results(deps: &Deps, req: ResultsRequest) -> Result<ResultsReply, ApiError> {
@@ -130,7 +135,7 @@ async fn results(deps: &Deps, req: ResultsRequest) -> Result<ResultsReply, ApiEr
     let rows = rowset.items.iter().map(|values| order_row(&columns, values)).collect();
     Ok(ResultsReply {
         run_id: run.id,
-        status: run.status.as_str().to_string(),
+        status: ResultsStatus::Ready,
         columns,
         rows,
         total_rows: rowset.count,
@@ -145,7 +150,7 @@ async fn status(deps: &Deps, req: StatusRequest) -> Result<StatusReply, ApiError
     Ok(StatusReply {
         run_id: run.id,
         error_message: decrypted_error(deps, &run),
-        status: run.status.as_str().to_string(),
+        status: RunState::from(run.status),
         row_count: run.row_count.and_then(|n| i32::try_from(n).ok()),
         created_at: ts(run.created_at),
         started_at: run.started_at.map(ts),
@@ -309,9 +314,14 @@ mod tests {
         let columns = vec!["Email".to_string(), "Age".to_string(), "Missing".to_string()];
         let values: Map<String, Value> = serde_json::from_str(r#"{"age": "3", "email": "a@b.c"}"#).unwrap();
         let row = order_row(&columns, &values);
-        assert_eq!(row.keys().cloned().collect::<Vec<_>>().len(), 3);
-        assert_eq!(row["Email"], "a@b.c");
-        assert_eq!(row["Age"], "3");
-        assert_eq!(row["Missing"], Value::Null);
+        assert_eq!(row.keys().collect::<Vec<_>>(), ["Email", "Age", "Missing"]);
+        assert_eq!(row.get("Email"), Some(&Value::from("a@b.c")));
+        assert_eq!(row.get("Age"), Some(&Value::from("3")));
+        assert_eq!(row.get("Missing"), Some(&Value::Null));
+        // On the wire too: the keys in the columns' order, not sorted.
+        assert_eq!(
+            serde_json::to_string(&row).unwrap(),
+            r#"{"Email":"a@b.c","Age":"3","Missing":null}"#
+        );
     }
 }
