@@ -215,6 +215,28 @@ impl Ending {
         }
     }
 
+    /// Every ending, for counters that start at zero: one of each
+    /// `(outcome, reason)` label pair.
+    pub fn every_kind() -> Vec<Ending> {
+        use crate::poll::decide::FailReason as R;
+        let failed = |cause| Ending::Failed {
+            message: String::new(),
+            cause,
+        };
+        let mut all: Vec<Ending> = [ReadyVia::Complete, ReadyVia::NotRunning, ReadyVia::Probe]
+            .into_iter()
+            .map(|via| Ending::Ready { row_count: 0, via })
+            .collect();
+        all.extend(
+            [R::Mce, R::Refused, R::Timeout, R::Budget, R::NotQueryable]
+                .into_iter()
+                .map(|r| failed(FailCause::Poll(r))),
+        );
+        all.extend([FailCause::Execute, FailCause::Malformed, FailCause::Reconciler].map(failed));
+        all.extend([CancelSource::Api, CancelSource::CancelMessage].map(Ending::Canceled));
+        all
+    }
+
     /// The `reason` label of `shell_query_runs_total`: a closed set.
     pub fn reason_label(&self) -> &'static str {
         match self {
@@ -251,6 +273,16 @@ mod tests {
             assert_eq!(RunStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(RunStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn every_kind_of_ending_is_listed_once() {
+        let pairs: std::collections::BTreeSet<(&str, &str)> = Ending::every_kind()
+            .iter()
+            .map(|e| (e.outcome_label(), e.reason_label()))
+            .collect();
+        assert_eq!(pairs.len(), Ending::every_kind().len());
+        assert_eq!(pairs.len(), 13);
     }
 
     #[test]

@@ -209,3 +209,58 @@ async fn only_the_configured_base_urls_are_contacted() {
         "no host from a response is contacted"
     );
 }
+
+/// A dashboard can trust `/metrics` from the start: every family has a
+/// sample (counters at 0, histograms empty), but the two passes' success
+/// times, which stay absent until a first pass (their alerts watch for the
+/// absence); the runs by status and the oldest running run's age are
+/// sampled from the database, and the NATS connection shows as up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_family_has_a_sample_from_the_start() {
+    let mut system =
+        System::start_with(&[("RECONCILER_INTERVAL_MS", "600000"), ("SWEEPER_INTERVAL_MS", "600000")]).await;
+    let queued = system.insert_queued_run("SELECT A FROM X", &[]).await;
+    let worker = system.worker();
+    // Sampled every 15 s: the queued run is counted within one.
+    tests::wait_for("the queued run counted", MINUTE, || async {
+        let text = worker.http_get("/metrics").await.unwrap_or_default();
+        metric(&text, r#"shell_query_runs{status="queued"}"#) >= Some(1.0)
+    })
+    .await;
+    let text = worker.http_get("/metrics").await.expect("/metrics answers");
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 25, "{families:?}");
+    let waiting_for_a_pass = [
+        "shell_query_reconciler_last_success_timestamp_seconds",
+        "shell_query_sweeper_last_success_timestamp_seconds",
+    ];
+    for family in families.iter().filter(|f| !waiting_for_a_pass.contains(f)) {
+        assert!(
+            text.lines().any(|l| !l.starts_with('#')
+                && (l.starts_with(&format!("{family} "))
+                    || l.starts_with(&format!("{family}{{"))
+                    || l.starts_with(&format!("{family}_")))),
+            "{family} has no sample:\n{text}"
+        );
+    }
+    for zero in [
+        r#"shell_query_runs_total{outcome="failed",reason="timeout"}"#,
+        r#"shell_query_mce_calls_total{operation="perform",result="token_refused"}"#,
+        r#"shell_query_isrunning_checks_total{answer="not_running"}"#,
+        "shell_query_sweeper_deletions_total",
+        "shell_query_detection_delay_seconds_count",
+    ] {
+        assert_eq!(metric(&text, zero), Some(0.0), "{zero}");
+    }
+    assert_eq!(metric(&text, "shell_query_nats_connected"), Some(1.0));
+    assert_eq!(
+        metric(&text, r#"shell_query_runs{status="running"}"#),
+        Some(0.0),
+        "{queued} is queued"
+    );
+    assert!(metric(&text, "shell_query_oldest_running_run_age_seconds").is_some());
+}

@@ -28,6 +28,9 @@ pub(crate) const SWEEPER_LAST_SUCCESS: &str = "shell_query_sweeper_last_success_
 pub(crate) const BUILD_INFO: &str = "shell_query_build_info";
 pub(crate) const TENANTS_THROTTLED: &str = "shell_query_tenants_throttled";
 pub(crate) const REPLICAS: &str = "shell_query_replicas";
+pub(crate) const NATS_CONNECTED: &str = "shell_query_nats_connected";
+pub(crate) const RUNS_BY_STATUS: &str = "shell_query_runs";
+pub(crate) const OLDEST_RUNNING: &str = "shell_query_oldest_running_run_age_seconds";
 /// Histogram names.
 pub(crate) const RUN_DURATION: &str = "shell_query_run_duration_seconds";
 pub(crate) const POLL_TICK_DURATION: &str = "shell_query_poll_tick_duration_seconds";
@@ -198,6 +201,24 @@ const FAMILIES: &[(&str, Kind, &str, &[f64])] = &[
         &[],
     ),
     (
+        NATS_CONNECTED,
+        Kind::Gauge,
+        "1 while this replica's NATS connection is up, 0 while it reconnects.",
+        &[],
+    ),
+    (
+        RUNS_BY_STATUS,
+        Kind::Gauge,
+        "Runs in the database by status, sampled every 15 s.",
+        &[],
+    ),
+    (
+        OLDEST_RUNNING,
+        Kind::Gauge,
+        "Age of the oldest run still running, in seconds (0 when none), sampled every 15 s.",
+        &[],
+    ),
+    (
         REPLICAS,
         Kind::Gauge,
         "Replicas sharing every tenant's MCE budget, as this one counts them (each takes its part).",
@@ -287,18 +308,62 @@ impl Metrics {
         h.count += 1;
     }
 
-    /// Shows the counters alerts watch at 0 from the start, so the first
-    /// DLQ copy or refused token is an increase.
+    /// A histogram with no observation yet, shown from the start.
+    pub(crate) fn touch(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        let key = (name, labels.iter().map(|(k, v)| (*k, v.to_string())).collect());
+        let bounds = buckets(name).len();
+        self.histograms
+            .lock()
+            .expect("metrics lock")
+            .entry(key)
+            .or_insert_with(|| Histogram {
+                buckets: vec![0; bounds],
+                ..Default::default()
+            });
+    }
+
+    /// Shows every family this module knows the labels of from the start:
+    /// counters at 0 (so the first DLQ copy or refused token is an
+    /// increase, and dashboards never say "No data"), histograms empty.
+    /// The MCE adapter and the lifecycle add the families whose labels
+    /// they own (`adapters::mce::start_metrics_at_zero`,
+    /// `lifecycle::end::start_metrics_at_zero`).
     pub(crate) fn start_at_zero(&self) {
         for consumer in ["execute", "poll", "cancel", "undeliverable"] {
             self.add(DLQ_MESSAGES, &[("consumer", consumer)], 0);
+            self.add(CONSUMER_REDECLARED, &[("consumer", consumer)], 0);
         }
         for result in ["ok", "refused", "error"] {
             self.add(TOKEN_REFRESHES, &[("result", result)], 0);
         }
-        self.add(POLL_TICKS, &[], 0);
-        self.add(POLL_TICKS_DEFERRED, &[], 0);
-        self.add(STRAY_CONSUMERS_REMOVED, &[], 0);
+        for answer in ["running", "not_running", "bad_id", "unavailable"] {
+            self.add(IS_RUNNING_CHECKS, &[("answer", answer)], 0);
+        }
+        for action in [
+            "run_failed",
+            "cancel_handled",
+            "event_published",
+            "poll_republished",
+            "execute_republished",
+        ] {
+            self.add(RECONCILER_ACTIONS, &[("action", action)], 0);
+        }
+        for name in [
+            POLL_TICKS,
+            POLL_TICKS_DEFERRED,
+            STRAY_CONSUMERS_REMOVED,
+            NOT_RUNNING_CONFIRMATIONS,
+            FAST_PATH_COMPLETIONS,
+            ROWSET_READINESS_RETRIES,
+            POLL_TIMEOUTS,
+            SWEEPER_DELETIONS,
+        ] {
+            self.add(name, &[], 0);
+        }
+        for name in [POLL_TICK_DURATION, POLL_TICK_LATENESS, DETECTION_DELAY] {
+            self.touch(name, &[]);
+        }
+        self.set(NATS_CONNECTED, &[], 0.0);
     }
 
     /// Sets `shell_query_build_info{version}` to 1.

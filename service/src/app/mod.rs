@@ -136,6 +136,8 @@ pub(crate) async fn run_until(
     let metrics = Arc::new(Metrics::default());
     metrics.record_build(crate::adapters::telemetry::VERSION);
     metrics.start_at_zero();
+    crate::adapters::mce::client::start_metrics_at_zero(&metrics);
+    crate::lifecycle::end::start_metrics_at_zero(&metrics);
     // Alive from here on; ready once NATS has taken the declarations.
     let (stop_tx, stop_rx) = watch::channel(false);
     let draining = Arc::new(AtomicBool::new(false));
@@ -252,6 +254,7 @@ pub(crate) async fn run_until(
         Duration::from_millis(args.reconciler_interval_ms),
         stop_rx.clone(),
     ));
+    tasks.spawn(sample_runs(deps.store.clone(), metrics.clone(), stop_rx.clone()));
     let admission = deps.mce.admission().clone();
     tasks.spawn(crate::adapters::lease::keep_membership(
         deps.js.clone(),
@@ -282,6 +285,32 @@ pub(crate) async fn run_until(
     http.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Samples the runs by status and the oldest running run's age into their
+/// gauges every 15 s (two indexed aggregates), until `shutdown`.
+async fn sample_runs(store: crate::adapters::store::Store, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+    use crate::adapters::metrics::{OLDEST_RUNNING, RUNS_BY_STATUS};
+    let mut every = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match crate::adapters::store::runs::run_counts(&store).await {
+            Ok((counts, oldest)) => {
+                for status in ["queued", "running", "ready", "failed", "canceled"] {
+                    let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                    metrics.set(RUNS_BY_STATUS, &[("status", status)], n as f64);
+                }
+                let age = oldest.map_or(0.0, |at| {
+                    (chrono::Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0
+                });
+                metrics.set(OLDEST_RUNNING, &[], age);
+            }
+            Err(e) => tracing::warn!(error = %e, "could not sample the runs by status"),
+        }
+    }
 }
 
 /// Runs `declare` (the streams, the lease bucket and the consumers) until

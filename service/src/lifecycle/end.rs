@@ -150,6 +150,16 @@ pub(crate) async fn publish_owed_event(deps: &Deps, run: &Run, now: DateTime<Utc
     publish_terminal(deps, &event, now).await
 }
 
+/// Shows the run families from the start: every kind of ending counted at
+/// 0, and each outcome's empty duration histogram.
+pub(crate) fn start_metrics_at_zero(metrics: &crate::adapters::metrics::Metrics) {
+    for ending in Ending::every_kind() {
+        let outcome = ending.outcome_label();
+        metrics.add(RUNS, &[("outcome", outcome), ("reason", ending.reason_label())], 0);
+        metrics.touch(RUN_DURATION, &[("outcome", outcome)]);
+    }
+}
+
 fn record_metrics(deps: &Deps, ending: &Ending, run: &Run, now: DateTime<Utc>) {
     let outcome = ending.outcome_label();
     deps.metrics

@@ -25,6 +25,12 @@ pub(crate) struct Health {
 }
 
 async fn metrics(State(h): State<Health>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    let connected = h.nats.connection_state() == async_nats::connection::State::Connected;
+    h.metrics.set(
+        crate::adapters::metrics::NATS_CONNECTED,
+        &[],
+        if connected { 1.0 } else { 0.0 },
+    );
     (
         [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         h.metrics.render(),

@@ -68,6 +68,19 @@ pub struct Mce {
     tssds: std::sync::Mutex<std::collections::HashMap<Uuid, String>>,
 }
 
+/// Shows the MCE call families from the start: every operation's calls
+/// at 0 (answered, and refused for their token, which an alert watches),
+/// and its empty duration histogram.
+pub(crate) fn start_metrics_at_zero(metrics: &crate::adapters::metrics::Metrics) {
+    use crate::adapters::metrics::{MCE_CALL_DURATION, MCE_CALLS};
+    for op in Op::ALL {
+        for result in ["ok", "token_refused"] {
+            metrics.add(MCE_CALLS, &[("operation", op.name()), ("result", result)], 0);
+        }
+        metrics.touch(MCE_CALL_DURATION, &[("operation", op.name())]);
+    }
+}
+
 /// The HTTP client attributes of the current MCE call's span: its method
 /// and the host it goes to (never the path or the query, which name keys).
 fn record_request(method: &'static str, url: &str) {

@@ -25,6 +25,26 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every operation, for counters that start at zero.
+    pub(crate) const ALL: [Op; 16] = [
+        Op::Token,
+        Op::Validate,
+        Op::RetrieveFolder,
+        Op::CreateFolder,
+        Op::DeleteDataExtension,
+        Op::CreateDataExtension,
+        Op::RetrieveDataExtension,
+        Op::RetrieveFields,
+        Op::RetrieveQueryDefinition,
+        Op::CreateQueryDefinition,
+        Op::DeleteQueryDefinition,
+        Op::Perform,
+        Op::AsyncStatus,
+        Op::AsyncStatuses,
+        Op::IsRunning,
+        Op::Rowset,
+    ];
+
     /// A stable name for logs, spans and metric labels.
     pub(crate) fn name(self) -> &'static str {
         match self {

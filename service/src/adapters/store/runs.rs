@@ -464,6 +464,30 @@ pub async fn stale_runs(
     first_thousand(store, query).await
 }
 
+/// Runs by status, and when the oldest run still running started (its
+/// `started_at`, else `created_at`): the dashboard's gauges. Two indexed
+/// aggregates.
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "run_counts"))]
+pub(crate) async fn run_counts(store: &Store) -> Result<(Vec<(String, i64)>, Option<DateTime<Utc>>), StoreError> {
+    let counts: Vec<(String, i64)> = runs::Entity::find()
+        .select_only()
+        .column(runs::Column::Status)
+        .column_as(runs::Column::Id.count(), "n")
+        .group_by(runs::Column::Status)
+        .into_tuple()
+        .all(&store.db)
+        .await?;
+    let oldest: Option<DateTime<Utc>> = runs::Entity::find()
+        .select_only()
+        .column_as(runs::Column::CreatedAt.min(), "oldest")
+        .filter(runs::Column::Status.eq(RunStatus::Running.as_str()))
+        .into_tuple::<Option<DateTime<Utc>>>()
+        .one(&store.db)
+        .await?
+        .flatten();
+    Ok((counts, oldest))
+}
+
 /// How many runs a page of [`stale_runs`] holds at most.
 pub const PAGE: usize = 1000;
 
