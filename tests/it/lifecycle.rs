@@ -265,6 +265,20 @@ async fn results_page_through_all_rows_in_de_column_order() {
         all.extend(reply["rows"].as_array().unwrap().clone());
     }
     assert_eq!(all.len(), 3000, "no 2,500-row cap");
+    // On the wire each row's keys come in the columns' order (Email before
+    // Age), not sorted: read the raw reply, not a `Value` (which sorts).
+    let api = system.nats.connect_as(tests::API_USER).await.unwrap();
+    let raw = api
+        .request(format!("{PREFIX}.api.results"), ask(1, 2).to_string().into())
+        .await
+        .unwrap();
+    let page: shell_query_core::api::ResultsReply = serde_json::from_slice(&raw.payload).unwrap();
+    assert_eq!(page.rows.len(), 2);
+    for row in &page.rows {
+        assert_eq!(row.keys().collect::<Vec<_>>(), ["Email", "Age"]);
+    }
+    let text = String::from_utf8_lossy(&raw.payload);
+    assert!(text.contains(r#"{"Email":"user1@example.com","Age":"1"}"#), "{text}");
     assert_eq!(all[0], serde_json::json!({ "Email": "user1@example.com", "Age": "1" }));
     assert_eq!(all[2999]["Age"], "3000", "in order");
     assert!(all.iter().all(|r| r.get("_CustomObjectKey").is_none()));

@@ -82,6 +82,8 @@ async fn runs_are_listed_shown_and_canceled() {
         "poll message      none",
         "executing_query",
         "Query completed",
+        // Its last tick saw `Complete`: not the pending status before it.
+        "last MCE status   complete",
     ] {
         assert!(out.contains(needle), "{needle:?} missing:\n{out}");
     }
@@ -242,6 +244,22 @@ async fn doctor_passes_on_a_healthy_system_and_names_what_fails() {
     );
 }
 
+/// The help says which commands create the database: the operators'
+/// commands do not (a typo in its name is an error, not a new database).
+#[test]
+fn the_help_says_who_creates_the_database() {
+    for command in [["runs", "list"], ["runs", "show"], ["runs", "cancel"]] {
+        let (code, help, err) = tests::run_command(&[command[0], command[1], "--help"], &[], None);
+        assert_eq!(code, 0, "{err}");
+        let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(!help.contains("created if missing"), "{command:?}: {help}");
+        assert!(
+            help.contains("`runs` and `doctor` need it to exist"),
+            "{command:?}: {help}"
+        );
+    }
+}
+
 #[test]
 fn config_print_shows_each_setting_its_source_and_no_secret() {
     let env: Vec<(String, String)> = [
@@ -253,6 +271,13 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
         ("NATS_URL", "nats://svc:url-pa55@n1:4222,nats://url-t0ken@n2:4222"),
         ("MCE_AUTH_BASE_URL", "https://auth.example/?secret_key=q-secret"),
         ("STREAM_REPLICAS", "3"),
+        ("RUST_LOG", "warn,shell_query=debug"),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://otel:collector-pa55@collector:4318",
+        ),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=otel-header-secret"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -271,6 +296,14 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
         "NATS_TOKEN=(set, hidden)  (env)",
         "# NATS",
         "# Polling",
+        // The log and trace settings, read from the environment only.
+        "# Telemetry and logs (environment only)",
+        "RUST_LOG=warn,shell_query=debug  (env)",
+        "OTEL_EXPORTER_OTLP_ENDPOINT=https://***@collector:4318/  (env)",
+        "OTEL_EXPORTER_OTLP_HEADERS=(set, hidden)  (env)",
+        "OTEL_TRACES_SAMPLER=always_on  (env)",
+        "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf  (default)",
+        "OTEL_SDK_DISABLED=false  (default)",
     ] {
         assert!(out.contains(line), "{line:?} missing:\n{out}");
     }
@@ -279,6 +312,8 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
         tests::ENCRYPTION_KEY,
         "client-secret-value",
         "nats-password-value",
+        "collector-pa55",
+        "otel-header-secret",
     ] {
         assert!(!out.contains(secret), "{secret} shown");
     }

@@ -231,7 +231,8 @@ pub enum CredentialsCommand {
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Database")]
 pub struct DbArgs {
-    /// PostgreSQL URL (`postgres://user:password@host:5432/db?sslmode=verify-full`); the database is created if missing.
+    /// PostgreSQL URL (`postgres://user:password@host:5432/db?sslmode=verify-full`). `run`, `migrate`, `tenant upsert`
+    /// and `credentials upsert` create the database when it is missing; `runs` and `doctor` need it to exist.
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -160,7 +160,7 @@ pub(crate) fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
         ),
         ("rows", run.row_count.map_or_else(|| "-".into(), |n| n.to_string())),
         ("error", error.unwrap_or_else(|| "-".into())),
-        ("last MCE status", p.last_status.clone().unwrap_or_else(|| "-".into())),
+        ("last MCE status", last_mce_status(run.status, p)),
         (
             "poll state",
             format!(
@@ -180,6 +180,45 @@ pub(crate) fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
         let _ = writeln!(out, "{name:<17} {value}");
     }
     out
+}
+
+/// What the run's last tick knew of its query in MCE. The row keeps only
+/// the last status seen while the query was pending (`poll_last_status`,
+/// written when it changes): the tick that sees the query finish goes on to
+/// its results, or ends the run, without writing it. So a finished query
+/// is told from the rest of the row, and the stored status is shown for
+/// what it then is, the one seen before.
+pub(crate) fn last_mce_status(status: RunStatus, p: &shell_query_core::poll::decide::PollState) -> String {
+    let with_pending = |s: &str| match p.last_status.as_deref() {
+        Some(last) => format!("{s} (last pending status: {last})"),
+        None => s.to_string(),
+    };
+    match status {
+        RunStatus::Ready => with_pending("complete"),
+        // A readiness check is under way: completion (or a confirmed "not
+        // running", which the isRunning answers record) was seen.
+        RunStatus::Running if p.rowset_attempts > 0 => {
+            let seen = match p.not_running_count {
+                0 => "complete".to_string(),
+                n => format!("complete, or not running ({n} answer(s))"),
+            };
+            with_pending(&format!(
+                "{seen}; results not readable yet after {} check(s)",
+                p.rowset_attempts
+            ))
+        }
+        RunStatus::Failed | RunStatus::Canceled => match p.last_status.as_deref() {
+            Some(last) => format!("{last} (the last pending status; the run then {})", status.as_str()),
+            None => "-".into(),
+        },
+        RunStatus::Queued | RunStatus::Running => {
+            let last = p.last_status.clone().unwrap_or_else(|| "-".into());
+            match p.transient_errors {
+                0 => last,
+                n => format!("{last} (unreadable for the last {n} tick(s))"),
+            }
+        }
+    }
 }
 
 /// The run's poll message and its status events, as far as this NATS user
@@ -587,7 +626,63 @@ pub(crate) fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -
         };
         let _ = writeln!(out, "{name}={value}  ({source})");
     }
+    let environment: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    out.push_str(&telemetry_settings(&environment));
     Ok(out)
+}
+
+/// The log and trace settings, with what applies when one is unset. The
+/// log filter and the OpenTelemetry exporter read them from the
+/// environment, not from flags; the `_TRACES_` form wins over the general
+/// one.
+const TELEMETRY_SETTINGS: [(&str, Option<&str>); 15] = [
+    ("RUST_LOG", Some("info")),
+    ("OTEL_SDK_DISABLED", Some("false")),
+    ("OTEL_TRACES_EXPORTER", Some("otlp")),
+    ("OTEL_SERVICE_NAME", Some(crate::adapters::telemetry::SERVICE_NAME)),
+    ("OTEL_RESOURCE_ATTRIBUTES", None),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", None),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", None),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", Some("http/protobuf")),
+    ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", None),
+    ("OTEL_EXPORTER_OTLP_HEADERS", None),
+    ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", None),
+    ("OTEL_EXPORTER_OTLP_CERTIFICATE", None),
+    ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", None),
+    ("OTEL_EXPORTER_OTLP_TIMEOUT", Some("10000")),
+    ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", None),
+];
+
+/// `config print`'s last part: every setting of [`TELEMETRY_SETTINGS`],
+/// then any other `OTEL_*` variable set, redacted like the rest: headers
+/// (they carry the collector's credentials) and anything named like a key,
+/// token, secret or password show only that they are set, an endpoint
+/// shows without its user and password.
+pub(crate) fn telemetry_settings(environment: &[(String, String)]) -> String {
+    let get = |name: &str| environment.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let others = environment
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("OTEL_") && !TELEMETRY_SETTINGS.iter().any(|(n, _)| n == k))
+        .collect::<std::collections::BTreeSet<_>>();
+    let mut out = String::from("# Telemetry and logs (environment only)\n");
+    let known = TELEMETRY_SETTINGS.iter().map(|(name, default)| (*name, *default));
+    for (name, default) in known.chain(others.into_iter().map(|name| (name, None))) {
+        let hidden = ["HEADERS", "KEY", "TOKEN", "SECRET", "PASSWORD"]
+            .iter()
+            .any(|s| name.contains(s));
+        let (value, source) = match (get(name), default) {
+            (Some(_), _) if hidden => ("(set, hidden)".to_string(), "env"),
+            (Some(v), _) if name.ends_with("_ENDPOINT") => (crate::app::config::redacted_urls(v), "env"),
+            (Some(v), _) => (v.to_string(), "env"),
+            (None, Some(d)) => (d.to_string(), "default"),
+            (None, None) => ("(unset)".to_string(), "unset"),
+        };
+        let _ = writeln!(out, "{name}={value}  ({source})");
+    }
+    out
 }
 
 /// `contract write` / `contract check`: 0, or 1 when files are stale.
@@ -658,6 +753,77 @@ mod tests {
         let (copy, how) = crate::lifecycle::dlq::redacted(&c, true, &huge);
         let refused = original_body(&copy, how, || Ok(&c)).unwrap_err().to_string();
         assert!(refused.contains("cannot be replayed"), "{refused}");
+    }
+
+    #[test]
+    fn telemetry_settings_are_listed_redacted() {
+        let env: Vec<(String, String)> = [
+            ("RUST_LOG", "debug,async_nats=info"),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://u:collector-pa55@otel.internal:4318",
+            ),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer header-t0ken"),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", "/etc/otel/key.pem"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+            ("PATH", "/bin"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let out = telemetry_settings(&env);
+        for line in [
+            "# Telemetry and logs (environment only)",
+            "RUST_LOG=debug,async_nats=info  (env)",
+            "OTEL_EXPORTER_OTLP_ENDPOINT=https://***@otel.internal:4318/  (env)",
+            "OTEL_EXPORTER_OTLP_HEADERS=(set, hidden)  (env)",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY=(set, hidden)  (env)",
+            "OTEL_TRACES_SAMPLER=parentbased_always_on  (env)",
+            "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf  (default)",
+            "OTEL_SERVICE_NAME=shell-query-worker  (default)",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS=(unset)  (unset)",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line:?} missing:\n{out}");
+        }
+        for secret in ["collector-pa55", "header-t0ken", "key.pem", "PATH"] {
+            assert!(!out.contains(secret), "{secret} shown:\n{out}");
+        }
+    }
+
+    #[test]
+    fn the_last_mce_status_is_what_the_last_tick_saw() {
+        use shell_query_core::poll::decide::PollState;
+        let mut p = PollState::new(4, Utc::now());
+        p.last_status = Some("processing".into());
+        // The tick that saw `Complete` ended the run without writing it.
+        assert_eq!(
+            last_mce_status(RunStatus::Ready, &p),
+            "complete (last pending status: processing)"
+        );
+        assert_eq!(last_mce_status(RunStatus::Running, &p), "processing");
+        p.transient_errors = 2;
+        assert_eq!(
+            last_mce_status(RunStatus::Running, &p),
+            "processing (unreadable for the last 2 tick(s))"
+        );
+        p.transient_errors = 0;
+        p.rowset_attempts = 3;
+        assert_eq!(
+            last_mce_status(RunStatus::Running, &p),
+            "complete; results not readable yet after 3 check(s) (last pending status: processing)"
+        );
+        assert_eq!(
+            last_mce_status(RunStatus::Failed, &p),
+            "processing (the last pending status; the run then failed)"
+        );
+        assert_eq!(
+            last_mce_status(RunStatus::Canceled, &PollState::new(0, Utc::now())),
+            "-"
+        );
+        assert_eq!(
+            last_mce_status(RunStatus::Ready, &PollState::new(1, Utc::now())),
+            "complete"
+        );
     }
 
     #[test]
