@@ -464,11 +464,13 @@ pub async fn stale_runs(
     first_thousand(store, query).await
 }
 
-/// Runs by status, and when the oldest run still running started (its
-/// `started_at`, else `created_at`): the dashboard's gauges. Two indexed
-/// aggregates.
+/// Runs by status, and when the oldest run still running was created.
+pub(crate) type RunCounts = (Vec<(String, i64)>, Option<DateTime<Utc>>);
+
+/// The dashboard's gauges, read with two aggregates: runs by status, and
+/// when the oldest run still running was created.
 #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "run_counts"))]
-pub(crate) async fn run_counts(store: &Store) -> Result<(Vec<(String, i64)>, Option<DateTime<Utc>>), StoreError> {
+pub(crate) async fn run_counts(store: &Store) -> Result<RunCounts, StoreError> {
     let counts: Vec<(String, i64)> = runs::Entity::find()
         .select_only()
         .column(runs::Column::Status)
