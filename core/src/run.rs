@@ -112,12 +112,50 @@ pub struct Run {
     /// `status` (and `completed_at`) itself; only this marker says the
     /// service has done its part.
     pub cancel_handled_at: Option<DateTime<Utc>>,
+    /// The run this one retries (an operator's `runs retry`).
+    pub retry_of: Option<Uuid>,
     /// What earlier poll ticks left in the row (its `poll_count` is the
     /// tick number at the last state-changing write).
     pub poll: PollState,
 }
 
 impl Run {
+    /// Why an operator may not retry this run as it stands: it has not
+    /// ended as failed or canceled, or it wrote into a target in `Append`
+    /// mode (or a mode the service does not know) after its Perform may
+    /// have been sent (a retry could add its rows twice; `force` accepts
+    /// that).
+    pub fn retry_refused(&self, force: bool) -> Option<String> {
+        if !matches!(self.status, RunStatus::Failed | RunStatus::Canceled) {
+            return Some(format!(
+                "run {} is {}: only a failed or canceled run is retried",
+                self.id,
+                self.status.as_str()
+            ));
+        }
+        let performed = !matches!(self.start, StartPhase::NotRequested);
+        // The same rule as a resumed start's (`resume::second_perform_harmless`).
+        let temp_de = self.target().is_none();
+        let harmless = crate::resume::second_perform_harmless(temp_de, UpdateType::mode_of(self.update_type.as_ref()));
+        if performed && !harmless && !force {
+            return Some(format!(
+                "run {} wrote into {} in {} mode and its Perform may have been sent: a retry could add its rows twice; check the target, then pass --force to run it again",
+                self.id,
+                self.target_de_customer_key.as_deref().unwrap_or("its target"),
+                self.update_type.as_ref().map_or("Overwrite", |u| u.as_str())
+            ));
+        }
+        None
+    }
+
+    /// The Data Extension the request named (a run-to-target), not the
+    /// run's own temp DE.
+    pub fn target(&self) -> Option<&str> {
+        self.target_de_customer_key
+            .as_deref()
+            .filter(|key| *key != crate::naming::temp_de_key(self.id))
+    }
+
     /// The recorded ObjectID of the run's QueryDefinition, if any.
     pub fn query_definition(&self) -> Option<&str> {
         self.query_definition_id.as_deref().filter(|id| !id.trim().is_empty())
@@ -273,6 +311,63 @@ mod tests {
             assert_eq!(RunStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(RunStatus::parse("done"), None);
+    }
+
+    #[test]
+    fn a_retry_is_refused_where_the_first_attempt_may_have_added_rows() {
+        let id = Uuid::new_v4();
+        let base = Run {
+            id,
+            account: Account::new(Uuid::new_v4(), None, crate::account::Mid::parse("1").unwrap()),
+            snippet_name: None,
+            sql_text_hash: String::new(),
+            sql_text_encrypted: None,
+            status: RunStatus::Failed,
+            start: StartPhase::Started(Task::Known("7".into())),
+            query_definition_id: None,
+            query_customer_key: None,
+            target_de_customer_key: Some(crate::naming::temp_de_key(id)),
+            update_type: None,
+            poll_started_at: None,
+            error_message: None,
+            row_count: None,
+            created_at: Utc::now(),
+            started_at: None,
+            completed_at: None,
+            terminal_event_at: None,
+            cancel_handled_at: None,
+            retry_of: None,
+            poll: PollState::new(0, Utc::now()),
+        };
+        assert_eq!(base.retry_refused(false), None, "its own temp DE: harmless");
+        assert_eq!(base.target(), None);
+        let append = Run {
+            target_de_customer_key: Some("Target".into()),
+            update_type: Some(UpdateType::from_stored("Append")),
+            ..base.clone()
+        };
+        assert!(append.retry_refused(false).unwrap().contains("--force"));
+        assert_eq!(append.retry_refused(true), None);
+        let never_sent = Run {
+            start: StartPhase::NotRequested,
+            ..append.clone()
+        };
+        assert_eq!(never_sent.retry_refused(false), None, "no Perform: no rows");
+        let overwrite = Run {
+            update_type: Some(UpdateType::from_stored("Overwrite")),
+            ..append.clone()
+        };
+        assert_eq!(overwrite.retry_refused(false), None);
+        let running = Run {
+            status: RunStatus::Running,
+            ..base
+        };
+        assert!(
+            running
+                .retry_refused(true)
+                .unwrap()
+                .contains("only a failed or canceled")
+        );
     }
 
     #[test]

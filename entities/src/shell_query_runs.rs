@@ -56,6 +56,8 @@ pub struct Model {
     /// When the service handled a cancel; a `canceled` row without it (the
     /// API canceled it) still needs its clean-up and `canceled` event.
     pub cancel_handled_at: Option<DateTimeUtc>,
+    /// The run this one retries (`runs retry`), if any.
+    pub retry_of: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

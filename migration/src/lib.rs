@@ -9,6 +9,7 @@ mod m20261128_000003_recent_runs_index;
 mod m20261130_000001_terminal_event_confirmed;
 mod m20261130_000002_cancel_handled;
 mod m20261204_000001_deliveries;
+mod m20261204_000002_retry_of;
 
 pub struct Migrator;
 
@@ -69,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_terminal_event_confirmed::Migration),
             Box::new(m20261130_000002_cancel_handled::Migration),
             Box::new(m20261204_000001_deliveries::Migration),
+            Box::new(m20261204_000002_retry_of::Migration),
         ]
     }
 }

@@ -399,3 +399,93 @@ async fn the_metrics_measure_ticks_calls_lateness_and_detection() {
     assert!(value("process_resident_memory_bytes ") > 1e6);
     assert!(value("process_start_time_seconds ") <= now);
 }
+
+/// `runs retry`: a failed run runs again under a new runId that names the
+/// old one; a run that has not failed is refused, and so is an Append run
+/// whose Perform may have been sent, unless --force. `runs list` filters by
+/// age; `runs stats` counts by status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_retried_counted_and_filtered_by_age() {
+    let system = System::start().await;
+    let env = as_admin(&system);
+    let failed = system.insert_queued_run("SELECT Email FROM Quick", &[]).await;
+    system
+        .execute_sql(format!(
+            "UPDATE shell_query_runs SET status = 'failed', completed_at = now(), created_at = now() - interval '2 hours' WHERE id = '{failed}'"
+        ))
+        .await;
+
+    let (code, out, err) = command(&["runs", "retry", &failed.to_string()], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let retry: Uuid = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("the new run's id: {out}"));
+    assert!(out.contains(&format!("retries run {failed}")), "{out}");
+    let run = system.wait_terminal(retry, Duration::from_secs(60)).await;
+    assert_eq!(run.status, "ready", "{}", system.log());
+    assert_eq!(run.retry_of, Some(failed));
+    let (_, out, _) = command(&["runs", "show", &retry.to_string()], env.clone()).await;
+    assert!(out.contains(&format!("retry of          {failed}")), "{out}");
+
+    let (code, _, err) = command(&["runs", "retry", &retry.to_string()], env.clone()).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("only a failed or canceled run"), "{err}");
+
+    let append = system
+        .insert_queued_run(
+            "SELECT Email FROM Quick",
+            &[
+                ("target_de_customer_key", "'Target'"),
+                ("target_update_type", "'Append'"),
+                ("perform_requested_at", "now()"),
+            ],
+        )
+        .await;
+    system
+        .execute_sql(format!(
+            "UPDATE shell_query_runs SET status = 'failed', completed_at = now() WHERE id = '{append}'"
+        ))
+        .await;
+    let (code, _, err) = command(&["runs", "retry", &append.to_string()], env.clone()).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--force") && err.contains("twice"), "{err}");
+    assert_eq!(
+        system.run(append).await.unwrap().status,
+        "failed",
+        "refused: nothing changed"
+    );
+    let (code, out, err) = command(&["runs", "retry", &append.to_string(), "--force"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let forced: Uuid = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let forced_row = system.run(forced).await.expect("the forced retry's row");
+    assert_eq!(forced_row.retry_of, Some(append));
+    assert_eq!(forced_row.target_de_customer_key.as_deref(), Some("Target"));
+    assert_eq!(forced_row.target_update_type.as_deref(), Some("Append"));
+
+    let (code, out, err) = command(&["runs", "list", "--older-than", "1h"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&failed.to_string()) && !out.contains(&retry.to_string()),
+        "{out}"
+    );
+    let (_, out, _) = command(&["runs", "list", "--since", "30m"], env.clone()).await;
+    assert!(
+        out.contains(&retry.to_string()) && !out.contains(&failed.to_string()),
+        "{out}"
+    );
+    let (code, _, err) = command(&["runs", "list", "--since", "yesterday"], env.clone()).await;
+    assert_eq!(code, 2, "{err}");
+
+    let (code, out, err) = command(&["runs", "stats"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let count = |status: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(status))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{status}: {out}"))
+    };
+    assert!(count("failed") >= 1 && count("ready") >= 1, "{out}");
+    assert!(out.contains("oldest running:"), "{out}");
+}

@@ -57,6 +57,46 @@ pub enum Command {
     Contract(ContractCommand),
 }
 
+/// A point in time given as RFC 3339 or as an age before now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Moment {
+    At(chrono::DateTime<chrono::Utc>),
+    Ago(std::time::Duration),
+}
+
+impl Moment {
+    /// The time it names, ages counted back from `now`.
+    pub fn resolve(self, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Moment::At(t) => t,
+            Moment::Ago(age) => now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX),
+        }
+    }
+}
+
+/// `2026-12-04T10:00:00Z`, or a whole number with `s`, `m`, `h` or `d`.
+pub fn parse_moment(text: &str) -> Result<Moment, String> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(Moment::At(t.with_timezone(&chrono::Utc)));
+    }
+    let unit = |c: char| match c {
+        's' => Some(1u64),
+        'm' => Some(60),
+        'h' => Some(3600),
+        'd' => Some(86_400),
+        _ => None,
+    };
+    let parsed = text.char_indices().last().and_then(|(i, c)| {
+        let n: u64 = text[..i].parse().ok()?;
+        Some(std::time::Duration::from_secs(n.checked_mul(unit(c)?)?))
+    });
+    parsed
+        .filter(|d| d.as_secs() <= 100 * 365 * 86_400)
+        .map(Moment::Ago)
+        .ok_or_else(|| format!("{text:?} is neither an RFC 3339 time nor an age like 90s, 30m, 6h or 7d"))
+}
+
 // Parsed once per process: the size of a variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
@@ -69,11 +109,39 @@ pub enum RunsCommand {
         /// Only runs of this tenant.
         #[arg(long)]
         tenant: Option<Uuid>,
+        /// Only runs created at or after this time: RFC 3339
+        /// (`2026-12-04T10:00:00Z`) or an age (`90s`, `30m`, `6h`, `7d`).
+        #[arg(long, value_parser = parse_moment)]
+        since: Option<Moment>,
+        /// Only runs created before this time: RFC 3339 or an age (`1h`:
+        /// runs older than an hour).
+        #[arg(long, value_parser = parse_moment)]
+        older_than: Option<Moment>,
         /// At most this many runs.
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
         #[command(flatten)]
         db: DbArgs,
+    },
+    /// Runs by status, and the age of the oldest run still running.
+    Stats {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Run a failed or canceled run again: a new run, under a new runId
+    /// (printed), with the same request, whose row names the old one in
+    /// `retry_of`. Refused for a run that wrote into a target in Append
+    /// mode once its Perform may have been sent, unless --force.
+    Retry {
+        /// The run to retry.
+        run_id: Uuid,
+        /// Retry even where the first attempt may have added rows already.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// A run's row, its poll state, the last MCE status and its status events.
     Show {
@@ -894,6 +962,26 @@ mod tests {
 
     fn error_line(extra: &[&str]) -> String {
         one_line(&run_args(extra).unwrap_err().render().to_string())
+    }
+
+    #[test]
+    fn moments_are_times_or_ages() {
+        let now = chrono::Utc::now();
+        assert_eq!(
+            parse_moment("90s").map(|m| m.resolve(now)),
+            Ok(now - chrono::Duration::seconds(90))
+        );
+        assert_eq!(
+            parse_moment("7d"),
+            Ok(Moment::Ago(std::time::Duration::from_secs(7 * 86_400)))
+        );
+        assert_eq!(
+            parse_moment("2026-12-04T10:00:00Z").map(|m| m.resolve(now).to_rfc3339()),
+            Ok("2026-12-04T10:00:00+00:00".to_string())
+        );
+        for bad in ["", "yesterday", "5w", "-3h", "99999999999999999d", "h"] {
+            assert!(parse_moment(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

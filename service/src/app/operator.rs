@@ -70,12 +70,20 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<()> {
         RunsCommand::List {
             status,
             tenant,
+            since,
+            older_than,
             limit,
             db,
         } => {
             let store = database(&db).await?;
-            let status = status.as_deref().and_then(RunStatus::parse);
-            let list = runs::list(&store, status, tenant, limit).await?;
+            let now = Utc::now();
+            let filter = runs::RunFilter {
+                status: status.as_deref().and_then(RunStatus::parse),
+                tenant_id: tenant,
+                since: since.map(|m| m.resolve(now)),
+                before: older_than.map(|m| m.resolve(now)),
+            };
+            let list = runs::list(&store, &filter, limit).await?;
             println!(
                 "{:<24}  {:<36}  {:<36}  {:<8}  {:>5}  snippet",
                 "created", "run", "tenant", "status", "polls"
@@ -92,6 +100,52 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<()> {
                 );
             }
             println!("{} run(s)", list.len());
+            Ok(())
+        }
+        RunsCommand::Stats { db } => {
+            let store = database(&db).await?;
+            let (counts, oldest) = runs::run_counts(&store).await?;
+            for status in ["queued", "running", "ready", "failed", "canceled"] {
+                let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                println!("{status:<9} {n}");
+            }
+            match oldest {
+                Some(at) => println!(
+                    "oldest running: created {}, {} s ago",
+                    time(Some(at)),
+                    (Utc::now() - at).num_seconds().max(0)
+                ),
+                None => println!("oldest running: none"),
+            }
+            Ok(())
+        }
+        RunsCommand::Retry {
+            run_id,
+            force,
+            db,
+            nats,
+        } => {
+            let store = database(&db).await?;
+            let old = runs::get_run(&store, run_id)
+                .await?
+                .ok_or_else(|| anyhow!("run {run_id} not found"))?;
+            if let Some(why) = old.retry_refused(force) {
+                bail!(why);
+            }
+            let msg = crate::jobs::reconciler::request_of(&old)
+                .ok_or_else(|| anyhow!("run {run_id}'s request cannot be rebuilt from its row (its query text, business unit or target is missing)"))?;
+            let (_client, js) = self::nats(&nats).await?;
+            let id = Uuid::new_v4();
+            runs::insert_retry(&store, &old, id, Utc::now()).await?;
+            // A temp-DE run's retry makes its own temp DE.
+            let msg = shell_query_core::message::ExecuteMessage {
+                run_id: id,
+                target_de_customer_key: old.target().map(str::to_string),
+                ..msg
+            };
+            let subjects = shell_query_core::message::Subjects::new(&nats.subject_prefix);
+            crate::adapters::nats::publish_execute(&js, &subjects, &msg, &format!("execute:{id}")).await?;
+            println!("run {id} retries run {run_id}");
             Ok(())
         }
         RunsCommand::Show { run_id, db, nats, keys } => {
@@ -159,6 +213,7 @@ pub(crate) fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
             run.target_de_customer_key.clone().unwrap_or_else(|| "-".into()),
         ),
         ("rows", run.row_count.map_or_else(|| "-".into(), |n| n.to_string())),
+        ("retry of", run.retry_of.map_or_else(|| "-".into(), |id| id.to_string())),
         ("error", error.unwrap_or_else(|| "-".into())),
         ("last MCE status", last_mce_status(run.status, p)),
         (

@@ -181,13 +181,23 @@ async fn reconcile_run(
 /// when the row cannot rebuild the request (no SQL, no MID, or an update
 /// type without its target): the run is then failed, never left queued.
 async fn resubmit(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, NatsError> {
-    let (Some(sql), false) = (run.sql_text_encrypted.clone(), run.account.mid.is_empty()) else {
+    let Some(msg) = request_of(run) else {
         return Ok(false);
     };
+    let msg_id = format!("execute:{}:{}", run.id, now.timestamp_millis());
+    crate::adapters::nats::publish_execute(&deps.js, &deps.subjects, &msg, &msg_id).await?;
+    Ok(true)
+}
+
+/// The execute message the row holds (`None` when it cannot be rebuilt).
+pub(crate) fn request_of(run: &Run) -> Option<ExecuteMessage> {
+    let (Some(sql), false) = (run.sql_text_encrypted.clone(), run.account.mid.is_empty()) else {
+        return None;
+    };
     if run.target_de_customer_key.is_none() && run.update_type.is_some() {
-        return Ok(false);
+        return None;
     }
-    let msg = ExecuteMessage {
+    Some(ExecuteMessage {
         run_id: run.id,
         tenant_id: run.account.tenant_id(),
         user_id: run.account.user_id(),
@@ -197,10 +207,7 @@ async fn resubmit(deps: &Deps, run: &Run, now: DateTime<Utc>) -> Result<bool, Na
         target_de_customer_key: run.target_de_customer_key.clone(),
         target_update_type: run.update_type.as_ref().map(|u| u.as_str().to_string()),
         ..Default::default()
-    };
-    let msg_id = format!("execute:{}:{}", run.id, now.timestamp_millis());
-    crate::adapters::nats::publish_execute(&deps.js, &deps.subjects, &msg, &msg_id).await?;
-    Ok(true)
+    })
 }
 
 /// Runs passes every `interval` while this replica holds the lease.

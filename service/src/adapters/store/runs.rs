@@ -49,6 +49,7 @@ fn to_run(m: runs::Model) -> Result<Run, StoreError> {
         completed_at: m.completed_at,
         terminal_event_at: m.terminal_event_at,
         cancel_handled_at: m.cancel_handled_at,
+        retry_of: m.retry_of,
         poll: PollState {
             poll_count: count(m.poll_count),
             started_at: m.poll_started_at.unwrap_or(m.created_at),
@@ -130,12 +131,13 @@ pub async fn get_run_for_poll(store: &Store, id: Uuid) -> Result<Option<Run>, St
 /// The newest runs first, optionally of one status and tenant, without
 /// their SQL text (operators' `runs list`).
 #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "list_runs"))]
-pub(crate) async fn list(
-    store: &Store,
-    status: Option<RunStatus>,
-    tenant_id: Option<Uuid>,
-    limit: u64,
-) -> Result<Vec<Run>, StoreError> {
+pub(crate) async fn list(store: &Store, filter: &RunFilter, limit: u64) -> Result<Vec<Run>, StoreError> {
+    let RunFilter {
+        status,
+        tenant_id,
+        since,
+        before,
+    } = *filter;
     use sea_orm::Iterable as _;
     let mut query = runs::Entity::find()
         .select_only()
@@ -147,6 +149,12 @@ pub(crate) async fn list(
     if let Some(tenant_id) = tenant_id {
         query = query.filter(runs::Column::TenantId.eq(tenant_id));
     }
+    if let Some(since) = since {
+        query = query.filter(runs::Column::CreatedAt.gte(since));
+    }
+    if let Some(before) = before {
+        query = query.filter(runs::Column::CreatedAt.lt(before));
+    }
     query
         .order_by_desc(runs::Column::CreatedAt)
         .limit(limit)
@@ -155,6 +163,40 @@ pub(crate) async fn list(
         .into_iter()
         .map(to_run)
         .collect()
+}
+
+/// Which runs `runs list` shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RunFilter {
+    pub status: Option<RunStatus>,
+    pub tenant_id: Option<Uuid>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub before: Option<DateTime<Utc>>,
+}
+
+/// A new run, `queued`, that retries `old` under `id`: the same request
+/// (SQL, account, snippet, target), linked by `retry_of`.
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_runs", code.function.name = "insert_retry"))]
+pub(crate) async fn insert_retry(store: &Store, old: &Run, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
+    let mut row = new_row(
+        NewRun {
+            id,
+            tenant_id: old.account.tenant_id(),
+            user_id: old.account.user_id(),
+            mid: old.account.mid.to_string(),
+            snippet_name: old.snippet_name.clone(),
+            sql_text_hash: old.sql_text_hash.clone(),
+            sql_text_encrypted: old.sql_text_encrypted.clone(),
+            target_de_customer_key: old.target().map(str::to_string),
+            target_update_type: old.update_type.as_ref().map(|u| u.as_str().to_string()),
+        },
+        now,
+    );
+    row.retry_of = Set(Some(old.id));
+    runs::Entity::insert(row).exec_without_returning(&store.db).await?;
+    Ok(())
 }
 
 /// The API's cancel, for operators: a live run becomes `canceled` with
