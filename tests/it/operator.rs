@@ -193,6 +193,77 @@ async fn dlq_copies_are_listed_shown_redacted_and_replayed() {
     assert!(err.contains("999"), "{err}");
 }
 
+/// `migrate status` and `migrate --dry-run` list and change nothing; plain
+/// `migrate` applies, without PostgreSQL's "already exists" notices.
+#[test]
+fn migrate_status_and_dry_run_list_and_apply_nothing() {
+    use migration::MigratorTrait as _;
+    let names: Vec<String> = migration::Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let url = tests::fresh_database_url();
+    let env = vec![("DATABASE_URL".to_string(), url.clone())];
+
+    // Read-only: a database that does not exist is not made.
+    let (code, _, err) = tests::run_command(&["migrate", "status"], &env, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+    let (name, server) = {
+        let (server, name) = url.rsplit_once('/').unwrap();
+        (name.to_string(), server.to_string())
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sea_orm::ConnectionTrait as _;
+        let admin = sea_orm::Database::connect(format!("{server}/postgres")).await.unwrap();
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+    });
+
+    let (code, out, err) = tests::run_command(&["migrate", "status"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    for n in &names {
+        assert!(out.contains(&format!("pending  {n}")), "{n}: {out}");
+    }
+    assert!(out.contains(&format!("0 applied, {} pending", names.len())), "{out}");
+    let (code, out, err) = tests::run_command(&["migrate", "--dry-run"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    for n in &names {
+        assert!(out.contains(&format!("would apply  {n}")), "{n}: {out}");
+    }
+    assert!(out.contains("nothing was applied"), "{out}");
+    let (_, out, _) = tests::run_command(&["migrate", "status"], &env, None);
+    assert!(
+        out.contains(&format!("0 applied, {} pending", names.len())),
+        "the dry run applied nothing: {out}"
+    );
+
+    let (code, out, err) = tests::run_command(&["migrate"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    let logs = format!("{out}{err}");
+    assert!(logs.contains(&names[0]), "it logs what it applies: {logs}");
+    assert!(!logs.contains("already exists"), "no notice noise: {logs}");
+    let (code, out, err) = tests::run_command(&["migrate", "status"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    for n in &names {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("applied  {n} "))),
+            "{n}: {out}"
+        );
+    }
+    assert!(out.contains(&format!("{} applied, 0 pending", names.len())), "{out}");
+    let (_, out, _) = tests::run_command(&["migrate", "--dry-run"], &env, None);
+    assert!(out.contains("0 migration(s) would be applied"), "{out}");
+    // Again: nothing to apply, and still no notice.
+    let (code, out, err) = tests::run_command(&["migrate"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    assert!(!format!("{out}{err}").contains("already exists"), "{out}{err}");
+    let (code, _, err) = tests::run_command(&["migrate", "--dry-run", "status"], &env, None);
+    assert_eq!(code, 2, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_passes_on_a_healthy_system_and_names_what_fails() {
     let system = System::start().await;

@@ -157,18 +157,29 @@ impl Telemetry {
 
 /// The NATS client logs every protocol line at debug and whole message
 /// payloads (execute messages carry SQL) at trace: it is capped at info
-/// unless `RUST_LOG` names `async_nats` itself. A filter that lets nothing
-/// below info through needs no cap (and a quieter one, the demo's `warn`,
-/// is not raised).
+/// unless `RUST_LOG` names `async_nats` itself. PostgreSQL's notices come
+/// through sqlx at info (`relation "seaql_migrations" already exists,
+/// skipping`, each time the migrator checks its table): they are capped at
+/// warn, so its warnings still show, unless `RUST_LOG` names `sqlx`. A
+/// filter that lets nothing below a cap through needs no cap (and a
+/// quieter one, the demo's `warn`, is not raised).
 fn capped(rust_log: Option<&str>, filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::filter::LevelFilter;
-    if rust_log.is_some_and(|l| l.contains("async_nats")) {
-        return filter;
+    let max = filter.max_level_hint();
+    let named = |target: &str| rust_log.is_some_and(|l| l.contains(target));
+    let above = |cap: LevelFilter| max.is_none_or(|max| max > cap);
+    let mut filter = filter;
+    if !named("async_nats") && above(LevelFilter::INFO) {
+        filter = filter.add_directive("async_nats=info".parse().expect("a static directive parses"));
     }
-    if filter.max_level_hint().is_some_and(|max| max <= LevelFilter::INFO) {
-        return filter;
+    if !named("sqlx") && above(LevelFilter::WARN) {
+        filter = filter.add_directive(
+            "sqlx::postgres::notice=warn"
+                .parse()
+                .expect("a static directive parses"),
+        );
     }
-    filter.add_directive("async_nats=info".parse().expect("a static directive parses"))
+    filter
 }
 
 /// Installs the subscriber: `format` is `json`, `pretty` or unset (JSON
@@ -332,5 +343,49 @@ mod tests {
         assert_eq!(f("warn").max_level_hint(), Some(LevelFilter::WARN));
         // Named, it is the user's choice.
         assert!(!f("info,async_nats=trace").to_string().contains("async_nats=info"));
+    }
+
+    /// PostgreSQL's notices (info) are capped at warn: its warnings show,
+    /// `already exists, skipping` does not; a filter quieter than warn is
+    /// not raised, and one that names sqlx is the user's.
+    #[test]
+    fn postgres_notices_are_capped_at_warn_unless_asked_for() {
+        use tracing_subscriber::filter::LevelFilter;
+        let f = |rust_log: &str| capped(Some(rust_log), tracing_subscriber::EnvFilter::new(rust_log));
+        for verbose in ["trace", "debug", "info", "warn,service=info"] {
+            assert!(
+                f(verbose).to_string().contains("sqlx::postgres::notice=warn"),
+                "{}",
+                f(verbose)
+            );
+        }
+        for quiet in ["warn", "error"] {
+            assert!(!f(quiet).to_string().contains("sqlx"), "{}", f(quiet));
+        }
+        assert_eq!(f("error").max_level_hint(), Some(LevelFilter::ERROR));
+        assert!(!f("info,sqlx=debug").to_string().contains("notice=warn"));
+
+        // What gets through: a notice's info line does not, its warning does.
+        use std::sync::{Arc, Mutex};
+        use tracing_subscriber::layer::SubscriberExt as _;
+        #[derive(Clone, Default)]
+        struct Seen(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Seen {
+            fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+                let m = event.metadata();
+                self.0.lock().unwrap().push(format!("{} {}", m.level(), m.target()));
+            }
+        }
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(f("info")).with(seen.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "sqlx::postgres::notice", "relation \"seaql_migrations\" already exists, skipping");
+            tracing::warn!(target: "sqlx::postgres::notice", "a real warning");
+            tracing::info!(target: "sea_orm_migration::migrator::exec", "Applying all pending migrations");
+        });
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            ["WARN sqlx::postgres::notice", "INFO sea_orm_migration::migrator::exec"]
+        );
     }
 }

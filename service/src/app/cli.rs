@@ -47,12 +47,7 @@ pub async fn main(cli: Cli) -> i32 {
             Err(e) => Err(e),
         },
         Command::Contract(command) => return crate::app::operator::contract(command),
-        Command::Migrate(db) => {
-            let _telemetry = init_logging(None);
-            crate::adapters::store::migrate(db.database_url.expose_secret())
-                .await
-                .map_err(Into::into)
-        }
+        Command::Migrate(args) => crate::app::migrate::migrate(args).await,
         Command::Tenant(TenantCommand::Upsert {
             tenant_id,
             eid,

@@ -28,8 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the service until SIGTERM/SIGINT.
     Run(Box<RunArgs>),
-    /// Apply pending migrations and exit.
-    Migrate(DbArgs),
+    /// Apply pending migrations and exit; `migrate status` lists every
+    /// migration, `migrate --dry-run` those that would be applied.
+    Migrate(MigrateArgs),
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -194,6 +195,28 @@ pub enum DlqCommand {
         nats: NatsArgs,
         #[command(flatten)]
         keys: KeyArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub command: Option<MigrateCommand>,
+    /// List the migrations that would be applied; apply nothing (the
+    /// database must exist).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Every migration, applied (and when) or pending; changes nothing (the
+    /// database must exist). Exit 0 either way.
+    Status {
+        #[command(flatten)]
+        db: DbArgs,
     },
 }
 

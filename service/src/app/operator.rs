@@ -25,7 +25,7 @@ use crate::app::config::{
 /// says so.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn database(db: &DbArgs) -> anyhow::Result<Store> {
+pub(crate) async fn database(db: &DbArgs) -> anyhow::Result<Store> {
     let connect = store::open(db.database_url.expose_secret(), 1);
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(store) => store.context("connecting to the database (DATABASE_URL)"),

@@ -26,6 +26,13 @@ pub(crate) fn system_name(db: &DatabaseConnection) -> &'static str {
     }
 }
 
+/// A migration and when it was applied (`None`: pending).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationState {
+    pub name: String,
+    pub applied_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// The database, as handlers and jobs hold it.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -35,12 +42,56 @@ pub struct Store {
 }
 
 impl Store {
-    /// The names of migrations not yet applied.
+    /// The names of migrations not yet applied (read only: the migrations
+    /// table is not created).
     pub(crate) async fn pending_migrations(&self) -> Result<Vec<String>, StoreError> {
-        Ok(migration::Migrator::get_pending_migrations(&self.db)
+        Ok(self
+            .migrations()
             .await?
+            .into_iter()
+            .filter(|m| m.applied_at.is_none())
+            .map(|m| m.name)
+            .collect())
+    }
+
+    /// Every migration, oldest first, with when it was applied; read only
+    /// (the migrations table is not created: without it, all are pending).
+    pub(crate) async fn migrations(&self) -> Result<Vec<MigrationState>, StoreError> {
+        let pending: std::collections::HashSet<String> =
+            migration::Migrator::get_pending_migrations_read_only(&self.db)
+                .await?
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect();
+        let all: Vec<String> = migration::Migrator::migrations()
             .iter()
             .map(|m| m.name().to_string())
+            .collect();
+        let mut applied_at = std::collections::HashMap::new();
+        if all.iter().any(|name| !pending.contains(name)) {
+            let rows = self
+                .db
+                .query_all_raw(Statement::from_string(
+                    self.db.get_database_backend(),
+                    "SELECT version, applied_at FROM seaql_migrations",
+                ))
+                .await?;
+            for row in rows {
+                let version: String = row.try_get("", "version")?;
+                let at: i64 = row.try_get("", "applied_at")?;
+                applied_at.insert(version, chrono::DateTime::from_timestamp(at, 0).unwrap_or_default());
+            }
+        }
+        Ok(all
+            .into_iter()
+            .map(|name| MigrationState {
+                applied_at: if pending.contains(&name) {
+                    None
+                } else {
+                    Some(applied_at.get(&name).copied().unwrap_or_default())
+                },
+                name,
+            })
             .collect())
     }
 
