@@ -172,25 +172,227 @@ async fn dlq_copies_are_listed_shown_redacted_and_replayed() {
     assert!(err.contains("shell_query_admin"), "{err}");
 
     // Replay restores the original body and publishes it where it came
-    // from: the service reads it again (and gives up again: same copy).
+    // from, then removes the copy: the service reads it again and gives up
+    // again, and the new copy takes the place of the one replayed (it names
+    // it): a failed replay adds no copy.
     let (code, _, err) = command(&["dlq", "replay", &seq], without_key).await;
     assert_eq!(code, 2, "no key, no replay: a setting is missing: {err}");
     assert!(err.contains("ENCRYPTION_KEY"), "{err}");
+    assert_eq!(system.dlq().await.len(), 1, "a refused replay changes nothing");
     let (code, out, err) = command(&["dlq", "replay", &seq], env.clone()).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("published to {subject}")), "{out}");
-    tests::wait_for("a second DLQ copy", Duration::from_secs(30), || async {
-        system.dlq().await.len() == 2
+    assert!(
+        out.contains(&format!("published to {subject}")) && out.contains("removed from the DLQ"),
+        "{out}"
+    );
+    tests::wait_for("the replay's own copy", Duration::from_secs(30), || async {
+        system
+            .dlq_copies()
+            .await
+            .iter()
+            .any(|c| c.replayed_from.as_deref() == Some(seq.as_str()))
     })
     .await;
     let copies = system.dlq_copies().await;
+    assert_eq!(copies.len(), 1, "the copy replayed is gone, one stands in for it");
     let cipher = system.cipher();
-    let restored: Vec<String> = copies.iter().map(|c| cipher.decrypt(&c.payload).unwrap()).collect();
-    assert_eq!(restored[0], restored[1], "the replayed body is the original");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&restored[1]).unwrap(), body);
+    let restored = cipher.decrypt(&copies[0].payload).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&restored).unwrap(),
+        body,
+        "the replayed body is the original"
+    );
+    let (_, out, _) = command(&["dlq", "list"], env.clone()).await;
+    assert!(out.contains("1 of 1 message(s)"), "{out}");
+    assert!(
+        !out.lines()
+            .any(|l| l.split_whitespace().next() == Some(seq.as_str()) && !l.ends_with("message(s)")),
+        "{out}"
+    );
+    // A second replay of the same copy is refused, and publishes nothing.
+    let (code, out, err) = command(&["dlq", "replay", &seq], env.clone()).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains(&format!("DLQ message {seq} is not in the DLQ")), "{err}");
+    assert_eq!(system.dlq().await.len(), 1);
     let (code, _, err) = command(&["dlq", "show", "999"], env).await;
     assert_eq!(code, 1);
     assert!(err.contains("999"), "{err}");
+}
+
+/// Stores a copy in the DLQ as the service would (the worker is stopped:
+/// a replayed message stays on its subject); its sequence.
+async fn dlq_copy(system: &System, original: &str, reason: &str, body: serde_json::Value) -> u64 {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Shell-Query-Error", reason);
+    headers.insert("Shell-Query-Original-Subject", original);
+    let dlq_subject = format!("{PREFIX}.dlq.{}", original.strip_prefix(&format!("{PREFIX}.")).unwrap());
+    system
+        .js
+        .publish_with_headers(dlq_subject, headers, body.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+/// The sequences `dlq list` shows.
+async fn listed(env: &[(String, String)], filters: &[&str]) -> Vec<u64> {
+    let mut args = vec!["dlq", "list"];
+    args.extend_from_slice(filters);
+    let (code, out, err) = command(&args, env.to_vec()).await;
+    assert_eq!(code, 0, "{err}");
+    let mut seqs: Vec<u64> = out
+        .lines()
+        .filter(|l| !l.ends_with("message(s)"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+/// `dlq replay --all` with filters (dry or not), `dlq rm` and `dlq purge`
+/// with --reason and --older-than: each takes exactly the copies its
+/// filters name, a dry run changes nothing, a replayed or removed copy is
+/// gone and cannot be replayed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_copies_are_removed_purged_and_replayed_in_bulk() {
+    let mut system = System::start().await;
+    system.kill_worker();
+    let env = as_admin(&system);
+    let tenant = system.tenant_id;
+    let (a_run, b_run, c_run, d_run) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let a = dlq_copy(
+        &system,
+        &format!("{PREFIX}.cancel.{a_run}"),
+        "cancel for a run of another tenant or user",
+        serde_json::json!({ "runId": a_run, "tenantId": tenant }),
+    )
+    .await;
+    let poll = |run: Uuid| format!("{PREFIX}.poll.{run}");
+    let b = dlq_copy(
+        &system,
+        &poll(b_run),
+        "MCE refused the token",
+        serde_json::json!({ "runId": b_run }),
+    )
+    .await;
+    let c = dlq_copy(
+        &system,
+        &poll(c_run),
+        "MCE refused the token",
+        serde_json::json!({ "runId": c_run }),
+    )
+    .await;
+    let d = dlq_copy(
+        &system,
+        &format!("{PREFIX}.status.{d_run}"),
+        "mce REFUSED, on a subject no one replays to",
+        serde_json::json!({ "runId": d_run }),
+    )
+    .await;
+    assert_eq!(listed(&env, &[]).await, [a, b, c, d]);
+    assert_eq!(listed(&env, &["--subject", &format!("{PREFIX}.poll.*")]).await, [b, c]);
+    assert_eq!(listed(&env, &["--reason", "mce refused"]).await, [b, c, d]);
+
+    // A dry run lists what would be replayed, and what could not be.
+    let (code, out, err) = command(
+        &["dlq", "replay", "--all", "--reason", "MCE refused", "--dry-run"],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    for seq in [b, c] {
+        assert!(out.contains(&format!("would replay  {seq} ")), "{seq}: {out}");
+    }
+    assert!(
+        out.contains(&format!("cannot replay {d}: ")) && out.contains("not an execute, poll or cancel subject"),
+        "{out}"
+    );
+    assert!(!out.contains(&format!("replay  {a} ")), "{out}");
+    assert!(out.contains("2 message(s) would be replayed, 1 could not"), "{out}");
+    assert_eq!(listed(&env, &[]).await, [a, b, c, d], "a dry run removes nothing");
+    assert!(!system.pending_on(poll(b_run)).await, "a dry run publishes nothing");
+
+    // Filters without --all, or a number with --all: refused.
+    let (code, _, err) = command(&["dlq", "replay", &b.to_string(), "--reason", "x"], env.clone()).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = command(&["dlq", "replay", &b.to_string(), "--all"], env.clone()).await;
+    assert_eq!(code, 2, "{err}");
+
+    let (code, out, err) = command(
+        &["dlq", "replay", "--all", "--subject", &format!("{PREFIX}.poll.*")],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 message(s) replayed, 0 failed"), "{out}");
+    assert!(system.pending_on(poll(b_run)).await && system.pending_on(poll(c_run)).await);
+    assert_eq!(listed(&env, &[]).await, [a, d], "the replayed copies are gone");
+    let (code, _, err) = command(&["dlq", "replay", &b.to_string()], env.clone()).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("is not in the DLQ"), "{err}");
+    // Nothing left that matches: nothing replayed, exit 0.
+    let (code, out, _) = command(
+        &["dlq", "replay", "--all", "--subject", &format!("{PREFIX}.poll.*")],
+        env.clone(),
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("0 message(s) replayed"), "{out}");
+    // One that cannot be replayed fails the bulk replay (exit 1) and stays.
+    let (code, out, _) = command(&["dlq", "replay", "--all", "--reason", "refused"], env.clone()).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(listed(&env, &[]).await, [a, d]);
+
+    let (code, out, err) = command(&["dlq", "rm", &a.to_string()], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("DLQ message {a} removed")), "{out}");
+    let (code, _, err) = command(&["dlq", "rm", &a.to_string()], env.clone()).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not in the DLQ"), "{err}");
+    assert_eq!(listed(&env, &[]).await, [d]);
+
+    // Purge by reason, then by age, then the rest.
+    let e_run = Uuid::new_v4();
+    let e = dlq_copy(
+        &system,
+        &poll(e_run),
+        "kept for a while",
+        serde_json::json!({ "runId": e_run }),
+    )
+    .await;
+    let (code, out, err) = command(&["dlq", "purge", "--reason", "REFUSED"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 message(s) removed"), "{out}");
+    assert_eq!(listed(&env, &[]).await, [e]);
+    let stored = chrono::Utc::now();
+    // Five seconds: the commands below all run before `f` is that old.
+    tests::wait_for("the copy five seconds old", Duration::from_secs(15), || async {
+        chrono::Utc::now() - stored > chrono::Duration::milliseconds(5100)
+    })
+    .await;
+    let f_run = Uuid::new_v4();
+    let f = dlq_copy(&system, &poll(f_run), "new", serde_json::json!({ "runId": f_run })).await;
+    let (code, out, _) = command(&["dlq", "purge", "--older-than", "5s", "--dry-run"], env.clone()).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&format!("would remove  {e} ")) && !out.contains(&format!("would remove  {f} ")),
+        "{out}"
+    );
+    assert_eq!(listed(&env, &[]).await, [e, f], "a dry run removes nothing");
+    let (code, _, err) = command(&["dlq", "purge", "--older-than", "1h"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&env, &[]).await, [e, f], "none is an hour old");
+    let (code, _, err) = command(&["dlq", "purge", "--older-than", "5s"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(listed(&env, &[]).await, [f]);
+    let (code, _, err) = command(&["dlq", "purge", "--older-than", "soon"], env.clone()).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = command(&["dlq", "purge"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("1 message(s) removed"), "{out}");
+    assert!(listed(&env, &[]).await.is_empty());
 }
 
 /// `migrate status` and `migrate --dry-run` list and change nothing; plain

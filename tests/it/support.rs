@@ -21,6 +21,8 @@ pub struct DlqCopy {
     pub reason: String,
     /// How the copy was redacted, if it was.
     pub redacted: Option<String>,
+    /// The DLQ sequence of the copy it was replayed from, if it was.
+    pub replayed_from: Option<String>,
     pub payload: String,
 }
 
@@ -495,6 +497,7 @@ impl System {
                     subject: m.subject.to_string(),
                     reason: header("Shell-Query-Error").unwrap_or_default(),
                     redacted: header("Shell-Query-Redacted"),
+                    replayed_from: header("Shell-Query-Replayed-From"),
                     payload: String::from_utf8_lossy(&m.payload).to_string(),
                 }
             })

@@ -38,6 +38,9 @@ pub(crate) const HEADER_ERROR: &str = "Shell-Query-Error";
 pub(crate) const HEADER_ORIGINAL_SUBJECT: &str = "Shell-Query-Original-Subject";
 /// How a DLQ copy was redacted (no SQL text leaves in plain text).
 pub(crate) const HEADER_REDACTED: &str = "Shell-Query-Redacted";
+/// On a replayed message, and on the DLQ copy of one that failed again:
+/// the DLQ sequence of the copy it was replayed from.
+pub(crate) const HEADER_REPLAYED_FROM: &str = "Shell-Query-Replayed-From";
 
 /// Deliveries of one execute message before the run is given up.
 pub const EXECUTE_MAX_DELIVER: i64 = 5;
@@ -81,6 +84,8 @@ fn read_error(what: impl Into<String>, e: impl std::fmt::Display) -> NatsError {
 pub(crate) struct StoredMessage {
     pub(crate) subject: String,
     pub(crate) time: String,
+    /// When the stream stored it.
+    pub(crate) stored_at: chrono::DateTime<chrono::Utc>,
     pub(crate) headers: HeaderMap,
     pub(crate) payload: Bytes,
 }
@@ -124,6 +129,8 @@ pub(crate) async fn stored_message(
         Ok(m) => Ok(Some(StoredMessage {
             subject: m.subject.to_string(),
             time: m.time.to_string(),
+            stored_at: chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                .unwrap_or_default(),
             headers: m.headers,
             payload: m.payload,
         })),
@@ -171,20 +178,34 @@ pub(crate) enum ReplayError {
     Other(String, String),
 }
 
+/// What a replay stored.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    pub(crate) stream: String,
+    pub(crate) sequence: u64,
+    /// The jobs stream had taken this copy's replay already (within its
+    /// duplicate window): nothing new was stored.
+    pub(crate) duplicate: bool,
+}
+
 /// Publishes a DLQ copy's original body to its original subject again,
-/// under the message id `replay:<seq>:<millis>`; the stream and sequence
-/// that stored it.
+/// under a message id of the copy (`replay:<seq>:<stored nanos>`): a
+/// second replay of the same copy within the jobs stream's duplicate
+/// window is not stored twice.
 pub(crate) async fn replay(
     js: &jetstream::Context,
     subject: &str,
     seq: u64,
+    stored_at: chrono::DateTime<chrono::Utc>,
     body: Bytes,
-    now_millis: i64,
-) -> Result<(String, u64), ReplayError> {
+) -> Result<Replayed, ReplayError> {
     let mut headers = HeaderMap::new();
-    let id = format!("replay:{seq}:{now_millis}");
+    let id = format!(
+        "replay:{seq}:{}",
+        stored_at.timestamp_nanos_opt().unwrap_or_else(|| stored_at.timestamp())
+    );
     headers.insert("Nats-Msg-Id", id.as_str());
-    headers.insert("Shell-Query-Replayed-From", seq.to_string().as_str());
+    headers.insert(HEADER_REPLAYED_FROM, seq.to_string().as_str());
     let other = |e: &dyn std::fmt::Display| ReplayError::Other(subject.to_string(), e.to_string());
     let ack = js
         .publish_with_headers(subject.to_string(), headers, body)
@@ -192,13 +213,42 @@ pub(crate) async fn replay(
         .map_err(|e| other(&e))?
         .await;
     match ack {
-        Ok(ack) => Ok((ack.stream, ack.sequence)),
+        Ok(ack) => Ok(Replayed {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        }),
         Err(e) if subject_already_holds_one(&e) => Err(ReplayError::AlreadyHolds(subject.to_string())),
         Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
             Err(ReplayError::NoStream(subject.to_string()))
         }
         Err(e) => Err(other(&e)),
     }
+}
+
+/// Removes the message at `seq` of a stream (a DLQ copy replayed or
+/// dropped by an operator); `false` when it was not there.
+pub(crate) async fn delete_stored_message(js: &jetstream::Context, name: &str, seq: u64) -> Result<bool, NatsError> {
+    let stream = js.get_stream_no_info(name).await.map_err(|e| read_error(name, e))?;
+    match stream.delete_message(seq).await {
+        Ok(_) => Ok(true),
+        Err(e) => match stream.get_raw_message(seq).await {
+            Err(g) if g.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(false),
+            _ => Err(read_error(format!("removing {name} message {seq}"), e)),
+        },
+    }
+}
+
+/// Removes every message of a stream below sequence `below` (those an
+/// operator saw; later ones stay); how many went.
+pub(crate) async fn purge_below(js: &jetstream::Context, name: &str, below: u64) -> Result<u64, NatsError> {
+    let stream = js.get_stream_no_info(name).await.map_err(|e| read_error(name, e))?;
+    let purged = stream
+        .purge()
+        .sequence(below)
+        .await
+        .map_err(|e| read_error(format!("purging {name}"), e))?;
+    Ok(purged.purged)
 }
 
 pub struct Consumers {
@@ -916,10 +966,28 @@ pub(crate) async fn publish_dlq(
     redaction: Option<&str>,
     reason: &str,
 ) -> Result<(), NatsError> {
+    publish_dlq_copy(js, subjects, original_subject, payload, redaction, reason, None).await
+}
+
+/// [`publish_dlq`], for a message that may have been replayed from the
+/// DLQ: `replayed_from` (its [`HEADER_REPLAYED_FROM`]) goes on the copy,
+/// which stands in for the copy replayed (`dlq replay` removed that one).
+pub(crate) async fn publish_dlq_copy(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    original_subject: &str,
+    payload: Bytes,
+    redaction: Option<&str>,
+    reason: &str,
+    replayed_from: Option<&str>,
+) -> Result<(), NatsError> {
     let subject = subjects.dlq(original_subject);
     let mut headers = HeaderMap::new();
     if let Some(how) = redaction {
         headers.insert(HEADER_REDACTED, how);
+    }
+    if let Some(seq) = replayed_from.filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty()) {
+        headers.insert(HEADER_REPLAYED_FROM, seq);
     }
     // Header values are one line.
     let one_line: String = reason

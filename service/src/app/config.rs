@@ -175,6 +175,8 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
         #[command(flatten)]
+        filter: DlqFilter,
+        #[command(flatten)]
         nats: NatsArgs,
     },
     /// One copy: its headers and its body, SQL redacted.
@@ -187,15 +189,90 @@ pub enum DlqCommand {
         keys: KeyArgs,
     },
     /// Publish a copy's original body to its original subject again (after
-    /// the fix that lets the service handle it).
+    /// the fix that lets the service handle it), then remove the copy: a
+    /// copy is replayed once. With --all, every copy that matches the
+    /// filters, oldest first.
     Replay {
         /// The copy's sequence number in SHELL_QUERY_DLQ.
-        seq: u64,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        seq: Option<u64>,
+        /// Every copy that matches --older-than, --reason and --subject.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// List what would be replayed (and what could not be); publish
+        /// and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         nats: NatsArgs,
         #[command(flatten)]
         keys: KeyArgs,
     },
+    /// Remove one copy without replaying it.
+    Rm {
+        /// The copy's sequence number in SHELL_QUERY_DLQ.
+        seq: u64,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Remove every copy that matches the filters (with none: every copy
+    /// there is now; later ones stay).
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// List what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+/// Which DLQ copies a command takes; all must hold.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Filters")]
+pub struct DlqFilter {
+    /// Only copies stored longer ago than this: a whole number with `s`,
+    /// `m`, `h` or `d` (`90s`, `30m`, `6h`, `7d`).
+    #[arg(long, value_parser = parse_age)]
+    pub older_than: Option<Duration>,
+    /// Only copies whose reason (the Shell-Query-Error header) contains
+    /// this text, in any case.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only copies whose original subject matches this NATS subject
+    /// (`*` one token, `>` the rest): `shell_query.execute.*`.
+    #[arg(long)]
+    pub subject: Option<String>,
+}
+
+impl DlqFilter {
+    /// Whether any filter is set.
+    pub fn is_empty(&self) -> bool {
+        self.older_than.is_none() && self.reason.is_none() && self.subject.is_none()
+    }
+}
+
+/// `90s`, `30m`, `6h`, `7d`: a whole number and its unit.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let unit = match text.chars().last() {
+        Some('s') => 1u64,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        _ => 0,
+    };
+    text[..text.len().saturating_sub(1)]
+        .parse::<u64>()
+        .ok()
+        .filter(|_| unit > 0)
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|s| *s <= 100 * 365 * 86_400)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{text:?} is not an age like 90s, 30m, 6h or 7d"))
 }
 
 #[derive(Debug, Args)]

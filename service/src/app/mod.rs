@@ -7,6 +7,7 @@ pub mod config;
 pub mod contract;
 #[cfg(feature = "demo")]
 pub mod demo;
+mod dlq;
 mod migrate;
 pub mod operator;
 

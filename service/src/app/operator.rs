@@ -325,187 +325,17 @@ async fn status_events(js: &jetstream::Context, subject: &str) -> anyhow::Result
     Ok(lines)
 }
 
-/// `dlq list`, `dlq show`, `dlq replay`.
+/// `dlq list`, `show`, `replay`, `rm` and `purge` ([`crate::app::dlq`]),
+/// connected, with the key when one is set.
 pub(crate) async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
     let (nats_args, keys) = match &command {
-        DlqCommand::List { nats, .. } => (nats, None),
+        DlqCommand::List { nats, .. } | DlqCommand::Rm { nats, .. } | DlqCommand::Purge { nats, .. } => (nats, None),
         DlqCommand::Show { nats, keys, .. } | DlqCommand::Replay { nats, keys, .. } => (nats, Some(keys)),
     };
     let (_client, js) = nats(nats_args).await?;
-    let dlq_hint = || "reading SHELL_QUERY_DLQ (NATS_USER must be allowed to: shell_query_admin is)";
-    let (first, last, count) = nats_adapter::stream_range(&js, nats_adapter::DLQ_STREAM)
-        .await
-        .context(dlq_hint())?;
-    let copy = |seq: u64| {
-        let js = js.clone();
-        async move {
-            nats_adapter::stored_message(&js, nats_adapter::DLQ_STREAM, seq)
-                .await
-                .context(dlq_hint())?
-                .ok_or_else(|| anyhow!("DLQ message {seq}: not found"))
-        }
-    };
-    match command {
-        DlqCommand::List { limit, .. } => {
-            println!("{:<8}  {:<24}  {:<60}  reason", "seq", "time", "original subject");
-            let mut shown = 0;
-            let mut seq = last;
-            while shown < limit && seq >= first.max(1) {
-                // Removed by age or size (or by hand): the next one.
-                if let Some(message) = nats_adapter::stored_message(&js, nats_adapter::DLQ_STREAM, seq)
-                    .await
-                    .context(dlq_hint())?
-                {
-                    let header = |name: &str| {
-                        message
-                            .headers
-                            .get(name)
-                            .map_or_else(|| "-".to_string(), |v| v.as_str().to_string())
-                    };
-                    println!(
-                        "{:<8}  {:<24}  {:<60}  {}",
-                        seq,
-                        message.time,
-                        header(nats_adapter::HEADER_ORIGINAL_SUBJECT),
-                        header(nats_adapter::HEADER_ERROR)
-                    );
-                    shown += 1;
-                }
-                seq -= 1;
-            }
-            println!("{shown} of {count} message(s)");
-            Ok(())
-        }
-        DlqCommand::Show { seq, .. } => {
-            let message = copy(seq).await?;
-            println!("{:<17} {seq}", "seq");
-            println!("{:<17} {}", "time", message.time);
-            println!("{:<17} {}", "subject", message.subject);
-            for (name, values) in message.headers.iter() {
-                for value in values {
-                    println!("{:<17} {}", format!("{name}:"), value.as_str());
-                }
-            }
-            let cipher = keys.map(optional_cipher).transpose()?.flatten();
-            let redaction = message
-                .headers
-                .get(nats_adapter::HEADER_REDACTED)
-                .map(|v| v.as_str().to_string());
-            println!("body:");
-            println!(
-                "{}",
-                shown_body(&message.payload, redaction.as_deref(), cipher.as_ref())
-            );
-            Ok(())
-        }
-        DlqCommand::Replay { seq, .. } => {
-            let message = copy(seq).await?;
-            let subject = message
-                .headers
-                .get(nats_adapter::HEADER_ORIGINAL_SUBJECT)
-                .map(|v| v.as_str().to_string())
-                .ok_or_else(|| anyhow!("DLQ message {seq} names no original subject"))?;
-            replayable_subject(&nats_args.subject_prefix, &subject)?;
-            let redaction = message
-                .headers
-                .get(nats_adapter::HEADER_REDACTED)
-                .map(|v| v.as_str().to_string());
-            let cipher = keys.map(optional_cipher).transpose()?.flatten();
-            let body = original_body(&message.payload, redaction.as_deref(), || {
-                cipher.as_ref().ok_or_else(|| {
-                    ConfigError {
-                        setting: "ENCRYPTION_KEY",
-                        reason: "needed to restore this body (its SQL was encrypted in the DLQ)".into(),
-                    }
-                    .into()
-                })
-            })?;
-            let (stream, sequence) =
-                nats_adapter::replay(&js, &subject, seq, body, Utc::now().timestamp_millis()).await?;
-            println!(
-                "DLQ message {seq} published to {subject} ({stream} sequence {sequence}); the service handles it as \
-                 any delivery (a run that has ended is not started again)"
-            );
-            Ok(())
-        }
-    }
-}
-
-/// Only the jobs subjects the service consumes may be replayed to.
-fn replayable_subject(prefix: &str, subject: &str) -> anyhow::Result<()> {
-    let rest = subject.strip_prefix(prefix).and_then(|r| r.strip_prefix('.'));
-    let ok = rest.is_some_and(|r| {
-        let mut parts = r.split('.');
-        matches!(parts.next(), Some("execute" | "poll" | "cancel"))
-            && parts.next().is_some_and(|id| Uuid::parse_str(id).is_ok())
-            && parts.next().is_none()
-    });
-    if !ok {
-        bail!("{subject} is not an execute, poll or cancel subject under {prefix}: not replayed");
-    }
-    Ok(())
-}
-
-/// The body as it was published, undoing the DLQ's redaction.
-pub(crate) fn original_body<'a>(
-    payload: &[u8],
-    redaction: Option<&str>,
-    cipher: impl FnOnce() -> anyhow::Result<&'a Cipher>,
-) -> anyhow::Result<bytes::Bytes> {
-    match redaction {
-        None => Ok(bytes::Bytes::copy_from_slice(payload)),
-        Some("body encrypted") => {
-            let text = std::str::from_utf8(payload).context("the encrypted body is not text")?;
-            let plain = cipher()?
-                .decrypt(text)
-                .map_err(|_| anyhow!("the body cannot be decrypted with this key"))?;
-            Ok(bytes::Bytes::from(plain))
-        }
-        Some("sqlText encrypted") => {
-            let mut map: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_slice(payload).context("the body is not a JSON object")?;
-            let encrypted = map
-                .remove("sqlTextEncrypted")
-                .and_then(|v| v.as_str().map(str::to_string))
-                .ok_or_else(|| anyhow!("the body has no sqlTextEncrypted"))?;
-            let sql = cipher()?
-                .decrypt(&encrypted)
-                .map_err(|_| anyhow!("sqlTextEncrypted cannot be decrypted with this key"))?;
-            map.insert("sqlText".into(), sql.into());
-            Ok(bytes::Bytes::from(serde_json::Value::Object(map).to_string()))
-        }
-        Some(other) => bail!("the DLQ kept only a {other} of this message (its size and hash): it cannot be replayed"),
-    }
-}
-
-/// The body for an operator's eyes: decrypted where the key allows, with
-/// every SQL text replaced by its length.
-pub(crate) fn shown_body(payload: &[u8], redaction: Option<&str>, cipher: Option<&Cipher>) -> String {
-    let restored = match (redaction, cipher) {
-        (Some("body encrypted" | "sqlText encrypted"), None) => {
-            return format!(
-                "({} bytes, SQL encrypted: set ENCRYPTION_KEY to see the other fields)",
-                payload.len()
-            );
-        }
-        (_, cipher) => original_body(payload, redaction, || cipher.ok_or_else(|| anyhow!("no key"))),
-    };
-    let body = match restored {
-        Ok(b) => b,
-        Err(e) => return format!("({} bytes: {e:#})", payload.len()),
-    };
-    match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            for key in ["sqlText", "sqlTextEncrypted"] {
-                if let Some(v) = map.get_mut(key) {
-                    let len = v.as_str().map_or(0, str::len);
-                    *v = format!("<redacted: {len} bytes>").into();
-                }
-            }
-            serde_json::to_string_pretty(&map).unwrap_or_default()
-        }
-        _ => format!("<redacted: {} bytes that are not a JSON object>", body.len()),
-    }
+    let cipher = keys.map(optional_cipher).transpose()?.flatten();
+    let prefix = nats_args.subject_prefix.clone();
+    crate::app::dlq::dlq(command, &js, &prefix, cipher.as_ref()).await
 }
 
 /// `doctor`: one line per check; the exit code: 2 when the settings are
@@ -778,38 +608,6 @@ pub(crate) fn contract(command: ContractCommand) -> i32 {
 mod tests {
     use super::*;
 
-    fn cipher() -> Cipher {
-        Cipher::parse(&"cd".repeat(32)).unwrap()
-    }
-
-    #[test]
-    fn a_dlq_copy_is_restored_for_replay_and_shown_without_sql() {
-        let c = cipher();
-        let original = br#"{"runId":"r","sqlText":"SELECT secret FROM T"}"#;
-        let (copy, how) = crate::lifecycle::dlq::redacted(&c, true, original);
-        let restored = original_body(&copy, how, || Ok(&c)).unwrap();
-        assert_eq!(&restored[..], &original[..]);
-        let shown = shown_body(&copy, how, Some(&c));
-        assert!(
-            !shown.contains("secret") && shown.contains("<redacted: 20 bytes>"),
-            "{shown}"
-        );
-        assert!(shown_body(&copy, how, None).contains("set ENCRYPTION_KEY"));
-
-        let cancel = br#"{"runId":"r","sqlText":"SELECT secret FROM T","tenantId":"t"}"#;
-        let (copy, how) = crate::lifecycle::dlq::redacted(&c, false, cancel);
-        assert_eq!(how, Some("sqlText encrypted"));
-        let restored: serde_json::Value =
-            serde_json::from_slice(&original_body(&copy, how, || Ok(&c)).unwrap()).unwrap();
-        assert_eq!(restored["sqlText"], "SELECT secret FROM T");
-        assert!(restored.get("sqlTextEncrypted").is_none());
-
-        let huge = vec![b'x'; crate::lifecycle::dlq::MAX_COPY_BYTES + 1];
-        let (copy, how) = crate::lifecycle::dlq::redacted(&c, true, &huge);
-        let refused = original_body(&copy, how, || Ok(&c)).unwrap_err().to_string();
-        assert!(refused.contains("cannot be replayed"), "{refused}");
-    }
-
     #[test]
     fn telemetry_settings_are_listed_redacted() {
         let env: Vec<(String, String)> = [
@@ -879,21 +677,5 @@ mod tests {
             last_mce_status(RunStatus::Ready, &PollState::new(1, Utc::now())),
             "complete"
         );
-    }
-
-    #[test]
-    fn only_jobs_subjects_are_replayed() {
-        let id = Uuid::new_v4();
-        assert!(replayable_subject("shell_query", &format!("shell_query.execute.{id}")).is_ok());
-        assert!(replayable_subject("shell_query", &format!("shell_query.poll.{id}")).is_ok());
-        for bad in [
-            format!("shell_query.status.{id}"),
-            format!("other.execute.{id}"),
-            "shell_query.execute.not-a-uuid".to_string(),
-            format!("shell_query.execute.{id}.more"),
-            "$JS.API.STREAM.DELETE.SHELL_QUERY_JOBS".to_string(),
-        ] {
-            assert!(replayable_subject("shell_query", &bad).is_err(), "{bad}");
-        }
     }
 }

@@ -73,13 +73,21 @@ async fn handle_one(handler: &Handler, progress_every: Duration, settler: &Settl
             tracing::warn!(consumer = handler.name(), subject = %delivery.subject, reason = %reason, "message sent to the DLQ");
             let carries_sql = deps.subjects.is_execute(&delivery.subject);
             let (copy, redaction) = crate::lifecycle::dlq::redacted(&deps.cipher, carries_sql, &msg.payload);
-            match crate::adapters::nats::publish_dlq(
+            // A replayed message that fails again: its copy stands in for
+            // the one replayed (which `dlq replay` removed), and says so.
+            let replayed_from = delivery
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(crate::adapters::nats::HEADER_REPLAYED_FROM))
+                .map(|v| v.as_str().to_string());
+            match crate::adapters::nats::publish_dlq_copy(
                 &deps.js,
                 &deps.subjects,
                 &delivery.subject,
                 copy,
                 redaction,
                 reason,
+                replayed_from.as_deref(),
             )
             .await
             {
