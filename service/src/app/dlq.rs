@@ -447,6 +447,19 @@ mod tests {
     }
 
     #[test]
+    fn ages_are_a_whole_number_and_a_unit() {
+        use crate::app::config::parse_age;
+        use std::time::Duration;
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age(" 6h "), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "s", "7", "1.5h", "-1d", "7w", "soon", "99999999999d", "1h30m"] {
+            assert!(parse_age(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn subjects_match_as_nats_matches_them() {
         for (pattern, subject, expected) in [
             ("shell_query.execute.*", "shell_query.execute.abc", true),
