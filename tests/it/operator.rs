@@ -762,3 +762,59 @@ async fn runs_are_retried_counted_and_filtered_by_age() {
     assert!(count("failed") >= 1 && count("ready") >= 1, "{out}");
     assert!(out.contains("oldest running:"), "{out}");
 }
+
+/// The system's settings, connecting to NATS as `user`.
+fn as_user(system: &System, user: &str) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = system
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("NATS_USER") && k != "NATS_PASSWORD" && k != "NATS_INBOX_PREFIX")
+        .collect();
+    env.push(("NATS_USER".into(), user.into()));
+    env.push(("NATS_PASSWORD".into(), system.nats.password(user).into()));
+    env.push(("NATS_INBOX_PREFIX".into(), format!("_INBOX.{user}")));
+    env
+}
+
+/// A right the NATS user lacks is reported at once, naming the user and
+/// what the server refused, instead of a request timing out: `doctor` as
+/// the API user lists the streams and consumers it may not read (each
+/// request would otherwise wait 5 s), and `dlq show` as the service user
+/// fails naming its user and the DLQ. No error says the same thing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_nats_right_is_named_at_once() {
+    let system = System::start().await;
+    let started = std::time::Instant::now();
+    let (code, out, err) = command(&["doctor"], as_user(&system, tests::API_USER)).await;
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("ok    database"), "{out}");
+    for refused in [
+        "FAIL  stream SHELL_QUERY_JOBS: NATS user shell_query_api is not allowed this",
+        "$JS.API.STREAM.INFO.SHELL_QUERY_JOBS",
+        "FAIL  consumer shell-query-poll: NATS user shell_query_api",
+    ] {
+        assert!(out.contains(refused), "{refused:?} missing:\n{out}");
+    }
+    // Nine refused requests answered by the server at once, not nine
+    // 5-second timeouts.
+    assert!(took < std::time::Duration::from_secs(5), "doctor took {took:?}:\n{out}");
+    assert!(!out.contains("timed out"), "{out}");
+
+    let started = std::time::Instant::now();
+    let (code, out, err) = command(&["dlq", "show", "1"], as_user(&system, tests::SERVICE_USER)).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("NATS user shell_query_service is not allowed")
+            && err.contains("SHELL_QUERY_DLQ")
+            && err.contains("shell_query_admin"),
+        "{err}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{err}");
+    for line in err.lines() {
+        let parts: Vec<&str> = line.split(": ").collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(!parts[i + 1..].contains(part), "{part:?} repeats itself: {line}");
+        }
+    }
+}

@@ -36,8 +36,12 @@ pub async fn main(cli: Cli) -> i32 {
                 }
             };
         }
+        // `runs show` reads what it may and says what it could not.
         Command::Runs(command) => crate::app::operator::runs(command).await,
-        Command::Dlq(command) => crate::app::operator::dlq(command).await,
+        Command::Dlq(command) => {
+            let user = crate::app::operator::nats_user_of_env();
+            crate::app::operator::permitted(&user, crate::app::operator::dlq(command)).await
+        }
         Command::Doctor(args) => return crate::app::operator::doctor(*args).await,
         Command::Config(ConfigCommand::Print(_)) => match crate::app::operator::config_print(std::env::args_os()) {
             Ok(text) => {
@@ -105,15 +109,34 @@ pub async fn main(cli: Cli) -> i32 {
         Ok(()) => 0,
         // A setting found bad while a command ran (operators' commands).
         Err(e) if e.chain().any(|c| c.is::<crate::app::config::ConfigError>()) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             2
         }
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "failed");
-            eprintln!("error: {e:#}");
+            tracing::error!(error = error_text(&e), "failed");
+            eprintln!("error: {}", error_text(&e));
             1
         }
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose
+/// text an outer one already holds (a database error wrapping the
+/// driver's, word for word) is left out.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        let part = part.trim();
+        if part.is_empty() || text.contains(part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    text
 }
 
 fn config_error(e: crate::app::config::ConfigError) -> i32 {

@@ -36,10 +36,66 @@ pub(crate) async fn database(db: &DbArgs) -> anyhow::Result<Store> {
     }
 }
 
+/// The last permissions violation the NATS server reported to this
+/// process (an operator command is one process, one connection).
+fn denials() -> &'static tokio::sync::watch::Sender<Option<String>> {
+    static DENIED: std::sync::OnceLock<tokio::sync::watch::Sender<Option<String>>> = std::sync::OnceLock::new();
+    DENIED.get_or_init(|| tokio::sync::watch::channel(None).0)
+}
+
+/// Runs `work`, unless the NATS server refuses one of its requests for
+/// lack of rights first: a refused request is never answered (the client
+/// would wait for its timeout), but the server says so at once, and that
+/// ends `work` with the user's name and what it was refused.
+pub(crate) async fn permitted<T>(
+    user: &str,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let denials = denials();
+    denials.send_replace(None);
+    let mut denied = denials.subscribe();
+    tokio::select! {
+        result = work => result,
+        Ok(text) = denied.wait_for(Option::is_some) => {
+            let text = text.clone().unwrap_or_default();
+            bail!(
+                "NATS user {user} is not allowed this: the server refused it ({}); the DLQ and every status event need a user that may read them, such as shell_query_admin in nats.conf",
+                text.trim()
+            )
+        }
+    }
+}
+
+/// The NATS user the environment names (`NATS_USER`), for messages.
+pub(crate) fn nats_user_of_env() -> String {
+    match (std::env::var("NATS_USER"), std::env::var_os("NATS_CREDS_FILE")) {
+        (Ok(user), _) if !user.trim().is_empty() => user,
+        (_, Some(_)) => "(NATS_CREDS_FILE)".into(),
+        _ => "(anonymous)".into(),
+    }
+}
+
+/// The name a NATS connection acts as, for messages.
+pub(crate) fn nats_user(n: &NatsArgs) -> String {
+    match (&n.nats_user, &n.nats_creds_file) {
+        (Some(user), _) => user.clone(),
+        (None, Some(_)) => "(NATS_CREDS_FILE)".into(),
+        (None, None) => "(anonymous)".into(),
+    }
+}
+
 async fn nats(n: &NatsArgs) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
     let servers = n.servers()?;
     let client = crate::app::nats_options(n)
         .await?
+        .event_callback(|event| async move {
+            if let async_nats::Event::ServerError(e) = &event {
+                let text = e.to_string();
+                if text.to_ascii_lowercase().contains("permissions violation") {
+                    denials().send_replace(Some(text));
+                }
+            }
+        })
         .connection_timeout(CONNECT_TIMEOUT)
         .request_timeout(Some(CONNECT_TIMEOUT))
         .connect(servers)
@@ -384,13 +440,19 @@ pub(crate) async fn doctor(args: DoctorArgs) -> i32 {
                 nats_adapter::ADVISORY_STREAM,
                 &format!("KV_{}", crate::adapters::lease::BUCKET),
             ] {
-                match nats_adapter::stream_summary(&js, name).await {
+                let user = nats_user(&run.nats);
+                let summary = permitted(&user, async {
+                    nats_adapter::stream_summary(&js, name)
+                        .await
+                        .map_err(|e| anyhow!(e.detail()))
+                });
+                match summary.await {
                     Ok((messages, replicas)) => line(
                         true,
                         &format!("stream {name}"),
                         format!("{messages} message(s), {replicas} replica(s)"),
                     ),
-                    Err(e) => line(false, &format!("stream {name}"), e.detail()),
+                    Err(e) => line(false, &format!("stream {name}"), format!("{e:#}")),
                 }
             }
             for (stream, consumer) in [
@@ -399,14 +461,20 @@ pub(crate) async fn doctor(args: DoctorArgs) -> i32 {
                 (nats_adapter::JOBS_STREAM, nats_adapter::CANCEL_CONSUMER),
                 (nats_adapter::ADVISORY_STREAM, nats_adapter::UNDELIVERABLE_CONSUMER),
             ] {
-                match nats_adapter::consumer_state(&js, stream, consumer).await {
+                let user = nats_user(&run.nats);
+                let state = permitted(&user, async {
+                    nats_adapter::consumer_state(&js, stream, consumer)
+                        .await
+                        .map_err(|e| anyhow!(e.detail()))
+                });
+                match state.await {
                     Ok(i) if i.paused => line(false, &format!("consumer {consumer}"), "paused".into()),
                     Ok(i) => line(
                         true,
                         &format!("consumer {consumer}"),
                         format!("{} pending, {} waiting for an ack", i.num_pending, i.num_ack_pending),
                     ),
-                    Err(e) => line(false, &format!("consumer {consumer}"), e.detail()),
+                    Err(e) => line(false, &format!("consumer {consumer}"), format!("{e:#}")),
                 }
             }
         }

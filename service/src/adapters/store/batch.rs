@@ -123,7 +123,7 @@ async fn read(db: &DatabaseConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, Run
 
 /// The rows of `ids` as `runs::get_run_for_poll` reads them, in one
 /// statement: everything but the SQL text.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "get_runs_for_poll", db.batch.size = ids.len()))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "get_runs_for_poll", db.batch.size = ids.len()))]
 async fn poll_rows(db: &DatabaseConnection, ids: Vec<Uuid>) -> Result<Vec<RunRow>, StoreError> {
     use sea_orm::Iterable as _;
     Ok(runs::Entity::find()

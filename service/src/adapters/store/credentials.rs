@@ -31,7 +31,7 @@ impl CredentialStore {
 
     /// Locks the credentials row of (tenant, user, MID) (`SELECT … FOR
     /// UPDATE`) until the returned lock is released; `None`: no such row.
-    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT credentials", otel.kind = "client", db.system.name = super::system_name(&self.store.db), db.operation.name = "SELECT", db.collection.name = "credentials", code.function.name = "lock_credentials"))]
+    #[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT credentials", otel.kind = "client", db.system.name = super::backend::system_name(&self.store.db), db.operation.name = "SELECT", db.collection.name = "credentials", code.function.name = "lock_credentials"))]
     pub(crate) async fn lock(
         &self,
         tenant_id: Uuid,

@@ -19,7 +19,7 @@ fn key(stream_seq: u64) -> i64 {
 
 /// Records that the message at `stream_seq` was delivered `delivered`
 /// times (a count never goes down).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_deliveries", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_deliveries", code.function.name = "note_delivery"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_deliveries", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_deliveries", code.function.name = "note_delivery"))]
 pub(crate) async fn note(store: &Store, stream_seq: u64, delivered: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
     let row = deliveries::ActiveModel {
         stream_seq: Set(key(stream_seq)),
@@ -39,7 +39,7 @@ pub(crate) async fn note(store: &Store, stream_seq: u64, delivered: i64, now: Da
 }
 
 /// The most deliveries of the message at `stream_seq` the service saw.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_deliveries", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_deliveries", code.function.name = "seen_deliveries"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_deliveries", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_deliveries", code.function.name = "seen_deliveries"))]
 pub(crate) async fn seen(store: &Store, stream_seq: u64) -> Result<Option<i64>, StoreError> {
     Ok(deliveries::Entity::find_by_id(key(stream_seq))
         .one(&store.db)
@@ -48,7 +48,7 @@ pub(crate) async fn seen(store: &Store, stream_seq: u64) -> Result<Option<i64>, 
 }
 
 /// Forgets the message at `stream_seq` (settled).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE shell_query_deliveries", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "DELETE", db.collection.name = "shell_query_deliveries", code.function.name = "forget_delivery"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE shell_query_deliveries", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "DELETE", db.collection.name = "shell_query_deliveries", code.function.name = "forget_delivery"))]
 pub(crate) async fn forget(store: &Store, stream_seq: u64) -> Result<(), StoreError> {
     deliveries::Entity::delete_by_id(key(stream_seq))
         .exec(&store.db)
@@ -58,7 +58,7 @@ pub(crate) async fn forget(store: &Store, stream_seq: u64) -> Result<(), StoreEr
 
 /// Forgets every message last seen before `before` (its advisory, if any,
 /// came long ago); how many.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE shell_query_deliveries", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "DELETE", db.collection.name = "shell_query_deliveries", code.function.name = "prune_deliveries"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE shell_query_deliveries", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "DELETE", db.collection.name = "shell_query_deliveries", code.function.name = "prune_deliveries"))]
 pub(crate) async fn prune(store: &Store, before: DateTime<Utc>) -> Result<u64, StoreError> {
     let result = deliveries::Entity::delete_many()
         .filter(Column::SeenAt.lt(before))

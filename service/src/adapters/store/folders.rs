@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{Store, StoreError};
 
 /// Forgets the cached results folder (MCE no longer has it).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE tenant_settings", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "DELETE", db.collection.name = "tenant_settings", code.function.name = "forget_folder"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "DELETE tenant_settings", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "DELETE", db.collection.name = "tenant_settings", code.function.name = "forget_folder"))]
 pub(crate) async fn forget_folder(store: &Store, tenant_id: Uuid, mid: &str) -> Result<(), StoreError> {
     tenant_settings::Entity::delete_by_id((tenant_id, mid.to_string()))
         .exec(&store.db)
@@ -29,7 +29,7 @@ pub(crate) async fn folders(store: &Store) -> Result<Vec<(Uuid, String, i64)>, S
 /// Serialises finding or creating a business unit's results folder across
 /// replicas: a PostgreSQL advisory lock held by the returned transaction
 /// until it ends. SQLite (the demo) has one process: nothing is held.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT tenant_settings", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "tenant_settings", code.function.name = "folder_lock"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT tenant_settings", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "tenant_settings", code.function.name = "folder_lock"))]
 pub(crate) async fn folder_lock(store: &Store, tenant_id: Uuid, mid: &str) -> Result<FolderLock, StoreError> {
     if store.db.get_database_backend() != DbBackend::Postgres {
         return Ok(FolderLock(None));
@@ -59,7 +59,7 @@ impl FolderLock {
     }
 }
 
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT tenant_settings", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "tenant_settings", code.function.name = "folder_id"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT tenant_settings", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "tenant_settings", code.function.name = "folder_id"))]
 pub async fn folder_id(store: &Store, tenant_id: Uuid, mid: &str) -> Result<Option<i64>, StoreError> {
     Ok(tenant_settings::Entity::find_by_id((tenant_id, mid.to_string()))
         .one(&store.db)
@@ -68,7 +68,7 @@ pub async fn folder_id(store: &Store, tenant_id: Uuid, mid: &str) -> Result<Opti
         .map(i64::from))
 }
 
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT tenant_settings", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "tenant_settings", code.function.name = "save_folder_id"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT tenant_settings", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "tenant_settings", code.function.name = "save_folder_id"))]
 pub async fn save_folder_id(store: &Store, tenant_id: Uuid, mid: &str, folder_id: i64) -> Result<(), StoreError> {
     let row = tenant_settings::ActiveModel {
         tenant_id: Set(tenant_id),

@@ -4,6 +4,7 @@
 //! changes are compare-and-set in SQL: losing one is a normal outcome
 //! (`false`), not an error.
 
+mod backend;
 mod batch;
 pub mod credentials;
 pub mod deliveries;
@@ -16,15 +17,6 @@ use migration::MigratorTrait;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
 
 pub use error::StoreError;
-
-/// `db.system.name` of a connection, by the database conventions.
-pub(crate) fn system_name(db: &DatabaseConnection) -> &'static str {
-    match db.get_database_backend() {
-        DbBackend::Postgres => "postgresql",
-        DbBackend::Sqlite => "sqlite",
-        _ => "other_sql",
-    }
-}
 
 /// A migration and when it was applied (`None`: pending).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -80,7 +80,7 @@ pub struct NewRun {
 }
 
 /// Inserts the run as `queued` unless a row exists (the API may have made it).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_runs", code.function.name = "insert_run_if_absent"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_runs", code.function.name = "insert_run_if_absent"))]
 pub async fn insert_run_if_absent(store: &Store, run: NewRun, now: DateTime<Utc>) -> Result<(), StoreError> {
     runs::Entity::insert(new_row(run, now))
         .on_conflict(OnConflict::column(runs::Column::Id).do_nothing().to_owned())
@@ -112,7 +112,7 @@ fn new_row(run: NewRun, now: DateTime<Utc>) -> runs::ActiveModel {
     }
 }
 
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "get_run"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "get_run"))]
 pub async fn get_run(store: &Store, id: Uuid) -> Result<Option<Run>, StoreError> {
     runs::Entity::find_by_id(id)
         .one(&store.db)
@@ -130,7 +130,7 @@ pub async fn get_run_for_poll(store: &Store, id: Uuid) -> Result<Option<Run>, St
 
 /// The newest runs first, optionally of one status and tenant, without
 /// their SQL text (operators' `runs list`).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "list_runs"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "list_runs"))]
 pub(crate) async fn list(store: &Store, filter: &RunFilter, limit: u64) -> Result<Vec<Run>, StoreError> {
     let RunFilter {
         status,
@@ -178,7 +178,7 @@ pub(crate) struct RunFilter {
 
 /// A new run, `queued`, that retries `old` under `id`: the same request
 /// (SQL, account, snippet, target), linked by `retry_of`.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_runs", code.function.name = "insert_retry"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_runs", code.function.name = "insert_retry"))]
 pub(crate) async fn insert_retry(store: &Store, old: &Run, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
     let mut row = new_row(
         NewRun {
@@ -202,7 +202,7 @@ pub(crate) async fn insert_retry(store: &Store, old: &Run, id: Uuid, now: DateTi
 /// The API's cancel, for operators: a live run becomes `canceled` with
 /// `completed_at`; the service then claims it ([`claim_api_cancel`]),
 /// deletes its assets and publishes the event. False if the run had ended.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "cancel_as_api"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "cancel_as_api"))]
 pub(crate) async fn cancel_as_api(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled.as_str()))
@@ -215,7 +215,7 @@ pub(crate) async fn cancel_as_api(store: &Store, id: Uuid, now: DateTime<Utc>) -
 }
 
 /// `queued → running`, setting `started_at`. False if the row was not queued.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "mark_running"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "mark_running"))]
 pub async fn mark_running(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Running.as_str()))
@@ -230,7 +230,7 @@ pub async fn mark_running(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result
 /// The assets of a run about to be started, persisted with the marker
 /// `perform_requested_at` before Perform is sent. False if the row is no
 /// longer running (canceled meanwhile).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "record_prepared"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "record_prepared"))]
 pub(crate) async fn record_prepared(
     store: &Store,
     id: Uuid,
@@ -263,7 +263,7 @@ pub(crate) async fn record_prepared(
 
 /// Perform was surely not received by MCE (no connection, 429, token
 /// failure): the marker goes, so a later delivery may send it.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "clear_perform_requested"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "clear_perform_requested"))]
 pub(crate) async fn clear_perform_requested(store: &Store, id: Uuid) -> Result<(), StoreError> {
     runs::Entity::update_many()
         .col_expr(
@@ -287,7 +287,7 @@ pub struct Started {
 }
 
 /// Records the started query on a running row. False if the row is no longer running.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "record_started"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "record_started"))]
 pub async fn record_started(store: &Store, id: Uuid, s: &Started) -> Result<bool, StoreError> {
     let result = runs::Entity::update_many()
         .col_expr(runs::Column::TaskId, Expr::value(s.task_id.clone()))
@@ -325,7 +325,7 @@ pub enum Terminal {
 
 /// Compare-and-set from a live state into a terminal one. Only the winner
 /// (true) publishes the event and cleans up.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "finish"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "finish"))]
 pub async fn finish(store: &Store, id: Uuid, terminal: Terminal, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let mut update = runs::Entity::update_many().col_expr(runs::Column::CompletedAt, Expr::value(now));
     update = match terminal {
@@ -356,7 +356,7 @@ pub async fn finish(store: &Store, id: Uuid, terminal: Terminal, now: DateTime<U
 /// 'canceled'`, with or without `completed_at`): sets the service's marker
 /// `cancel_handled_at`, and `completed_at` if the API left it empty. Only
 /// the winner publishes `canceled` and deletes MCE assets.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "claim_api_cancel"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "claim_api_cancel"))]
 pub(crate) async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<bool, StoreError> {
     let completed = sea_orm::sea_query::Func::coalesce([Expr::col(runs::Column::CompletedAt), Expr::value(now)]);
     let result = runs::Entity::update_many()
@@ -374,7 +374,7 @@ pub(crate) async fn claim_api_cancel(store: &Store, id: Uuid, now: DateTime<Utc>
 /// API's cancel sets, else their creation), within [`SETTLE_WINDOW`], whose
 /// cancel the service has not handled (at most 1000 a pass). A handler
 /// meets a fresh cancel first; these are the ones no message brings back.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "pending_cancels"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "pending_cancels"))]
 pub(crate) async fn pending_cancels(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
     use sea_orm::Condition;
     let canceled_before = Condition::any().add(runs::Column::CompletedAt.lt(cutoff)).add(
@@ -394,7 +394,7 @@ pub(crate) async fn pending_cancels(store: &Store, cutoff: DateTime<Utc>) -> Res
 /// Inserts a run that is `failed` from the start (a request too broken to
 /// run), unless a row with its id exists. True if this call made the row:
 /// a broken message never finishes a run it did not create.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_runs", code.function.name = "insert_failed_if_absent"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "INSERT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "INSERT", db.collection.name = "shell_query_runs", code.function.name = "insert_failed_if_absent"))]
 pub(crate) async fn insert_failed_if_absent(
     store: &Store,
     run: NewRun,
@@ -413,7 +413,7 @@ pub(crate) async fn insert_failed_if_absent(
 }
 
 /// Saves a live run's poll state. False if the run is no longer running.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "save_poll_state"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "save_poll_state"))]
 pub async fn save_poll_state(store: &Store, id: Uuid, s: &PollState) -> Result<bool, StoreError> {
     let int = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
     let result = runs::Entity::update_many()
@@ -434,7 +434,7 @@ pub async fn save_poll_state(store: &Store, id: Uuid, s: &PollState) -> Result<b
 }
 
 /// Persists a QueryDefinition ObjectID recovered by CustomerKey.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "set_query_definition_id"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "set_query_definition_id"))]
 pub(crate) async fn set_query_definition_id(store: &Store, id: Uuid, object_id: &str) -> Result<(), StoreError> {
     runs::Entity::update_many()
         .col_expr(runs::Column::QueryDefinitionId, Expr::value(object_id.to_string()))
@@ -445,7 +445,7 @@ pub(crate) async fn set_query_definition_id(store: &Store, id: Uuid, object_id: 
 }
 
 /// Records that the run's terminal event was confirmed by the stream.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "confirm_terminal_event"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "UPDATE shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "UPDATE", db.collection.name = "shell_query_runs", code.function.name = "confirm_terminal_event"))]
 pub(crate) async fn confirm_terminal_event(store: &Store, id: Uuid, now: DateTime<Utc>) -> Result<(), StoreError> {
     runs::Entity::update_many()
         .col_expr(runs::Column::TerminalEventAt, Expr::value(now))
@@ -463,7 +463,7 @@ pub(crate) const SETTLE_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
 /// Terminal runs that ended before `cutoff` (and within [`SETTLE_WINDOW`])
 /// and still owe their terminal event, oldest first (at most 1000 a pass).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "runs_owing_an_event"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "runs_owing_an_event"))]
 pub async fn runs_owing_an_event(store: &Store, cutoff: DateTime<Utc>) -> Result<Vec<Run>, StoreError> {
     let query = runs::Entity::find()
         .filter(runs::Column::CompletedAt.gt(cutoff - SETTLE_WINDOW))
@@ -482,7 +482,7 @@ pub async fn runs_owing_an_event(store: &Store, cutoff: DateTime<Utc>) -> Result
 /// Live runs created before `cutoff`, oldest first, a page of at most 1000
 /// after the run `after` (the last of the previous page): a pass walks them
 /// all, however many are in flight.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "stale_runs"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "stale_runs"))]
 pub async fn stale_runs(
     store: &Store,
     cutoff: DateTime<Utc>,
@@ -511,7 +511,7 @@ pub(crate) type RunCounts = (Vec<(String, i64)>, Option<DateTime<Utc>>);
 
 /// The dashboard's gauges, read with two aggregates: runs by status, and
 /// when the oldest run still running was created.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "run_counts"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "run_counts"))]
 pub(crate) async fn run_counts(store: &Store) -> Result<RunCounts, StoreError> {
     let counts: Vec<(String, i64)> = runs::Entity::find()
         .select_only()
@@ -563,7 +563,7 @@ impl LiveQueryDefinitions {
     }
 }
 
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "live_query_definitions"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "live_query_definitions"))]
 pub(crate) async fn live_query_definitions(store: &Store) -> Result<LiveQueryDefinitions, StoreError> {
     let rows: Vec<(Uuid, Option<String>)> = runs::Entity::find()
         .select_only()
@@ -582,7 +582,7 @@ pub(crate) async fn live_query_definitions(store: &Store) -> Result<LiveQueryDef
 
 /// How long the tenant's last `limit` ready runs of the same query took,
 /// from the start of polling to completion, newest first.
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "recent_durations"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT shell_query_runs", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "shell_query_runs", code.function.name = "recent_durations"))]
 pub(crate) async fn recent_durations(
     store: &Store,
     tenant_id: Uuid,

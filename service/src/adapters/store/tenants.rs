@@ -25,7 +25,7 @@ pub async fn upsert_tenant(store: &Store, id: Uuid, eid: &str, tssd: &str) -> Re
 }
 
 /// The tenant's subdomain as stored (`None`: no such tenant).
-#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT tenants", otel.kind = "client", db.system.name = super::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "tenants", code.function.name = "tenant_tssd"))]
+#[tracing::instrument(name = "db", skip_all, fields(otel.name = "SELECT tenants", otel.kind = "client", db.system.name = super::backend::system_name(&store.db), db.operation.name = "SELECT", db.collection.name = "tenants", code.function.name = "tenant_tssd"))]
 pub(crate) async fn tssd(store: &Store, id: Uuid) -> Result<Option<String>, StoreError> {
     Ok(tenants::Entity::find_by_id(id).one(&store.db).await?.map(|t| t.tssd))
 }
