@@ -33,6 +33,69 @@ fn as_admin(system: &System) -> Vec<(String, String)> {
     env
 }
 
+/// A command's `-o json` output: one JSON document on stdout, every time
+/// in it RFC 3339 in UTC.
+fn json_of(out: &str) -> serde_json::Value {
+    let value: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("not one JSON document ({e}):\n{out}"));
+    times_are_rfc3339_utc(&value);
+    value
+}
+
+/// Every string under a key that names a time (`…At`, `time`,
+/// `timestamp`) is RFC 3339 in UTC (`2026-12-04T13:23:23.764Z`).
+fn times_are_rfc3339_utc(value: &serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                if key.ends_with("At") || key == "time" || key == "timestamp" {
+                    match v.as_str() {
+                        Some(t) => assert_rfc3339_utc(t),
+                        None => assert!(v.is_null(), "{key}: {v}"),
+                    }
+                }
+                times_are_rfc3339_utc(v);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(times_are_rfc3339_utc),
+        _ => {}
+    }
+}
+
+fn assert_rfc3339_utc(t: &str) {
+    let parsed = chrono::DateTime::parse_from_rfc3339(t).unwrap_or_else(|e| panic!("{t:?}: {e}"));
+    assert!(
+        t.ends_with('Z') && parsed.offset().local_minus_utc() == 0,
+        "{t:?} is not UTC"
+    );
+}
+
+/// The times a table shows are RFC 3339 UTC too: no other format (such as
+/// `2026-12-04 13:23:57.664198303 +00:00:00`) appears.
+fn table_times_are_rfc3339_utc(out: &str) {
+    assert!(!out.contains("+00:00"), "a time not in RFC 3339 UTC:\n{out}");
+    let mut seen = 0;
+    for word in out
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| "(),;:".contains(c)))
+    {
+        if word.len() >= 20 && word.as_bytes()[4] == b'-' && word.contains('T') && word[..4].parse::<u16>().is_ok() {
+            assert_rfc3339_utc(word);
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no time in:\n{out}");
+}
+
+/// The ids of a `runs list -o json`.
+fn run_ids(list: &serde_json::Value) -> Vec<Uuid> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("an array: {list}"))
+        .iter()
+        .map(|r| r["runId"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_are_listed_shown_and_canceled() {
     let system = System::start().await;
@@ -61,6 +124,39 @@ async fn runs_are_listed_shown_and_canceled() {
         out.contains(&slow.to_string()) && out.contains(&quick.to_string()),
         "{out}"
     );
+    table_times_are_rfc3339_utc(&out);
+    let (code, out, err) = command(&["runs", "list", "-o", "json"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let list = json_of(&out);
+    let ids = run_ids(&list);
+    assert!(ids.contains(&slow) && ids.contains(&quick), "{out}");
+    let quick_item = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["runId"] == quick.to_string())
+        .unwrap();
+    assert_eq!(quick_item["status"], "ready", "{out}");
+    assert_eq!(quick_item["tenantId"], system.tenant_id.to_string(), "{out}");
+    assert!(
+        quick_item["createdAt"].is_string() && quick_item["completedAt"].is_string(),
+        "{out}"
+    );
+    let (_, out, _) = command(&["runs", "list", "--status", "ready", "--output", "json"], env.clone()).await;
+    assert_eq!(run_ids(&json_of(&out)), [quick], "{out}");
+    let (code, out, err) = command(&["runs", "stats", "-o", "json"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let stats = json_of(&out);
+    assert!(
+        stats["counts"]["ready"].as_u64() >= Some(1) && stats["counts"]["running"].as_u64() >= Some(1),
+        "{out}"
+    );
+    assert!(
+        stats["oldestRunningCreatedAt"].is_string() && stats["oldestRunningAgeSeconds"].is_u64(),
+        "{out}"
+    );
+    let (code, _, err) = command(&["runs", "stats", "-o", "yaml"], env.clone()).await;
+    assert_eq!(code, 2, "only table and json: {err}");
     let (_, out, _) = command(&["runs", "list", "--status", "ready"], env.clone()).await;
     assert!(
         out.contains(&quick.to_string()) && !out.contains(&slow.to_string()),
@@ -90,6 +186,31 @@ async fn runs_are_listed_shown_and_canceled() {
     assert!(!out.contains("SELECT"), "no SQL text: {out}");
     let rows = out.lines().find_map(|l| l.strip_prefix("rows ")).unwrap().trim();
     assert!(rows.parse::<u64>().is_ok(), "{out}");
+    table_times_are_rfc3339_utc(&out);
+    let (code, out, err) = command(&["runs", "show", &quick.to_string(), "-o", "json"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let shown = json_of(&out);
+    assert_eq!(shown["runId"], quick.to_string(), "{out}");
+    assert_eq!(shown["status"], "ready", "{out}");
+    assert_eq!(shown["pollMessage"], "none", "{out}");
+    assert!(
+        shown["lastMceStatus"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("complete")),
+        "{out}"
+    );
+    assert!(shown["rowCount"].is_u64() && shown["poll"]["count"].is_u64(), "{out}");
+    let events: Vec<&str> = shown["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("events: {out}"))
+        .iter()
+        .filter_map(|e| e["status"].as_str())
+        .collect();
+    assert!(
+        events.contains(&"executing_query") && events.contains(&"ready"),
+        "{out}"
+    );
+    assert!(!out.contains("SELECT"), "no SQL text: {out}");
     let (_, out, _) = command(&["runs", "show", &slow.to_string()], env.clone()).await;
     assert!(out.contains("poll message      pending"), "{out}");
     assert!(out.contains("last MCE status"), "{out}");
@@ -100,6 +221,11 @@ async fn runs_are_listed_shown_and_canceled() {
         out.contains("status            running") && out.contains("events           unavailable"),
         "{out}"
     );
+    let (code, out, _) = command(&["runs", "show", &slow.to_string(), "-o", "json"], system.env()).await;
+    assert_eq!(code, 0);
+    let shown = json_of(&out);
+    assert_eq!(shown["status"], "running", "{out}");
+    assert!(shown["events"].is_null() && shown["eventsError"].is_string(), "{out}");
 
     let (code, out, err) = command(&["runs", "cancel", &slow.to_string()], env.clone()).await;
     assert_eq!(code, 0, "{err}");
@@ -140,15 +266,42 @@ async fn dlq_copies_are_listed_shown_redacted_and_replayed() {
         "{out}"
     );
     assert!(out.contains("1 of 1 message(s)"), "{out}");
+    table_times_are_rfc3339_utc(&out);
     let seq = out
         .lines()
         .find(|l| l.contains(&subject))
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
+    let (code, out, err) = command(&["dlq", "list", "-o", "json"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let list = json_of(&out);
+    let copies = list.as_array().unwrap_or_else(|| panic!("an array: {out}"));
+    assert_eq!(copies.len(), 1, "{out}");
+    assert_eq!(copies[0]["seq"].to_string(), seq, "{out}");
+    assert_eq!(copies[0]["originalSubject"], subject.as_str(), "{out}");
+    assert!(
+        copies[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("both sqlText and sqlTextEncrypted"),
+        "{out}"
+    );
+    let (code, out, err) = command(&["dlq", "show", &seq, "-o", "json"], env.clone()).await;
+    assert_eq!(code, 0, "{err}");
+    let shown = json_of(&out);
+    assert_eq!(shown["seq"].to_string(), seq, "{out}");
+    assert_eq!(
+        shown["headers"]["Shell-Query-Original-Subject"][0],
+        subject.as_str(),
+        "{out}"
+    );
+    assert_eq!(shown["body"]["runId"], id.to_string(), "the body, as JSON: {out}");
+    assert!(!out.contains("very_secret_column"), "{out}");
 
     let (code, out, err) = command(&["dlq", "show", &seq], env.clone()).await;
     assert_eq!(code, 0, "{err}");
+    table_times_are_rfc3339_utc(&out);
     assert!(
         out.contains("Shell-Query-Original-Subject:") && out.contains(&subject),
         "{out}"
@@ -430,6 +583,19 @@ fn migrate_status_and_dry_run_list_and_apply_nothing() {
         assert!(out.contains(&format!("pending  {n}")), "{n}: {out}");
     }
     assert!(out.contains(&format!("0 applied, {} pending", names.len())), "{out}");
+    let (code, out, err) = tests::run_command(&["migrate", "status", "-o", "json"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    let status = json_of(&out);
+    let listed: Vec<&str> = status
+        .as_array()
+        .unwrap_or_else(|| panic!("an array: {out}"))
+        .iter()
+        .map(|m| {
+            assert!(m["applied"] == false && m["appliedAt"].is_null(), "{out}");
+            m["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(listed, names, "{out}");
     let (code, out, err) = tests::run_command(&["migrate", "--dry-run"], &env, None);
     assert_eq!(code, 0, "{err}");
     for n in &names {
@@ -456,6 +622,16 @@ fn migrate_status_and_dry_run_list_and_apply_nothing() {
         );
     }
     assert!(out.contains(&format!("{} applied, 0 pending", names.len())), "{out}");
+    table_times_are_rfc3339_utc(&out);
+    let (code, out, err) = tests::run_command(&["migrate", "status", "-o", "json"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    let status = json_of(&out);
+    let migrations = status.as_array().unwrap_or_else(|| panic!("an array: {out}"));
+    assert_eq!(migrations.len(), names.len(), "{out}");
+    for (m, name) in migrations.iter().zip(&names) {
+        assert_eq!(m["name"], name.as_str(), "{out}");
+        assert!(m["applied"] == true && m["appliedAt"].is_string(), "{out}");
+    }
     let (_, out, _) = tests::run_command(&["migrate", "--dry-run"], &env, None);
     assert!(out.contains("0 migration(s) would be applied"), "{out}");
     // Again: nothing to apply, and still no notice.
@@ -486,6 +662,35 @@ async fn doctor_passes_on_a_healthy_system_and_names_what_fails() {
         assert!(out.contains(check), "{check:?} missing:\n{out}");
     }
     assert!(!out.contains("FAIL"), "{out}");
+    let (code, out, err) = command(
+        &["doctor", "--tenant", &tenant, "--mid", &system.mid, "-o", "json"],
+        system.env(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let report = json_of(&out);
+    assert_eq!(report["ok"], true, "{out}");
+    assert_eq!(report["exitCode"], 0, "{out}");
+    let checks = report["checks"].as_array().unwrap_or_else(|| panic!("checks: {out}"));
+    let check = |checks: &[serde_json::Value], name: &str| -> serde_json::Value {
+        checks
+            .iter()
+            .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with(name)))
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .clone()
+    };
+    for name in [
+        "settings",
+        "database",
+        "migrations",
+        "nats",
+        "stream SHELL_QUERY_DLQ",
+        "consumer shell-query-poll",
+        "mce token",
+    ] {
+        let c = check(checks, name);
+        assert!(c["ok"] == true && c["detail"].is_string(), "{c}");
+    }
 
     let mut broken: Vec<(String, String)> = system
         .env()
@@ -498,7 +703,7 @@ async fn doctor_passes_on_a_healthy_system_and_names_what_fails() {
         format!("postgres://postgres@127.0.0.1:{closed}/x"),
     ));
     broken.push(("NATS_URL".into(), format!("nats://127.0.0.1:{closed}")));
-    let (code, out, _) = command(&["doctor", "--tenant", &tenant, "--mid", &system.mid], broken).await;
+    let (code, out, _) = command(&["doctor", "--tenant", &tenant, "--mid", &system.mid], broken.clone()).await;
     assert_eq!(code, 2, "bad settings exit 2, every check still printed: {out}");
     for check in [
         "FAIL  settings: MCE_CLIENT_ID",
@@ -508,6 +713,22 @@ async fn doctor_passes_on_a_healthy_system_and_names_what_fails() {
     ] {
         assert!(out.contains(check), "{check:?} missing:\n{out}");
     }
+    let (code, out, _) = command(
+        &["doctor", "--tenant", &tenant, "--mid", &system.mid, "-o", "json"],
+        broken.clone(),
+    )
+    .await;
+    assert_eq!(code, 2, "the same exit codes with -o json: {out}");
+    let report = json_of(&out);
+    assert_eq!(report["ok"], false, "{out}");
+    assert_eq!(report["exitCode"], 2, "{out}");
+    let checks = report["checks"].as_array().unwrap();
+    let settings = check(checks, "settings");
+    assert!(
+        settings["ok"] == false && settings["detail"].as_str().unwrap().contains("MCE_CLIENT_ID"),
+        "{out}"
+    );
+    assert_eq!(check(checks, "database")["ok"], false, "{out}");
     // Credentials that do not exist: the token line fails, the rest passes.
     let (code, out, _) = command(&["doctor", "--tenant", &tenant, "--mid", "999"], system.env()).await;
     assert_eq!(code, 1);
@@ -589,6 +810,47 @@ fn config_print_shows_each_setting_its_source_and_no_secret() {
         "otel-header-secret",
     ] {
         assert!(!out.contains(secret), "{secret} shown");
+    }
+    let (code, json_out, err) =
+        tests::run_command(&["config", "print", "--poll-max-count", "7", "-o", "json"], &env, None);
+    assert_eq!(code, 0, "{err}");
+    let settings = json_of(&json_out);
+    let setting = |name: &str| -> (serde_json::Value, String) {
+        let s = settings
+            .as_array()
+            .unwrap_or_else(|| panic!("an array: {json_out}"))
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {json_out}"));
+        (s["value"].clone(), s["source"].as_str().unwrap().to_string())
+    };
+    for (name, value, source) in [
+        ("POLL_MAX_COUNT", serde_json::json!("7"), "flag"),
+        ("STREAM_REPLICAS", serde_json::json!("3"), "env"),
+        ("POLL_MAX_DELAY_MS", serde_json::json!("30000"), "default"),
+        (
+            "DATABASE_URL",
+            serde_json::json!("postgres://***@db.internal:5432/shell_query"),
+            "env",
+        ),
+        ("ENCRYPTION_KEY", serde_json::json!("(set, hidden)"), "env"),
+        ("MCE_CLIENT_SECRET", serde_json::json!("(set, hidden)"), "env"),
+        ("MCE_CLIENT_ID", serde_json::Value::Null, "unset"),
+        ("NATS_TOKEN", serde_json::json!("(set, hidden)"), "env"),
+        ("RUST_LOG", serde_json::json!("warn,shell_query=debug"), "env"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", serde_json::json!("(set, hidden)"), "env"),
+    ] {
+        assert_eq!(setting(name), (value, source.to_string()), "{name}");
+    }
+    for secret in [
+        "pa55word",
+        tests::ENCRYPTION_KEY,
+        "client-secret-value",
+        "nats-password-value",
+        "collector-pa55",
+        "otel-header-secret",
+    ] {
+        assert!(!json_out.contains(secret), "{secret} shown in JSON");
     }
     // Every setting `run` reads is printed.
     let (_, help, _) = tests::run_command(&["run", "--help"], &[], None);

@@ -58,6 +58,64 @@ pub enum Command {
     Contract(ContractCommand),
 }
 
+/// How an operator command prints what it found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Text for a person: a table, or one line per item.
+    #[default]
+    Table,
+    /// One JSON document on stdout (docs/CONTRACT.md section 7).
+    Json,
+}
+
+/// `-o table` or `-o json`.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct OutputArgs {
+    /// `table` for a person, `json` for a program: one JSON document on
+    /// stdout, camelCase keys, times in RFC 3339 UTC.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+impl OutputArgs {
+    /// Whether JSON was asked for.
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+}
+
+/// The one time format of the commands' output: RFC 3339, UTC, in
+/// milliseconds (`2026-12-04T13:23:23.764Z`).
+pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A table for a person: a header, no borders, columns two spaces apart,
+/// the first flush left, no trailing blanks.
+pub(crate) fn table<const N: usize>(header: [&str; N], rows: impl IntoIterator<Item = [String; N]>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header);
+    for row in rows {
+        t.add_row(row);
+    }
+    if let Some(first) = t.column_mut(0) {
+        first.set_padding((0, 1));
+    }
+    let mut out = String::new();
+    for line in t.lines() {
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Prints one JSON document on stdout.
+pub(crate) fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
 /// A point in time given as RFC 3339 or as an age before now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Moment {
@@ -122,10 +180,14 @@ pub enum RunsCommand {
         #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
         limit: u64,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         db: DbArgs,
     },
     /// Runs by status, and the age of the oldest run still running.
     Stats {
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -148,6 +210,8 @@ pub enum RunsCommand {
     Show {
         /// The run's id.
         run_id: Uuid,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
@@ -177,12 +241,16 @@ pub enum DlqCommand {
         #[command(flatten)]
         filter: DlqFilter,
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         nats: NatsArgs,
     },
     /// One copy: its headers and its body, SQL redacted.
     Show {
         /// The copy's sequence number in SHELL_QUERY_DLQ.
         seq: u64,
+        #[command(flatten)]
+        output: OutputArgs,
         #[command(flatten)]
         nats: NatsArgs,
         #[command(flatten)]
@@ -293,6 +361,8 @@ pub enum MigrateCommand {
     /// database must exist). Exit 0 either way.
     Status {
         #[command(flatten)]
+        output: OutputArgs,
+        #[command(flatten)]
         db: DbArgs,
     },
 }
@@ -310,13 +380,24 @@ pub struct DoctorArgs {
     /// The user whose credentials are used (default: the business unit's first).
     #[arg(long, requires = "tenant", help_heading = "Doctor")]
     pub user: Option<Uuid>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Every setting of `run` with its value and where it came from
     /// (flag, env or default); secrets redacted.
-    Print(Box<RunArgs>),
+    Print(Box<ConfigPrintArgs>),
+}
+
+/// `config print`'s arguments: every setting of `run`, and `-o`.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigPrintArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Subcommand)]

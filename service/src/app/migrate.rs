@@ -5,6 +5,7 @@ use secrecy::ExposeSecret as _;
 
 use crate::adapters::store;
 use crate::app::config::{ConfigError, DbArgs, MigrateArgs, MigrateCommand};
+use crate::app::config::{print_json, rfc3339, table};
 
 /// Runs the command; plain `migrate` applies what is pending (creating the
 /// database when it is missing), the others change nothing.
@@ -15,19 +16,37 @@ pub(crate) async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
             reason: "goes with `migrate`: `migrate status` changes nothing anyway".into(),
         }
         .into()),
-        (Some(MigrateCommand::Status { db }), false) => {
+        (Some(MigrateCommand::Status { output, db }), false) => {
             let migrations = migrations(&db).await?;
             let pending = migrations.iter().filter(|m| m.applied_at.is_none()).count();
-            for m in &migrations {
-                match m.applied_at {
-                    Some(at) => println!(
-                        "applied  {:<45}  {}",
-                        m.name,
-                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                    None => println!("pending  {}", m.name),
-                }
+            if output.json() {
+                let list: Vec<serde_json::Value> = migrations
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "name": m.name,
+                            "applied": m.applied_at.is_some(),
+                            "appliedAt": m.applied_at.map(rfc3339),
+                        })
+                    })
+                    .collect();
+                print_json(&list.into());
+                return Ok(());
             }
+            print!(
+                "{}",
+                table(
+                    ["state", "migration", "applied at"],
+                    migrations.iter().map(|m| {
+                        let state = if m.applied_at.is_some() { "applied" } else { "pending" };
+                        [
+                            state.to_string(),
+                            m.name.clone(),
+                            m.applied_at.map_or_else(String::new, rfc3339),
+                        ]
+                    })
+                )
+            );
             println!("{} applied, {pending} pending", migrations.len() - pending);
             Ok(())
         }

@@ -1,6 +1,8 @@
 //! The operator's commands: `runs`, `dlq`, `doctor`, `config print` and
 //! `contract`. They read the service's own settings (flags or environment)
-//! and print plain text; none logs SQL text, a token or a secret.
+//! and print text for a person (tables from comfy-table) or, with `-o json`,
+//! one JSON document (docs/CONTRACT.md section 7); every time they print is
+//! RFC 3339 in UTC. None logs SQL text, a token or a secret.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -18,7 +20,8 @@ use crate::adapters::crypto::Cipher;
 use crate::adapters::nats as nats_adapter;
 use crate::adapters::store::{self, Store, runs};
 use crate::app::config::{
-    Cli, ConfigError, ContractCommand, DbArgs, DlqCommand, DoctorArgs, KeyArgs, NatsArgs, RunsCommand,
+    Cli, ConfigError, ContractCommand, DbArgs, DlqCommand, DoctorArgs, KeyArgs, NatsArgs, Output, RunsCommand,
+    print_json, rfc3339, table,
 };
 
 /// How long an operator command waits for NATS or the database before it
@@ -114,10 +117,25 @@ fn optional_cipher(keys: &KeyArgs) -> Result<Option<Cipher>, ConfigError> {
 }
 
 fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(
-        || "-".into(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    )
+    t.map_or_else(|| "-".into(), rfc3339)
+}
+
+/// A run as `runs list -o json` gives it.
+fn run_json(run: &Run) -> serde_json::Value {
+    serde_json::json!({
+        "runId": run.id,
+        "status": run.status.as_str(),
+        "tenantId": run.account.tenant.0,
+        "userId": run.account.user.map(|u| u.0),
+        "businessUnit": run.account.mid.to_string(),
+        "snippetName": run.snippet_name,
+        "createdAt": rfc3339(run.created_at),
+        "startedAt": run.started_at.map(rfc3339),
+        "completedAt": run.completed_at.map(rfc3339),
+        "pollCount": run.poll.poll_count,
+        "rowCount": run.row_count,
+        "retryOf": run.retry_of,
+    })
 }
 
 /// `runs list`, `runs show`, `runs cancel`.
@@ -129,6 +147,7 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<()> {
             since,
             older_than,
             limit,
+            output,
             db,
         } => {
             let store = database(&db).await?;
@@ -140,31 +159,51 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<()> {
                 before: older_than.map(|m| m.resolve(now)),
             };
             let list = runs::list(&store, &filter, limit).await?;
-            println!(
-                "{:<24}  {:<36}  {:<36}  {:<8}  {:>5}  snippet",
-                "created", "run", "tenant", "status", "polls"
-            );
-            for run in &list {
-                println!(
-                    "{:<24}  {:<36}  {:<36}  {:<8}  {:>5}  {}",
-                    time(Some(run.created_at)),
-                    run.id,
-                    run.account.tenant,
-                    run.status.as_str(),
-                    run.poll.poll_count,
-                    run.snippet_name.as_deref().unwrap_or("-")
-                );
+            if output.json() {
+                print_json(&list.iter().map(run_json).collect());
+                return Ok(());
             }
+            print!(
+                "{}",
+                table(
+                    ["created", "run", "tenant", "status", "polls", "snippet"],
+                    list.iter().map(|run| {
+                        [
+                            time(Some(run.created_at)),
+                            run.id.to_string(),
+                            run.account.tenant.to_string(),
+                            run.status.as_str().to_string(),
+                            run.poll.poll_count.to_string(),
+                            run.snippet_name.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                )
+            );
             println!("{} run(s)", list.len());
             Ok(())
         }
-        RunsCommand::Stats { db } => {
+        RunsCommand::Stats { output, db } => {
             let store = database(&db).await?;
             let (counts, oldest) = runs::run_counts(&store).await?;
-            for status in ["queued", "running", "ready", "failed", "canceled"] {
-                let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
-                println!("{status:<9} {n}");
+            let count = |status: &str| counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+            const STATUSES: [&str; 5] = ["queued", "running", "ready", "failed", "canceled"];
+            if output.json() {
+                let by_status: serde_json::Map<String, serde_json::Value> =
+                    STATUSES.iter().map(|s| (s.to_string(), count(s).into())).collect();
+                print_json(&serde_json::json!({
+                    "counts": by_status,
+                    "oldestRunningCreatedAt": oldest.map(rfc3339),
+                    "oldestRunningAgeSeconds": oldest.map(|at| (Utc::now() - at).num_seconds().max(0)),
+                }));
+                return Ok(());
             }
+            print!(
+                "{}",
+                table(
+                    ["status", "runs"],
+                    STATUSES.iter().map(|s| [s.to_string(), count(s).to_string()])
+                )
+            );
             match oldest {
                 Some(at) => println!(
                     "oldest running: created {}, {} s ago",
@@ -204,14 +243,25 @@ pub(crate) async fn runs(command: RunsCommand) -> anyhow::Result<()> {
             println!("run {id} retries run {run_id}");
             Ok(())
         }
-        RunsCommand::Show { run_id, db, nats, keys } => {
+        RunsCommand::Show {
+            run_id,
+            output,
+            db,
+            nats,
+            keys,
+        } => {
             let store = database(&db).await?;
             let run = runs::get_run(&store, run_id)
                 .await?
                 .ok_or_else(|| anyhow!("run {run_id} not found"))?;
             let cipher = optional_cipher(&keys)?;
+            let state = nats_state(&nats, run_id).await;
+            if output.json() {
+                print_json(&show_json(&run, cipher.as_ref(), &state));
+                return Ok(());
+            }
             print!("{}", describe_run(&run, cipher.as_ref()));
-            print!("{}", nats_state(&nats, run_id).await);
+            print!("{}", state.text());
             Ok(())
         }
         RunsCommand::Cancel { run_id, db } => {
@@ -238,12 +288,7 @@ pub(crate) fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
         StartPhase::Started(Task::Known(id)) => id.clone(),
         StartPhase::Started(Task::Lost) => "started, TaskID lost".into(),
     };
-    let error = run.error_message.as_deref().map(|e| match cipher {
-        Some(c) => c
-            .decrypt(e)
-            .unwrap_or_else(|_| "(cannot be decrypted with this key)".into()),
-        None => "(encrypted: set ENCRYPTION_KEY to read it)".into(),
-    });
+    let error = error_text(run, cipher);
     let p = &run.poll;
     let lines = [
         ("run", run.id.to_string()),
@@ -287,10 +332,81 @@ pub(crate) fn describe_run(run: &Run, cipher: Option<&Cipher>) -> String {
         ),
         ("terminal event", time(run.terminal_event_at)),
     ];
+    let _ = write!(out, "{}", pairs(lines));
+    out
+}
+
+/// Names and values, two columns without a header.
+fn pairs(lines: impl IntoIterator<Item = (&'static str, String)>) -> String {
+    let mut t = comfy_table::Table::new();
+    t.load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled);
     for (name, value) in lines {
-        let _ = writeln!(out, "{name:<17} {value}");
+        t.add_row([name.to_string(), value]);
+    }
+    if let Some(first) = t.column_mut(0) {
+        first.set_padding((0, 1));
+    }
+    let mut out = String::new();
+    for line in t.lines() {
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
+}
+
+/// The run's error text: decrypted when the key is at hand.
+fn error_text(run: &Run, cipher: Option<&Cipher>) -> Option<String> {
+    run.error_message.as_deref().map(|e| match cipher {
+        Some(c) => c
+            .decrypt(e)
+            .unwrap_or_else(|_| "(cannot be decrypted with this key)".into()),
+        None => "(encrypted: set ENCRYPTION_KEY to read it)".into(),
+    })
+}
+
+/// `runs show -o json`: the row, its poll state, its poll message and its
+/// status events (each as published); the SQL text is never shown.
+fn show_json(run: &Run, cipher: Option<&Cipher>, state: &NatsState) -> serde_json::Value {
+    let (phase, task_id, perform_at) = match &run.start {
+        StartPhase::NotRequested => ("notRequested", None, None),
+        StartPhase::PerformRequested { at } => ("performRequested", None, Some(rfc3339(*at))),
+        StartPhase::Started(Task::Known(id)) => ("started", Some(id.clone()), None),
+        StartPhase::Started(Task::Lost) => ("taskLost", None, None),
+    };
+    let p = &run.poll;
+    let mut value = run_json(run);
+    let more = serde_json::json!({
+        "startPhase": phase,
+        "taskId": task_id,
+        "performRequestedAt": perform_at,
+        "queryDefinitionId": run.query_definition_id,
+        "queryCustomerKey": run.query_customer_key,
+        "targetDeCustomerKey": run.target_de_customer_key,
+        "errorMessage": error_text(run, cipher),
+        "lastMceStatus": last_mce_status(run.status, p),
+        "poll": {
+            "count": p.poll_count,
+            "startedAt": run.poll_started_at.map(rfc3339),
+            "notRunningCount": p.not_running_count,
+            "notRunningFirstAt": p.not_running_first_at.map(rfc3339),
+            "rowsetAttempts": p.rowset_attempts,
+            "probeAttempts": p.probe_attempts,
+            "transientErrors": p.transient_errors,
+        },
+        "terminalEventAt": run.terminal_event_at.map(rfc3339),
+        "pollMessage": match &state.poll {
+            Ok(true) => serde_json::json!("pending"),
+            Ok(false) => serde_json::json!("none"),
+            Err(_) => serde_json::Value::Null,
+        },
+        "pollMessageError": state.poll.as_ref().err(),
+        "events": state.events.as_ref().ok(),
+        "eventsError": state.events.as_ref().err(),
+    });
+    if let (Some(v), serde_json::Value::Object(more)) = (value.as_object_mut(), more) {
+        v.extend(more);
+    }
+    value
 }
 
 /// What the run's last tick knew of its query in MCE. The row keeps only
@@ -332,53 +448,79 @@ pub(crate) fn last_mce_status(status: RunStatus, p: &shell_query_core::poll::dec
     }
 }
 
-/// The run's poll message and its status events, as far as this NATS user
-/// may read them.
-async fn nats_state(n: &NatsArgs, run_id: Uuid) -> String {
-    let (_client, js) = match nats(n).await {
-        Ok(c) => c,
-        Err(e) => return format!("poll message     unknown ({e:#})\nevents           unknown\n"),
-    };
-    let subjects = Subjects::new(&n.subject_prefix);
-    let poll = match nats_adapter::holds_message_on(&js, subjects.poll(run_id)).await {
-        Ok(true) => "pending".to_string(),
-        Ok(false) => "none".to_string(),
-        Err(e) => format!("unknown ({e})"),
-    };
-    let mut out = format!("{:<17} {poll}\n", "poll message");
-    match status_events(&js, &subjects.status(run_id)).await {
-        Ok(events) => {
-            let _ = writeln!(out, "events ({}):", events.len());
-            for e in events {
-                let _ = writeln!(out, "  {e}");
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(
-                out,
-                "events           unavailable ({e:#}; reading them needs a NATS user that may read SHELL_QUERY_STATUS)"
-            );
-        }
-    }
-    out
+/// What NATS holds of a run, as far as this NATS user may read it: its
+/// poll message (pending or not) and its status events, or why not.
+struct NatsState {
+    poll: Result<bool, String>,
+    events: Result<Vec<serde_json::Value>, String>,
 }
 
-/// Every status event on `subject`, one line each.
-async fn status_events(js: &jetstream::Context, subject: &str) -> anyhow::Result<Vec<String>> {
-    let mut lines = Vec::new();
-    for payload in nats_adapter::status_payloads(js, subject).await? {
-        let event: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
-        let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
-        let mut line = format!("{}  {:<24}  {}", text("timestamp"), text("status"), text("message"));
-        if let Some(error) = event["errorMessage"].as_str() {
-            let _ = write!(line, ": {error}");
+impl NatsState {
+    /// `runs show`'s last lines.
+    fn text(&self) -> String {
+        let poll = match &self.poll {
+            Ok(true) => "pending".to_string(),
+            Ok(false) => "none".to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let mut out = format!("{:<17} {poll}\n", "poll message");
+        match &self.events {
+            Ok(events) => {
+                let _ = writeln!(out, "events ({}):", events.len());
+                let lines = table(
+                    ["time", "status", "message"],
+                    events.iter().map(|event| {
+                        let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
+                        let mut message = text("message");
+                        if let Some(error) = event["errorMessage"].as_str() {
+                            let _ = write!(message, ": {error}");
+                        }
+                        if let Some(rows) = event["rowCount"].as_i64() {
+                            let _ = write!(message, " ({rows} rows)");
+                        }
+                        [text("timestamp"), text("status"), message]
+                    }),
+                );
+                for line in lines.lines().skip(1) {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "events           unavailable ({e}; reading them needs a NATS user that may read SHELL_QUERY_STATUS)"
+                );
+            }
         }
-        if let Some(rows) = event["rowCount"].as_i64() {
-            let _ = write!(line, " ({rows} rows)");
-        }
-        lines.push(line);
+        out
     }
-    Ok(lines)
+}
+
+async fn nats_state(n: &NatsArgs, run_id: Uuid) -> NatsState {
+    let (_client, js) = match nats(n).await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = format!("{e:#}");
+            return NatsState {
+                poll: Err(e.clone()),
+                events: Err(e),
+            };
+        }
+    };
+    let subjects = Subjects::new(&n.subject_prefix);
+    let poll = nats_adapter::holds_message_on(&js, subjects.poll(run_id))
+        .await
+        .map_err(|e| e.to_string());
+    let events = async {
+        let mut events = Vec::new();
+        for payload in nats_adapter::status_payloads(&js, &subjects.status(run_id)).await? {
+            events.push(serde_json::from_slice(&payload).unwrap_or_default());
+        }
+        anyhow::Ok(events)
+    }
+    .await
+    .map_err(|e| format!("{e:#}"));
+    NatsState { poll, events }
 }
 
 /// `dlq list`, `show`, `replay`, `rm` and `purge` ([`crate::app::dlq`]),
@@ -398,10 +540,13 @@ pub(crate) async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
 /// bad (every other check still runs and prints), else 1 if any check
 /// failed, else 0.
 pub(crate) async fn doctor(args: DoctorArgs) -> i32 {
-    let mut ok = true;
+    let json = args.output.json();
+    let mut checks: Vec<serde_json::Value> = Vec::new();
     let mut line = |pass: bool, what: &str, detail: String| {
-        ok &= pass;
-        println!("{}  {what}: {detail}", if pass { "ok  " } else { "FAIL" });
+        if !json {
+            println!("{}  {what}: {detail}", if pass { "ok  " } else { "FAIL" });
+        }
+        checks.push(serde_json::json!({ "name": what, "ok": pass, "detail": detail }));
     };
     let run = &args.run;
     let settings = crate::app::validate(run);
@@ -520,11 +665,16 @@ pub(crate) async fn doctor(args: DoctorArgs) -> i32 {
             _ => line(false, &what, "needs valid settings and the database".into()),
         }
     }
-    match (settings.is_ok(), ok) {
+    let ok = checks.iter().all(|c| c["ok"] == true);
+    let code = match (settings.is_ok(), ok) {
         (false, _) => 2,
         (true, false) => 1,
         (true, true) => 0,
+    };
+    if json {
+        print_json(&serde_json::json!({ "ok": ok, "exitCode": code, "checks": checks }));
     }
+    code
 }
 
 /// `config print`: every setting of `run` as `NAME=value  (source)`, by
@@ -541,15 +691,11 @@ pub(crate) fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -
         .find_subcommand("config")
         .and_then(|c| c.find_subcommand("print"))
         .ok_or_else(|| anyhow!("config print is not a command"))?;
-    let mut out = String::new();
-    let mut heading = None;
+    let mut entries = Vec::new();
     let mut settings: Vec<&clap::Arg> = spec.get_arguments().filter(|a| a.get_env().is_some()).collect();
     settings.sort_by_key(|a| a.get_help_heading().unwrap_or(""));
     for arg in settings {
-        if heading != arg.get_help_heading() {
-            heading = arg.get_help_heading();
-            let _ = writeln!(out, "# {}", heading.unwrap_or("Other"));
-        }
+        let heading = arg.get_help_heading().unwrap_or("Other").to_string();
         let name = arg
             .get_env()
             .map(|e| e.to_string_lossy().to_string())
@@ -558,32 +704,71 @@ pub(crate) fn config_print(args: impl IntoIterator<Item = std::ffi::OsString>) -
         let raw: Option<Vec<String>> = print
             .get_raw(id)
             .map(|values| values.map(|v| v.to_string_lossy().to_string()).collect());
-        let value = match raw {
-            None => "(unset)".to_string(),
-            Some(values) => {
-                let value = values.join(",");
-                if name.ends_with("_URL") {
-                    crate::app::config::redacted_urls(&value)
-                } else if arg.is_hide_env_values_set() {
-                    "(set, hidden)".into()
-                } else {
-                    value
-                }
+        let value = raw.map(|values| {
+            let value = values.join(",");
+            if name.ends_with("_URL") {
+                crate::app::config::redacted_urls(&value)
+            } else if arg.is_hide_env_values_set() {
+                "(set, hidden)".into()
+            } else {
+                value
             }
-        };
+        });
         let source = match print.value_source(id) {
             Some(ValueSource::CommandLine) => "flag",
             Some(ValueSource::EnvVariable) => "env",
             Some(ValueSource::DefaultValue) => "default",
             _ => "unset",
         };
-        let _ = writeln!(out, "{name}={value}  ({source})");
+        entries.push(Setting {
+            group: heading,
+            name,
+            value,
+            source,
+        });
     }
     let environment: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    out.push_str(&telemetry_settings(&environment));
-    Ok(out)
+    entries.extend(telemetry_entries(&environment));
+    let json = print.get_one::<Output>("output") == Some(&Output::Json);
+    if json {
+        let list: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|s| serde_json::json!({ "name": s.name, "value": s.value, "source": s.source, "group": s.group }))
+            .collect();
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&list)?));
+    }
+    Ok(settings_text(&entries))
+}
+
+/// One setting as `config print` shows it: its value redacted (`None`:
+/// unset), where it came from (`flag`, `env`, `default` or `unset`).
+pub(crate) struct Setting {
+    group: String,
+    name: String,
+    value: Option<String>,
+    source: &'static str,
+}
+
+/// `NAME=value  (source)` lines under `# group` headings.
+fn settings_text(settings: &[Setting]) -> String {
+    let mut out = String::new();
+    let mut group = None;
+    for s in settings {
+        if group != Some(&s.group) {
+            group = Some(&s.group);
+            let _ = writeln!(out, "# {}", s.group);
+        }
+        let _ = writeln!(
+            out,
+            "{}={}  ({})",
+            s.name,
+            s.value.as_deref().unwrap_or("(unset)"),
+            s.source
+        );
+    }
+    out
 }
 
 /// The log and trace settings, with what applies when one is unset. The
@@ -613,27 +798,38 @@ const TELEMETRY_SETTINGS: [(&str, Option<&str>); 15] = [
 /// (they carry the collector's credentials) and anything named like a key,
 /// token, secret or password show only that they are set, an endpoint
 /// shows without its user and password.
+#[cfg(test)]
 pub(crate) fn telemetry_settings(environment: &[(String, String)]) -> String {
+    settings_text(&telemetry_entries(environment))
+}
+
+/// [`telemetry_settings`] as [`Setting`]s.
+fn telemetry_entries(environment: &[(String, String)]) -> Vec<Setting> {
     let get = |name: &str| environment.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let others = environment
         .iter()
         .map(|(k, _)| k.as_str())
         .filter(|k| k.starts_with("OTEL_") && !TELEMETRY_SETTINGS.iter().any(|(n, _)| n == k))
         .collect::<std::collections::BTreeSet<_>>();
-    let mut out = String::from("# Telemetry and logs (environment only)\n");
+    let mut out = Vec::new();
     let known = TELEMETRY_SETTINGS.iter().map(|(name, default)| (*name, *default));
     for (name, default) in known.chain(others.into_iter().map(|name| (name, None))) {
         let hidden = ["HEADERS", "KEY", "TOKEN", "SECRET", "PASSWORD"]
             .iter()
             .any(|s| name.contains(s));
         let (value, source) = match (get(name), default) {
-            (Some(_), _) if hidden => ("(set, hidden)".to_string(), "env"),
-            (Some(v), _) if name.ends_with("_ENDPOINT") => (crate::app::config::redacted_urls(v), "env"),
-            (Some(v), _) => (v.to_string(), "env"),
-            (None, Some(d)) => (d.to_string(), "default"),
-            (None, None) => ("(unset)".to_string(), "unset"),
+            (Some(_), _) if hidden => (Some("(set, hidden)".to_string()), "env"),
+            (Some(v), _) if name.ends_with("_ENDPOINT") => (Some(crate::app::config::redacted_urls(v)), "env"),
+            (Some(v), _) => (Some(v.to_string()), "env"),
+            (None, Some(d)) => (Some(d.to_string()), "default"),
+            (None, None) => (None, "unset"),
         };
-        let _ = writeln!(out, "{name}={value}  ({source})");
+        out.push(Setting {
+            group: "Telemetry and logs (environment only)".into(),
+            name: name.to_string(),
+            value,
+            source,
+        });
     }
     out
 }
