@@ -83,7 +83,6 @@ fn read_error(what: impl Into<String>, e: impl std::fmt::Display) -> NatsError {
 /// A stored message as an operator sees it.
 pub(crate) struct StoredMessage {
     pub(crate) subject: String,
-    pub(crate) time: String,
     /// When the stream stored it.
     pub(crate) stored_at: chrono::DateTime<chrono::Utc>,
     pub(crate) headers: HeaderMap,
@@ -128,7 +127,6 @@ pub(crate) async fn stored_message(
     match stream.get_raw_message(seq).await {
         Ok(m) => Ok(Some(StoredMessage {
             subject: m.subject.to_string(),
-            time: m.time.to_string(),
             stored_at: chrono::DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
                 .unwrap_or_default(),
             headers: m.headers,

@@ -291,9 +291,6 @@ fn line(seq: u64, message: &StoredMessage) -> String {
 
 /// A copy as `dlq list -o json` gives it.
 fn summary(seq: u64, message: &StoredMessage) -> serde_json::Value {
-    // `time` is the stream's own text of `stored_at` (time's Display, not
-    // RFC 3339): not shown. TODO(nats.rs owner): drop the field.
-    let _ = &message.time;
     serde_json::json!({
         "seq": seq,
         "time": rfc3339(message.stored_at),
