@@ -139,21 +139,9 @@ pub fn parse_moment(text: &str) -> Result<Moment, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(Moment::At(t.with_timezone(&chrono::Utc)));
     }
-    let unit = |c: char| match c {
-        's' => Some(1u64),
-        'm' => Some(60),
-        'h' => Some(3600),
-        'd' => Some(86_400),
-        _ => None,
-    };
-    let parsed = text.char_indices().last().and_then(|(i, c)| {
-        let n: u64 = text[..i].parse().ok()?;
-        Some(std::time::Duration::from_secs(n.checked_mul(unit(c)?)?))
-    });
-    parsed
-        .filter(|d| d.as_secs() <= 100 * 365 * 86_400)
+    parse_age(text)
         .map(Moment::Ago)
-        .ok_or_else(|| format!("{text:?} is neither an RFC 3339 time nor an age like 90s, 30m, 6h or 7d"))
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor an age like 90s, 30m, 6h or 7d"))
 }
 
 // Parsed once per process: the size of a variant does not matter.
@@ -326,18 +314,17 @@ impl DlqFilter {
 /// `90s`, `30m`, `6h`, `7d`: a whole number and its unit.
 pub fn parse_age(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let unit = match text.chars().last() {
-        Some('s') => 1u64,
-        Some('m') => 60,
-        Some('h') => 3600,
-        Some('d') => 86_400,
-        _ => 0,
+    let unit = |c: char| match c {
+        's' => Some(1u64),
+        'm' => Some(60),
+        'h' => Some(3600),
+        'd' => Some(86_400),
+        _ => None,
     };
-    text[..text.len().saturating_sub(1)]
-        .parse::<u64>()
-        .ok()
-        .filter(|_| unit > 0)
-        .and_then(|n| n.checked_mul(unit))
+    // By characters: a multi-byte last character is refused, not sliced.
+    text.char_indices()
+        .last()
+        .and_then(|(i, c)| text[..i].parse::<u64>().ok()?.checked_mul(unit(c)?))
         .filter(|s| *s <= 100 * 365 * 86_400)
         .map(Duration::from_secs)
         .ok_or_else(|| format!("{text:?} is not an age like 90s, 30m, 6h or 7d"))
@@ -1160,8 +1147,9 @@ mod tests {
             parse_moment("2026-12-04T10:00:00Z").map(|m| m.resolve(now).to_rfc3339()),
             Ok("2026-12-04T10:00:00+00:00".to_string())
         );
-        for bad in ["", "yesterday", "5w", "-3h", "99999999999999999d", "h"] {
+        for bad in ["", "yesterday", "5w", "-3h", "99999999999999999d", "h", "5é"] {
             assert!(parse_moment(bad).is_err(), "{bad}");
+            assert!(parse_age(bad).is_err(), "{bad}");
         }
     }
 
